@@ -1,0 +1,69 @@
+"""The active kernel backend: compiled Cython kernels, or the NumPy reference twin.
+
+    from pythia import kernels
+    kernels.BACKEND            # "cython" or "numpy"
+    kernels.softmax_forward(x) # same names and semantics in both backends
+    kernels.reference          # the NumPy specification, always available
+
+Selection: `PYTHIA_KERNELS=numpy` (or `use("numpy")`, which the `--kernels` flag calls) forces
+the reference. Otherwise the compiled extension `pythia._kernels` is used. When this package is
+imported from a source checkout that shadows an installed copy (running `python -m pythia` from
+the repository root after `pip install .`), the installed copy's compiled extension is loaded
+from site-packages. If no compiled extension exists at all, the NumPy fallback is used and
+FALLBACK_REASON says why and how to build; the CLI prints it.
+"""
+from __future__ import annotations
+
+import os
+
+from . import reference
+from ._loader import load_compiled
+
+NAMES = (
+    "softmax_forward", "softmax_backward",
+    "layernorm_forward", "layernorm_backward",
+    "gelu_forward", "gelu_backward",
+    "attention_softmax_forward", "attention_softmax_backward",
+    "crossentropy_forward", "crossentropy_backward",
+)
+
+BACKEND: str = "numpy"
+FALLBACK_REASON: str | None = None  # set when the compiled kernels were wanted but not found
+
+
+def use(name: str) -> str:
+    """Switch the active backend to "cython" or "numpy"; returns the backend now active.
+
+    Asking for "cython" when it is not built raises RuntimeError with the build command.
+    """
+    global BACKEND, FALLBACK_REASON
+    if name not in ("cython", "numpy"):
+        raise ValueError(f"unknown kernel backend {name!r}; choose 'cython' or 'numpy'")
+    if name == "numpy":
+        impl, BACKEND = reference, "numpy"
+    else:
+        impl, reason = load_compiled()
+        if impl is None:
+            raise RuntimeError(reason)
+        BACKEND, FALLBACK_REASON = "cython", None
+    for n in NAMES:
+        globals()[n] = getattr(impl, n)
+    return BACKEND
+
+
+def _select_default() -> None:
+    global FALLBACK_REASON
+    wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower() or "cython"
+    if wanted not in ("cython", "numpy"):
+        raise ValueError(f"PYTHIA_KERNELS={wanted!r} is not a backend; use 'cython' or 'numpy'")
+    if wanted == "numpy":
+        use("numpy")
+        return
+    try:
+        use("cython")
+    except RuntimeError as err:
+        use("numpy")
+        FALLBACK_REASON = str(err)
+
+
+_select_default()
