@@ -1,0 +1,167 @@
+"""Load Hugging Face GPT-2 weights into Pythia, with NumPy alone.
+
+A GPT-2 directory in the usual Hugging Face layout holds
+    config.json         sizes and options (n_embd, n_layer, n_head, n_positions, vocab_size, ...)
+    model.safetensors   weights; names with or without the "transformer." prefix
+    vocab.json, merges.txt   the byte-level BPE tokenizer
+
+Pythia's parameters already carry GPT-2's names and GPT-2's Conv1D (in, out) layout (y = x W + b),
+so the mapping is only: strip "transformer.", "wte.weight" -> "wte", "wpe.weight" -> "wpe", drop
+the attention-mask buffers ("h.i.attn.bias", "h.i.attn.masked_bias"), and accept an lm_head that
+is tied to wte. Every option Pythia does not implement is refused with a GPT2Error rather than
+loaded into a model that would compute something else.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .bpe import GPT2Tokenizer
+from .errors import ConfigError, GPT2Error
+from .model import Pythia, PythiaConfig
+from .safetensors import SafetensorsFile
+
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
+_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")    # causal-mask buffers, not weights
+_HINT = "Pythia loads GPT-2 (GPT2LMHeadModel) checkpoints only"
+
+
+def read_gpt2_config(path: str | Path) -> PythiaConfig:
+    """The PythiaConfig of a Hugging Face GPT-2 config.json; GPT2Error on anything Pythia cannot run."""
+    path = Path(path)
+    if not path.is_file():
+        raise GPT2Error(f"{path} not found; a GPT-2 directory needs config.json, model.safetensors, "
+                        "vocab.json and merges.txt")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GPT2Error(f"{path} is not valid JSON ({e}); download it again") from None
+    if not isinstance(cfg, dict):
+        raise GPT2Error(f"{path} must hold a JSON object")
+
+    def refuse(what: str) -> GPT2Error:
+        return GPT2Error(f"{path}: {what}; {_HINT}")
+
+    model_type = cfg.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise refuse(f"model_type is {model_type!r}, not 'gpt2'")
+    archs = cfg.get("architectures") or ["GPT2LMHeadModel"]
+    if not any(a in ("GPT2LMHeadModel", "GPT2Model") for a in archs):
+        raise refuse(f"architectures {archs} has no GPT2LMHeadModel")
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in _TANH_GELUS:
+        raise refuse(f"activation_function {act!r} is not supported (Pythia uses GPT-2's tanh GELU, 'gelu_new')")
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-12:
+        raise refuse(f"layer_norm_epsilon {eps!r} is not supported (Pythia's LayerNorm uses 1e-5)")
+    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                    ("add_cross_attention", False), ("tie_word_embeddings", True)):
+        if key in cfg and bool(cfg[key]) != ok:
+            raise refuse(f"{key}={cfg[key]!r} is not supported")
+
+    sizes = {}
+    for key in ("vocab_size", "n_embd", "n_layer", "n_head"):
+        sizes[key] = cfg.get(key)
+    sizes["n_positions"] = cfg.get("n_positions", cfg.get("n_ctx"))
+    for key, v in sizes.items():
+        if v is None:
+            raise GPT2Error(f"{path} lacks {key!r}; it is not a complete GPT-2 config")
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise GPT2Error(f"{path}: {key} must be a positive integer, got {v!r}")
+    n_inner = cfg.get("n_inner")
+    if n_inner is not None and n_inner != 4 * sizes["n_embd"]:
+        raise refuse(f"n_inner={n_inner!r} is not supported (Pythia's MLP is 4 * n_embd = {4 * sizes['n_embd']})")
+    config = PythiaConfig(vocab_size=sizes["vocab_size"], block_size=sizes["n_positions"],
+                          d_model=sizes["n_embd"], n_layer=sizes["n_layer"], n_head=sizes["n_head"])
+    try:
+        config.validate()
+    except ConfigError as e:
+        raise GPT2Error(f"{path}: {e}") from None
+    return config
+
+
+def _expected_shapes(cfg: PythiaConfig) -> dict[str, tuple[int, ...]]:
+    """Pythia's parameter names and shapes (GPT-2's, without the 'transformer.' prefix)."""
+    V, C, L = cfg.vocab_size, cfg.d_model, cfg.n_layer
+    shapes = {"wte": (V, C), "wpe": (cfg.block_size, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for i in range(L):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
+            p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,),
+        })
+    return shapes
+
+
+def _pythia_name(hf_name: str) -> str:
+    """'transformer.wte.weight' -> 'wte', 'h.0.ln_1.weight' -> 'h.0.ln_1.weight'."""
+    name = hf_name.removeprefix("transformer.")
+    return {"wte.weight": "wte", "wpe.weight": "wpe"}.get(name, name)
+
+
+def read_gpt2_weights(path: str | Path, config: PythiaConfig) -> dict[str, np.ndarray]:
+    """Every Pythia parameter (float32) from a GPT-2 model.safetensors, each shape checked."""
+    f = SafetensorsFile(path)
+    expected = _expected_shapes(config)
+    params: dict[str, np.ndarray] = {}
+    head = None
+    try:
+        for hf_name in f.keys():
+            name = _pythia_name(hf_name)
+            if _BUFFER.fullmatch(name):
+                continue
+            if name == "lm_head.weight":
+                head = hf_name
+                continue
+            if name not in expected:
+                raise GPT2Error(f"{f.path}: unexpected tensor {hf_name!r}; {_HINT} (n_layer={config.n_layer})")
+            if name in params:
+                raise GPT2Error(f"{f.path}: tensor {name!r} appears twice (with and without 'transformer.')")
+            if f.shape(hf_name) != expected[name]:
+                raise GPT2Error(f"{f.path}: tensor {hf_name!r} has shape {list(f.shape(hf_name))}, config.json "
+                                f"implies {list(expected[name])}; the weights and config do not match")
+            params[name] = f.get(hf_name)
+        missing = [n for n in expected if n not in params]
+        if missing:
+            raise GPT2Error(f"{f.path} lacks tensor {missing[0]!r} ({len(missing)} missing); the file is incomplete "
+                            "or not a GPT-2 model")
+        if head is not None:  # Pythia's head is tied to wte: an lm_head must be that same matrix
+            if f.shape(head) != expected["wte"] or not np.array_equal(f.get(head), params["wte"]):
+                raise GPT2Error(f"{f.path}: lm_head.weight differs from wte; Pythia supports only the tied head")
+    finally:
+        f.close()
+    return params
+
+
+def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
+    """The Pythia model and GPT-2 tokenizer of a Hugging Face GPT-2 directory (see module docstring)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise GPT2Error(f"GPT-2 directory {str(d)!r} not found; give a folder holding config.json, "
+                        "model.safetensors, vocab.json and merges.txt")
+    config = read_gpt2_config(d / "config.json")
+    tokenizer = GPT2Tokenizer.from_dir(d)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise GPT2Error(f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
+                        f"{config.vocab_size}; vocab.json and config.json are from different models")
+    params = read_gpt2_weights(d / "model.safetensors", config)
+    model = Pythia(config)
+    model.load_params(params)
+    return model, tokenizer
+
+
+def convert_gpt2(directory: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a GPT-2 directory as a Pythia checkpoint (.npz) at out; refuses to replace a file unless overwrite."""
+    from .checkpoint import save_checkpoint
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise GPT2Error(f"{out} already exists; choose another --out or delete it first")
+    model, tokenizer = load_gpt2(directory)
+    save_checkpoint(out, model, tokenizer, step=0)
+    return out
