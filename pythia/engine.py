@@ -1,0 +1,136 @@
+"""DeltaOptimizer: AdamW with a warmup + cosine learning-rate schedule and global-norm clipping.
+
+One step, with g the gradient, t the 1-based step count and lr the scheduled rate:
+    g  <- g * min(1, grad_clip / (||g||_2 + 1e-6))        clip by the norm over ALL parameters
+    p  <- p * (1 - lr * weight_decay)                     decoupled decay, 2-d params only
+    m  <- beta1 m + (1 - beta1) g
+    v  <- beta2 v + (1 - beta2) g^2
+    p  <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+which is `torch.optim.AdamW` (Loshchilov & Hutter 2019) after `clip_grad_norm_`. Weight decay
+applies to matrices and embeddings (ndim == 2), never to biases or LayerNorm gains and shifts.
+
+Speed: the moments live in two flat float32 buffers, and the gradients are gathered into a third,
+so the Adam arithmetic is a handful of whole-model NumPy calls instead of a dozen per tensor;
+only the final `p -= update` and the decay touch each parameter array. Parameters are updated
+in place, so the model's dict keeps pointing at the same arrays.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ConfigError, PythiaError
+
+
+class DeltaOptimizer:
+    def __init__(self, params: dict[str, np.ndarray], *, lr: float = 1e-3, min_lr: float = 1e-4,
+                 warmup_steps: int = 100, total_steps: int = 2000, beta1: float = 0.9, beta2: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0.1, grad_clip: float = 1.0):
+        _check(lr > 0, f"lr must be > 0, got {lr}; e.g. 1e-3")
+        _check(0 <= min_lr <= lr, f"min_lr must lie in [0, lr={lr}], got {min_lr}; e.g. lr / 10")
+        _check(warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}")
+        _check(total_steps >= 1, f"total_steps (the training steps) must be >= 1, got {total_steps}")
+        _check(0 <= beta1 < 1 and 0 <= beta2 < 1, f"beta1 and beta2 must lie in [0, 1), got {beta1}, {beta2}; e.g. 0.9, 0.99")
+        _check(eps > 0, f"eps must be > 0, got {eps}")
+        _check(weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}; 0 turns it off")
+        _check(grad_clip >= 0, f"grad_clip must be >= 0, got {grad_clip}; 0 turns clipping off")
+        self.params = params
+        self.lr, self.min_lr = float(lr), float(min_lr)
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.weight_decay, self.grad_clip = float(weight_decay), float(grad_clip)
+        self.t = 0
+        self.names = list(params)
+        sizes = [params[k].size for k in self.names]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        n = int(self._offsets[-1])
+        self._m = np.zeros(n, np.float32)                        # first moment, all params end to end
+        self._v = np.zeros(n, np.float32)                        # second moment
+        self._g = np.empty(n, np.float32)                        # gathered (clipped) gradient
+        self._tmp = np.empty(n, np.float32)                      # scratch for the update
+        self.decays = {k: params[k].ndim == 2 for k in self.names}  # matrices and embeddings decay
+
+    def _view(self, flat: np.ndarray, i: int) -> np.ndarray:
+        k = self.names[i]
+        return flat[self._offsets[i]:self._offsets[i + 1]].reshape(self.params[k].shape)
+
+    def lr_at(self, step: int) -> float:
+        """Rate for 0-based step: linear warmup to lr over warmup_steps, cosine down to min_lr at total_steps."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if step >= self.total_steps:
+            return self.min_lr
+        frac = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * frac)) * (self.lr - self.min_lr)
+
+    def step(self, grads: dict[str, np.ndarray]) -> dict:
+        """One AdamW update of every parameter in place; returns {"lr", "grad_norm" (before clipping)}."""
+        m, v, g, tmp = self._m, self._v, self._g, self._tmp
+        for i, k in enumerate(self.names):
+            self._view(g, i)[...] = grads[k]                     # gather: g = concat(grads)
+        norm = math.sqrt(float(np.dot(g, g)))                    # ||g||_2 over the whole model
+        if not math.isfinite(norm):
+            raise PythiaError(f"gradient norm is {norm}: training diverged; lower the learning rate (--lr)")
+        if self.grad_clip > 0 and norm > self.grad_clip:
+            g *= self.grad_clip / (norm + 1e-6)                  # g <- g * clip / (||g|| + 1e-6)
+        lr = self.lr_at(self.t)
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        np.multiply(g, 1 - b1, out=tmp)
+        m *= b1
+        m += tmp                                                 # m = b1 m + (1 - b1) g
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v *= b2
+        v += tmp                                                 # v = b2 v + (1 - b2) g^2
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        np.sqrt(v, out=tmp)
+        tmp *= 1 / math.sqrt(bc2)
+        tmp += self.eps                                          # sqrt(v_hat) + eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr / bc1                                          # update = lr * m_hat / (sqrt(v_hat) + eps)
+        for i, k in enumerate(self.names):
+            p = self.params[k]
+            if self.decays[k] and self.weight_decay:
+                p *= 1 - lr * self.weight_decay                  # decoupled weight decay
+            p -= self._view(tmp, i)
+        return {"lr": lr, "grad_norm": norm}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Moments by parameter name ("m/<name>", "v/<name>") and the step count "t", as copies."""
+        out: dict[str, np.ndarray] = {}
+        for i, k in enumerate(self.names):
+            out[f"m/{k}"] = self._view(self._m, i).copy()
+            out[f"v/{k}"] = self._view(self._v, i).copy()
+        out["t"] = np.array(self.t, dtype=np.int64)
+        return out
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore state_arrays() output; ValueError naming the first missing or misshapen entry."""
+        expected = {"t"} | {f"{w}/{k}" for k in self.names for w in ("m", "v")}
+        missing = sorted(expected - set(arrays))
+        if missing:
+            raise ValueError(f"optimizer state {missing[0]!r} is missing ({len(missing)} missing in all)")
+        extra = sorted(set(arrays) - expected)
+        if extra:
+            raise ValueError(f"optimizer state {extra[0]!r} does not belong to this model's parameters")
+        for k in self.names:
+            for w in ("m", "v"):
+                a = np.asarray(arrays[f"{w}/{k}"])
+                if a.shape != self.params[k].shape:
+                    raise ValueError(f"optimizer state '{w}/{k}' has shape {a.shape}, expected {self.params[k].shape}")
+        t = np.asarray(arrays["t"])
+        if t.shape != () or not np.issubdtype(t.dtype, np.integer) or int(t) < 0:
+            raise ValueError(f"optimizer state 't' must be a non-negative integer scalar, got {t!r}")
+        for i, k in enumerate(self.names):
+            self._view(self._m, i)[...] = arrays[f"m/{k}"]
+            self._view(self._v, i)[...] = arrays[f"v/{k}"]
+        self.t = int(t)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

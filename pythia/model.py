@@ -1,0 +1,349 @@
+"""Pythia: a GPT-2 decoder-only Transformer in NumPy, with its backward pass written by hand.
+
+Architecture (GPT-2): token + learned position embeddings, pre-LN blocks (causal multi-head
+self-attention, then a 4x MLP with GELU-tanh), a final LayerNorm, and a head tied to the token
+embedding. Every layer's forward sits next to its backward, llm.c style; the forward keeps
+exactly what the backward needs. The element- and row-wise maths (LayerNorm, GELU, causal
+softmax, cross-entropy) runs in `pythia.kernels`, called through the module at call time so
+`kernels.use("numpy")` takes effect; the matrix products go to BLAS through `@` on large
+contiguous 2-d operands, and attention is a batched matmul over (B, H, T, hs).
+
+References: GPT-2 (Radford et al. 2019); llm.c `train_gpt2.c` (layer forward/backward pairs);
+picoGPT `gpt2.py` (shape contracts); nanoGPT `model.py` (config, initialisation).
+
+Sizes: B batch, T time, C channels (d_model), V vocabulary, H heads, hs = C // H head size,
+L layers, N = B * T rows of the flattened residual stream, Tk keys seen by a query.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from . import kernels
+from .errors import ConfigError
+
+
+@dataclass
+class PythiaConfig:
+    vocab_size: int         # V: distinct tokens (65 for Tiny Shakespeare's characters, 50257 for GPT-2)
+    block_size: int = 32    # longest context; positions past it have no embedding (seed's BLOCK_SIZE)
+    d_model: int = 48       # C: width of the residual stream (seed's D_MODEL)
+    n_layer: int = 3        # L: Transformer blocks (seed's N_LAYER)
+    n_head: int = 4         # H: attention heads; C must split evenly into H heads of C // H
+
+    def validate(self) -> None:
+        """Raise ConfigError with a one-line fix when a size is not a positive integer or C % H != 0."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ConfigError(f"{f.name} must be a whole number, got {v!r}; pass e.g. --{_flag(f.name)} 4")
+            if v <= 0:
+                raise ConfigError(f"{f.name} must be positive, got {v}; pass a value of at least 1")
+        if self.d_model % self.n_head:
+            lo = self.d_model - self.d_model % self.n_head
+            hint = f"d_model {lo}" if lo > 0 else f"d_model {self.n_head}"
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}); "
+                              f"use e.g. {hint} with n_head {self.n_head}")
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PythiaConfig":
+        """Build and validate a config from a plain dict (a checkpoint's JSON); ConfigError on bad keys."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown model setting(s) {', '.join(unknown)}; expected only {', '.join(sorted(names))}")
+        if "vocab_size" not in d:
+            raise ConfigError("model settings lack vocab_size; the checkpoint or config is incomplete")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# ============================================================================ layers
+# Each layer: forward returns its output (and what the backward needs); backward writes the
+# parameter gradients into preallocated buffers (out=) and returns the gradient of its input.
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = x @ w                                                  # (N, Cin) @ (Cin, Cout) -> (N, Cout)
+    out += b                                                     # (N, Cout) + (Cout,)
+    return out
+
+
+def linear_backward(dout, x, w, dw, db) -> np.ndarray:
+    # y = x W + b  =>  dW = x^T dy, db = sum_rows dy, dx = dy W^T
+    np.matmul(x.T, dout, out=dw)                                 # (Cin, N) @ (N, Cout) -> (Cin, Cout)
+    np.sum(dout, axis=0, out=db)                                 # (Cout,)
+    return dout @ w.T                                            # (N, Cout) @ (Cout, Cin) -> (N, Cin)
+
+
+def attention_forward(qkv: np.ndarray, B: int, T: int, H: int):
+    """Causal multi-head self-attention on the c_attn output. Returns (out (N, C), qkvh, probs)."""
+    C = qkv.shape[1] // 3
+    hs = C // H
+    # split into q | k | v and heads, one copy so every head's (T, hs) block is contiguous
+    qkvh = np.ascontiguousarray(qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, hs)
+    q, k, v = qkvh                                               # each (B, H, T, hs)
+    scores = q @ k.swapaxes(-1, -2)                              # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+    probs = kernels.attention_softmax_forward(scores, 1.0 / math.sqrt(hs))  # softmax(s / sqrt(hs)), causal
+    y = probs @ v                                                # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    out = y.transpose(0, 2, 1, 3).reshape(B * T, C)              # heads side by side again (copy) -> (N, C)
+    return out, qkvh, probs
+
+
+def attention_backward(dout: np.ndarray, qkvh: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Gradient wrt the c_attn output (N, 3C), given the gradient of the attention output (N, C)."""
+    _, B, H, T, hs = qkvh.shape
+    q, k, v = qkvh                                               # each (B, H, T, hs)
+    dy = dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3)         # (B, H, T, hs), a strided view
+    dqkvh = np.empty_like(qkvh)                                  # (3, B, H, T, hs)
+    # y = P v  =>  dP = dy v^T, dv = P^T dy
+    dprobs = dy @ v.swapaxes(-1, -2)                             # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+    np.matmul(probs.swapaxes(-1, -2), dy, out=dqkvh[2])          # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    dscores = kernels.attention_softmax_backward(dprobs, probs, 1.0 / math.sqrt(hs))  # (B, H, T, T)
+    # S = q k^T  =>  dq = dS k, dk = dS^T q
+    np.matmul(dscores, k, out=dqkvh[0])                          # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    np.matmul(dscores.swapaxes(-1, -2), q, out=dqkvh[1])         # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    return dqkvh.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * H * hs)  # (B, T, 3, H, hs) -> (N, 3C), copy
+
+
+def attention_step(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, H: int) -> np.ndarray:
+    """Attention for Tn new tokens at positions pos.. of one sequence, appending their k, v to the cache.
+
+    qkv (Tn, 3C); k_cache, v_cache (H, block_size, hs). Returns (Tn, C). Query i sits at pos + i
+    and sees keys 0..pos+i, which is exactly the causal kernel's rule for Tq = Tn, Tk = pos + Tn.
+    """
+    Tn, C = qkv.shape[0], qkv.shape[1] // 3
+    hs = C // H
+    q, k, v = qkv.reshape(Tn, 3, H, hs).transpose(1, 2, 0, 3)   # each (H, Tn, hs), strided views
+    Tk = pos + Tn
+    k_cache[:, pos:Tk] = k                                       # (H, Tn, hs)
+    v_cache[:, pos:Tk] = v
+    scores = q @ k_cache[:, :Tk].swapaxes(-1, -2)                # (H, Tn, hs) @ (H, hs, Tk) -> (H, Tn, Tk)
+    probs = kernels.attention_softmax_forward(scores, 1.0 / math.sqrt(hs))  # (H, Tn, Tk)
+    y = probs @ v_cache[:, :Tk]                                  # (H, Tn, Tk) @ (H, Tk, hs) -> (H, Tn, hs)
+    return y.transpose(1, 0, 2).reshape(Tn, C)                   # (Tn, C)
+
+
+class KVCache:
+    """Keys and values of every layer for one sequence: k[l], v[l] are (H, block_size, hs)."""
+
+    def __init__(self, config: PythiaConfig, dtype=np.float32):
+        H, hs = config.n_head, config.d_model // config.n_head
+        shape = (config.n_layer, H, config.block_size, hs)
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
+        self.length = 0                                          # positions filled so far
+
+
+# ============================================================================ model
+
+def _param_shapes(cfg: PythiaConfig) -> dict[str, tuple[int, ...]]:
+    V, C = cfg.vocab_size, cfg.d_model
+    shapes = {"wte": (V, C), "wpe": (cfg.block_size, C)}
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+            p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
+            p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+class Pythia:
+    """GPT-2 with a hand-written backward. params/grads are dicts of float32 arrays by HF GPT-2 name."""
+
+    def __init__(self, config: PythiaConfig, seed: int = 0):
+        config.validate()
+        self.config = config
+        rng = np.random.default_rng(seed)
+        resid_std = 0.02 / math.sqrt(2 * config.n_layer)        # GPT-2: residual projections scaled down
+        self.params: dict[str, np.ndarray] = {}
+        for name, shape in _param_shapes(config).items():
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+                p = np.ones(shape, np.float32)                   # LayerNorm gain 1
+            elif len(shape) == 1:
+                p = np.zeros(shape, np.float32)                  # biases 0
+            else:
+                std = resid_std if name.endswith("c_proj.weight") else 0.02
+                p = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)  # N(0, std)
+            self.params[name] = p
+        self.grads: dict[str, np.ndarray] = {k: np.zeros_like(p) for k, p in self.params.items()}
+        self._acts: dict | None = None                           # activations of the last loss()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def num_params(self) -> int:
+        """Number of scalars in the model (the tied head counts once)."""
+        return sum(p.size for p in self.params.values())
+
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        """Copy weights in place (so optimizers keep their references); exact keys and shapes."""
+        missing = [k for k in self.params if k not in params]
+        if missing:
+            raise ValueError(f"parameter {missing[0]!r} is missing ({len(missing)} missing in all)")
+        extra = [k for k in params if k not in self.params]
+        if extra:
+            raise ValueError(f"parameter {extra[0]!r} is not part of this model ({len(extra)} unexpected in all)")
+        for k, p in self.params.items():
+            a = np.asarray(params[k])
+            if a.shape != p.shape:
+                raise ValueError(f"parameter {k!r} has shape {a.shape}, this model needs {p.shape}")
+        for k, p in self.params.items():
+            p[...] = params[k]                                   # cast to float32 in place
+
+    def _check_idx(self, idx, name: str = "idx") -> np.ndarray:
+        a = np.asarray(idx)
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"{name} must have shape (B, T), got shape {a.shape}")
+        T, bs, V = a.shape[1], self.config.block_size, self.config.vocab_size
+        if not 1 <= T <= bs:
+            raise ValueError(f"{name} has T={T} positions; T must be between 1 and block_size={bs}")
+        if a.shape[0] < 1:
+            raise ValueError(f"{name} has an empty batch (shape {a.shape})")
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"{name} values must lie in [0, {V}) (vocab_size), got values from {lo} to {hi}")
+        return a
+
+    # ------------------------------------------------------------------ forward / backward
+
+    def forward(self, idx: np.ndarray) -> np.ndarray:
+        """Logits (B, T, V) for token ids idx (B, T); keeps no activations."""
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        return self._forward(idx, keep=None).reshape(B, T, -1)
+
+    def loss(self, idx: np.ndarray, targets: np.ndarray) -> float:
+        """Mean cross-entropy of predicting targets (B, T) from idx (B, T); keeps activations for backward()."""
+        idx = self._check_idx(idx)
+        targets = self._check_idx(targets, "targets")
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
+        acts: dict = {}
+        logits = self._forward(idx, keep=acts)                   # (N, V)
+        losses, probs = kernels.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
+        acts.update(probs=probs, targets=targets.reshape(-1))
+        self._acts = acts
+        return float(losses.mean(dtype=np.float64))
+
+    def _forward(self, idx: np.ndarray, keep: dict | None) -> np.ndarray:
+        """Logits (N, V); when `keep` is a dict, store what backward() needs in it."""
+        cfg, P = self.config, self.params
+        B, T = idx.shape
+        H = cfg.n_head
+        x = P["wte"][idx]                                        # (B, T, C) token embeddings
+        x += P["wpe"][:T]                                        # + (T, C) position embeddings
+        x = x.reshape(B * T, -1)                                 # (N, C) residual stream
+        layers = []
+        for i in range(cfg.n_layer):
+            p = f"h.{i}."
+            a = {"x": x}
+            h, a["ln1_mean"], a["ln1_rstd"] = kernels.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])
+            qkv = linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (N, 3C)
+            att, a["qkvh"], a["probs"] = attention_forward(qkv, B, T, H)                      # (N, C)
+            x = x + linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (N, C)
+            a.update(ln1=h, att=att, x_mid=x)
+            h2, a["ln2_mean"], a["ln2_rstd"] = kernels.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
+            fc = linear_forward(h2, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"])        # (N, 4C)
+            g = kernels.gelu_forward(fc)                                                      # (N, 4C)
+            x = x + linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])  # (N, C)
+            a.update(ln2=h2, fc=fc, gelu=g)
+            layers.append(a)
+        hf, mean_f, rstd_f = kernels.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])  # (N, C)
+        logits = hf @ P["wte"].T                                 # (N, C) @ (C, V) -> (N, V), tied head
+        if keep is not None:
+            keep.update(idx=idx, layers=layers, x_f=x, lnf=hf, lnf_mean=mean_f, lnf_rstd=rstd_f)
+        return logits
+
+    def backward(self) -> None:
+        """Gradients of the last loss() wrt every parameter, written into self.grads."""
+        if self._acts is None:
+            raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
+        a, P, G = self._acts, self.params, self.grads
+        idx = a["idx"]
+        B, T = idx.shape
+        N = B * T
+        probs = a["probs"]
+        # loss = mean of N cross-entropies  =>  dlogits = (probs - onehot) / N
+        dlosses = np.full(N, 1.0 / N, dtype=probs.dtype)        # (N,)
+        dlogits = kernels.crossentropy_backward(dlosses, probs, a["targets"])  # (N, V)
+        # logits = hf wte^T  =>  dwte (head part) = dlogits^T hf, dhf = dlogits wte
+        np.matmul(dlogits.T, a["lnf"], out=G["wte"])             # (V, N) @ (N, C) -> (V, C)
+        dhf = dlogits @ P["wte"]                                 # (N, V) @ (V, C) -> (N, C)
+        dx, G["ln_f.weight"][...], G["ln_f.bias"][...] = kernels.layernorm_backward(
+            dhf, a["x_f"], P["ln_f.weight"], a["lnf_mean"], a["lnf_rstd"])                    # (N, C)
+        for i in reversed(range(self.config.n_layer)):
+            p, l = f"h.{i}.", a["layers"][i]
+            # MLP branch: x = x_mid + c_proj(gelu(c_fc(ln_2(x_mid))))
+            dg = linear_backward(dx, l["gelu"], P[p + "mlp.c_proj.weight"],
+                                 G[p + "mlp.c_proj.weight"], G[p + "mlp.c_proj.bias"])       # (N, 4C)
+            dfc = kernels.gelu_backward(dg, l["fc"])                                          # (N, 4C)
+            dh2 = linear_backward(dfc, l["ln2"], P[p + "mlp.c_fc.weight"],
+                                  G[p + "mlp.c_fc.weight"], G[p + "mlp.c_fc.bias"])          # (N, C)
+            dxm, G[p + "ln_2.weight"][...], G[p + "ln_2.bias"][...] = kernels.layernorm_backward(
+                dh2, l["x_mid"], P[p + "ln_2.weight"], l["ln2_mean"], l["ln2_rstd"])         # (N, C)
+            dx += dxm                                            # residual: gradient flows both ways
+            # attention branch: x_mid = x + c_proj(attn(c_attn(ln_1(x))))
+            datt = linear_backward(dx, l["att"], P[p + "attn.c_proj.weight"],
+                                   G[p + "attn.c_proj.weight"], G[p + "attn.c_proj.bias"])   # (N, C)
+            dqkv = attention_backward(datt, l["qkvh"], l["probs"])                            # (N, 3C)
+            dh1 = linear_backward(dqkv, l["ln1"], P[p + "attn.c_attn.weight"],
+                                  G[p + "attn.c_attn.weight"], G[p + "attn.c_attn.bias"])    # (N, C)
+            dxi, G[p + "ln_1.weight"][...], G[p + "ln_1.bias"][...] = kernels.layernorm_backward(
+                dh1, l["x"], P[p + "ln_1.weight"], l["ln1_mean"], l["ln1_rstd"])             # (N, C)
+            dx += dxi
+        # x = wte[idx] + wpe[:T]
+        dx = dx.reshape(B, T, -1)                                # (B, T, C)
+        np.sum(dx, axis=0, out=G["wpe"][:T])                     # (T, C); positions >= T got no gradient
+        G["wpe"][T:] = 0
+        np.add.at(G["wte"], idx.reshape(-1), dx.reshape(N, -1))  # scatter-add rows: the embedding part of dwte
+
+    # ------------------------------------------------------------------ inference with a KV cache
+
+    def new_kv_cache(self) -> KVCache:
+        return KVCache(self.config, self.params["wte"].dtype)
+
+    def forward_cached(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Logits (V,) after feeding tokens (Tn,) at positions cache.length..; appends them to the cache."""
+        cfg, P = self.config, self.params
+        Tn, pos = len(tokens), cache.length
+        if pos + Tn > cfg.block_size:
+            raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={cfg.block_size}")
+        x = P["wte"][tokens] + P["wpe"][pos:pos + Tn]            # (Tn, C)
+        for i in range(cfg.n_layer):
+            p = f"h.{i}."
+            h, _, _ = kernels.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])  # (Tn, C)
+            qkv = linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (Tn, 3C)
+            att = attention_step(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)               # (Tn, C)
+            x = x + linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])
+            h, _, _ = kernels.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
+            g = kernels.gelu_forward(linear_forward(h, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"]))  # (Tn, 4C)
+            x = x + linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])
+        cache.length = pos + Tn
+        hf, _, _ = kernels.layernorm_forward(x[-1:], P["ln_f.weight"], P["ln_f.bias"])      # (1, C) last position only
+        return (hf @ P["wte"].T)[0]                              # (1, C) @ (C, V) -> (V,)
+
+    def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 rng: np.random.Generator | None = None, use_cache: bool = True) -> Iterator[int]:
+        """Yield max_new_tokens sampled token ids one at a time; see pythia.sampling.generate."""
+        from .sampling import generate
+        return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, rng=rng, use_cache=use_cache)
