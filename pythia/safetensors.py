@@ -111,13 +111,13 @@ class SafetensorsFile:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")  # the file has >= 8 bytes
         raw = self._map[self._data_start + begin:self._data_start + end]
         if dtype == "F32":
-            out = raw.view("<f4").astype(np.float32)          # copy, native byte order
+            out = raw.view("<f4").reshape(shape).astype(np.float32)   # copy, native byte order
         elif dtype == "F16":
-            out = raw.view("<f2").astype(np.float32)          # exact: every f16 is an f32
+            out = raw.view("<f2").reshape(shape).astype(np.float32)   # exact: every f16 is an f32
         else:
             # bf16 holds the high 16 bits of an f32: widen to u32 and shift into place (exact).
-            out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-        return np.ascontiguousarray(out.reshape(shape))
+            out = (raw.view("<u2").reshape(shape).astype(np.uint32) << 16).view(np.float32)
+        return out
 
     def close(self) -> None:
         """Drop the memory map (arrays already returned stay valid: they are copies)."""
