@@ -1,0 +1,4 @@
+"""`python -m pythia`: the command line (see pythia/cli.py)."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,318 @@
+"""The chat REPL: talk to a trained model, one streamed reply at a time.
+
+A conversation is kept as text in the bundled corpus's dialogue format (data/model.txt):
+
+    User: Hello! Who are you?
+    Pythia: I am Pythia, a small language model ...
+    <blank line>
+
+Each turn appends "User: <message>\\nPythia:" to the transcript, feeds the last block_size tokens
+of it to the model and streams what comes back until the model starts a new line (the end of a
+turn in that format) or writes a speaker tag, or the length limit is reached.
+
+Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset.
+Ctrl-C interrupts a reply and returns to the prompt; Ctrl-D (end of input) leaves.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TextIO
+
+import numpy as np
+
+from .ui import ConsoleUI
+
+USER, BOT = "User", "Pythia"      # speaker names used by data/model.txt
+TURN_END = "\n\n"                 # the corpus separates exchanges with a blank line
+
+HELP = """\
+Type a message and press Enter. Commands:
+  /help          this list and the current settings
+  /temp X        sampling temperature (0 = always the likeliest token)
+  /topk K        sample only from the K likeliest tokens (0 = off)
+  /topp P        sample from the smallest set of tokens with probability >= P (1 = off)
+  /seed N        reseed the sampler, so the same conversation gives the same replies
+  /len N         longest reply, in tokens
+  /reset         forget the conversation so far
+  /clear         clear the screen
+  exit, quit     leave (so do Ctrl-D and, twice in a row, Ctrl-C)
+Ctrl-C during a reply stops that reply."""
+
+
+@dataclass
+class ChatSettings:
+    temperature: float = 0.8           # < 1 sharpens the distribution; 0 is greedy
+    top_k: int | None = 40             # None: sample from the whole vocabulary
+    top_p: float | None = None         # None: no nucleus cut
+    max_new_tokens: int = 200          # a reply stops here at the latest
+    seed: int | None = None            # None: a fresh random seed per session
+
+    def describe(self) -> str:
+        k = "off" if self.top_k is None else str(self.top_k)
+        p = "off" if self.top_p is None else f"{self.top_p:g}"
+        s = "random" if self.seed is None else str(self.seed)
+        return f"temperature {self.temperature:g}, top-k {k}, top-p {p}, length {self.max_new_tokens}, seed {s}"
+
+
+class StopFilter:
+    """Streams text through, ending at the first stop string and never showing part of one.
+
+    feed() returns the text that is safe to show now and whether a stop string was reached;
+    a tail that could still become a stop string ("Us" of "User:") is held back until the next
+    feed() decides it, and flush() releases it when generation ends without a stop.
+    """
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+        self.done = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if self.done:
+            return "", True
+        buf = self.held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.done, self.held = True, ""
+            return buf[:min(hits)], True
+        keep = 0  # the longest suffix of buf that is a proper prefix of some stop string
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:n]):
+                    keep = n
+                    break
+        self.held = buf[len(buf) - keep:] if keep else ""
+        return buf[:len(buf) - keep], False
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
+
+
+def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[tuple[int, str]]:
+    """(token id, new text) for each generated token, decoding incrementally.
+
+    Byte-level BPE can split one character over several tokens; until the bytes complete, the
+    decoded text ends in U+FFFD, so that tail is held back rather than shown as garbage.
+    """
+    got: list[int] = []
+    shown = 0
+    for i in ids:
+        got.append(int(i))
+        text = tokenizer.decode(got)
+        if text.endswith("\ufffd"):
+            yield i, ""
+            continue
+        yield i, text[shown:]
+        shown = len(text)
+
+
+class ChatSession:
+    """One conversation with a model, reading lines from `stdin` and writing to `ui.out`."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,
+                 settings: ChatSettings | None = None, stdin: TextIO | None = None,
+                 user: str = USER, bot: str = BOT) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.ui = ui or ConsoleUI()
+        self.settings = settings or ChatSettings()
+        self.stdin = stdin if stdin is not None else sys.stdin
+        self.user, self.bot = user, bot
+        self.transcript = ""        # the conversation so far, in the corpus's dialogue format
+        self.rng = np.random.default_rng(self.settings.seed)
+        self.block_size = int(model.config.block_size)
+        try:
+            self.interactive = self.stdin.isatty()
+        except (AttributeError, ValueError):
+            self.interactive = False
+        if self.interactive and self.stdin is sys.stdin:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        ui = self.ui
+        ui.line(ui.style("Chat with the model.", "bold") + " Type /help for commands, exit or Ctrl-D to leave.")
+        interrupts = 0
+        while True:
+            try:
+                line = self._read(ui.style("you> ", "bold", "green"))
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts >= 2:
+                    ui.line()
+                    break
+                ui.line()
+                ui.notice("(press Ctrl-C again, type exit or press Ctrl-D to leave)")
+                continue
+            if line is None:  # end of input (Ctrl-D or the end of a pipe)
+                ui.line()
+                break
+            interrupts = 0
+            text = line.strip()
+            if not text:
+                continue
+            if text.lower() in ("exit", "quit", "/exit", "/quit"):
+                break
+            if text.startswith("/"):
+                self.command(text)
+                continue
+            try:
+                self.reply(text)
+            except KeyboardInterrupt:  # Ctrl-C outside the token loop still only ends the reply
+                ui.line()
+                ui.notice("(reply interrupted)")
+        ui.notice("Goodbye.")
+
+    def _read(self, prompt: str) -> str | None:
+        """One line of input without its newline, or None at end of input."""
+        if self.stdin is sys.stdin and self.interactive:
+            self.ui.end_live()
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        self.ui.write(prompt)
+        line = self.stdin.readline()
+        if not line:
+            return None
+        line = line.rstrip("\r\n")
+        self.ui.write(line + "\n")  # echo piped input so the transcript reads like a conversation
+        return line
+
+    # ---- commands ------------------------------------------------------------------------------
+    def command(self, text: str) -> None:
+        ui, s = self.ui, self.settings
+        name, _, arg = text.partition(" ")
+        name, arg = name.lower(), arg.strip()
+        try:
+            if name == "/help":
+                ui.line(HELP)
+                ui.notice(f"now: {s.describe()}")
+            elif name == "/clear":
+                if ui.live:
+                    ui.write("\033[2J\033[H")  # erase the screen, cursor to the top-left corner
+            elif name == "/reset":
+                self.transcript = ""
+                ui.notice("(context forgotten)")
+            elif name == "/temp":
+                v = _number(arg, float, "/temp X needs a number >= 0, e.g. /temp 0.8")
+                if v < 0:
+                    raise ValueError("/temp X needs a number >= 0, e.g. /temp 0.8")
+                s.temperature = v
+                ui.notice(f"(temperature {v:g})")
+            elif name == "/topk":
+                v = _number(arg, int, "/topk K needs a whole number >= 0, e.g. /topk 40 (0 turns it off)")
+                if v < 0:
+                    raise ValueError("/topk K needs a whole number >= 0, e.g. /topk 40 (0 turns it off)")
+                s.top_k = v or None
+                ui.notice(f"(top-k {'off' if s.top_k is None else v})")
+            elif name == "/topp":
+                v = _number(arg, float, "/topp P needs a number in (0, 1], e.g. /topp 0.9 (1 turns it off)")
+                if not 0 < v <= 1:
+                    raise ValueError("/topp P needs a number in (0, 1], e.g. /topp 0.9 (1 turns it off)")
+                s.top_p = None if v == 1 else v
+                ui.notice(f"(top-p {'off' if s.top_p is None else f'{v:g}'})")
+            elif name == "/seed":
+                v = _number(arg, int, "/seed N needs a whole number >= 0, e.g. /seed 42")
+                if v < 0:
+                    raise ValueError("/seed N needs a whole number >= 0, e.g. /seed 42")
+                s.seed, self.rng = v, np.random.default_rng(v)
+                ui.notice(f"(seed {v})")
+            elif name == "/len":
+                v = _number(arg, int, "/len N needs a whole number >= 1, e.g. /len 200")
+                if v < 1:
+                    raise ValueError("/len N needs a whole number >= 1, e.g. /len 200")
+                s.max_new_tokens = v
+                ui.notice(f"(replies up to {v} tokens)")
+            else:
+                ui.notice(f"(unknown command {name}; /help lists the commands)")
+        except ValueError as e:
+            ui.notice(f"({e})")
+
+    # ---- one reply -----------------------------------------------------------------------------
+    def encode_known(self, text: str) -> tuple[str, list[str]]:
+        """Text with the characters the vocabulary lacks removed, and those characters."""
+        filt = getattr(self.tokenizer, "filter", None)
+        if filt is None:  # byte-level BPE encodes any text
+            return text, []
+        kept, dropped = filt(text)
+        return kept, sorted(set(dropped))
+
+    def context_ids(self, text: str) -> list[int]:
+        """The transcript plus text, encoded, cropped to the last block_size tokens."""
+        ids = self.tokenizer.encode(text)
+        return ids[-self.block_size:]
+
+    def reply(self, message: str) -> str:
+        """Generate and stream the model's answer to message; returns the text shown."""
+        ui, s = self.ui, self.settings
+        kept, dropped = self.encode_known(message)
+        if dropped:
+            shown = "".join(dropped) if len(dropped) <= 12 else "".join(dropped[:12]) + "..."
+            ui.notice(f"(dropped {len(dropped)} character(s) the vocabulary lacks: {shown!r})")
+        kept = kept.strip()
+        if not kept:
+            ui.notice("(nothing left to say after dropping those characters; try other words)")
+            return ""
+        turn = f"{self.user}: {kept}\n{self.bot}:"
+        prompt_text, _ = self.encode_known(self.transcript + turn)  # speaker tags may be unknown too
+        ids = self.context_ids(prompt_text)
+        if not ids:
+            ui.notice("(the model's vocabulary cannot encode this conversation)")
+            return ""
+        stop = StopFilter(("\n", f"{self.user}:", f"{self.bot}:"))
+        raw = ""       # the reply as generated (up to the stop), kept in the transcript
+        started = False
+        ui.write(ui.style(f"{self.bot.lower()}> ", "bold", "cyan"))
+        gen = self.model.generate(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                                  top_p=s.top_p, rng=self.rng)
+        interrupted = False
+        try:
+            for _, piece in stream_text(self.tokenizer, gen):
+                out, done = stop.feed(piece)
+                raw += out
+                if not started:  # the corpus puts a space after "Pythia:"; do not show it
+                    out = out.lstrip()
+                    started = bool(out)
+                if out:
+                    ui.write(out)
+                if done:
+                    break
+            else:
+                tail = stop.flush()
+                raw += tail
+                ui.write(tail if started else tail.lstrip())
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+        ui.write("\n")
+        if interrupted:
+            ui.notice("(reply interrupted)")
+        self.transcript = (self.transcript + turn + raw.rstrip() + TURN_END)
+        # keep the transcript bounded: only its last block_size tokens can matter
+        if len(self.transcript) > 16 * self.block_size:
+            self.transcript = self.transcript[-8 * self.block_size:]
+        return raw.strip()
+
+
+def _number(arg: str, kind: Callable[[str], Any], message: str):
+    try:
+        v = kind(arg)
+    except ValueError:
+        raise ValueError(message) from None
+    if isinstance(v, float) and not np.isfinite(v):
+        raise ValueError(message)
+    return v
+
+
+def run_chat(model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,
+             settings: ChatSettings | None = None, stdin: TextIO | None = None) -> None:
+    """Run the REPL until exit, quit or end of input."""
+    ChatSession(model, tokenizer, ui=ui, settings=settings, stdin=stdin).run()
