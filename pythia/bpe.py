@@ -7,7 +7,9 @@ Encoding a text takes four steps, exactly as GPT-2 does them:
        's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
    Python's `re` has no \\p{L}/\\p{N}, so the letter, number and whitespace classes are built
    once from `unicodedata` (L* and N* general categories; whitespace is Unicode White_Space,
-   which is what GPT-2's `regex` and Hugging Face's tokenizers use, not `str.isspace`).
+   which is what GPT-2's `regex` and Hugging Face's tokenizers use, not `str.isspace`). The
+   classes follow the running Python's Unicode version; characters assigned in later versions
+   count as "other" here and may be letters to a newer regex engine.
 3. Each word's UTF-8 bytes are mapped to printable characters (bytes_to_unicode), so every
    byte sequence is spelled with vocabulary symbols and nothing is ever unknown.
 4. Merges are applied by rank: repeatedly join the adjacent pair with the lowest rank in
