@@ -78,11 +78,23 @@ prob_float = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 # ---- the parser ----------------------------------------------------------------------------------
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the hand-made line breaks of descriptions and examples."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default and keeps the hand-made line breaks of the examples."""
 
     def __init__(self, prog: str):
         super().__init__(prog, max_help_position=30)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _para(text: str) -> str:
+    """A description paragraph wrapped for an 80-column terminal."""
+    import textwrap
+    return textwrap.fill(text, width=79)
 
 
 TOP_EPILOG = """\
@@ -144,21 +156,21 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                    help="training steps (optimizer updates)")
     g.add_argument("--batch-size", type=positive_int, default=t["batch_size"], action=Store, metavar="B",
                    help="sequences per step")
-    g.add_argument("--lr", type=positive_float, default=t["lr"], action=Store, help="peak learning rate")
-    g.add_argument("--min-lr", type=nonneg_float, default=t["min_lr"], action=Store,
+    g.add_argument("--lr", type=positive_float, default=t["lr"], action=Store, metavar="LR", help="peak learning rate")
+    g.add_argument("--min-lr", type=nonneg_float, default=t["min_lr"], action=Store, metavar="LR",
                    help="learning rate at the end of the cosine decay (at most --lr)")
     g.add_argument("--warmup-steps", type=nonneg_int, default=t["warmup_steps"], action=Store, metavar="N",
                    help="steps of linear warmup to --lr")
-    g.add_argument("--weight-decay", type=nonneg_float, default=t["weight_decay"], action=Store,
+    g.add_argument("--weight-decay", type=nonneg_float, default=t["weight_decay"], action=Store, metavar="WD",
                    help="AdamW decoupled weight decay (matrices and embeddings only)")
-    g.add_argument("--beta2", type=beta_float, default=t["beta2"], action=Store, help="AdamW beta2")
-    g.add_argument("--grad-clip", type=nonneg_float, default=t["grad_clip"], action=Store,
+    g.add_argument("--beta2", type=beta_float, default=t["beta2"], action=Store, metavar="B2", help="AdamW beta2")
+    g.add_argument("--grad-clip", type=nonneg_float, default=t["grad_clip"], action=Store, metavar="NORM",
                    help="clip the global gradient norm to this (0 = off)")
     g.add_argument("--eval-interval", type=positive_int, default=t["eval_interval"], action=Store, metavar="N",
                    help="evaluate and save every N steps (and at the end)")
     g.add_argument("--eval-iters", type=positive_int, default=t["eval_iters"], action=Store, metavar="N",
                    help="batches averaged per split at each evaluation")
-    g.add_argument("--seed", type=nonneg_int, default=t["seed"], action=Store,
+    g.add_argument("--seed", type=nonneg_int, default=t["seed"], action=Store, metavar="S",
                    help="seeds the weights, the batches and (train-chat) the chat's sampler")
     _add_kernel_flag(g)
 
@@ -186,7 +198,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser, *, length: int) -> None:
                    help="sample from the K likeliest tokens only (0 = off)")
     g.add_argument("--top-p", type=prob_float, default=1.0, metavar="P",
                    help="sample from the smallest set of tokens whose probability reaches P (1 = off)")
-    g.add_argument("--seed", type=nonneg_int, default=None,
+    g.add_argument("--seed", type=nonneg_int, default=None, metavar="S",
                    help="seed the sampler: the same seed and settings give the same text (default: random)")
     _add_kernel_flag(g)
 
@@ -194,14 +206,14 @@ def _add_sampling_flags(p: argparse.ArgumentParser, *, length: int) -> None:
 def build_parser() -> Parser:
     from . import __version__
     top = Parser(prog=_prog_name(), formatter_class=HelpFormatter, epilog=TOP_EPILOG,
-                 description="Pythia: a GPT in NumPy with Cython kernels. Train a small character-level "
-                             "model on a CPU in seconds, then chat with it.")
+                 description=_para("Pythia: a GPT in NumPy with Cython kernels. Train a small "
+                                   "character-level model on a CPU, then chat with it."))
     top.add_argument("--version", action="version", version=f"pythia {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", title="commands",
                              description="train-chat runs when no command is given")
 
     def command(name: str, summary: str, description: str, epilog: str) -> Parser:
-        return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+        return sub.add_parser(name, help=summary, description=_para(description), epilog=epilog,
                               formatter_class=HelpFormatter)
 
     p = command("train-chat", "train a model, save it, then chat with it (default)",

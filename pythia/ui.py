@@ -77,6 +77,10 @@ def fmt_count(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def fmt_bytes(n: int) -> str:
     if n >= 1 << 20:
         return f"{n / (1 << 20):.1f} MB"
@@ -153,7 +157,7 @@ class ConsoleUI:
         if fallback_reason:
             self.warn(f"fell back to the NumPy kernels, which are slower: {fallback_reason}")
         c = config
-        shape = (f"{c.n_layer} layers{d}{c.n_head} heads{d}d_model {c.d_model}{d}"
+        shape = (f"{_plural(c.n_layer, 'layer')}{d}{_plural(c.n_head, 'head')}{d}d_model {c.d_model}{d}"
                  f"context {c.block_size}{d}{n_params:,} parameters")
         self.line(label("model") + shape)
         if source:
