@@ -22,7 +22,8 @@ def float32_array(name: str, a: object, min_ndim: int = 1) -> np.ndarray:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape}); kernels need at least one element")
-    return np.ascontiguousarray(a)
+    # not np.ascontiguousarray: it turns a 0-d array (one row's mean/rstd/loss) into shape (1,)
+    return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
 def int_array(name: str, a: object) -> np.ndarray:
@@ -31,7 +32,9 @@ def int_array(name: str, a: object) -> np.ndarray:
         raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(a).__name__}")
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    if a.dtype == np.int64 and a.flags.c_contiguous:
+        return a
+    return np.array(a, dtype=np.int64, order="C")  # keeps 0-d targets 0-d, unlike ascontiguousarray
 
 
 def same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:

@@ -20,6 +20,11 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), GPT-2's tanh approximation
 GELU_CUBIC = 0.044715
 
 
+def _f32(a) -> np.ndarray:
+    # a float32 ndarray, also when a reduction over the only axis produced a NumPy scalar
+    return np.asarray(a, dtype=np.float32)
+
+
 # ----------------------------------------------------------------------------- softmax
 
 def _softmax_forward(x):
@@ -90,7 +95,8 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: 
     x, weight, bias = _layernorm_args(x, weight, bias)
     eps = _check.positive_scalar("eps", eps)
     y, mean, rstd = _layernorm_forward(x, weight, bias, np.float32(eps))
-    return y.astype(np.float32, copy=False), mean.astype(np.float32, copy=False), rstd.astype(np.float32, copy=False)
+    # np.asarray: for a 1-d x, mean/rstd are 0-d arrays (NumPy reductions would give scalars)
+    return _f32(y), _f32(mean), _f32(rstd)
 
 
 def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, rstd: np.ndarray):
@@ -200,7 +206,7 @@ def crossentropy_forward(logits: np.ndarray, targets: np.ndarray):
     logits = _check.float32_array("logits", logits)
     targets = _check.targets_for("targets", targets, logits, "logits")
     losses, probs = _crossentropy_forward(logits, targets)
-    return losses.astype(np.float32, copy=False), probs.astype(np.float32, copy=False)
+    return _f32(losses), _f32(probs)
 
 
 def crossentropy_backward(dlosses: np.ndarray, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
