@@ -1,0 +1,240 @@
+"""Checkpoints: the whole training state in one `.npz`, written atomically, read without pickle.
+
+Layout of the archive (every entry a plain NumPy array, so `allow_pickle=False` loads it):
+
+    param/<name>   model weights, float32, Hugging Face GPT-2 names
+    opt/<key>      optimizer state ("m/<name>", "v/<name>", "t"), when saved with an optimizer
+    tok/<key>      the tokenizer's arrays (tokenizer.to_arrays())
+    meta           uint8 bytes of a JSON object: format name and version, model config,
+                   tokenizer kind, step, train config, RNG state
+
+A save writes a temporary file next to the target and renames it over the target only once the
+archive is complete and flushed, so an interrupted or failed save never leaves a half-written
+file and never touches an existing checkpoint. Anything wrong with a file on load is a
+`CheckpointError` whose message says what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT = "pythia-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """What load_checkpoint returns: a ready model and tokenizer plus the state to resume from."""
+    model: Any                                   # pythia.model.Pythia with the saved weights
+    tokenizer: Any                               # SimpleTokenizer or the GPT-2 BPE tokenizer
+    optimizer_arrays: dict[str, np.ndarray] | None
+    step: int
+    rng_state: dict | None
+    train_config: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _meta_bytes(meta: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8).copy()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None, step: int = 0,
+                    rng_state: dict | None = None, train_config: dict | None = None) -> None:
+    """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
+
+    Atomic: the archive goes to a temporary file in the same directory, is flushed to disk, then
+    renamed over path. On any failure (including Ctrl-C) the temporary file is removed and a file
+    already at path is left as it was.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is a directory; give a file name such as "
+                              f"{str(path / 'model.npz')!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: directory {str(parent)!r} does not "
+                              f"exist; create it first or choose another --out")
+    arrays: dict[str, np.ndarray] = {}
+    for name, p in model.params.items():
+        arrays[f"param/{name}"] = np.asarray(p, order="C")
+    if optimizer is not None:
+        for key, a in optimizer.state_arrays().items():
+            arrays[f"opt/{key}"] = np.asarray(a, order="C")
+    for key, a in tokenizer.to_arrays().items():
+        arrays[f"tok/{key}"] = np.asarray(a, order="C")
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "tokenizer_kind": tokenizer.kind,
+        "step": int(step),
+        "has_optimizer": optimizer is not None,
+        "train_config": dict(train_config or {}),
+        "rng_state": rng_state,
+    }
+    arrays["meta"] = _meta_bytes(meta)
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; "
+                              f"check that the directory is writable") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; "
+                                  f"check free disk space and permissions") from None
+        raise
+
+
+def _read_archive(path: Path) -> dict[str, np.ndarray]:
+    """Every entry of the .npz, read eagerly so that a truncated archive fails here."""
+    what = f"checkpoint {str(path)!r}"
+    hint = "it may be truncated or corrupt; use another checkpoint or train a new one"
+    if not path.exists():
+        raise CheckpointError(f"{what} does not exist; check the path")
+    if path.is_dir():
+        raise CheckpointError(f"{what} is a directory, not a checkpoint file; give the .npz file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{what} is not a Pythia checkpoint (not an .npz archive); {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError, OSError, ... all mean the same here
+        raise CheckpointError(f"{what} cannot be read ({type(e).__name__}: {e}); {hint}") from None
+
+
+def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
+    if "meta" not in arrays:
+        raise CheckpointError(f"{what} is not a Pythia checkpoint (it has no 'meta' entry); "
+                              f"use a file written by `python -m pythia train`")
+    raw = arrays["meta"]
+    try:
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError(f"meta is {raw.dtype} {raw.shape}, not 1-d uint8")
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a JSON object")
+    except ValueError as e:
+        raise CheckpointError(f"{what} has an unreadable 'meta' entry ({e}); it is corrupt, "
+                              f"use another checkpoint") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{what} is not a Pythia checkpoint (format {meta.get('format')!r}); "
+                              f"use a file written by `python -m pythia train`")
+    version = meta.get("version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise CheckpointError(f"{what} has format version {version!r} but this Pythia reads version "
+                              f"{FORMAT_VERSION}; " + ("upgrade Pythia to load it" if newer
+                                                       else "retrain or re-convert it with this version"))
+    for key in ("model_config", "tokenizer_kind", "step"):
+        if key not in meta:
+            raise CheckpointError(f"{what} is missing '{key}' in its metadata; it is corrupt, use another checkpoint")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; CheckpointError on anything wrong."""
+    from .model import Pythia, PythiaConfig
+    from .tokenizer import tokenizer_from_arrays
+
+    path = Path(path)
+    what = f"checkpoint {str(path)!r}"
+    arrays = _read_archive(path)
+    meta = _read_meta(arrays, what)
+
+    try:
+        config = PythiaConfig.from_dict(dict(meta["model_config"]))
+    except Exception as e:
+        raise CheckpointError(f"{what} has an invalid model config ({e}); it is corrupt, use another checkpoint") from None
+
+    params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
+    for name, a in params.items():
+        if a.dtype != np.float32:
+            raise CheckpointError(f"{what}: weight {name!r} is {a.dtype}, expected float32; it is corrupt")
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
+                                  f"use an earlier checkpoint")
+    model = Pythia(config)
+    try:
+        model.load_params(params)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{what}: its weights do not fit its model config ({e}); it is corrupt, "
+                              f"use another checkpoint") from None
+
+    tok_arrays = {k[len("tok/"):]: a for k, a in arrays.items() if k.startswith("tok/")}
+    try:
+        tokenizer = tokenizer_from_arrays(meta["tokenizer_kind"], tok_arrays)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{what} has an unreadable tokenizer ({e}); it is corrupt, use another checkpoint") from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{what}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                              f"{config.vocab_size}; it is corrupt, use another checkpoint")
+
+    opt = None
+    if meta.get("has_optimizer"):
+        opt = {k[len("opt/"):]: a for k, a in arrays.items() if k.startswith("opt/")}
+        _check_optimizer_arrays(opt, model.params, what)
+
+    step = meta["step"]
+    if not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{what} has an invalid step {step!r}; it is corrupt, use another checkpoint")
+    return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=step,
+                      rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
+                      path=path)
+
+
+def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.ndarray], what: str) -> None:
+    """The optimizer state must hold m and v of every weight's shape and a step count t."""
+    t = opt.get("t")
+    if t is None or t.shape != () or not np.issubdtype(t.dtype, np.integer) or int(t) < 0:
+        raise CheckpointError(f"{what}: its optimizer state lacks a valid step count 't'; it is corrupt, "
+                              f"use another checkpoint")
+    for name, p in params.items():
+        for moment in ("m", "v"):
+            a = opt.get(f"{moment}/{name}")
+            if a is None or a.shape != p.shape:
+                got = "missing" if a is None else f"shape {a.shape}"
+                raise CheckpointError(f"{what}: optimizer state {moment}/{name} is {got}, expected shape "
+                                      f"{p.shape}; it is corrupt, use another checkpoint")
+
+
+def check_resume_sizes(ckpt: Checkpoint, **sizes: int | None) -> None:
+    """CheckpointError when a model size the user asked for (not None) differs from the checkpoint's.
+
+    Resuming continues the saved model, so its sizes cannot change; the CLI passes the size flags
+    the user gave explicitly (e.g. d_model=64) and None for the rest.
+    """
+    saved = dataclasses.asdict(ckpt.model.config)
+    for name, value in sizes.items():
+        if value is not None and name in saved and saved[name] != value:
+            flag = "--" + name.replace("_", "-")
+            raise CheckpointError(f"checkpoint {str(ckpt.path)!r} has {name} {saved[name]} but {flag} {value} was "
+                                  f"given; drop the model-size flags when resuming, or start a new model "
+                                  f"without --resume")
