@@ -1,0 +1,350 @@
+"""The training loop: sample a batch, loss, backward, optimizer step; evaluate, log, checkpoint.
+
+The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `params` and
+`grads`, and that an optimizer has `step(grads) -> {"lr", "grad_norm"}`: it is the same loop for
+any model size. B is the batch size and T the block size.
+
+Determinism: training batches come from one seeded generator whose state is saved in every
+checkpoint, so a run resumed from step k sees exactly the batches the uninterrupted run saw after
+step k, and gives the same losses. Evaluation draws from its own generator, seeded afresh at each
+evaluation, so it never moves the training stream and every evaluation scores the same batches
+(changes in the curve are the model's, not the sample's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import ConfigError, PythiaError
+
+EVAL_STREAM = 0xE7A1  # mixed into the seed of the evaluation generator, apart from the training stream
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (model sizes live in PythiaConfig). Defaults suit the seed's small model."""
+    steps: int = 500              # the seed's STEPS
+    batch_size: int = 8           # the seed's BATCH_SIZE
+    lr: float = 3e-3              # peak rate: a ~90k-parameter model takes a larger step than nanoGPT's 1e-3 for 10M
+    min_lr: float = 3e-4          # cosine floor at lr / 10, as in nanoGPT (Chinchilla's advice)
+    warmup_steps: int = 50        # ~10% of the default run: Adam's second moments settle before the peak rate
+    weight_decay: float = 0.1     # decoupled, matrices and embeddings only; light, a short run barely overfits
+    beta2: float = 0.99           # small batches give noisy gradients: a shorter memory than 0.999 reacts sooner
+    grad_clip: float = 1.0        # global-norm clip against early spikes; 0 turns it off
+    eval_interval: int = 100      # evaluate (and checkpoint) every this many steps, and at the end
+    eval_iters: int = 20          # batches averaged per split per evaluation: 20 x 8 x 32 = 5k tokens
+    seed: int = 1337              # seeds weights, training batches and evaluation batches
+
+    def validate(self) -> None:
+        """ConfigError naming the flag when a setting is out of range."""
+        def bad(flag: str, value, need: str) -> None:
+            raise ConfigError(f"--{flag} must be {need}, got {value}")
+        for name in ("steps", "batch_size", "eval_interval", "eval_iters"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                bad(name.replace("_", "-"), v, "a positive integer")
+        if not (isinstance(self.warmup_steps, (int, np.integer)) and self.warmup_steps >= 0):
+            bad("warmup-steps", self.warmup_steps, "a non-negative integer")
+        for name in ("lr", "min_lr", "weight_decay", "beta2", "grad_clip"):
+            if not math.isfinite(float(getattr(self, name))):
+                bad(name.replace("_", "-"), getattr(self, name), "a finite number")
+        if self.lr <= 0:
+            bad("lr", self.lr, "positive")
+        if not 0 <= self.min_lr <= self.lr:
+            bad("min-lr", self.min_lr, f"between 0 and --lr ({self.lr})")
+        if self.weight_decay < 0:
+            bad("weight-decay", self.weight_decay, "0 or more")
+        if not 0 <= self.beta2 < 1:
+            bad("beta2", self.beta2, "in [0, 1)")
+        if self.grad_clip < 0:
+            bad("grad-clip", self.grad_clip, "0 (off) or more")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            bad("seed", self.seed, "a non-negative integer")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a checkpoint's saved train config; keys this version does not know are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """The DeltaOptimizer (AdamW + warmup/cosine) for model's parameters under cfg."""
+    from .engine import DeltaOptimizer
+    return DeltaOptimizer(model.params, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                          total_steps=cfg.steps, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
+                          grad_clip=cfg.grad_clip)
+
+
+def make_rng(seed: int, state: dict | None = None) -> np.random.Generator:
+    """The training batch generator: PCG64 seeded with seed, or restored to a saved state."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    if state is not None:
+        try:
+            rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as e:
+            from .errors import CheckpointError
+            raise CheckpointError(f"the checkpoint's random generator state is unreadable ({e}); "
+                                  f"it is corrupt, use another checkpoint") from None
+    return rng
+
+
+@dataclass
+class Progress:
+    """One step's report to on_progress (and one line of the log file)."""
+    step: int                      # steps completed so far, 1-based
+    steps: int                     # total steps of the run
+    train_loss: float              # this step's minibatch loss
+    val_loss: float | None         # the latest evaluation's val loss, None before the first
+    lr: float                      # learning rate used for this step
+    tokens_per_s: float            # training throughput of this run so far (evaluation time excluded)
+    elapsed_s: float               # wall time since run() started
+    eta_s: float                   # estimated wall time left
+    evaluated: bool = False        # True on steps that ran an evaluation
+    eval_train_loss: float | None = None  # the latest evaluation's train loss (averaged over eval_iters)
+    grad_norm: float | None = None  # global gradient norm before clipping
+
+
+@dataclass
+class TrainResult:
+    steps: int                                   # the step training stopped at
+    train_loss: float | None                     # final evaluation's train loss (averaged)
+    val_loss: float | None                       # final evaluation's val loss (averaged)
+    losses: list[float] = field(default_factory=list)        # minibatch loss of each step of this run
+    evals: list[tuple[int, float, float]] = field(default_factory=list)  # (step, train, val) per evaluation
+    wall_time_s: float = 0.0
+    tokens_per_s: float = 0.0
+    checkpoint: Path | None = None               # where the final state was saved (None without out)
+    interrupted: bool = False                    # stopped early by Ctrl-C
+    start_step: int = 0                          # the step this run started from (non-zero when resumed)
+
+
+class Trainer:
+    """Trains model on dataset with optimizer under cfg, reporting through on_progress."""
+
+    def __init__(self, model, optimizer, dataset, cfg: TrainConfig, *, tokenizer=None,
+                 out: Path | None = None, log_file: Path | None = None,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 start_step: int = 0, rng_state: dict | None = None):
+        cfg.validate()
+        if start_step >= cfg.steps:
+            raise ConfigError(f"the model has already trained {start_step} steps and --steps is {cfg.steps}; "
+                              f"pass --steps greater than {start_step} to train further")
+        if dataset.block_size > model.config.block_size:
+            raise ConfigError(f"the data's block size {dataset.block_size} exceeds the model's "
+                              f"{model.config.block_size}; use --block-size {model.config.block_size} or less")
+        self.model, self.optimizer, self.dataset, self.cfg = model, optimizer, dataset, cfg
+        self.tokenizer = tokenizer if tokenizer is not None else dataset.tokenizer
+        self.out = Path(out) if out is not None else None
+        self.log_file = Path(log_file) if log_file is not None else None
+        self.on_progress = on_progress
+        self.start_step = start_step
+        self.rng = make_rng(cfg.seed, rng_state)
+        self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
+        self._saved = False  # whether this Trainer has written out
+        self._log_fh = None
+
+    @classmethod
+    def resume(cls, ckpt, dataset, cfg: TrainConfig, **kwargs) -> "Trainer":
+        """A Trainer that continues ckpt (a pythia.checkpoint.Checkpoint) exactly where it stopped."""
+        from .errors import CheckpointError
+        if ckpt.optimizer_arrays is None:
+            raise CheckpointError(f"checkpoint {str(ckpt.path)!r} holds no optimizer state, so training cannot "
+                                  f"resume from it; start a new model without --resume")
+        model = ckpt.model
+        optimizer = make_optimizer(model, cfg)
+        try:
+            optimizer.load_state_arrays(ckpt.optimizer_arrays)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {str(ckpt.path)!r} has optimizer state that does not fit its "
+                                  f"model ({e}); it is corrupt, use another checkpoint") from None
+        rng_state = (ckpt.rng_state or {}).get("train")
+        return cls(model, optimizer, dataset, cfg, tokenizer=ckpt.tokenizer, start_step=ckpt.step,
+                   rng_state=rng_state, **kwargs)
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def evaluate(self, iters: int | None = None) -> tuple[float, float] | None:
+        """Mean loss over `iters` (default eval_iters) batches of each split, from a freshly seeded
+        generator. None when Ctrl-C arrives during it (the loop then stops without this result)."""
+        iters = self.cfg.eval_iters if iters is None else iters
+        rng = np.random.Generator(np.random.PCG64([self.cfg.seed, EVAL_STREAM]))
+        result = []
+        for split in ("train", "val"):
+            total = 0.0
+            for _ in range(iters):
+                if self._stop:
+                    return None
+                x, y = self.dataset.get_batch(split, self.cfg.batch_size, rng)  # (B, T), (B, T)
+                total += float(self.model.loss(x, y))
+            result.append(total / iters)
+        return result[0], result[1]
+
+    def save(self, step: int) -> None:
+        """Checkpoint the state after `step` completed steps to out (when set)."""
+        if self.out is None:
+            return
+        from .checkpoint import save_checkpoint
+        save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
+                        rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict())
+        self._saved = True
+
+    def _params_finite(self) -> bool:
+        return all(np.isfinite(p).all() for p in self.model.params.values())
+
+    def _log(self, record: dict) -> None:
+        if self._log_fh is not None:
+            self._log_fh.write(json.dumps(record) + "\n")
+            self._log_fh.flush()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train from start_step to cfg.steps. Ctrl-C stops at the end of the current step, saves,
+        and returns with interrupted=True. A NaN or infinite loss raises PythiaError; the checkpoint
+        at out then still holds the last good state (it is only ever written with finite weights)."""
+        cfg, B, T = self.cfg, self.cfg.batch_size, self.dataset.block_size
+        result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step)
+        self._stop = False
+        self._log_fh = open(self.log_file, "a", encoding="utf-8") if self.log_file is not None else None
+        previous_handler = self._install_sigint()
+        t0 = time.perf_counter()
+        train_time = 0.0        # seconds spent in training steps (not evaluation) this run
+        last_val: float | None = None
+        last_eval_train: float | None = None
+        step = self.start_step  # completed steps
+        try:
+            while step < cfg.steps and not self._stop:
+                ts = time.perf_counter()
+                x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
+                loss = float(self.model.loss(x, y))
+                if not math.isfinite(loss):
+                    raise PythiaError(self._diverged_message(loss, step + 1))
+                self.model.backward()
+                try:
+                    info = self.optimizer.step(self.model.grads)
+                except PythiaError:  # a non-finite gradient norm: nothing was updated
+                    raise PythiaError(self._diverged_message(float("nan"), step + 1, "gradient norm")) from None
+                step += 1
+                train_time += time.perf_counter() - ts
+                result.losses.append(loss)
+
+                evaluated = False
+                if step % cfg.eval_interval == 0 or step == cfg.steps:
+                    losses = self.evaluate()
+                    if losses is not None:
+                        evaluated = True
+                        last_eval_train, last_val = losses
+                        result.evals.append((step, last_eval_train, last_val))
+                        if not math.isfinite(last_val) or not self._params_finite():
+                            raise PythiaError(self._diverged_message(last_val, step))
+                        self.save(step)
+
+                done = step - self.start_step
+                elapsed = time.perf_counter() - t0
+                tps = done * B * T / train_time if train_time > 0 else 0.0
+                eta = (cfg.steps - step) * elapsed / done
+                progress = Progress(step=step, steps=cfg.steps, train_loss=loss, val_loss=last_val,
+                                    lr=float(info.get("lr", float("nan"))), tokens_per_s=tps, elapsed_s=elapsed,
+                                    eta_s=eta, evaluated=evaluated, eval_train_loss=last_eval_train,
+                                    grad_norm=_maybe_float(info.get("grad_norm")))
+                record = {"step": step, "train_loss": loss, "lr": progress.lr, "tokens_per_s": tps,
+                          "elapsed_s": elapsed, "grad_norm": progress.grad_norm}
+                if evaluated:
+                    record.update(eval_train_loss=last_eval_train, val_loss=last_val)
+                self._log(record)
+                try:
+                    if self.on_progress is not None:
+                        self.on_progress(progress)
+                except KeyboardInterrupt:  # raised between steps: the state is consistent, stop here
+                    self._stop = True
+        finally:
+            self._restore_sigint(previous_handler)
+            if self._log_fh is not None:
+                self._log_fh.close()
+                self._log_fh = None
+
+        result.steps = step
+        result.interrupted = step < cfg.steps
+        if result.interrupted and step > self.start_step:
+            if self._params_finite():
+                self.save(step)
+        if result.evals and result.evals[-1][0] == step:
+            result.train_loss, result.val_loss = result.evals[-1][1], result.evals[-1][2]
+        result.wall_time_s = time.perf_counter() - t0
+        result.tokens_per_s = (step - self.start_step) * B * T / train_time if train_time > 0 else 0.0
+        result.checkpoint = self.out if self._saved else None
+        return result
+
+    def _diverged_message(self, value: float, step: int, what: str = "loss") -> str:
+        kept = (f"the last good checkpoint in {str(self.out)!r} (with finite weights) is kept" if self._saved
+                else "no checkpoint was written")
+        return (f"training diverged: the {what} became {value} at step {step}; {kept}; lower --lr (now {self.cfg.lr:g}) "
+                f"or --grad-clip, or raise --warmup-steps, and train again")
+
+    # -- Ctrl-C -------------------------------------------------------------------------------
+
+    def _install_sigint(self):
+        """Make Ctrl-C set a flag that the loop checks between steps, so it never stops halfway
+        through an update. Only the main thread can own signal handlers; elsewhere do nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop:                 # a second Ctrl-C: the user really means it
+                raise KeyboardInterrupt
+            self._stop = True
+        return signal.signal(signal.SIGINT, handler)
+
+    @staticmethod
+    def _restore_sigint(previous) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _maybe_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict | None = None,
+                    resume: Path | None = None, **trainer_kwargs) -> Trainer:
+    """Everything the CLI needs to start or resume a run, with every check in a sensible order.
+
+    model: PythiaConfig sizes the user gave (None values mean "not given": the default for a new
+    model, the checkpoint's when resuming); train: TrainConfig fields likewise. A new run builds a
+    character vocabulary from the corpus; a resumed one keeps the checkpoint's model, vocabulary,
+    optimizer, step, RNG and train config, overridden by the train fields that were given.
+    trainer_kwargs go to Trainer (out, log_file, on_progress).
+    """
+    from .checkpoint import check_resume_sizes, load_checkpoint
+    from .data import build_dataset
+    from .model import Pythia, PythiaConfig
+
+    sizes = {k: v for k, v in (model or {}).items() if v is not None}
+    given = {k: v for k, v in (train or {}).items() if v is not None}
+    if resume is None:
+        cfg = TrainConfig(**given)
+        cfg.validate()
+        PythiaConfig(vocab_size=1, **sizes).validate()     # bad sizes fail before the corpus is read
+        block_size = sizes.get("block_size", PythiaConfig.block_size)
+        dataset = build_dataset(paths, block_size)
+        net = Pythia(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), seed=cfg.seed)
+        return Trainer(net, make_optimizer(net, cfg), dataset, cfg, **trainer_kwargs)
+    ckpt = load_checkpoint(resume)
+    check_resume_sizes(ckpt, **sizes)
+    cfg = TrainConfig.from_dict({**ckpt.train_config, **given})
+    cfg.validate()
+    dataset = build_dataset(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer)
+    return Trainer.resume(ckpt, dataset, cfg, **trainer_kwargs)
