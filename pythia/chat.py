@@ -15,6 +15,7 @@ Ctrl-C interrupts a reply and returns to the prompt; Ctrl-D (end of input) leave
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
@@ -126,9 +127,11 @@ class ChatSession:
             self.interactive = self.stdin.isatty()
         except (AttributeError, ValueError):
             self.interactive = False
+        self.readline = False
         if self.interactive and self.stdin is sys.stdin:
             try:
                 import readline  # noqa: F401  (line editing and history for input())
+                self.readline = True
             except ImportError:
                 pass
 
@@ -171,6 +174,8 @@ class ChatSession:
         """One line of input without its newline, or None at end of input."""
         if self.stdin is sys.stdin and self.interactive:
             self.ui.end_live()
+            if self.readline:  # \001..\002 tell readline the colour codes take no columns
+                prompt = re.sub(r"(\033\[[0-9;]*m)", "\001\\1\002", prompt)
             try:
                 return input(prompt)
             except EOFError:

@@ -115,7 +115,7 @@ class ConsoleUI:
 
     # ---- small output helpers -------------------------------------------------------------
     def style(self, text: str, *names: str) -> str:
-        if not self.color or not names:
+        if not self.color or not names or not text:
             return text
         codes = ";".join(_CODES[n] for n in names)
         return f"\033[{codes}m{text}\033[0m"

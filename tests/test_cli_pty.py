@@ -1,0 +1,190 @@
+"""The interactive program in a pseudo-terminal, as a person at a keyboard meets it.
+
+`pty.fork()` makes the terminal the child's controlling terminal, so writing \\x03 (Ctrl-C) or
+\\x04 (Ctrl-D) to it is exactly a keypress: the terminal driver turns them into SIGINT and end of
+input. Models are tiny; the long-running cases (a reply or a training run that would go on for
+minutes) are always cut short by the Ctrl-C under test, and every wait has a generous deadline
+so a hang fails instead of blocking the suite.
+"""
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pythia
+
+pty = pytest.importorskip("pty")
+if sys.platform == "win32":  # pragma: no cover
+    pytest.skip("pseudo-terminals are POSIX only", allow_module_level=True)
+
+REPO = Path(pythia.__file__).resolve().parent.parent
+TINY = ["--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8", "--batch-size", "2",
+        "--eval-iters", "1"]
+DEADLINE = 120.0  # seconds: only reached when something hangs
+
+
+def _env():
+    env = dict(os.environ, TERM="xterm", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NO_COLOR", None)
+    return env
+
+
+class Terminal:
+    """A child `python -m pythia ...` on a pseudo-terminal 100 columns wide."""
+
+    def __init__(self, args, cwd):
+        pid, fd = pty.fork()
+        if pid == 0:  # child: becomes the program
+            try:
+                os.chdir(cwd)
+                os.execve(sys.executable, [sys.executable, "-m", "pythia", *args], _env())
+            finally:
+                os._exit(127)
+        import fcntl
+        import termios
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.pid, self.fd, self.out, self.status = pid, fd, b"", None
+
+    def _read_some(self, timeout):
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            chunk = b""
+        if not chunk:
+            raise EOFError
+        self.out += chunk
+        return True
+
+    def expect(self, pattern: bytes, start: int = 0) -> int:
+        """Read until pattern appears in the output after offset start; returns the end offset."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            i = self.out.find(pattern, start)
+            if i >= 0:
+                return i + len(pattern)
+            try:
+                self._read_some(max(0.0, deadline - time.monotonic()))
+            except EOFError:
+                raise AssertionError(f"program ended before {pattern!r}; output:\n{self.text()}") from None
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {DEADLINE}s; output:\n{self.text()}")
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self) -> int:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+                try:
+                    while self._read_some(0.05):
+                        pass
+                except EOFError:
+                    pass
+                return self.status
+            try:
+                self._read_some(0.05)
+            except EOFError:
+                pass
+        raise AssertionError(f"program did not exit; output:\n{self.text()}")
+
+    def text(self) -> str:
+        return self.out.decode("utf-8", errors="replace")
+
+    def close(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        os.close(self.fd)
+
+
+@pytest.fixture
+def term():
+    made = []
+
+    def start(args, cwd):
+        t = Terminal(args, cwd)
+        made.append(t)
+        return t
+    yield start
+    for t in made:
+        t.close()
+
+
+def test_progress_is_redrawn_in_place_then_chat_and_quit(tmp_path, term):
+    t = term(["train-chat", *TINY, "--steps", "300", "--eval-interval", "100"], tmp_path)
+    end = t.expect(b"you> ")
+    region = t.out[t.out.find(b"Training"):t.out.find(b"Trained")]
+    redraws = re.findall(rb"\r(?!\n)", region)          # a carriage return not ending a line
+    assert len(redraws) >= 3, t.text()                  # first step, evaluations, last step at least
+    assert b"300/300" in region and b"ETA" in region
+    assert region.count(b"\n") <= 3                     # the bar stays on one line (plus its end)
+    t.send(b"quit\n")
+    t.expect(b"Goodbye", end)
+    assert t.wait() == 0
+
+
+def test_ctrl_c_during_a_reply_returns_to_the_prompt(tmp_path, term):
+    # A corpus without newlines or colons: the model can never end a turn, so only Ctrl-C can.
+    (tmp_path / "c.txt").write_text("abc abd bca cab dab " * 300, encoding="utf-8")
+    env = _env()
+    r = subprocess.run([sys.executable, "-m", "pythia", "train", "--data", "c.txt", "--out", "m.npz",
+                        "--steps", "5", "--eval-interval", "5", *TINY], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=DEADLINE)
+    assert r.returncode == 0, r.stderr
+    t = term(["chat", "--checkpoint", "m.npz", "--max-new-tokens", "10000000", "--seed", "1"], tmp_path)
+    at = t.expect(b"you> ")
+    t.send(b"ab\n")
+    at = t.expect(b"pythia> ", at)
+    t.expect(b"a", at)                                   # the reply is streaming
+    t.send(b"\x03")
+    at = t.expect(b"(reply interrupted)", at)
+    at = t.expect(b"you> ", at)
+    t.send(b"/len 3\n")
+    at = t.expect(b"you> ", at)
+    t.send(b"ba\n")                                      # the chat still works after the interrupt
+    at = t.expect(b"pythia> ", at)
+    at = t.expect(b"you> ", at)
+    t.send(b"exit\n")
+    assert t.wait() == 0
+    assert b"Traceback" not in t.out
+
+
+def test_ctrl_c_during_training_saves_and_goes_on_to_chat(tmp_path, term):
+    t = term(["train-chat", *TINY, "--steps", "10000000", "--eval-interval", "1000000"], tmp_path)
+    at = t.expect(b"Training")
+    at = t.expect(b"/10000000", at)                      # the bar is up: training is under way
+    t.send(b"\x03")
+    at = t.expect(b"Stopped early at step", at)
+    at = t.expect(b"you> ", at)
+    assert (tmp_path / "pythia-chat.npz").is_file()
+    t.send(b"\x04")                                      # Ctrl-D leaves
+    t.expect(b"Goodbye", at)
+    assert t.wait() == 0
+    assert b"Traceback" not in t.out
+
+
+def test_ctrl_c_twice_at_the_prompt_leaves(tmp_path, term):
+    t = term(["train-chat", *TINY, "--steps", "3", "--eval-interval", "3"], tmp_path)
+    at = t.expect(b"you> ")
+    t.send(b"\x03")
+    at = t.expect(b"press Ctrl-C again", at)
+    at = t.expect(b"you> ", at)
+    t.send(b"\x03")
+    t.expect(b"Goodbye", at)
+    assert t.wait() == 0
