@@ -277,7 +277,8 @@ class Pythia:
             g = kernels.gelu_forward(fc)                                                      # (N, 4C)
             x = x + linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])  # (N, C)
             a.update(ln2=h2, fc=fc, gelu=g)
-            layers.append(a)
+            if keep is not None:                                 # inference drops each layer's activations
+                layers.append(a)
         hf, mean_f, rstd_f = kernels.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])  # (N, C)
         logits = hf @ P["wte"].T                                 # (N, C) @ (C, V) -> (N, V), tied head
         if keep is not None:
