@@ -225,6 +225,10 @@ class Trainer:
         last_val: float | None = None
         last_eval_train: float | None = None
         step = self.start_step  # completed steps
+        # Non-finite values are detected and reported below as one clear error, so NumPy's
+        # overflow/invalid RuntimeWarnings would only be noise on the user's terminal.
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        errstate.__enter__()
         try:
             while step < cfg.steps and not self._stop:
                 ts = time.perf_counter()
@@ -271,6 +275,7 @@ class Trainer:
                 except KeyboardInterrupt:  # raised between steps: the state is consistent, stop here
                     self._stop = True
         finally:
+            errstate.__exit__(None, None, None)
             self._restore_sigint(previous_handler)
             if self._log_fh is not None:
                 self._log_fh.close()
