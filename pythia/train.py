@@ -218,7 +218,13 @@ class Trainer:
         cfg, B, T = self.cfg, self.cfg.batch_size, self.dataset.block_size
         result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step)
         self._stop = False
-        self._log_fh = open(self.log_file, "a", encoding="utf-8") if self.log_file is not None else None
+        self._log_fh = None
+        if self.log_file is not None:
+            try:
+                self._log_fh = open(self.log_file, "a", encoding="utf-8")  # append: never clobber a user's file
+            except OSError as e:
+                raise ConfigError(f"cannot open --log-file {str(self.log_file)!r}: {e.strerror or e}; "
+                                  f"check the path") from None
         previous_handler = self._install_sigint()
         t0 = time.perf_counter()
         train_time = 0.0        # seconds spent in training steps (not evaluation) this run
@@ -252,8 +258,10 @@ class Trainer:
                         evaluated = True
                         last_eval_train, last_val = losses
                         result.evals.append((step, last_eval_train, last_val))
-                        if not math.isfinite(last_val) or not self._params_finite():
-                            raise PythiaError(self._diverged_message(last_val, step))
+                        if not math.isfinite(last_val):
+                            raise PythiaError(self._diverged_message(last_val, step, "val loss"))
+                        if not self._params_finite():
+                            raise PythiaError(self._diverged_message(float("nan"), step, "weights"))
                         self.save(step)
 
                 done = step - self.start_step
@@ -296,7 +304,7 @@ class Trainer:
     def _diverged_message(self, value: float, step: int, what: str = "loss") -> str:
         kept = (f"the last good checkpoint in {str(self.out)!r} (with finite weights) is kept" if self._saved
                 else "no checkpoint was written")
-        return (f"training diverged: the {what} became {value} at step {step}; {kept}; lower --lr (now {self.cfg.lr:g}) "
+        return (f"training diverged: the {what} became {'non-finite' if what == 'weights' else value} at step {step}; {kept}; lower --lr (now {self.cfg.lr:g}) "
                 f"or --grad-clip, or raise --warmup-steps, and train again")
 
     # -- Ctrl-C -------------------------------------------------------------------------------
