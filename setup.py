@@ -2,7 +2,13 @@
 
 -O3 always; OpenMP when a probe compile with -fopenmp succeeds, serial otherwise. No
 -march=native (the wheel must run on other CPUs) and no -ffast-math (it would change float
-semantics for the whole process, NaN checks included).
+semantics for the whole process, NaN checks included). -fno-trapping-math only tells gcc that
+nobody reads the floating-point exception flags inside the kernels, so it may compute both
+sides of a branch and vectorise it; it changes no computed value.
+
+On x86-64 the same source is built a second time as pythia._kernels_avx2 with -mavx2 -mfma
+(8-wide vectors and fused multiply-add, when the compiler accepts the flags); pythia.kernels
+loads it only on a CPU that reports AVX2 and FMA, so the baseline build still runs everywhere.
 """
 import os
 import shutil
@@ -14,18 +20,20 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
-PROBE = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+PROBE_OPENMP = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+PROBE_AVX2 = "#include <immintrin.h>\nint main(void) { __m256 a = _mm256_set1_ps(1.f); a = _mm256_fmadd_ps(a, a, a); return (int)_mm256_cvtss_f32(a) - 2; }\n"
+SIMD_FLAGS = ["-mavx2", "-mfma"]
 
 
-def openmp_works(compiler) -> bool:
-    """Compile and link a tiny OpenMP program with the build's compiler."""
+def compiles(compiler, code: str, flags: list[str]) -> bool:
+    """Compile and link a tiny program with the build's compiler and `flags`."""
     tmp = tempfile.mkdtemp()
     try:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write(PROBE)
-        objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
-        compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=["-fopenmp"])
+            f.write(code)
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+        compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
         return True
     except Exception:
         return False
@@ -36,11 +44,17 @@ def openmp_works(compiler) -> bool:
 class BuildExt(build_ext):
     def build_extensions(self):
         unix = self.compiler.compiler_type == "unix"
-        omp = unix and openmp_works(self.compiler)
-        print(f"pythia: OpenMP {'enabled' if omp else 'not available, building serial kernels'}", file=sys.stderr)
+        omp = unix and compiles(self.compiler, PROBE_OPENMP, ["-fopenmp"])
+        simd = unix and compiles(self.compiler, PROBE_AVX2, SIMD_FLAGS)
+        print(f"pythia: OpenMP {'enabled' if omp else 'not available, building serial kernels'}; "
+              f"AVX2/FMA variant {'built' if simd else 'skipped'}", file=sys.stderr)
+        if not simd:
+            self.extensions = [e for e in self.extensions if not e.name.endswith("_avx2")]
         for ext in self.extensions:
             if unix:
-                ext.extra_compile_args += ["-O3"]
+                ext.extra_compile_args += ["-O3", "-fno-trapping-math"]
+            if ext.name.endswith("_avx2"):
+                ext.extra_compile_args += SIMD_FLAGS
             if omp:
                 ext.extra_compile_args += ["-fopenmp"]
                 ext.extra_link_args += ["-fopenmp"]
@@ -60,10 +74,15 @@ class BuildPy(build_py):
 
 
 def extensions():
+    import numpy
     from Cython.Build import cythonize
-    ext = Extension("pythia._kernels", ["kernels/_kernels.pyx"],
-                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
-    return cythonize([ext], compiler_directives={"language_level": 3})
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    inc = [numpy.get_include()]  # the kernels read array pointers through NumPy's C API
+    exts = [Extension("pythia._kernels", ["kernels/_kernels.pyx"], define_macros=macros, include_dirs=inc),
+            # the same source (it includes _kernels.pyx), built with SIMD_FLAGS by BuildExt
+            Extension("pythia._kernels_avx2", ["kernels/_kernels_avx2.pyx"], define_macros=macros,
+                      include_dirs=inc)]
+    return cythonize(exts, compiler_directives={"language_level": 3})
 
 
 setup(

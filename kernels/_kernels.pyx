@@ -1,179 +1,504 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled kernels behind `pythia.kernels.compiled` (which validates every argument first).
 
-Each op is a `noexcept nogil` routine for one row, wrapped in a loop over rows that runs in
-parallel (OpenMP prange) only when the work is large enough to repay the thread start-up.
-Arguments arrive as C-contiguous float32 memoryviews: `const` ones are inputs, the rest outputs.
-N is the number of rows, C the row length.
+Each op is a `noexcept nogil` routine for one row, wrapped in a loop over rows that runs on
+several threads (OpenMP prange) only when the work is large enough to repay waking them.
+Arguments arrive as C-contiguous arrays plus their sizes, already checked by compiled.py;
+`_in`/`_out` re-check dtype, contiguity and size in a few nanoseconds (a typed memoryview per
+argument cost ~0.5 us, which is most of a small kernel) and hand out the raw pointer.
+N is the number of rows, C the row length, V the vocabulary; (Tq, Tk) an attention matrix.
+
+Speed without -ffast-math or -march=native: the inner loops are written so that gcc -O3
+vectorises them for the baseline ISA (SSE2 on x86-64):
+- exp is our own range reduction + polynomial (`_exp`) instead of scalar libm `expf`, and
+  tanh enters only through sigmoid(2u) = (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u));
+- sums and maxima use LANES independent partial results (`_sum`, `_dot`, `_max`), because
+  without -ffast-math the compiler may not reorder a single float accumulator.
 """
+cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport expf, sqrtf, tanhf, logf, INFINITY
+from libc.math cimport sqrtf, logf, INFINITY, NAN
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
-API_VERSION = 1  # must equal pythia.kernels.compiled.API_VERSION
+cnp.import_array()
 
-cdef float GELU_S = 0.7978845608028654   # sqrt(2/pi)
-cdef float GELU_C = 0.044715
-cdef Py_ssize_t PARALLEL_MIN = 32768      # elements below which threads cost more than they save
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <stdint.h>
+    #if defined(__AVX2__) && defined(__FMA__)
+    #define PYTHIA_ISA "avx2"
+    #else
+    #define PYTHIA_ISA "baseline"
+    #endif
+    /* may this CPU run the -mavx2 -mfma build? (gcc/clang check the OS saves the ymm state too) */
+    static int pythia_cpu_has_avx2_fma(void) {
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int pythia_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int pythia_max_threads(void) { return 1; }
+    #endif
+    /* bit casts between float and int32 (memcpy is the defined way; it compiles to nothing) */
+    static inline int32_t pythia_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+    static inline float pythia_from_bits(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+    /* constants live here, not as Cython module globals: gcc must see them as compile-time
+       constants, or it reloads them (they might alias the output) and will not vectorise */
+    static const float GELU_C = 0.044715f;
+    static const float GELU_2S = 1.5957691216057308f;  /* 2 sqrt(2/pi) */
+    static const float GELU_3C = 0.134145f;             /* 3 * 0.044715 */
+    static const float LOG2E = 1.44269504088896341f;
+    static const float LN2_HI = 0.693359375f;
+    static const float LN2_LO = -2.12194440e-4f;
+    static const float ROUND = 12582912.0f;
+    static const float EXP_LO = -87.33654475f;
+    static const float EXP_HI = 88.0f;
+    static const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f;
+    static const float P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+    """
+    int pythia_max_threads() noexcept nogil
+    int pythia_cpu_has_avx2_fma() noexcept nogil
+    const char* PYTHIA_ISA
+    int32_t pythia_bits(float) noexcept nogil
+    float pythia_from_bits(int32_t) noexcept nogil
+    # GELU: s = sqrt(2/pi), c = 0.044715 (GPT-2's tanh approximation)
+    const float GELU_C, GELU_2S, GELU_3C  # GELU_2S = 2s, GELU_3C = 3c
+    # exp(x) = 2^n exp(r), n = round(x log2(e)), r = x - n ln2 with ln2 split in two (Cody-Waite)
+    # so that n*LN2_HI is exact; exp(r) on |r| <= ln2/2 by Cephes' expf polynomial (~1 ulp);
+    # ROUND = 1.5 * 2^23: adding then subtracting it rounds a float to the nearest integer.
+    # EXP_LO = ln(2^-126): below it we return 0; EXP_HI keeps 2^n finite (exp(88) = 1.65e38).
+    const float LOG2E, LN2_HI, LN2_LO, ROUND, EXP_LO, EXP_HI, P0, P1, P2, P3, P4, P5
 
+API_VERSION = 2  # must equal pythia.kernels.compiled.API_VERSION
+ISA = PYTHIA_ISA.decode()  # "avx2" in the _kernels_avx2 build, "baseline" otherwise
+
+
+def cpu_has_avx2_fma() -> bool:
+    """True when this CPU (and OS) can run the AVX2/FMA build of these kernels."""
+    return pythia_cpu_has_avx2_fma() != 0
+
+
+def max_threads() -> int:
+    """Threads a large kernel uses (OpenMP's limit; 1 in a serial build)."""
+    return pythia_max_threads()
+
+cdef enum: PARALLEL_MIN = 32768   # elements below which threads cost more than they save
+cdef enum: LANES = 16             # partial sums per reduction (four SSE / two AVX registers)
+cdef enum: BLOCK = 4096           # elements per parallel work item of the element-wise kernels
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
-    return 2 if work >= PARALLEL_MIN else 1
+    return pythia_max_threads() if work >= PARALLEL_MIN else 1
+
+
+# ----------------------------------------------------------------------------- vector math
+
+cdef inline float _exp(float x) noexcept nogil:
+    # exp(x) for float32; NaN -> NaN, x < EXP_LO (and -inf) -> 0, x > EXP_HI -> exp(EXP_HI)
+    cdef float xc, t, n, r, p
+    xc = EXP_LO if x < EXP_LO else x               # written so that NaN passes through
+    xc = EXP_HI if xc > EXP_HI else xc
+    t = xc * LOG2E + ROUND
+    n = t - ROUND                                  # round(x / ln2), exactly, as a float
+    r = xc - n * LN2_HI
+    r = r - n * LN2_LO                             # x - n ln2, |r| <= ln2/2
+    p = ((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5
+    p = p * (r * r) + r + <float>1.0               # exp(r); <float>: a bare 1.0 is a C double
+    # 2^n built in the exponent field; the low bits of t hold n + bits(ROUND)
+    p = p * pythia_from_bits((pythia_bits(t) - pythia_bits(ROUND) + 127) << 23)
+    return <float>0.0 if x < EXP_LO else p
+
+
+cdef inline float _sigmoid(float z) noexcept nogil:
+    # 1 / (1 + exp(-z)); exp(-z) saturates at exp(EXP_HI) so z -> -inf gives ~0, not NaN
+    return <float>1.0 / (<float>1.0 + _exp(-z))
+
+
+cdef inline float _sum(const float* a, Py_ssize_t n) noexcept nogil:
+    # sum(a) with LANES partial sums
+    cdef float acc[LANES]
+    cdef Py_ssize_t j, k, n8 = n - n % LANES
+    cdef float s = 0.0
+    for k in range(LANES):
+        acc[k] = 0.0
+    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+        for k in range(LANES):
+            acc[k] = acc[k] + a[j + k]
+    for j in range(n8, n):
+        s = s + a[j]
+    for k in range(LANES):
+        s = s + acc[k]
+    return s
+
+
+cdef inline float _dot(const float* a, const float* b, Py_ssize_t n) noexcept nogil:
+    # sum(a * b) with LANES partial sums
+    cdef float acc[LANES]
+    cdef Py_ssize_t j, k, n8 = n - n % LANES
+    cdef float s = 0.0
+    for k in range(LANES):
+        acc[k] = 0.0
+    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+        for k in range(LANES):
+            acc[k] = acc[k] + a[j + k] * b[j + k]
+    for j in range(n8, n):
+        s = s + a[j] * b[j]
+    for k in range(LANES):
+        s = s + acc[k]
+    return s
+
+
+cdef inline float _sqdev(const float* a, float m, Py_ssize_t n) noexcept nogil:
+    # sum((a - m)^2) with LANES partial sums
+    cdef float acc[LANES]
+    cdef Py_ssize_t j, k, n8 = n - n % LANES
+    cdef float s = 0.0, d
+    for k in range(LANES):
+        acc[k] = 0.0
+    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+        for k in range(LANES):
+            d = a[j + k] - m
+            acc[k] = acc[k] + d * d
+    for j in range(n8, n):
+        d = a[j] - m
+        s = s + d * d
+    for k in range(LANES):
+        s = s + acc[k]
+    return s
+
+
+cdef inline float _max(const float* a, Py_ssize_t n) noexcept nogil:
+    # max(a) with LANES partial maxima; NaN entries are skipped here (they still poison the sum)
+    cdef float acc[LANES]
+    cdef Py_ssize_t j, k, n8 = n - n % LANES
+    cdef float m = -INFINITY
+    for k in range(LANES):
+        acc[k] = -INFINITY
+    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+        for k in range(LANES):
+            acc[k] = a[j + k] if a[j + k] > acc[k] else acc[k]
+    for j in range(n8, n):
+        m = a[j] if a[j] > m else m
+    for k in range(LANES):
+        m = acc[k] if acc[k] > m else m
+    return m
+
+
+# ----------------------------------------------------------------------------- buffers
+
+cdef const float* _in(cnp.ndarray a, Py_ssize_t n) except NULL:
+    # an input: float32, C-contiguous, n elements
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_SIZE(a) != n:
+        raise ValueError(f"kernel input must be a C-contiguous float32 array of {n} elements")
+    return <const float*>cnp.PyArray_DATA(a)
+
+
+cdef float* _out(cnp.ndarray a, Py_ssize_t n) except NULL:
+    # an output: as _in, and writeable
+    if not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError("kernel output must be writeable")
+    return <float*>_in(a, n)
+
+
+cdef const int64_t* _targets(cnp.ndarray a, Py_ssize_t n, Py_ssize_t V) except NULL:
+    # class indices: int64, C-contiguous, n elements, each in [0, V) (they index the rows)
+    cdef Py_ssize_t i
+    cdef const int64_t* t
+    cdef bint bad = False
+    if cnp.PyArray_TYPE(a) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_SIZE(a) != n:
+        raise ValueError(f"targets must be a C-contiguous int64 array of {n} elements")
+    t = <const int64_t*>cnp.PyArray_DATA(a)
+    with nogil:
+        for i in range(n):
+            bad = bad | (t[i] < 0) | (t[i] >= V)
+    if bad:
+        raise ValueError(f"targets must lie in [0, {V})")
+    return t
+
+
+def targets_in_range(cnp.ndarray t not None, Py_ssize_t N, Py_ssize_t V) -> bool:
+    """True when all N int64 targets lie in [0, V) (one pass in C, no temporaries)."""
+    try:
+        _targets(t, N, V)
+    except ValueError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- softmax
 
 cdef inline void _softmax_row(const float* x, float* y, Py_ssize_t C, float scale) noexcept nogil:
-    # y = exp(s*x - max) / sum; an all -inf row gives y = 0
+    # y = exp(scale x - max) / sum; an all -inf row gives y = 0 (defined, not NaN)
     cdef Py_ssize_t j
-    cdef float m = -INFINITY, s = 0.0, inv
-    for j in range(C):
-        if x[j] > m:
-            m = x[j]
-    if m == -INFINITY:
+    cdef float m, inv
+    m = _max(x, C)
+    if m == -INFINITY:                     # every entry -inf (y = 0) or NaN (y = NaN)
         for j in range(C):
-            y[j] = 0.0
+            y[j] = 0.0 if x[j] == -INFINITY else NAN
         return
     m = m * scale
     for j in range(C):
-        y[j] = expf(x[j] * scale - m)
-        s = s + y[j]
-    inv = 1.0 / s
+        y[j] = _exp(x[j] * scale - m)
+    inv = <float>1.0 / _sum(y, C)
     for j in range(C):
         y[j] = y[j] * inv
 
 
-cdef inline void _softmax_grad_row(const float* dy, const float* y, float* dx, Py_ssize_t C, float scale) noexcept nogil:
+cdef inline void _softmax_grad_row(const float* dy, const float* y, float* dx, Py_ssize_t C,
+                                   float scale) noexcept nogil:
     # dx = scale * y * (dy - sum(dy * y))
     cdef Py_ssize_t j
-    cdef float dot = 0.0
-    for j in range(C):
-        dot = dot + dy[j] * y[j]
+    cdef float dot = _dot(dy, y, C)
     for j in range(C):
         dx[j] = scale * y[j] * (dy[j] - dot)
 
 
-def softmax_forward(const float[:, ::1] x, float[:, ::1] y):
-    cdef Py_ssize_t i, N = x.shape[0], C = x.shape[1]
-    for i in prange(N, nogil=True, schedule="static", num_threads=_threads(N * C)):
-        _softmax_row(&x[i, 0], &y[i, 0], C, 1.0)
+def softmax_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t N, Py_ssize_t C):
+    cdef const float* px = _in(x, N * C)
+    cdef float* py = _out(y, N * C)
+    cdef Py_ssize_t i
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+        _softmax_row(px + i * C, py + i * C, C, 1.0)
 
 
-def softmax_backward(const float[:, ::1] dy, const float[:, ::1] y, float[:, ::1] dx):
-    cdef Py_ssize_t i, N = y.shape[0], C = y.shape[1]
-    for i in prange(N, nogil=True, schedule="static", num_threads=_threads(N * C)):
-        _softmax_grad_row(&dy[i, 0], &y[i, 0], &dx[i, 0], C, 1.0)
+def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray dx not None,
+                     Py_ssize_t N, Py_ssize_t C):
+    cdef const float* pdy = _in(dy, N * C)
+    cdef const float* py = _in(y, N * C)
+    cdef float* pdx = _out(dx, N * C)
+    cdef Py_ssize_t i
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+        _softmax_grad_row(pdy + i * C, py + i * C, pdx + i * C, C, 1.0)
 
 
 # ----------------------------------------------------------------------------- causal attention softmax
 
-def attention_softmax_forward(const float[:, :, ::1] s, float[:, :, ::1] y, float scale):
-    # row i of each (Tq, Tk) matrix attends keys 0..off+i, off = Tk - Tq; the rest is 0
-    cdef Py_ssize_t r, n, i, j, L, N = s.shape[0], Tq = s.shape[1], Tk = s.shape[2], off = Tk - Tq
-    for r in prange(N * Tq, nogil=True, schedule="static", num_threads=_threads(N * Tq * Tk)):
-        n = r // Tq
-        i = r % Tq
-        L = off + i + 1
-        _softmax_row(&s[n, i, 0], &y[n, i, 0], L, scale)
-        for j in range(L, Tk):
-            y[n, i, j] = 0.0
+def attention_softmax_forward(cnp.ndarray s not None, cnp.ndarray y not None, Py_ssize_t N,
+                              Py_ssize_t Tq, Py_ssize_t Tk, float scale):
+    # row i of each of the N (Tq, Tk) matrices attends keys 0..off+i, off = Tk - Tq; only those
+    # L = off+i+1 entries are read and exponentiated, the rest of the row is written as 0
+    cdef const float* ps = _in(s, N * Tq * Tk)
+    cdef float* py = _out(y, N * Tq * Tk)
+    cdef Py_ssize_t r, L, off = Tk - Tq
+    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=N * Tq * Tk >= PARALLEL_MIN):
+        L = off + r % Tq + 1
+        _softmax_row(ps + r * Tk, py + r * Tk, L, scale)
+        if L < Tk:
+            memset(py + r * Tk + L, 0, (Tk - L) * sizeof(float))
 
 
-def attention_softmax_backward(const float[:, :, ::1] dy, const float[:, :, ::1] y, float[:, :, ::1] dx, float scale):
-    cdef Py_ssize_t r, n, i, j, L, N = y.shape[0], Tq = y.shape[1], Tk = y.shape[2], off = Tk - Tq
-    for r in prange(N * Tq, nogil=True, schedule="static", num_threads=_threads(N * Tq * Tk)):
-        n = r // Tq
-        i = r % Tq
-        L = off + i + 1
-        _softmax_grad_row(&dy[n, i, 0], &y[n, i, 0], &dx[n, i, 0], L, scale)
-        for j in range(L, Tk):
-            dx[n, i, j] = 0.0
+def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray dx not None,
+                               Py_ssize_t N, Py_ssize_t Tq, Py_ssize_t Tk, float scale):
+    # dscores = scale * y * (dy - sum(dy * y)) over the visible keys; masked entries get 0
+    cdef const float* pdy = _in(dy, N * Tq * Tk)
+    cdef const float* py = _in(y, N * Tq * Tk)
+    cdef float* pdx = _out(dx, N * Tq * Tk)
+    cdef Py_ssize_t r, L, off = Tk - Tq
+    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=N * Tq * Tk >= PARALLEL_MIN):
+        L = off + r % Tq + 1
+        _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
+        if L < Tk:
+            memset(pdx + r * Tk + L, 0, (Tk - L) * sizeof(float))
 
 
 # ----------------------------------------------------------------------------- layernorm
 
-def layernorm_forward(const float[:, ::1] x, const float[::1] w, const float[::1] b,
-                      float[:, ::1] y, float[::1] mean, float[::1] rstd, float eps):
-    cdef Py_ssize_t i, j, N = x.shape[0], C = x.shape[1]
-    cdef float m, v, r, d
-    for i in prange(N, nogil=True, schedule="static", num_threads=_threads(N * C)):
-        m = 0.0
-        for j in range(C):
-            m = m + x[i, j]
-        m = m / C
-        v = 0.0
-        for j in range(C):
-            d = x[i, j] - m
-            v = v + d * d
-        r = 1.0 / sqrtf(v / C + eps)
-        for j in range(C):
-            y[i, j] = (x[i, j] - m) * r * w[j] + b[j]
-        mean[i] = m
-        rstd[i] = r
-
-
-def layernorm_backward(const float[:, ::1] dy, const float[:, ::1] x, const float[::1] w,
-                       const float[::1] mean, const float[::1] rstd,
-                       float[:, ::1] dx, float[::1] dw, float[::1] db):
-    # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w;  dw = sum dy*xhat, db = sum dy
-    cdef Py_ssize_t i, j, N = x.shape[0], C = x.shape[1]
-    cdef float xhat, g, sg, sgx, r
+cdef inline void _layernorm_row(const float* x, const float* w, const float* b, float* y,
+                                float* mean, float* rstd, Py_ssize_t C, float eps) noexcept nogil:
+    # mean = sum(x)/C; var = sum((x - mean)^2)/C (biased, two passes over a row in L1);
+    # y = (x - mean) rstd w + b
+    cdef Py_ssize_t j
+    cdef float m = _sum(x, C) / C
+    cdef float r = <float>1.0 / sqrtf(_sqdev(x, m, C) / C + eps)
     for j in range(C):
-        dw[j] = 0.0
-        db[j] = 0.0
+        y[j] = (x[j] - m) * r * w[j] + b[j]
+    mean[0] = m
+    rstd[0] = r
+
+
+def layernorm_forward(cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarray b not None,
+                      cnp.ndarray y not None, cnp.ndarray mean not None, cnp.ndarray rstd not None,
+                      Py_ssize_t N, Py_ssize_t C, float eps):
+    cdef const float* px = _in(x, N * C)
+    cdef const float* pw = _in(w, C)
+    cdef const float* pb = _in(b, C)
+    cdef float* py = _out(y, N * C)
+    cdef float* pm = _out(mean, N)
+    cdef float* pr = _out(rstd, N)
+    cdef Py_ssize_t i
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+        _layernorm_row(px + i * C, pw, pb, py + i * C, pm + i, pr + i, C, eps)
+
+
+cdef inline float _dot3(const float* a, const float* b, const float* c, float m, Py_ssize_t n) noexcept nogil:
+    # sum(a * b * (c - m)) with LANES partial sums
+    cdef float acc[LANES]
+    cdef Py_ssize_t j, k, n8 = n - n % LANES
+    cdef float s = 0.0
+    for k in range(LANES):
+        acc[k] = 0.0
+    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+        for k in range(LANES):
+            acc[k] = acc[k] + a[j + k] * b[j + k] * (c[j + k] - m)
+    for j in range(n8, n):
+        s = s + a[j] * b[j] * (c[j] - m)
+    for k in range(LANES):
+        s = s + acc[k]
+    return s
+
+
+cdef inline void _layernorm_grad_rows(const float* dy, const float* x, const float* w,
+                                      const float* mean, const float* rstd, float* dx,
+                                      float* dw, float* db, Py_ssize_t N, Py_ssize_t C) noexcept nogil:
+    # for each of N rows, with xhat = (x - mean) rstd and g = dy w (the gradient wrt xhat):
+    # dx = rstd (g - mean(g) - xhat mean(g xhat)); dw += dy xhat, db += dy (this block's sums).
+    # Each loop touches at most four arrays, so gcc's runtime alias checks stay few enough
+    # for it to vectorise them.
+    cdef Py_ssize_t i, j
+    cdef float r, m, sg, sgx
+    for i in range(N):
+        r = rstd[i]
+        m = mean[i]
+        sg = _dot(dy, w, C) / C                          # mean(g)
+        sgx = _dot3(dy, w, x, m, C) * r / C              # mean(g xhat)
+        for j in range(C):
+            dx[j] = r * (dy[j] * w[j] - sg - (x[j] - m) * r * sgx)
+        for j in range(C):
+            dw[j] = dw[j] + dy[j] * ((x[j] - m) * r)
+        for j in range(C):
+            db[j] = db[j] + dy[j]
+        dy += C
+        x += C
+        dx += C
+
+
+def layernorm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray w not None,
+                       cnp.ndarray mean not None, cnp.ndarray rstd not None, cnp.ndarray dx not None,
+                       cnp.ndarray dw not None, cnp.ndarray db not None, Py_ssize_t N, Py_ssize_t C):
+    # the rows are split into one block per thread; each block sums dw, db into its own buffer
+    # (no sharing, no atomics) and the buffers are added at the end, in block order
+    cdef const float* pdy = _in(dy, N * C)
+    cdef const float* px = _in(x, N * C)
+    cdef const float* pw = _in(w, C)
+    cdef const float* pm = _in(mean, N)
+    cdef const float* pr = _in(rstd, N)
+    cdef float* pdx = _out(dx, N * C)
+    cdef float* pdw = _out(dw, C)
+    cdef float* pdb = _out(db, C)
+    cdef Py_ssize_t t, j, lo, hi
+    cdef int nt = _threads(N * C)
+    if nt > N:
+        nt = <int>N
+    cdef float* buf = <float*>calloc(nt * 2 * C, sizeof(float))   # per block: dw (C) then db (C)
+    if buf == NULL:
+        raise MemoryError("layernorm_backward: no memory for the per-thread buffers")
+    for t in prange(nt, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
+        lo = t * N // nt
+        hi = (t + 1) * N // nt
+        _layernorm_grad_rows(pdy + lo * C, px + lo * C, pw, pm + lo, pr + lo, pdx + lo * C,
+                             buf + 2 * C * t, buf + 2 * C * t + C, hi - lo, C)
     with nogil:
-        for i in range(N):
-            r = rstd[i]
-            sg = 0.0
-            sgx = 0.0
+        for j in range(C):
+            pdw[j] = buf[j]
+            pdb[j] = buf[C + j]
+        for t in range(1, nt):
             for j in range(C):
-                xhat = (x[i, j] - mean[i]) * r
-                g = dy[i, j] * w[j]
-                sg = sg + g
-                sgx = sgx + g * xhat
-                dw[j] += dy[i, j] * xhat
-                db[j] += dy[i, j]
-            sg = sg / C
-            sgx = sgx / C
-            for j in range(C):
-                xhat = (x[i, j] - mean[i]) * r
-                dx[i, j] = r * (dy[i, j] * w[j] - sg - xhat * sgx)
+                pdw[j] = pdw[j] + buf[2 * C * t + j]
+                pdb[j] = pdb[j] + buf[2 * C * t + C + j]
+        free(buf)
 
 
 # ----------------------------------------------------------------------------- GELU (tanh)
+# 0.5 (1 + tanh(u)) = sigmoid(2u), so gelu(x) = x sigmoid(2u), u = s (x + c x^3), s = sqrt(2/pi)
 
-def gelu_forward(const float[::1] x, float[::1] y):
-    # y = 0.5 x (1 + tanh(s (x + c x^3)))
-    cdef Py_ssize_t k, n = x.shape[0]
+cdef inline void _gelu_block(const float* x, float* y, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
     cdef float v
-    for k in prange(n, nogil=True, schedule="static", num_threads=_threads(n)):
+    for k in range(n):
         v = x[k]
-        y[k] = 0.5 * v * (1.0 + tanhf(GELU_S * (v + GELU_C * v * v * v)))
+        y[k] = v * _sigmoid(GELU_2S * (v + GELU_C * v * v * v))
 
 
-def gelu_backward(const float[::1] dy, const float[::1] x, float[::1] dx):
-    # gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2)
-    cdef Py_ssize_t k, n = x.shape[0]
-    cdef float v, t
-    for k in prange(n, nogil=True, schedule="static", num_threads=_threads(n)):
+cdef inline void _gelu_grad_block(const float* dy, const float* x, float* dx, Py_ssize_t n) noexcept nogil:
+    # gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2),  t = tanh(u)
+    #          = q + 2 s x q (1 - q) (1 + 3 c x^2),              q = sigmoid(2u) = (1 + t) / 2
+    cdef Py_ssize_t k
+    cdef float v, q
+    for k in range(n):
         v = x[k]
-        t = tanhf(GELU_S * (v + GELU_C * v * v * v))
-        dx[k] = dy[k] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_S * (1.0 + 3.0 * GELU_C * v * v))
+        q = _sigmoid(GELU_2S * (v + GELU_C * v * v * v))
+        dx[k] = dy[k] * (q + GELU_2S * v * q * (<float>1.0 - q) * (<float>1.0 + GELU_3C * v * v))
+
+
+def gelu_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t n):
+    # n elements in blocks of BLOCK, the blocks shared among the threads
+    cdef const float* px = _in(x, n)
+    cdef float* py = _out(y, n)
+    cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
+    for b in prange(nb, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        lo = b * BLOCK
+        _gelu_block(px + lo, py + lo, min(<Py_ssize_t>BLOCK, n - lo))
+
+
+def gelu_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray dx not None, Py_ssize_t n):
+    cdef const float* pdy = _in(dy, n)
+    cdef const float* px = _in(x, n)
+    cdef float* pdx = _out(dx, n)
+    cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
+    for b in prange(nb, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        lo = b * BLOCK
+        _gelu_grad_block(pdy + lo, px + lo, pdx + lo, min(<Py_ssize_t>BLOCK, n - lo))
 
 
 # ----------------------------------------------------------------------------- softmax + cross-entropy
 
-def crossentropy_forward(const float[:, ::1] z, const long long[::1] t, float[::1] loss, float[:, ::1] p):
-    # p = softmax(z); loss = -log p[t]
-    cdef Py_ssize_t i, N = z.shape[0], V = z.shape[1]
-    for i in prange(N, nogil=True, schedule="static", num_threads=_threads(N * V)):
-        _softmax_row(&z[i, 0], &p[i, 0], V, 1.0)
-        loss[i] = -logf(p[i, t[i]]) if p[i, t[i]] > 0 else INFINITY
+cdef inline float _crossentropy_row(const float* z, int64_t t, float* p, Py_ssize_t V) noexcept nogil:
+    # p = softmax(z); loss = logsumexp(z) - z[t] = log(sum exp(z - max)) + max - z[t]
+    # (not -log p[t], which is inf once p[t] underflows although the loss is finite)
+    cdef Py_ssize_t j
+    cdef float m, s
+    m = _max(z, V)
+    if m == -INFINITY:                      # every logit -inf (or NaN): no defined loss
+        _softmax_row(z, p, V, 1.0)
+        return NAN
+    for j in range(V):
+        p[j] = _exp(z[j] - m)
+    s = _sum(p, V)
+    for j in range(V):
+        p[j] = p[j] * (<float>1.0 / s)
+    return logf(s) + m - z[t]
 
 
-def crossentropy_backward(const float[::1] dloss, const float[:, ::1] p, const long long[::1] t, float[:, ::1] dz):
+def crossentropy_forward(cnp.ndarray z not None, cnp.ndarray t not None, cnp.ndarray loss not None,
+                         cnp.ndarray p not None, Py_ssize_t N, Py_ssize_t V):
+    cdef const float* pz = _in(z, N * V)
+    cdef const int64_t* pt = _targets(t, N, V)
+    cdef float* pl = _out(loss, N)
+    cdef float* pp = _out(p, N * V)
+    cdef Py_ssize_t i
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * V >= PARALLEL_MIN):
+        pl[i] = _crossentropy_row(pz + i * V, pt[i], pp + i * V, V)
+
+
+def crossentropy_backward(cnp.ndarray dloss not None, cnp.ndarray p not None, cnp.ndarray t not None,
+                          cnp.ndarray dz not None, Py_ssize_t N, Py_ssize_t V):
     # dz = dloss * (p - onehot(t))
-    cdef Py_ssize_t i, j, N = p.shape[0], V = p.shape[1]
-    for i in prange(N, nogil=True, schedule="static", num_threads=_threads(N * V)):
+    cdef const float* pdl = _in(dloss, N)
+    cdef const float* pp = _in(p, N * V)
+    cdef const int64_t* pt = _targets(t, N, V)
+    cdef float* pdz = _out(dz, N * V)
+    cdef Py_ssize_t i, j
+    cdef float d
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * V >= PARALLEL_MIN):
+        d = pdl[i]
         for j in range(V):
-            dz[i, j] = dloss[i] * p[i, j]
-        dz[i, t[i]] = dz[i, t[i]] - dloss[i]
+            pdz[i * V + j] = d * pp[i * V + j]
+        pdz[i * V + pt[i]] = pdz[i * V + pt[i]] - d

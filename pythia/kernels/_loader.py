@@ -4,12 +4,17 @@
 where `pip install .` put no compiled extension. Rather than fall back silently to NumPy,
 look for the extension inside any installed copy of the package on sys.path and load it from
 there, provided it was built from the same kernel API version.
+
+Two builds of the same kernels may exist: `pythia._kernels` (baseline x86-64 / any CPU) and
+`pythia._kernels_avx2` (-mavx2 -mfma). The AVX2 one is used when the CPU has AVX2 and FMA,
+unless `PYTHIA_KERNELS_ISA=baseline` asks for the baseline build.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,39 +23,53 @@ BUILD_HINT = ("build them with `pip install -e .` (or `python setup.py build_ext
               "from the repository root")
 
 
-def _from_installed_copy() -> ModuleType | None:
+def _from_installed_copy(name: str) -> ModuleType | None:
+    """Load pythia.<name> from another copy of the pythia package on sys.path, if one has it."""
     here = Path(__file__).resolve().parent.parent  # the pythia package being imported
     for entry in sys.path:
         pkg = Path(entry or ".").resolve() / "pythia"
         if pkg == here or not pkg.is_dir():
             continue
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            so = pkg / f"_kernels{suffix}"
+            so = pkg / f"{name}{suffix}"
             if so.is_file():
-                spec = importlib.util.spec_from_file_location("pythia._kernels", so)
+                spec = importlib.util.spec_from_file_location(f"pythia.{name}", so)
                 if spec is None or spec.loader is None:
                     continue
                 mod = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(mod)
-                sys.modules["pythia._kernels"] = mod
+                sys.modules[f"pythia.{name}"] = mod
                 return mod
     return None
+
+
+def _import(name: str) -> ModuleType | None:
+    """pythia.<name> from this package or an installed copy; None if neither has it built."""
+    try:
+        return importlib.import_module(f"pythia.{name}")
+    except ImportError:
+        return _from_installed_copy(name)
 
 
 def load_compiled():
     """Return (compiled-backend module, None) or (None, reason the NumPy fallback is used)."""
     try:
-        ext = importlib.import_module("pythia._kernels")
-    except ImportError:
-        try:
-            ext = _from_installed_copy()
-        except ImportError as err:
-            return None, f"compiled kernels failed to load ({err}); {BUILD_HINT}"
-        if ext is None:
-            return None, f"compiled kernels are not built; {BUILD_HINT}"
+        ext = _import("_kernels")
+    except ImportError as err:
+        return None, f"compiled kernels failed to load ({err}); {BUILD_HINT}"
+    if ext is None:
+        return None, f"compiled kernels are not built; {BUILD_HINT}"
     from . import compiled
     if getattr(ext, "API_VERSION", None) != compiled.API_VERSION:
         return None, (f"compiled kernels are stale (API {getattr(ext, 'API_VERSION', '?')}, "
                       f"need {compiled.API_VERSION}); {BUILD_HINT}")
+    wanted = os.environ.get("PYTHIA_KERNELS_ISA", "").strip().lower()
+    if wanted != "baseline" and ext.cpu_has_avx2_fma():
+        try:
+            simd = _import("_kernels_avx2")
+        except ImportError:
+            simd = None  # not built by this compiler, or unloadable: the baseline build serves
+        if simd is not None and getattr(simd, "API_VERSION", None) == compiled.API_VERSION:
+            ext = simd
     compiled.bind(ext)
     return compiled, None

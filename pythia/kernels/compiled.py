@@ -1,8 +1,10 @@
 """The Cython backend: validate and allocate in Python, compute in `pythia._kernels`.
 
 Every function has the name, signature and semantics of its twin in `reference.py`. The
-compiled routines see only C-contiguous 1-d/2-d/3-d float32 views whose shapes were checked
-here, so a bad argument is a Python exception, never an out-of-bounds read.
+compiled routines get C-contiguous float32 (int64 for targets) arrays whose shapes were
+checked here, plus the sizes (rows N, row length C, ...) to iterate over; they re-check
+dtype, contiguity and element count before touching memory, so a bad argument is a Python
+exception, never an out-of-bounds read.
 """
 from __future__ import annotations
 
@@ -10,23 +12,24 @@ import numpy as np
 
 from . import _check
 
-API_VERSION = 1  # bump together with API_VERSION in kernels/_kernels.pyx
+API_VERSION = 2  # bump together with API_VERSION in kernels/_kernels.pyx
 _ext = None
 
 
+ISA = "none"  # which build of the extension is bound: "avx2" or "baseline"
+
+
 def bind(ext) -> None:
-    global _ext
+    """Route every kernel to the extension module `ext` (pythia._kernels or pythia._kernels_avx2)."""
+    global _ext, ISA
     _ext = ext
-
-
-def _rows(a: np.ndarray) -> np.ndarray:
-    return a.reshape(-1, a.shape[-1])  # (..., C) -> (N, C), a view of a contiguous array
+    ISA = ext.ISA
 
 
 def softmax_forward(x: np.ndarray) -> np.ndarray:
     x = _check.float32_array("x", x)
     y = np.empty_like(x)
-    _ext.softmax_forward(_rows(x), _rows(y))
+    _ext.softmax_forward(x, y, x.size // x.shape[-1], x.shape[-1])
     return y
 
 
@@ -35,7 +38,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = _check.float32_array("y", y)
     _check.same_shape("dy", dy, "y", y)
     dx = np.empty_like(y)
-    _ext.softmax_backward(_rows(dy), _rows(y), _rows(dx))
+    _ext.softmax_backward(dy, y, dx, y.size // y.shape[-1], y.shape[-1])
     return dx
 
 
@@ -49,7 +52,7 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: 
     y = np.empty_like(x)
     mean = np.empty(x.shape[:-1], np.float32)
     rstd = np.empty(x.shape[:-1], np.float32)
-    _ext.layernorm_forward(_rows(x), weight, bias, _rows(y), mean.reshape(-1), rstd.reshape(-1), eps)
+    _ext.layernorm_forward(x, weight, bias, y, mean, rstd, x.size // x.shape[-1], x.shape[-1], eps)
     return y, mean, rstd
 
 
@@ -66,14 +69,14 @@ def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: 
     dx = np.empty_like(x)
     dweight = np.empty(x.shape[-1], np.float32)
     dbias = np.empty(x.shape[-1], np.float32)
-    _ext.layernorm_backward(_rows(dy), _rows(x), weight, mean.reshape(-1), rstd.reshape(-1), _rows(dx), dweight, dbias)
+    _ext.layernorm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias, x.size // x.shape[-1], x.shape[-1])
     return dx, dweight, dbias
 
 
 def gelu_forward(x: np.ndarray) -> np.ndarray:
     x = _check.float32_array("x", x)
     y = np.empty_like(x)
-    _ext.gelu_forward(x.reshape(-1), y.reshape(-1))
+    _ext.gelu_forward(x, y, x.size)
     return y
 
 
@@ -82,7 +85,7 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     x = _check.float32_array("x", x)
     _check.same_shape("dy", dy, "x", x)
     dx = np.empty_like(x)
-    _ext.gelu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    _ext.gelu_backward(dy, x, dx, x.size)
     return dx
 
 
@@ -94,15 +97,12 @@ def _attention_args(scores, name):
     return s
 
 
-def _mats(a: np.ndarray) -> np.ndarray:
-    return a.reshape(-1, a.shape[-2], a.shape[-1])  # (..., Tq, Tk) -> (N, Tq, Tk)
-
-
 def attention_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
     scores = _attention_args(scores, "scores")
     scale = _check.positive_scalar("scale", scale)
     y = np.empty_like(scores)
-    _ext.attention_softmax_forward(_mats(scores), _mats(y), scale)
+    Tq, Tk = scores.shape[-2:]
+    _ext.attention_softmax_forward(scores, y, scores.size // (Tq * Tk), Tq, Tk, scale)
     return y
 
 
@@ -112,24 +112,35 @@ def attention_softmax_backward(dy: np.ndarray, y: np.ndarray, scale: float) -> n
     _check.same_shape("dy", dy, "y", y)
     scale = _check.positive_scalar("scale", scale)
     dx = np.empty_like(y)
-    _ext.attention_softmax_backward(_mats(dy), _mats(y), _mats(dx), scale)
+    Tq, Tk = y.shape[-2:]
+    _ext.attention_softmax_backward(dy, y, dx, y.size // (Tq * Tk), Tq, Tk, scale)
     return dx
+
+
+def _targets(targets, logits, logits_name):
+    # shape and dtype in Python; the value range in one C pass (min() and max() cost ~10 us)
+    t = _check.targets_for("targets", targets, logits, logits_name, check_values=False)
+    if not _ext.targets_in_range(t, t.size, logits.shape[-1]):
+        _check.target_range_error("targets", t, logits.shape[-1])
+    return t
 
 
 def crossentropy_forward(logits: np.ndarray, targets: np.ndarray):
     logits = _check.float32_array("logits", logits)
-    targets = _check.targets_for("targets", targets, logits, "logits")
+    targets = _targets(targets, logits, "logits")
     probs = np.empty_like(logits)
     losses = np.empty(logits.shape[:-1], np.float32)
-    _ext.crossentropy_forward(_rows(logits), targets.reshape(-1), losses.reshape(-1), _rows(probs))
+    V = logits.shape[-1]
+    _ext.crossentropy_forward(logits, targets, losses, probs, logits.size // V, V)
     return losses, probs
 
 
 def crossentropy_backward(dlosses: np.ndarray, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     probs = _check.float32_array("probs", probs)
-    targets = _check.targets_for("targets", targets, probs, "probs")
+    targets = _targets(targets, probs, "probs")
     dlosses = _check.float32_array("dlosses", dlosses, min_ndim=0)
     _check.leading_of("dlosses", dlosses, probs, "probs")
     dlogits = np.empty_like(probs)
-    _ext.crossentropy_backward(dlosses.reshape(-1), _rows(probs), targets.reshape(-1), _rows(dlogits))
+    V = probs.shape[-1]
+    _ext.crossentropy_backward(dlosses, probs, targets, dlogits, probs.size // V, V)
     return dlogits
