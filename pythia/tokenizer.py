@@ -56,8 +56,10 @@ class SimpleTokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Text -> int64 ids (N,), vectorised: fast enough for megabyte corpora."""
-        # UTF-32 little-endian without BOM is one uint32 per code point.
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)  # (N,)
+        # UTF-32 little-endian without BOM is one uint32 per code point; surrogatepass lets lone
+        # surrogates (undecodable terminal bytes) through to be reported as unknown characters.
+        raw = text.encode("utf-32-le", "surrogatepass")
+        codes = np.frombuffer(raw, dtype=np.uint32).astype(np.int64)                       # (N,)
         ids = np.searchsorted(self._codes, codes)                                          # (N,)
         ids = np.minimum(ids, len(self._codes) - 1)
         if codes.size and not np.array_equal(self._codes[ids], codes):

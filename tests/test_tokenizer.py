@@ -115,3 +115,11 @@ def test_dispatch_builds_the_gpt2_tokenizer_lazily():
     back = tokenizer_from_arrays("gpt2-bpe", tok.to_arrays())
     assert back.kind == "gpt2-bpe"
     assert back.encode("abc") == tok.encode("abc") == [256, encoder["c"]]
+
+
+def test_lone_surrogates_from_undecodable_terminal_input_are_unknown_characters():
+    # input() decodes bad bytes with surrogateescape: "\udcff" must be reported, not crash the encoder.
+    tok = SimpleTokenizer.from_text("abc")
+    with pytest.raises(DataError, match="not in the vocabulary"):
+        tok.encode("a\udcffb")
+    assert tok.filter("a\udcffb") == ("ab", ["\udcff"])
