@@ -61,7 +61,8 @@ cdef extern from *:
     static const float LN2_LO = -2.12194440e-4f;
     static const float ROUND = 12582912.0f;
     static const float EXP_LO = -87.33654475f;
-    static const float EXP_HI = 88.0f;
+    static const float EXP_HI = 88.37f;        /* 127.49 ln2: 2^n stays finite */
+    static const float EXP_OVER = 88.72283935546875f;  /* ln(FLT_MAX): above it exp is inf */
     static const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f;
     static const float P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
     """
@@ -75,8 +76,9 @@ cdef extern from *:
     # exp(x) = 2^n exp(r), n = round(x log2(e)), r = x - n ln2 with ln2 split in two (Cody-Waite)
     # so that n*LN2_HI is exact; exp(r) on |r| <= ln2/2 by Cephes' expf polynomial (~1 ulp);
     # ROUND = 1.5 * 2^23: adding then subtracting it rounds a float to the nearest integer.
-    # EXP_LO = ln(2^-126): below it we return 0; EXP_HI keeps 2^n finite (exp(88) = 1.65e38).
-    const float LOG2E, LN2_HI, LN2_LO, ROUND, EXP_LO, EXP_HI, P0, P1, P2, P3, P4, P5
+    # EXP_LO = ln(2^-126): below it we return 0 (no subnormal results); EXP_HI keeps 2^n
+    # finite; above EXP_OVER = ln(FLT_MAX) the result is inf, as for libm's expf.
+    const float LOG2E, LN2_HI, LN2_LO, ROUND, EXP_LO, EXP_HI, EXP_OVER, P0, P1, P2, P3, P4, P5
 
 API_VERSION = 2  # must equal pythia.kernels.compiled.API_VERSION
 ISA = PYTHIA_ISA.decode()  # "avx2" in the _kernels_avx2 build, "baseline" otherwise
@@ -102,7 +104,8 @@ cdef inline int _threads(Py_ssize_t work) noexcept nogil:
 # ----------------------------------------------------------------------------- vector math
 
 cdef inline float _exp(float x) noexcept nogil:
-    # exp(x) for float32; NaN -> NaN, x < EXP_LO (and -inf) -> 0, x > EXP_HI -> exp(EXP_HI)
+    # exp(x) for float32, ~1 ulp; NaN -> NaN, x < EXP_LO (and -inf) -> 0, x > EXP_OVER -> inf
+    # (between EXP_HI and EXP_OVER, where exp is within 1.5x of FLT_MAX, it gives exp(EXP_HI))
     cdef float xc, t, n, r, p
     xc = EXP_LO if x < EXP_LO else x               # written so that NaN passes through
     xc = EXP_HI if xc > EXP_HI else xc
@@ -114,11 +117,13 @@ cdef inline float _exp(float x) noexcept nogil:
     p = p * (r * r) + r + <float>1.0               # exp(r); <float>: a bare 1.0 is a C double
     # 2^n built in the exponent field; the low bits of t hold n + bits(ROUND)
     p = p * pythia_from_bits((pythia_bits(t) - pythia_bits(ROUND) + 127) << 23)
+    if x > EXP_OVER:
+        p = INFINITY
     return <float>0.0 if x < EXP_LO else p
 
 
 cdef inline float _sigmoid(float z) noexcept nogil:
-    # 1 / (1 + exp(-z)); exp(-z) saturates at exp(EXP_HI) so z -> -inf gives ~0, not NaN
+    # 1 / (1 + exp(-z)); exactly 0 once exp(-z) overflows to inf, 1 once it underflows to 0
     return <float>1.0 / (<float>1.0 + _exp(-z))
 
 

@@ -1,0 +1,102 @@
+"""Backend selection: PYTHIA_KERNELS, kernels.use(), the AVX2 build choice, the fallback reason."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from kernel_cases import compiled_builds
+
+from pythia import kernels
+from pythia.kernels import _loader, compiled, reference
+
+BUILT = bool(compiled_builds())
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter with extra environment variables."""
+    full = {k: v for k, v in os.environ.items() if k not in ("PYTHIA_KERNELS", "PYTHIA_KERNELS_ISA")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_environment_variable_forces_the_numpy_reference():
+    p = run_python("from pythia import kernels; print(kernels.BACKEND, kernels.softmax_forward.__module__)",
+                   PYTHIA_KERNELS="numpy")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["numpy", "pythia.kernels.reference"]
+
+
+def test_default_backend_is_cython_when_built():
+    if not BUILT:
+        pytest.skip("compiled kernels are not built")
+    p = run_python("from pythia import kernels; print(kernels.BACKEND, kernels.FALLBACK_REASON)")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["cython", "None"]
+
+
+def test_unknown_backend_name_in_the_environment_is_an_error():
+    p = run_python("import pythia.kernels", PYTHIA_KERNELS="fortran")
+    assert p.returncode != 0
+    assert "PYTHIA_KERNELS" in p.stderr and "fortran" in p.stderr
+
+
+def test_isa_variable_selects_the_baseline_build():
+    if not BUILT:
+        pytest.skip("compiled kernels are not built")
+    code = "from pythia.kernels import compiled, _loader; _loader.load_compiled(); print(compiled.ISA)"
+    p = run_python(code, PYTHIA_KERNELS_ISA="baseline")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "baseline"
+    p = run_python(code)
+    expected = "avx2" if "_kernels_avx2" in compiled_builds() else "baseline"
+    assert p.stdout.strip() == expected
+
+
+def test_use_switches_every_kernel_and_back():
+    before = kernels.BACKEND
+    try:
+        assert kernels.use("numpy") == "numpy"
+        assert kernels.BACKEND == "numpy"
+        for name in kernels.NAMES:
+            assert getattr(kernels, name) is getattr(reference, name)
+        if BUILT:
+            assert kernels.use("cython") == "cython"
+            for name in kernels.NAMES:
+                assert getattr(kernels, name) is getattr(compiled, name)
+            x = np.ones((2, 3), np.float32)
+            np.testing.assert_allclose(kernels.softmax_forward(x), np.full((2, 3), 1 / 3, np.float32), rtol=1e-6)
+    finally:
+        kernels.use(before)
+
+
+def test_use_rejects_an_unknown_backend():
+    with pytest.raises(ValueError, match="cython"):
+        kernels.use("cuda")
+
+
+def test_missing_extension_gives_a_reason_with_the_build_command(monkeypatch):
+    # no pythia._kernels anywhere: load_compiled says so and how to build, use("cython") raises it
+    monkeypatch.setattr(_loader, "_import", lambda name: None)
+    impl, reason = _loader.load_compiled()
+    assert impl is None
+    assert "not built" in reason and "build_ext --inplace" in reason and "pip install -e ." in reason
+    before = kernels.BACKEND
+    try:
+        with pytest.raises(RuntimeError, match="build_ext --inplace"):
+            kernels.use("cython")
+    finally:
+        monkeypatch.undo()
+        kernels.use(before)
+
+
+def test_stale_extension_is_refused(monkeypatch):
+    # an extension built from another kernel API version must not be bound
+    class Stale:
+        API_VERSION = compiled.API_VERSION - 1
+
+    monkeypatch.setattr(_loader, "_import", lambda name: Stale)
+    impl, reason = _loader.load_compiled()
+    assert impl is None and "stale" in reason
