@@ -127,74 +127,89 @@ cdef inline float _sigmoid(float z) noexcept nogil:
     return <float>1.0 / (<float>1.0 + _exp(-z))
 
 
+# Reductions keep LANES independent partial results: the main loop feeds lane k with the
+# elements j = k (mod LANES), the n % LANES leftover elements each go to a lane of their own
+# (independent adds, not a serial chain; a fixed lane index keeps acc in registers), and the
+# lanes are folded pairwise (16 -> 8 -> 4 -> 2 -> 1).
+
+cdef inline float _fold_sum(float* acc) noexcept nogil:
+    cdef int k
+    for k in range(8):
+        acc[k] = acc[k] + acc[k + 8]
+    for k in range(4):
+        acc[k] = acc[k] + acc[k + 4]
+    return (acc[0] + acc[2]) + (acc[1] + acc[3])
+
+
+cdef inline float _fold_max(float* acc) noexcept nogil:
+    cdef int k
+    for k in range(8):
+        acc[k] = acc[k + 8] if acc[k + 8] > acc[k] else acc[k]
+    for k in range(4):
+        acc[k] = acc[k + 4] if acc[k + 4] > acc[k] else acc[k]
+    for k in range(2):
+        acc[k] = acc[k + 2] if acc[k + 2] > acc[k] else acc[k]
+    return acc[1] if acc[1] > acc[0] else acc[0]
+
+
 cdef inline float _sum(const float* a, Py_ssize_t n) noexcept nogil:
-    # sum(a) with LANES partial sums
+    # sum(a)
     cdef float acc[LANES]
-    cdef Py_ssize_t j, k, n8 = n - n % LANES
-    cdef float s = 0.0
+    cdef Py_ssize_t j, k, n16 = n - n % LANES
     for k in range(LANES):
         acc[k] = 0.0
-    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+    for j in range(0, n16, 16):           # 16 == LANES (a range step must be a literal)
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k]
-    for j in range(n8, n):
-        s = s + a[j]
     for k in range(LANES):
-        s = s + acc[k]
-    return s
+        if n16 + k < n:
+            acc[k] = acc[k] + a[n16 + k]
+    return _fold_sum(acc)
 
 
 cdef inline float _dot(const float* a, const float* b, Py_ssize_t n) noexcept nogil:
-    # sum(a * b) with LANES partial sums
+    # sum(a * b)
     cdef float acc[LANES]
-    cdef Py_ssize_t j, k, n8 = n - n % LANES
-    cdef float s = 0.0
+    cdef Py_ssize_t j, k, n16 = n - n % LANES
     for k in range(LANES):
         acc[k] = 0.0
-    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+    for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k] * b[j + k]
-    for j in range(n8, n):
-        s = s + a[j] * b[j]
     for k in range(LANES):
-        s = s + acc[k]
-    return s
+        if n16 + k < n:
+            acc[k] = acc[k] + a[n16 + k] * b[n16 + k]
+    return _fold_sum(acc)
 
 
 cdef inline float _sqdev(const float* a, float m, Py_ssize_t n) noexcept nogil:
-    # sum((a - m)^2) with LANES partial sums
+    # sum((a - m)^2)
     cdef float acc[LANES]
-    cdef Py_ssize_t j, k, n8 = n - n % LANES
-    cdef float s = 0.0, d
+    cdef Py_ssize_t j, k, n16 = n - n % LANES
     for k in range(LANES):
         acc[k] = 0.0
-    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+    for j in range(0, n16, 16):
         for k in range(LANES):
-            d = a[j + k] - m
-            acc[k] = acc[k] + d * d
-    for j in range(n8, n):
-        d = a[j] - m
-        s = s + d * d
+            acc[k] = acc[k] + (a[j + k] - m) * (a[j + k] - m)
     for k in range(LANES):
-        s = s + acc[k]
-    return s
+        if n16 + k < n:
+            acc[k] = acc[k] + (a[n16 + k] - m) * (a[n16 + k] - m)
+    return _fold_sum(acc)
 
 
 cdef inline float _max(const float* a, Py_ssize_t n) noexcept nogil:
-    # max(a) with LANES partial maxima; NaN entries are skipped here (they still poison the sum)
+    # max(a); NaN entries are skipped here (they still poison the sum that follows)
     cdef float acc[LANES]
-    cdef Py_ssize_t j, k, n8 = n - n % LANES
-    cdef float m = -INFINITY
+    cdef Py_ssize_t j, k, n16 = n - n % LANES
     for k in range(LANES):
         acc[k] = -INFINITY
-    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+    for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = a[j + k] if a[j + k] > acc[k] else acc[k]
-    for j in range(n8, n):
-        m = a[j] if a[j] > m else m
     for k in range(LANES):
-        m = acc[k] if acc[k] > m else m
-    return m
+        if n16 + k < n:
+            acc[k] = a[n16 + k] if a[n16 + k] > acc[k] else acc[k]
+    return _fold_max(acc)
 
 
 # ----------------------------------------------------------------------------- buffers
@@ -306,9 +321,11 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     cdef const float* pdy = _in(dy, N * Tq * Tk)
     cdef const float* py = _in(y, N * Tq * Tk)
     cdef float* pdx = _out(dx, N * Tq * Tk)
+    # The visible length L is rounded up to a multiple of LANES (at most Tk): y is 0 on the
+    # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
     cdef Py_ssize_t r, L, off = Tk - Tq
     for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=N * Tq * Tk >= PARALLEL_MIN):
-        L = off + r % Tq + 1
+        L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
         _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
         if L < Tk:
             memset(pdx + r * Tk + L, 0, (Tk - L) * sizeof(float))
@@ -344,20 +361,18 @@ def layernorm_forward(cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarra
 
 
 cdef inline float _dot3(const float* a, const float* b, const float* c, float m, Py_ssize_t n) noexcept nogil:
-    # sum(a * b * (c - m)) with LANES partial sums
+    # sum(a b (c - m))
     cdef float acc[LANES]
-    cdef Py_ssize_t j, k, n8 = n - n % LANES
-    cdef float s = 0.0
+    cdef Py_ssize_t j, k, n16 = n - n % LANES
     for k in range(LANES):
         acc[k] = 0.0
-    for j in range(0, n8, 16):            # 16 == LANES (a range step must be a literal)
+    for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k] * b[j + k] * (c[j + k] - m)
-    for j in range(n8, n):
-        s = s + a[j] * b[j] * (c[j] - m)
     for k in range(LANES):
-        s = s + acc[k]
-    return s
+        if n16 + k < n:
+            acc[k] = acc[k] + a[n16 + k] * b[n16 + k] * (c[n16 + k] - m)
+    return _fold_sum(acc)
 
 
 cdef inline void _layernorm_grad_rows(const float* dy, const float* x, const float* w,
