@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PythiaError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        return _fail("interrupted (Ctrl-C); nothing was saved by this step", 130)
+        return _fail("interrupted by Ctrl-C", 130)
     except BrokenPipeError:
         _silence_stdout()  # the reader went away (e.g. `| head`); not worth a message
         return 1
@@ -521,7 +521,11 @@ def load_model(args: argparse.Namespace):
     if args.checkpoint:
         from .checkpoint import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint)
-        return ckpt.model, ckpt.tokenizer, f"{args.checkpoint} (trained {ckpt.step} steps)"
+        if ckpt.step:
+            what = f"trained {ckpt.step} steps"
+        else:
+            what = "converted GPT-2 weights" if ckpt.tokenizer.kind == "gpt2-bpe" else "untrained"
+        return ckpt.model, ckpt.tokenizer, f"{args.checkpoint} ({what})"
     found = sorted(str(p) for p in Path(".").glob("*.npz"))
     hint = f"; e.g. --checkpoint {found[0]}" if found else "; train one with `python -m pythia train`"
     raise ConfigError(f"{args.command} needs a model: --checkpoint FILE or --gpt2 DIR{hint}")

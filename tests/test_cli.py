@@ -185,6 +185,45 @@ def test_help_teaches(tmp_path):
     assert "(default: 500)" in r.stdout and "(default: 8)" in r.stdout
 
 
+# ---- GPT-2 weights (the tiny fixture made with Hugging Face transformers) ------------------------
+
+GPT2 = REPO / "tests" / "fixtures" / "gpt2"
+
+
+def _transformers_greedy(k: int):
+    """Prompt text and transformers' own greedy continuation, from the fixture's reference file."""
+    from pythia.gpt2 import load_gpt2
+    _, tok = load_gpt2(GPT2)
+    with np.load(GPT2 / "reference.npz", allow_pickle=False) as ref:
+        prompt, greedy = ref[f"prompt_{k}"].tolist(), ref[f"greedy_{k}"].tolist()
+    assert tok.encode(tok.decode(prompt)) == prompt
+    return tok.decode(prompt), tok.decode(greedy), len(greedy)
+
+
+@pytest.mark.skipif(not (GPT2 / "reference.npz").is_file(), reason="GPT-2 fixture missing")
+@pytest.mark.parametrize("k", [0, 1])
+def test_generate_with_gpt2_weights_matches_transformers_greedy(tmp_path, k):
+    prompt, want, n = _transformers_greedy(k)
+    args = ["--prompt", prompt, "--temperature", "0", "--max-new-tokens", str(n), "--no-echo"]
+    r = run(["generate", "--gpt2", str(GPT2), *args], tmp_path)
+    assert_ok(r)
+    assert r.stdout == want + "\n"
+    # the same through a converted checkpoint
+    assert_ok(run(["convert-gpt2", str(GPT2), "--out", "g.npz"], tmp_path))
+    r = run(["generate", "--checkpoint", "g.npz", *args], tmp_path)
+    assert_ok(r)
+    assert r.stdout == want + "\n" and "converted GPT-2" in r.stderr
+
+
+@pytest.mark.skipif(not (GPT2 / "reference.npz").is_file(), reason="GPT-2 fixture missing")
+def test_chat_with_gpt2_weights_and_piped_input(tmp_path):
+    r = run(["chat", "--gpt2", str(GPT2), "--seed", "0", "--max-new-tokens", "8"], tmp_path,
+            stdin="Hello, café 😀\nquit\n")
+    assert_ok(r)
+    assert "gpt2-bpe" in r.stdout and "you> Hello, café 😀" in r.stdout and "dropped" not in r.stdout
+    assert r.stdout.count("pythia> ") == 1 and r.stdout.rstrip().endswith("Goodbye.")
+
+
 # ---- files of the user's are never replaced -----------------------------------------------------
 
 def test_existing_out_is_an_error_and_stays_untouched(tmp_path):
