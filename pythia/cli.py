@@ -360,16 +360,12 @@ def _explicit(args: argparse.Namespace) -> set[str]:
     return getattr(args, "explicit", None) or set()
 
 
-def _train_config(args: argparse.Namespace, saved: dict | None = None):
-    """TrainConfig from the flags; when resuming, the checkpoint's settings for flags not given."""
+def _train_config(args: argparse.Namespace):
+    """TrainConfig from the flags, validated (ConfigError naming the flag)."""
     from .train import TrainConfig
-    base = TrainConfig.from_dict(saved) if saved else TrainConfig()
-    given = _explicit(args)
-    for f in fields(TrainConfig):
-        if saved is None or f.name in given:
-            setattr(base, f.name, getattr(args, f.name))
-    base.validate()
-    return base
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    cfg.validate()
+    return cfg
 
 
 def _model_config(args: argparse.Namespace, vocab_size: int):
@@ -440,47 +436,30 @@ def train_model(args: argparse.Namespace, command: str, ui):
     Returns (model, tokenizer, TrainResult, checkpoint path).
     """
     from . import __version__
-    from .data import build_dataset, resolve_corpus
-    from .train import Trainer, make_optimizer
+    from .data import resolve_corpus
+    from .train import TrainConfig, prepare_trainer
 
+    given = _explicit(args)
     resume = getattr(args, "resume", None)
-    ckpt = None
+    sizes = {k: getattr(args, k) if k in given else None for k in MODEL_FLAGS}
+    train = {f.name: getattr(args, f.name) if f.name in given else None for f in fields(TrainConfig)}
     if resume is None:
-        _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything is read
-        cfg = _train_config(args)
-    else:
-        from .checkpoint import load_checkpoint
-        ckpt = load_checkpoint(resume)
-        have = ckpt.model.config
-        for k in MODEL_FLAGS:
-            if k in _explicit(args) and getattr(args, k) != getattr(have, k):
-                flag = "--" + k.replace("_", "-")
-                raise ConfigError(f"{flag} {getattr(args, k)} does not match the checkpoint being resumed "
-                                  f"({getattr(have, k)}); drop {flag} when using --resume")
-        cfg = _train_config(args, ckpt.train_config)
+        _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything else
+        _train_config(args)
     out, out_note = resolve_out(args, command)
     log_file = Path(args.log_file) if args.log_file else None
     if log_file is not None:
         _check_target(log_file, "--log-file")
     select_kernels(args.kernels)
-
     files = resolve_corpus(args.data)
-    if ckpt is None:
-        dataset = build_dataset(files, args.block_size)
-        model_cfg = _model_config(args, dataset.tokenizer.vocab_size)
-        from .model import Pythia
-        model = Pythia(model_cfg, seed=cfg.seed)
-        trainer = Trainer(model, make_optimizer(model, cfg), dataset, cfg, tokenizer=dataset.tokenizer,
-                          out=out, log_file=log_file, on_progress=ui.progress)
-        tokenizer = dataset.tokenizer
-    else:
-        model, tokenizer = ckpt.model, ckpt.tokenizer
-        dataset = build_dataset(files, model.config.block_size, tokenizer=tokenizer)
-        trainer = Trainer.resume(ckpt, dataset, cfg, out=out, log_file=log_file, on_progress=ui.progress)
+    trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
+                              out=out, log_file=log_file, on_progress=ui.progress)
+    model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
+    start = trainer.start_step
 
     backend, fallback = _kernel_status()
     rows = [("train", f"{cfg.steps} steps{ui.dot}batch {cfg.batch_size}{ui.dot}lr {cfg.lr:g} -> {cfg.min_lr:g}"
-                      f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {ckpt.step}" if ckpt else ""))]
+                      f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {start}" if resume else ""))]
     rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
