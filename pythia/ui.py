@@ -13,6 +13,7 @@ encoding can write them; otherwise the same layout is drawn in ASCII.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -24,6 +25,7 @@ _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "
           "magenta": "35", "cyan": "36"}
 _EIGHTHS = " ▁▂▃▄▅▆▇█"  # a cell filled to k/8 of its height is _EIGHTHS[k]
 _REDRAW_S = 0.1           # redraw the in-place bar at most ten times a second
+_SGR = re.compile(r"\033\[[0-9;]*m")  # colour/style codes: they take no columns
 _OPEN_LINE = [False]      # an in-place bar is on screen without its newline (any ConsoleUI)
 
 
@@ -112,6 +114,7 @@ class ConsoleUI:
         self.last = None          # the last Progress seen
         self._last_draw = 0.0
         self._every = 1           # plain mode: print every this many steps
+        self._bar_len = 0         # visible width of the bar last drawn in place
 
     # ---- small output helpers -------------------------------------------------------------
     def style(self, text: str, *names: str) -> str:
@@ -189,7 +192,11 @@ class ConsoleUI:
             now = time.monotonic()
             if first or final or evaluated or now - self._last_draw >= _REDRAW_S:
                 self._last_draw = now
-                self.write("\r" + self._bar_line(p) + ("\033[K" if self.color else ""))
+                line = self._bar_line(p)
+                shown = len(_SGR.sub("", line))
+                # pad over what is left of a longer previous bar (no erase code: TERM may be dumb)
+                self.write("\r" + line + " " * max(0, self._bar_len - shown))
+                self._bar_len = shown
                 _OPEN_LINE[0] = True
                 if final:
                     self.end_live()
@@ -209,19 +216,23 @@ class ConsoleUI:
         return "  ".join(parts)
 
     def _bar_line(self, p: Any) -> str:
+        """One line narrower than the terminal (a wrapped line could not be redrawn in place)."""
         val = self._last_val()
         width = len(str(p.steps))
-        stats = (f" {p.step:>{width}}/{p.steps}  loss {p.train_loss:.3f}"
-                 f"  val {val:.3f}" if val is not None else
-                 f" {p.step:>{width}}/{p.steps}  loss {p.train_loss:.3f}")
+        stats = f" {p.step:>{width}}/{p.steps}  loss {p.train_loss:.3f}"
+        if val is not None:
+            stats += f"  val {val:.3f}"
         stats += f"  {fmt_count(p.tokens_per_s)} tok/s  ETA {fmt_duration(p.eta_s)}"
-        bar_w = max(10, min(30, self.width - len(stats) - 10))
         frac = min(1.0, p.step / max(1, p.steps))
+        pct = f" {frac * 100:3.0f}%"
+        room = self.width - 1 - 2 - len(pct) - len(stats)  # columns left for the bar itself
+        if room < 10:
+            return ("  " + pct.strip() + stats)[: self.width - 1]
+        bar_w = min(30, room)
         fill, empty = ("█", "░") if self.unicode else ("#", "-")
         n = int(round(frac * bar_w))
         bar = self.style(fill * n, "green") + self.style(empty * (bar_w - n), "dim")
-        line = f"  {bar} {frac * 100:3.0f}%{stats}"
-        return line
+        return f"  {bar}{pct}{stats}"
 
     def _last_val(self) -> float | None:
         for _, _, v in reversed(self.history):

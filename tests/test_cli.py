@@ -69,6 +69,7 @@ def test_train_chat_on_bundled_corpus_reaches_the_chat_and_quits(tmp_path):
                    "Trained 5 steps", "pythia-chat.npz", "you> Hello", "you> How are you?", "Goodbye."):
         assert needle in out, needle
     assert out.count("pythia> ") == 2
+    assert "\x1b[" not in out and "\r" not in out         # a pipe gets plain lines, no colour
     assert (tmp_path / "pythia-chat.npz").is_file()
 
 

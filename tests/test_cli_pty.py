@@ -30,21 +30,25 @@ TINY = ["--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8
 DEADLINE = 120.0  # seconds: only reached when something hangs
 
 
-def _env():
+def _env(**extra):
     env = dict(os.environ, TERM="xterm", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("NO_COLOR", None)
+    env.update(extra)
     return env
+
+
+SGR = re.compile(rb"\x1b\[[0-9;]*m")  # an ANSI colour/style code
 
 
 class Terminal:
     """A child `python -m pythia ...` on a pseudo-terminal 100 columns wide."""
 
-    def __init__(self, args, cwd):
+    def __init__(self, args, cwd, **env):
         pid, fd = pty.fork()
         if pid == 0:  # child: becomes the program
             try:
                 os.chdir(cwd)
-                os.execve(sys.executable, [sys.executable, "-m", "pythia", *args], _env())
+                os.execve(sys.executable, [sys.executable, "-m", "pythia", *args], _env(**env))
             finally:
                 os._exit(127)
         import fcntl
@@ -117,8 +121,8 @@ class Terminal:
 def term():
     made = []
 
-    def start(args, cwd):
-        t = Terminal(args, cwd)
+    def start(args, cwd, **env):
+        t = Terminal(args, cwd, **env)
         made.append(t)
         return t
     yield start
@@ -134,6 +138,7 @@ def test_progress_is_redrawn_in_place_then_chat_and_quit(tmp_path, term):
     assert len(redraws) >= 3, t.text()                  # first step, evaluations, last step at least
     assert b"300/300" in region and b"ETA" in region
     assert region.count(b"\n") <= 3                     # the bar stays on one line (plus its end)
+    assert SGR.search(t.out)                            # a terminal gets colour
     t.send(b"quit\n")
     t.expect(b"Goodbye", end)
     assert t.wait() == 0
@@ -188,3 +193,12 @@ def test_ctrl_c_twice_at_the_prompt_leaves(tmp_path, term):
     t.send(b"\x03")
     t.expect(b"Goodbye", at)
     assert t.wait() == 0
+
+
+def test_no_color_turns_colour_off_on_a_terminal(tmp_path, term):
+    t = term(["train-chat", *TINY, "--steps", "20", "--eval-interval", "10"], tmp_path, NO_COLOR="1")
+    at = t.expect(b"you> ")
+    t.send(b"quit\n")
+    t.expect(b"Goodbye", at)
+    assert t.wait() == 0
+    assert b"\r  " in t.out and not SGR.search(t.out)   # still drawn in place, but plain

@@ -166,3 +166,13 @@ def test_loss_curve_ascii_fallback_and_nothing_to_draw():
                                            (float("inf"), "--")])
 def test_fmt_duration(seconds, text):
     assert fmt_duration(seconds) == text
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 120])
+def test_live_bar_never_wraps_even_on_narrow_terminals(width):
+    out = FakeTTY()
+    ui = ConsoleUI(out, color=True, width=width)
+    for s in (1, 50, 100):
+        ui.progress(progress(s, steps=100, val=2.5, evaluated=s == 50))
+    for drawn in out.getvalue().strip("\n").split("\r")[1:]:
+        assert len(ANSI.sub("", drawn).rstrip()) <= width - 1
