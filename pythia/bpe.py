@@ -131,6 +131,10 @@ class GPT2Tokenizer:
         alternatives = "|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True))
         self._special_split = re.compile(f"({alternatives})") if alternatives else None
         self._cache: dict[str, list[int]] = {}
+        # id -> the bytes it spells: special tokens as their UTF-8 text, others through byte_decoder
+        self._id_bytes = {i: bytes(self.byte_decoder[c] for c in t) if all(c in self.byte_decoder for c in t)
+                          else t.encode("utf-8") for i, t in self.decoder.items()}
+        self._id_bytes.update({i: t.encode("utf-8") for i, t in self._special_ids.items()})
         self.vocab_size = max(self.decoder) + 1
         self.eot_id: int | None = self.encoder.get(EOT)
 
@@ -234,18 +238,8 @@ class GPT2Tokenizer:
     def decode_bytes(self, ids: list[int]) -> bytes:
         """The exact bytes the ids spell (an id outside the vocabulary gives U+FFFD's bytes).
         Streaming callers can feed these to an incremental UTF-8 decoder."""
-        out = bytearray()
-        for i in ids:
-            i = int(i)
-            if i in self._special_ids:
-                out += self._special_ids[i].encode("utf-8")
-                continue
-            tok = self.decoder.get(i)
-            if tok is None:
-                out += "\ufffd".encode("utf-8")
-                continue
-            out += bytes(self.byte_decoder[c] for c in tok)
-        return bytes(out)
+        table, unknown = self._id_bytes, "\ufffd".encode("utf-8")
+        return b"".join(table.get(int(i), unknown) for i in ids)
 
     def decode(self, ids: list[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
