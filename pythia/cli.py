@@ -294,6 +294,7 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (the console script exits with it)."""
     argv = with_default_command(sys.argv[1:] if argv is None else argv)
+    _forgiving_streams()
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
@@ -312,6 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         return _fail(f"cannot use{where}: {e.strerror or e}; check the path and its permissions")
+
+
+def _forgiving_streams() -> None:
+    """Never die on text: bytes that are not valid input become U+FFFD (chat drops it with a
+    notice), and characters the terminal's encoding cannot show are replaced on output."""
+    for stream, errors in ((sys.stdin, "replace"), (sys.stdout, "replace")):
+        try:
+            stream.reconfigure(errors=errors)
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (e.g. under a test harness)
+            pass
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -562,7 +573,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     err.notice(f"pythia: {source}{err.dot}kernels {backend}")
     if fallback:
         err.warn(f"fell back to the NumPy kernels, which are slower: {fallback}")
-    prompt = args.prompt
+    prompt = args.prompt.encode("utf-8", "replace").decode("utf-8")  # undecodable argv bytes -> '?'
     filt = getattr(tokenizer, "filter", None)
     if filt is not None:
         prompt, dropped = filt(prompt)

@@ -22,13 +22,21 @@ TEXT = ("User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\n"
         "The sea is large and old, and the wind moves over it all day long.\n") * 12
 
 
-def run(args, cwd, stdin="", timeout=180, **kw):
-    """Run `python -m pythia *args` in cwd with the code under test first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("NO_COLOR", None)
-    return subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, input=stdin, text=True,
-                          capture_output=True, timeout=timeout, env=env, encoding="utf-8", **kw)
+def run(args, cwd, stdin="", timeout=180, env=None, **kw):
+    """Run `python -m pythia *args` in cwd with the code under test first on the path.
+
+    stdin is text, or bytes to send exactly; output is decoded as UTF-8."""
+    full = dict(os.environ)
+    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
+    full.pop("NO_COLOR", None)
+    full.update(env or {})
+    if isinstance(stdin, str):
+        stdin = stdin.encode("utf-8")
+    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, input=stdin,
+                       capture_output=True, timeout=timeout, env=full, **kw)
+    r.stdout = r.stdout.decode("utf-8", errors="replace")
+    r.stderr = r.stderr.decode("utf-8", errors="replace")
+    return r
 
 
 def assert_ok(r):
@@ -87,6 +95,18 @@ def test_chat_from_checkpoint_with_piped_input(trained):
     assert_ok(r)
     assert "trained 5 steps" in r.stdout and "you> Hello" in r.stdout and "pythia> " in r.stdout
     assert r.stdout.rstrip().endswith("Goodbye.")
+
+
+def test_chat_survives_undecodable_input_and_an_ascii_terminal(trained):
+    args = ["chat", "--checkpoint", str(trained), "--seed", "1"]
+    r = run(args, trained.parent, stdin=b"H\xffello \xc3\xa9\nquit\n")
+    assert_ok(r)
+    assert "dropped 2 character(s)" in r.stdout          # the bad byte (as U+FFFD) and the e-acute
+    assert "pythia> " in r.stdout and r.stdout.rstrip().endswith("Goodbye.")
+    # an ASCII-only terminal: what it cannot show becomes '?', never an encoding crash
+    r = run(args, trained.parent, stdin=b"H\xc3\xa9llo\nquit\n", env={"PYTHONIOENCODING": "ascii"})
+    assert_ok(r)
+    assert "you> H??llo" in r.stdout and "pythia> " in r.stdout and "Goodbye." in r.stdout
 
 
 def test_chat_ends_cleanly_at_end_of_input(trained):
