@@ -106,36 +106,40 @@ def _pythia_name(hf_name: str) -> str:
 
 
 def read_gpt2_weights(path: str | Path, config: PythiaConfig) -> dict[str, np.ndarray]:
-    """Every Pythia parameter (float32) from a GPT-2 model.safetensors, each shape checked."""
+    """Every Pythia parameter (float32 copies) from a GPT-2 model.safetensors, each shape checked."""
     f = SafetensorsFile(path)
+    try:
+        return _read_weights(f, config, copy=True)
+    finally:
+        f.close()
+
+
+def _read_weights(f: SafetensorsFile, config: PythiaConfig, *, copy: bool) -> dict[str, np.ndarray]:
     expected = _expected_shapes(config)
     params: dict[str, np.ndarray] = {}
     head = None
-    try:
-        for hf_name in f.keys():
-            name = _pythia_name(hf_name)
-            if _BUFFER.fullmatch(name):
-                continue
-            if name == "lm_head.weight":
-                head = hf_name
-                continue
-            if name not in expected:
-                raise GPT2Error(f"{f.path}: unexpected tensor {hf_name!r}; {_HINT} (n_layer={config.n_layer})")
-            if name in params:
-                raise GPT2Error(f"{f.path}: tensor {name!r} appears twice (with and without 'transformer.')")
-            if f.shape(hf_name) != expected[name]:
-                raise GPT2Error(f"{f.path}: tensor {hf_name!r} has shape {list(f.shape(hf_name))}, config.json "
-                                f"implies {list(expected[name])}; the weights and config do not match")
-            params[name] = f.get(hf_name)
-        missing = [n for n in expected if n not in params]
-        if missing:
-            raise GPT2Error(f"{f.path} lacks tensor {missing[0]!r} ({len(missing)} missing); the file is incomplete "
-                            "or not a GPT-2 model")
-        if head is not None:  # Pythia's head is tied to wte: an lm_head must be that same matrix
-            if f.shape(head) != expected["wte"] or not np.array_equal(f.get(head), params["wte"]):
-                raise GPT2Error(f"{f.path}: lm_head.weight differs from wte; Pythia supports only the tied head")
-    finally:
-        f.close()
+    for hf_name in f.keys():
+        name = _pythia_name(hf_name)
+        if _BUFFER.fullmatch(name):
+            continue
+        if name == "lm_head.weight":
+            head = hf_name
+            continue
+        if name not in expected:
+            raise GPT2Error(f"{f.path}: unexpected tensor {hf_name!r}; {_HINT} (n_layer={config.n_layer})")
+        if name in params:
+            raise GPT2Error(f"{f.path}: tensor {name!r} appears twice (with and without 'transformer.')")
+        if f.shape(hf_name) != expected[name]:
+            raise GPT2Error(f"{f.path}: tensor {hf_name!r} has shape {list(f.shape(hf_name))}, config.json "
+                            f"implies {list(expected[name])}; the weights and config do not match")
+        params[name] = f.get(hf_name, copy=copy)
+    missing = [n for n in expected if n not in params]
+    if missing:
+        raise GPT2Error(f"{f.path} lacks tensor {missing[0]!r} ({len(missing)} missing); the file is incomplete "
+                        "or not a GPT-2 model")
+    if head is not None:  # Pythia's head is tied to wte: an lm_head must be that same matrix
+        if f.shape(head) != expected["wte"] or not np.array_equal(f.get(head, copy=False), params["wte"]):
+            raise GPT2Error(f"{f.path}: lm_head.weight differs from wte; Pythia supports only the tied head")
     return params
 
 
@@ -150,9 +154,15 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
     if tokenizer.vocab_size > config.vocab_size:
         raise GPT2Error(f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
                         f"{config.vocab_size}; vocab.json and config.json are from different models")
-    params = read_gpt2_weights(d / "model.safetensors", config)
-    model = Pythia(config)
-    model.load_params(params)
+    f = SafetensorsFile(d / "model.safetensors")
+    try:
+        # F32 weights stay views of the mapped file until load_params copies them into the model,
+        # so a large model is not held twice in memory.
+        params = _read_weights(f, config, copy=False)
+        model = Pythia(config)
+        model.load_params(params)
+    finally:
+        f.close()
     return model, tokenizer
 
 

@@ -99,8 +99,12 @@ class SafetensorsFile:
     def dtype(self, name: str) -> str:
         return self._entries[name][0]
 
-    def get(self, name: str) -> np.ndarray:
-        """Tensor `name` as a new float32 array (F32, F16 or BF16 on disk)."""
+    def get(self, name: str, *, copy: bool = True) -> np.ndarray:
+        """Tensor `name` as a new float32 array (F32, F16 or BF16 on disk).
+
+        copy=False returns F32 tensors as read-only views of the mapped file instead (no second
+        copy in memory while the caller copies them into place); F16/BF16 are converted either way.
+        """
         if name not in self._entries:
             raise GPT2Error(f"{self.path} has no tensor {name!r}")
         dtype, shape, begin, end = self._entries[name]
@@ -111,7 +115,8 @@ class SafetensorsFile:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")  # the file has >= 8 bytes
         raw = self._map[self._data_start + begin:self._data_start + end]
         if dtype == "F32":
-            out = raw.view("<f4").reshape(shape).astype(np.float32)   # copy, native byte order
+            out = raw.view("<f4").reshape(shape)
+            out = out.astype(np.float32) if copy else out             # copy: native byte order
         elif dtype == "F16":
             out = raw.view("<f2").reshape(shape).astype(np.float32)   # exact: every f16 is an f32
         else:
@@ -120,7 +125,8 @@ class SafetensorsFile:
         return out
 
     def close(self) -> None:
-        """Drop the memory map (arrays already returned stay valid: they are copies)."""
+        """Drop this object's memory map (arrays already returned stay valid: copies are
+        independent, and views keep the mapping alive while they exist)."""
         self._map = None
 
 

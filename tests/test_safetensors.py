@@ -144,3 +144,16 @@ def test_good_file_of_the_malformed_set_reads(tmp_path):
     path = tmp_path / "ok.safetensors"
     _good(path)
     np.testing.assert_array_equal(load_safetensors(path)["w"], np.ones((2, 3), np.float32))
+
+
+def test_uncopied_f32_is_a_read_only_view_with_the_same_values(tmp_path):
+    path = tmp_path / "m.safetensors"
+    x = np.arange(12, dtype="<f4").reshape(3, 4)
+    write_safetensors(path, {"x": ("F32", x), "h": ("F16", x.astype("<f2"))})
+    f = SafetensorsFile(path)
+    v = f.get("x", copy=False)
+    np.testing.assert_array_equal(v, x)
+    assert not v.flags.writeable                   # a view of the read-only mapping
+    f.close()
+    np.testing.assert_array_equal(v, x)            # still valid after close
+    np.testing.assert_array_equal(f.get("h", copy=False), x)  # F16 is converted regardless
