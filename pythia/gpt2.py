@@ -10,6 +10,8 @@ so the mapping is only: strip "transformer.", "wte.weight" -> "wte", "wpe.weight
 the attention-mask buffers ("h.i.attn.bias", "h.i.attn.masked_bias"), and accept an lm_head that
 is tied to wte. Every option Pythia does not implement is refused with a GPT2Error rather than
 loaded into a model that would compute something else.
+
+Sizes: V vocabulary, C n_embd, L n_layer; the position table has n_positions rows.
 """
 from __future__ import annotations
 
@@ -154,7 +156,14 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
     if tokenizer.vocab_size > config.vocab_size:
         raise GPT2Error(f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
                         f"{config.vocab_size}; vocab.json and config.json are from different models")
-    f = SafetensorsFile(d / "model.safetensors")
+    weights = d / "model.safetensors"
+    if not weights.is_file():
+        legacy = [n for n in ("pytorch_model.bin", "tf_model.h5", "model.safetensors.index.json") if (d / n).exists()]
+        if legacy:
+            raise GPT2Error(f"{weights} not found ({d} has {legacy[0]}); Pythia reads a single model.safetensors: "
+                            "download that file from the model's page, or save the model with "
+                            "save_pretrained(..., safe_serialization=True)")
+    f = SafetensorsFile(weights)
     try:
         # F32 weights stay views of the mapped file until load_params copies them into the model,
         # so a large model is not held twice in memory.

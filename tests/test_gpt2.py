@@ -205,6 +205,12 @@ def test_missing_file_is_named(tmp_path, missing):
     _expect_error(d, f"{missing} not found")
 
 
+def test_pytorch_only_directory_says_which_file_to_get(tmp_path):
+    d = copy_fixture(tmp_path)
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    _expect_error(d, "has pytorch_model.bin); Pythia reads a single model.safetensors")
+
+
 def test_missing_directory_is_named(tmp_path):
     _expect_error(tmp_path / "nowhere", "nowhere' not found")
 
