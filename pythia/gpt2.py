@@ -172,6 +172,9 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
         model.load_params(params)
     finally:
         f.close()
+    for name, p in model.params.items():
+        if not np.isfinite(p).all():
+            raise GPT2Error(f"{weights}: tensor {name!r} holds NaN or infinite values; the file is corrupt")
     return model, tokenizer
 
 

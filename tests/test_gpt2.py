@@ -189,6 +189,14 @@ def test_untied_head_is_refused(tmp_path):
     _expect_error(d, "lm_head.weight differs from wte")
 
 
+def test_non_finite_weights_are_refused(tmp_path):
+    d = copy_fixture(tmp_path)
+    t = fixture_tensors()
+    t["transformer.h.0.ln_2.bias"][3] = np.nan
+    rewrite(d, t)
+    _expect_error(d, "'h.0.ln_2.bias' holds NaN")
+
+
 def test_truncated_weights_file_is_refused(tmp_path):
     d = copy_fixture(tmp_path)
     raw = (d / "model.safetensors").read_bytes()
