@@ -21,6 +21,7 @@ decode(encode(text)) == text for any text without lone surrogates.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import re
 import sys
@@ -33,6 +34,7 @@ from .errors import CheckpointError, GPT2Error
 
 EOT = "<|endoftext|>"
 _CACHE_LIMIT = 100_000  # words kept in the per-word merge cache before it is cleared
+_LONG_WORD = 64        # words of more bytes are merged with a heap (O(n log n)) instead of GPT-2's loop
 
 # Unicode White_Space: the \s of GPT-2's `regex` and of Rust's tokenizers (str.isspace adds \x1c-\x1f).
 _WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
@@ -208,6 +210,15 @@ class GPT2Tokenizer:
             return cached
         # Lone surrogates (from undecodable input) keep their bytes instead of crashing encode.
         parts = [self.byte_encoder[b] for b in word.encode("utf-8", errors="surrogatepass")]
+        parts = self._merge(parts) if len(parts) <= _LONG_WORD else self._merge_heap(parts)
+        ids = [self.encoder[p] for p in parts]
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[word] = ids
+        return ids
+
+    def _merge(self, parts: list[str]) -> list[str]:
+        """GPT-2's merge loop, O(n^2) in the word's length: fine for words, not for megabyte runs."""
         ranks = self.ranks
         while len(parts) > 1:
             # The adjacent pair with the lowest merge rank; stop when no pair is ranked.
@@ -228,11 +239,37 @@ class GPT2Tokenizer:
                     merged.append(parts[i])
                     i += 1
             parts = merged
-        ids = [self.encoder[p] for p in parts]
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[word] = ids
-        return ids
+        return parts
+
+    def _merge_heap(self, parts: list[str]) -> list[str]:
+        """The same merges in O(n log n), for long words (a pasted URL, base64, a run of one symbol).
+
+        A heap holds (rank, slot) for adjacent pairs; popping the lowest rank, leftmost first, is
+        the order in which _merge joins pairs. Symbols live in slots of a doubly linked list; an
+        entry is stale when its slot was absorbed or its pair no longer has that rank.
+        """
+        ranks, n = self.ranks, len(parts)
+        sym: list[str | None] = list(parts)
+        nxt = list(range(1, n + 1))            # slot after i (n = end)
+        prv = list(range(-1, n - 1))           # slot before i (-1 = start)
+        heap = [(r, i) for i in range(n - 1) if (r := ranks.get((parts[i], parts[i + 1]))) is not None]
+        heapq.heapify(heap)
+        while heap:
+            r, i = heapq.heappop(heap)
+            j = nxt[i]
+            if sym[i] is None or j >= n or ranks.get((sym[i], sym[j])) != r:
+                continue                       # stale entry
+            sym[i] = sym[i] + sym[j]           # merge slot j into slot i
+            sym[j] = None
+            nxt[i] = nxt[j]
+            if nxt[j] < n:
+                prv[nxt[j]] = i
+            p, k = prv[i], nxt[i]
+            if p >= 0 and (rp := ranks.get((sym[p], sym[i]))) is not None:
+                heapq.heappush(heap, (rp, p))
+            if k < n and (rk := ranks.get((sym[i], sym[k]))) is not None:
+                heapq.heappush(heap, (rk, i))
+        return [s for s in sym if s is not None]
 
     # ---- decoding ------------------------------------------------------------------------
     def decode_bytes(self, ids: list[int]) -> bytes:

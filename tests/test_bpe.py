@@ -70,6 +70,20 @@ def test_fixture_covers_the_hard_cases(cases):
         assert needle in text, needle
 
 
+def test_long_word_heap_merge_equals_gpt2_merge_loop(tok):
+    """Words longer than the threshold take the O(n log n) path; it must merge exactly as the loop."""
+    rng = random.Random(2)
+    for trial in range(300):
+        alphabet = ["ab", "the sea", "etaoinshrdlu", "aé😀"][trial % 4]
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 150)))
+        parts = [tok.byte_encoder[b] for b in word.encode("utf-8")]
+        assert tok._merge_heap(list(parts)) == tok._merge(list(parts)), repr(word)
+
+
+def test_fixture_has_long_words(cases):
+    assert max(len(w.encode()) for c in cases for w in pretokenize(c["text"])) > 256
+
+
 def test_round_trip_is_exact_on_random_unicode(tok):
     rng = random.Random(0)
     for _ in range(300):
