@@ -202,3 +202,26 @@ def test_no_color_turns_colour_off_on_a_terminal(tmp_path, term):
     t.expect(b"Goodbye", at)
     assert t.wait() == 0
     assert b"\r  " in t.out and not SGR.search(t.out)   # still drawn in place, but plain
+
+
+def test_ctrl_c_during_train_saves_a_resumable_checkpoint_and_exits_130(tmp_path, term):
+    from pythia.checkpoint import load_checkpoint
+    t = term(["train", *TINY, "--steps", "10000000", "--eval-interval", "1000000", "--out", "m.npz"], tmp_path)
+    at = t.expect(b"/10000000")
+    t.send(b"\x03")
+    at = t.expect(b"Stopped early at step", at)
+    t.expect(b"--resume m.npz", at)
+    assert t.wait() == 130
+    ck = load_checkpoint(tmp_path / "m.npz")
+    assert ck.step > 0 and ck.optimizer_arrays is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]   # no half-written file
+
+
+def test_clear_erases_the_screen(tmp_path, term):
+    t = term(["train-chat", *TINY, "--steps", "3", "--eval-interval", "3"], tmp_path)
+    at = t.expect(b"you> ")
+    t.send(b"/clear\n")
+    at = t.expect(b"\x1b[2J", at)
+    at = t.expect(b"you> ", at)
+    t.send(b"exit\n")
+    assert t.wait() == 0
