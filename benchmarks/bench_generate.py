@@ -20,6 +20,7 @@ tokens/s = new tokens / wall time of the whole call, prompt prefill included; be
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else 3
-    print(f"pythia kernels: {kernels.BACKEND}; torch threads {TORCH_THREADS}; best of {repeats} runs after a warm-up")
+    threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ}
+    print(f"pythia kernels: {kernels.BACKEND}; torch threads {TORCH_THREADS}; thread env {threads or 'unset'}; "
+          f"best of {repeats} runs after a warm-up; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print("| case | engine | prompt | new tokens | seconds | tokens/s |")
     print("|---|---|---:|---:|---:|---:|")
     for case, (cfg, n_prompt, n_new) in CASES.items():
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             s = best_seconds(run, repeats, n_new)
             print(f"| {case} | {engine} | {n_prompt} | {n_new} | {s:.3f} | {n_new / s:,.0f} |", flush=True)
             del run
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (other processes share these cores)")
     return 0
 
 
