@@ -122,6 +122,20 @@ cdef inline float _exp(float x) noexcept nogil:
     return <float>0.0 if x < EXP_LO else p
 
 
+cdef inline float _exp_neg(float x) noexcept nogil:
+    # _exp for x <= 0 (or NaN), as in softmax's exp(x - max): no overflow handling needed
+    cdef float xc, t, n, r, p
+    xc = EXP_LO if x < EXP_LO else x
+    t = xc * LOG2E + ROUND
+    n = t - ROUND
+    r = xc - n * LN2_HI
+    r = r - n * LN2_LO
+    p = ((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5
+    p = p * (r * r) + r + <float>1.0
+    p = p * pythia_from_bits((pythia_bits(t) - pythia_bits(ROUND) + 127) << 23)
+    return <float>0.0 if x < EXP_LO else p
+
+
 cdef inline float _sigmoid(float z) noexcept nogil:
     # 1 / (1 + exp(-z)); exactly 0 once exp(-z) overflows to inf, 1 once it underflows to 0
     return <float>1.0 / (<float>1.0 + _exp(-z))
@@ -161,9 +175,10 @@ cdef inline float _sum(const float* a, Py_ssize_t n) noexcept nogil:
     for j in range(0, n16, 16):           # 16 == LANES (a range step must be a literal)
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k]
-    for k in range(LANES):
-        if n16 + k < n:
-            acc[k] = acc[k] + a[n16 + k]
+    if n16 < n:                           # the n - n16 < LANES leftovers, one lane each
+        for k in range(LANES):
+            if n16 + k < n:
+                acc[k] = acc[k] + a[n16 + k]
     return _fold_sum(acc)
 
 
@@ -176,9 +191,10 @@ cdef inline float _dot(const float* a, const float* b, Py_ssize_t n) noexcept no
     for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k] * b[j + k]
-    for k in range(LANES):
-        if n16 + k < n:
-            acc[k] = acc[k] + a[n16 + k] * b[n16 + k]
+    if n16 < n:                           # the n - n16 < LANES leftovers, one lane each
+        for k in range(LANES):
+            if n16 + k < n:
+                acc[k] = acc[k] + a[n16 + k] * b[n16 + k]
     return _fold_sum(acc)
 
 
@@ -191,9 +207,10 @@ cdef inline float _sqdev(const float* a, float m, Py_ssize_t n) noexcept nogil:
     for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = acc[k] + (a[j + k] - m) * (a[j + k] - m)
-    for k in range(LANES):
-        if n16 + k < n:
-            acc[k] = acc[k] + (a[n16 + k] - m) * (a[n16 + k] - m)
+    if n16 < n:                           # the n - n16 < LANES leftovers, one lane each
+        for k in range(LANES):
+            if n16 + k < n:
+                acc[k] = acc[k] + (a[n16 + k] - m) * (a[n16 + k] - m)
     return _fold_sum(acc)
 
 
@@ -206,9 +223,10 @@ cdef inline float _max(const float* a, Py_ssize_t n) noexcept nogil:
     for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = a[j + k] if a[j + k] > acc[k] else acc[k]
-    for k in range(LANES):
-        if n16 + k < n:
-            acc[k] = a[n16 + k] if a[n16 + k] > acc[k] else acc[k]
+    if n16 < n:                           # the n - n16 < LANES leftovers, one lane each
+        for k in range(LANES):
+            if n16 + k < n:
+                acc[k] = a[n16 + k] if a[n16 + k] > acc[k] else acc[k]
     return _fold_max(acc)
 
 
@@ -266,7 +284,7 @@ cdef inline void _softmax_row(const float* x, float* y, Py_ssize_t C, float scal
         return
     m = m * scale
     for j in range(C):
-        y[j] = _exp(x[j] * scale - m)
+        y[j] = _exp_neg(x[j] * scale - m)
     inv = <float>1.0 / _sum(y, C)
     for j in range(C):
         y[j] = y[j] * inv
@@ -369,9 +387,10 @@ cdef inline float _dot3(const float* a, const float* b, const float* c, float m,
     for j in range(0, n16, 16):
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k] * b[j + k] * (c[j + k] - m)
-    for k in range(LANES):
-        if n16 + k < n:
-            acc[k] = acc[k] + a[n16 + k] * b[n16 + k] * (c[n16 + k] - m)
+    if n16 < n:                           # the n - n16 < LANES leftovers, one lane each
+        for k in range(LANES):
+            if n16 + k < n:
+                acc[k] = acc[k] + a[n16 + k] * b[n16 + k] * (c[n16 + k] - m)
     return _fold_sum(acc)
 
 
@@ -490,7 +509,7 @@ cdef inline float _crossentropy_row(const float* z, int64_t t, float* p, Py_ssiz
         _softmax_row(z, p, V, 1.0)
         return NAN
     for j in range(V):
-        p[j] = _exp(z[j] - m)
+        p[j] = _exp_neg(z[j] - m)
     s = _sum(p, V)
     for j in range(V):
         p[j] = p[j] * (<float>1.0 / s)
