@@ -184,13 +184,23 @@ def test_ctrl_c_during_training_saves_and_goes_on_to_chat(tmp_path, term):
     assert b"Traceback" not in t.out
 
 
+def _ctrl_c_at_prompt(t, at: int, key: bytes) -> int:
+    """Ctrl-C while input() waits. Type a key and wait for its echo first: that proves readline is
+    in its wait loop, where SIGINT interrupts it (a signal landing just before the loop waits is
+    only noticed at the next keypress, for a person as for this test)."""
+    t.send(key)
+    at = t.expect(key, at)
+    t.send(b"\x03")
+    return at
+
+
 def test_ctrl_c_twice_at_the_prompt_leaves(tmp_path, term):
     t = term(["train-chat", *TINY, "--steps", "3", "--eval-interval", "3"], tmp_path)
     at = t.expect(b"you> ")
-    t.send(b"\x03")
+    at = _ctrl_c_at_prompt(t, at, b"x")
     at = t.expect(b"press Ctrl-C again", at)
     at = t.expect(b"you> ", at)
-    t.send(b"\x03")
+    at = _ctrl_c_at_prompt(t, at, b"y")
     t.expect(b"Goodbye", at)
     assert t.wait() == 0
 
