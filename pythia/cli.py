@@ -296,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = with_default_command(sys.argv[1:] if argv is None else argv)
     _forgiving_streams()
     try:
+        _check_kernel_env()                      # before anything imports the kernels
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except UsageError as e:
@@ -313,6 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         return _fail(f"cannot use{where}: {e.strerror or e}; check the path and its permissions")
+
+
+def _check_kernel_env() -> None:
+    """PYTHIA_KERNELS is read when the kernels load; a bad value is the user's, so say so plainly."""
+    import os
+    wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower()
+    if wanted not in ("", "cython", "numpy"):
+        raise ConfigError(f"PYTHIA_KERNELS={wanted!r} is not a kernel backend; set it to 'cython' or "
+                          f"'numpy', or unset it")
 
 
 def _forgiving_streams() -> None:

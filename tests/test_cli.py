@@ -303,6 +303,7 @@ BAD = [
     (["train", "--data", "c.txt", "--resume", "missing.npz"], "does not exist"),
     (["train", "--data", "c.txt", "--resume", "garbage.npz"], "not a Pythia checkpoint"),
     (["trian"], "invalid choice"),
+    (["PYTHIA_KERNELS=bogus", "train", "--data", "c.txt"], "PYTHIA_KERNELS"),
     (["chat"], "--checkpoint"),
     (["chat", "--checkpoint", "missing.npz"], "does not exist"),
     (["chat", "--checkpoint", "garbage.npz"], "not a Pythia checkpoint"),
@@ -323,7 +324,10 @@ def test_bad_input_is_one_clear_line(tmp_path, trained, args, needle):
     _setup(tmp_path, trained)
     (tmp_path / "model.npz").write_bytes(trained.read_bytes())
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = run(args, tmp_path)
+    env = {}
+    if args[0] == "PYTHIA_KERNELS=bogus":
+        env, args = {"PYTHIA_KERNELS": "bogus"}, args[1:]
+    r = run(args, tmp_path, env=env)
     assert_one_line_error(r, needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written or removed
 
