@@ -184,12 +184,22 @@ def test_ctrl_c_during_training_saves_and_goes_on_to_chat(tmp_path, term):
     assert b"Traceback" not in t.out
 
 
-def _ctrl_c_at_prompt(t, at: int, key: bytes) -> int:
-    """Ctrl-C while input() waits. Type a key and wait for its echo first: that proves readline is
-    in its wait loop, where SIGINT interrupts it (a signal landing just before the loop waits is
-    only noticed at the next keypress, for a person as for this test)."""
-    t.send(key)
-    at = t.expect(key, at)
+def _ctrl_c_at_prompt(t, at: int) -> int:
+    """Ctrl-C while input() waits for a line.
+
+    Python's readline notices SIGINT only while it sleeps in select(); a signal landing just
+    before that is only acted on after the next Enter (for a person as for this test). So wait
+    until the process is asleep (state S in /proc) several polls in a row, then press Ctrl-C.
+    """
+    stat = Path(f"/proc/{t.pid}/stat")
+    if stat.exists():
+        asleep, deadline = 0, time.monotonic() + DEADLINE
+        while asleep < 5 and time.monotonic() < deadline:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            asleep = asleep + 1 if state == "S" else 0
+            time.sleep(0.02)
+    else:  # pragma: no cover  (no /proc: give it a moment)
+        time.sleep(0.5)
     t.send(b"\x03")
     return at
 
@@ -197,10 +207,10 @@ def _ctrl_c_at_prompt(t, at: int, key: bytes) -> int:
 def test_ctrl_c_twice_at_the_prompt_leaves(tmp_path, term):
     t = term(["train-chat", *TINY, "--steps", "3", "--eval-interval", "3"], tmp_path)
     at = t.expect(b"you> ")
-    at = _ctrl_c_at_prompt(t, at, b"x")
+    at = _ctrl_c_at_prompt(t, at)
     at = t.expect(b"press Ctrl-C again", at)
     at = t.expect(b"you> ", at)
-    at = _ctrl_c_at_prompt(t, at, b"y")
+    at = _ctrl_c_at_prompt(t, at)
     t.expect(b"Goodbye", at)
     assert t.wait() == 0
 
