@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import DataError
-from .tokenizer import SimpleTokenizer
+from .tokenizer import SimpleTokenizer, describe_chars
 
 DEFAULT_FILES = ("input.txt", "model.txt")  # the seed's contract: these two, from the current directory
 VAL_FRACTION = 0.1
@@ -129,9 +129,8 @@ def _encode_with(tokenizer, text: str, where: str) -> np.ndarray:
     if isinstance(tokenizer, SimpleTokenizer):
         missing = tokenizer.unknown(text)
         if missing:
-            from .tokenizer import _show
             raise DataError(f"the corpus ({where}) has {len(missing)} character(s) the model's vocabulary of "
-                            f"{tokenizer.vocab_size} lacks: {_show(missing)}; train on the same data the "
+                            f"{tokenizer.vocab_size} lacks: {describe_chars(missing)}; train on the same data the "
                             f"checkpoint was trained on, or start a new model without --resume")
         return tokenizer.encode_array(text)
     return np.asarray(tokenizer.encode(text), dtype=np.int64)

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import DataError
 
 
-def _show(chars: Iterable[str], limit: int = 8) -> str:
+def describe_chars(chars: Iterable[str], limit: int = 8) -> str:
     """A short, printable list of characters for error messages: 'é', '\\t', ... (+3 more)."""
     chars = list(chars)
     shown = ", ".join(repr(c) for c in chars[:limit])
@@ -65,7 +65,7 @@ class SimpleTokenizer:
         if codes.size and not np.array_equal(self._codes[ids], codes):
             missing = self.unknown(text)
             raise DataError(f"the text has {len(missing)} character(s) that are not in the vocabulary of "
-                            f"{self.vocab_size}: {_show(missing)}; remove them, or train on a corpus that "
+                            f"{self.vocab_size}: {describe_chars(missing)}; remove them, or train on a corpus that "
                             f"contains them")
         return ids
 
