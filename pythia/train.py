@@ -288,6 +288,7 @@ class Trainer:
         finally:
             errstate.__exit__(None, None, None)
             self._restore_sigint(previous_handler)
+            self._stop = False  # Ctrl-C ended this run only; evaluate() works again afterwards
             if self._log_fh is not None:
                 self._log_fh.close()
                 self._log_fh = None

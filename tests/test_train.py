@@ -65,11 +65,12 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run_exactly(corpus, 
             else:
                 raise KeyboardInterrupt
     ck = tmp_path / "part.npz"
-    _, first = run(corpus, out=ck, on_progress=stop_at_k)
+    first_trainer, first = run(corpus, out=ck, on_progress=stop_at_k)
     assert first.interrupted and first.steps == k and first.checkpoint == ck
     assert load_checkpoint(ck).step == k
     assert sorted(os.listdir(tmp_path)) == ["corpus.txt", "part.npz", "straight.npz"]  # no temp files
 
+    assert first_trainer.evaluate() is not None       # the Ctrl-C flag does not outlive the run
     resumed_trainer, second = run(corpus, resume=ck, out=ck)
     assert second.start_step == k and not second.interrupted
     assert first.losses + second.losses == straight.losses          # bit-for-bit, every step
