@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 from .errors import ConfigError, PythiaError
 
-COMMANDS = ("train-chat", "train", "chat", "generate", "convert-gpt2")
 DEFAULT_OUT = {"train-chat": "pythia-chat.npz", "train": "pythia.npz"}
 MODEL_FLAGS = ("block_size", "d_model", "n_layer", "n_head")
 
@@ -336,18 +335,20 @@ def _forgiving_streams() -> None:
 
 
 def _fail(message: str, status: int = 1) -> int:
-    sys.stdout.flush() if not sys.stdout.closed else None
+    """Print `error: <first line of message>` on stderr and return the exit status."""
+    from .ui import colour_allowed, line_open
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
     first = message.strip().splitlines()[0] if message.strip() else "failed"
-    newline = "\n" if _on_fresh_line_needed() else ""
-    sys.stderr.write(f"{newline}error: {first}\n")
+    tty = sys.stderr.isatty()
+    # after an in-place progress bar, or the ^C a terminal echoes, start on a fresh line
+    newline = "\n" if line_open() or (tty and status == 130) else ""
+    label = "\033[1;31merror:\033[0m" if colour_allowed(sys.stderr) else "error:"
+    sys.stderr.write(f"{newline}{label} {first}\n")
     sys.stderr.flush()
     return status
-
-
-def _on_fresh_line_needed() -> bool:
-    """After an in-place progress bar on a terminal, the error starts on a line of its own."""
-    from .ui import line_open
-    return line_open()
 
 
 def _silence_stdout() -> None:
@@ -372,9 +373,11 @@ def select_kernels(choice: str | None) -> None:
             raise ConfigError(f"--kernels {choice} is not available: {e}; or use --kernels numpy") from None
 
 
-def _kernel_status() -> tuple[str, str | None]:
+def _kernel_status(choice: str | None) -> tuple[str, str | None]:
+    """The active backend, and why it is NumPy when compiled kernels were wanted but missing
+    (nothing to explain when the user asked for NumPy)."""
     from . import kernels
-    return kernels.BACKEND, kernels.FALLBACK_REASON
+    return kernels.BACKEND, (None if choice == "numpy" else kernels.FALLBACK_REASON)
 
 
 def _explicit(args: argparse.Namespace) -> set[str]:
@@ -478,7 +481,7 @@ def train_model(args: argparse.Namespace, command: str, ui):
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
-    backend, fallback = _kernel_status()
+    backend, fallback = _kernel_status(args.kernels)
     rows = [("train", f"{cfg.steps} steps{ui.dot}batch {cfg.batch_size}{ui.dot}lr {cfg.lr:g} -> {cfg.min_lr:g}"
                       f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {start}" if resume else ""))]
     rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
@@ -562,7 +565,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     ui = ConsoleUI()
     select_kernels(args.kernels)
     model, tokenizer, source = load_model(args)
-    backend, fallback = _kernel_status()
+    backend, fallback = _kernel_status(args.kernels)
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               source=source)
@@ -579,7 +582,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     err = ConsoleUI(sys.stderr)
     select_kernels(args.kernels)
     model, tokenizer, source = load_model(args)
-    backend, fallback = _kernel_status()
+    backend, fallback = _kernel_status(args.kernels)
     err.notice(f"pythia: {source}{err.dot}kernels {backend}")
     if fallback:
         err.warn(f"fell back to the NumPy kernels, which are slower: {fallback}")
