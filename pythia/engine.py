@@ -50,6 +50,8 @@ class DeltaOptimizer:
         self._g = np.empty(n, np.float32)                        # gathered (clipped) gradient
         self._tmp = np.empty(n, np.float32)                      # scratch for the update
         self.decays = {k: params[k].ndim == 2 for k in self.names}  # matrices and embeddings decay
+        # (param, its slice of the update, decays?) once, so step() does no slicing
+        self._targets = [(params[k], self._view(self._tmp, i), self.decays[k]) for i, k in enumerate(self.names)]
 
     def _view(self, flat: np.ndarray, i: int) -> np.ndarray:
         k = self.names[i]
@@ -67,8 +69,7 @@ class DeltaOptimizer:
     def step(self, grads: dict[str, np.ndarray]) -> dict:
         """One AdamW update of every parameter in place; returns {"lr", "grad_norm" (before clipping)}."""
         m, v, g, tmp = self._m, self._v, self._g, self._tmp
-        for i, k in enumerate(self.names):
-            self._view(g, i)[...] = grads[k]                     # gather: g = concat(grads)
+        np.concatenate([grads[k].reshape(-1) for k in self.names], out=g)  # g = all gradients end to end
         norm = math.sqrt(float(np.dot(g, g)))                    # ||g||_2 over the whole model
         if not math.isfinite(norm):
             raise PythiaError(f"gradient norm is {norm}: training diverged; lower the learning rate (--lr)")
@@ -85,16 +86,16 @@ class DeltaOptimizer:
         v *= b2
         v += tmp                                                 # v = b2 v + (1 - b2) g^2
         bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        # update = lr m_hat / (sqrt(v_hat) + eps) = (lr sqrt(bc2) / bc1) m / (sqrt(v) + eps sqrt(bc2))
         np.sqrt(v, out=tmp)
-        tmp *= 1 / math.sqrt(bc2)
-        tmp += self.eps                                          # sqrt(v_hat) + eps
+        tmp += self.eps * math.sqrt(bc2)
         np.divide(m, tmp, out=tmp)
-        tmp *= lr / bc1                                          # update = lr * m_hat / (sqrt(v_hat) + eps)
-        for i, k in enumerate(self.names):
-            p = self.params[k]
-            if self.decays[k] and self.weight_decay:
-                p *= 1 - lr * self.weight_decay                  # decoupled weight decay
-            p -= self._view(tmp, i)
+        tmp *= lr * math.sqrt(bc2) / bc1
+        decay = 1 - lr * self.weight_decay
+        for p, update, decays in self._targets:
+            if decays and decay != 1:
+                p *= decay                                       # decoupled weight decay
+            p -= update
         return {"lr": lr, "grad_norm": norm}
 
     # ------------------------------------------------------------------ checkpoints
