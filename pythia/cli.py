@@ -15,6 +15,7 @@ file the user already has unless asked to (--force, or --resume's own checkpoint
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -317,7 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_kernel_env() -> None:
     """PYTHIA_KERNELS is read when the kernels load; a bad value is the user's, so say so plainly."""
-    import os
     wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower()
     if wanted not in ("", "cython", "numpy"):
         raise ConfigError(f"PYTHIA_KERNELS={wanted!r} is not a kernel backend; set it to 'cython' or "
@@ -352,7 +352,6 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def _silence_stdout() -> None:
-    import os
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -420,6 +419,9 @@ def _check_target(path: Path, flag: str) -> None:
     if not parent.is_dir():
         raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist; create it "
                           f"first or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent.resolve())!r} is not writable; "
+                          f"choose a path in a directory you can write to")
 
 
 def resolve_out(args: argparse.Namespace, command: str) -> tuple[Path, str | None]:

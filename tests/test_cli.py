@@ -332,6 +332,21 @@ def test_bad_input_is_one_clear_line(tmp_path, trained, args, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written or removed
 
 
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
+                    reason="root can write to read-only directories")
+def test_unwritable_directory_fails_before_training(tmp_path):
+    (tmp_path / "c.txt").write_text(TEXT, encoding="utf-8")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = run(["train", "--data", str(tmp_path / "c.txt"), *TINY], ro)
+        assert_one_line_error(r, "not writable")
+        assert "Training" not in r.stdout
+    finally:
+        ro.chmod(0o755)
+
+
 def test_resume_with_a_different_shape_is_refused(tmp_path, trained):
     (tmp_path / "c.txt").write_text(TEXT, encoding="utf-8")
     (tmp_path / "m.npz").write_bytes(trained.read_bytes())
