@@ -91,22 +91,26 @@ class StopFilter:
         return out
 
 
-def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[tuple[int, str]]:
-    """(token id, new text) for each generated token, decoding incrementally.
+def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
+    """The new text of each generated token ("" while held back), decoding incrementally.
 
-    Byte-level BPE can split one character over several tokens; until the bytes complete, the
-    decoded text ends in U+FFFD, so that tail is held back rather than shown as garbage.
+    Byte-level BPE can split one character over several tokens; until its bytes complete, the
+    decoded text ends in U+FFFD, so those tokens are held back rather than shown as garbage. A
+    UTF-8 character has at most 4 bytes and every token at least one, so after 4 held tokens the
+    bytes are truly invalid and are shown as U+FFFD. Only the held tokens are decoded each step,
+    so streaming n tokens costs O(n), not O(n^2). Whatever is still held at the end is shown.
     """
-    got: list[int] = []
-    shown = 0
+    held: list[int] = []
     for i in ids:
-        got.append(int(i))
-        text = tokenizer.decode(got)
-        if text.endswith("\ufffd"):
-            yield i, ""
+        held.append(int(i))
+        text = tokenizer.decode(held)
+        if text.endswith("\ufffd") and len(held) < 4:
+            yield ""
             continue
-        yield i, text[shown:]
-        shown = len(text)
+        held = []
+        yield text
+    if held:
+        yield tokenizer.decode(held)
 
 
 class ChatSession:
@@ -277,7 +281,7 @@ class ChatSession:
                                   top_p=s.top_p, rng=self.rng)
         interrupted = False
         try:
-            for _, piece in stream_text(self.tokenizer, gen):
+            for piece in stream_text(self.tokenizer, gen):
                 out, done = stop.feed(piece)
                 raw += out
                 if not started:  # the corpus puts a space after "Pythia:"; do not show it

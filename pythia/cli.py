@@ -607,7 +607,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     gen = model.generate(ids[-model.config.block_size:], s.max_new_tokens, temperature=s.temperature,
                          top_k=s.top_k, top_p=s.top_p, rng=rng)
     try:
-        for _, piece in stream_text(tokenizer, gen):
+        for piece in stream_text(tokenizer, gen):
             out.write(piece)
             out.flush()
     except KeyboardInterrupt:

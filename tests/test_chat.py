@@ -176,6 +176,17 @@ def test_stream_text_holds_back_an_incomplete_utf8_character():
             return bytes(ids).decode("utf-8", errors="replace")
 
     ids = list("aé€".encode("utf-8"))
-    pieces = [p for _, p in stream_text(Bytes(), iter(ids))]
+    pieces = list(stream_text(Bytes(), iter(ids)))
     assert "".join(pieces) == "aé€" and "\ufffd" not in "".join(pieces)
     assert pieces == ["a", "", "é", "", "", "€"]
+
+
+@pytest.mark.parametrize("raw", [b"plain ascii", "caf\u00e9 \u20ac \U0001F600 \u4e2d".encode(), b"a\xff\xff\xff\xffb",
+                                 b"\xff\xc3\xa9!", b"end\xe2\x82"])
+def test_stream_text_equals_decoding_everything_at_once(raw):
+    class Bytes:
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    shown = "".join(stream_text(Bytes(), iter(list(raw))))
+    assert shown == raw.decode("utf-8", errors="replace")
