@@ -478,6 +478,12 @@ def train_model(args: argparse.Namespace, command: str, ui):
         _check_target(log_file, "--log-file")
     select_kernels(args.kernels)
     files = resolve_corpus(args.data)
+    if not args.data:
+        from .data import DEFAULT_FILES
+        here = [name for name in DEFAULT_FILES if Path(name).is_file()]
+        if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
+            ui.notice(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
+                      f"bundled corpus is used; pass --data {here[0]} to train on it")
     trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
                               out=out, log_file=log_file, on_progress=ui.progress)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg

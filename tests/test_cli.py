@@ -90,6 +90,13 @@ def test_no_command_means_train_chat_and_cwd_corpus_is_used(tmp_path):
     assert "pythia> " in r.stdout and (tmp_path / "pythia-chat.npz").is_file()
 
 
+def test_a_lone_input_txt_is_pointed_out_not_silently_ignored(tmp_path):
+    (tmp_path / "input.txt").write_text(TEXT, encoding="utf-8")
+    r = run(["train", *TINY], tmp_path)
+    assert_ok(r)
+    assert "[bundled]" in r.stdout and "pass --data input.txt" in r.stdout
+
+
 def test_chat_from_checkpoint_with_piped_input(trained):
     r = run(["chat", "--checkpoint", str(trained), "--seed", "1"], trained.parent, stdin="Hello\nquit\n")
     assert_ok(r)
