@@ -478,11 +478,12 @@ def train_model(args: argparse.Namespace, command: str, ui):
         _check_target(log_file, "--log-file")
     select_kernels(args.kernels)
     files = resolve_corpus(args.data)
+    notes = []
     if not args.data:
         from .data import DEFAULT_FILES
         here = [name for name in DEFAULT_FILES if Path(name).is_file()]
         if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
-            ui.notice(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
+            notes.append(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
                       f"bundled corpus is used; pass --data {here[0]} to train on it")
     trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
                               out=out, log_file=log_file, on_progress=ui.progress)
@@ -496,6 +497,8 @@ def train_model(args: argparse.Namespace, command: str, ui):
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
+    for note in notes:
+        ui.notice(note)
     ui.notice("Training... (Ctrl-C stops early and saves)")
     result = trainer.run()
 
