@@ -366,3 +366,24 @@ def test_resume_with_a_different_shape_is_refused(tmp_path, trained):
     r = run(["train", "--data", "c.txt", "--resume", "m.npz"], tmp_path)   # already at its 5 steps
     assert_one_line_error(r, "--steps")
     assert (tmp_path / "m.npz").read_bytes() == trained.read_bytes()
+
+
+def test_readme_configuration_table_matches_the_real_defaults():
+    """README's flag table is what users read; it must not drift from the parser's defaults."""
+    import re
+
+    from pythia.cli import build_parser
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    defaults = {a.option_strings[0]: a.default for a in sub._actions if a.option_strings}
+    checked = 0
+    for flags, values in re.findall(r"^\| (`--[^|]+) \| ([^|]+) \|", section, re.M):
+        names = re.findall(r"`(--[a-z0-9-]+)", flags)
+        vals = [v.strip() for v in values.split(",")]
+        if len(names) != len(vals) or not all(re.fullmatch(r"[0-9.e-]+", v) for v in vals):
+            continue  # rows whose default is words (files, backends) are not numbers to compare
+        for name, v in zip(names, vals):
+            assert float(v) == float(defaults[name]), f"README says {name} {v}, the parser {defaults[name]}"
+            checked += 1
+    assert checked >= 12
