@@ -301,6 +301,8 @@ class ChatSession:
             close = getattr(gen, "close", None)
             if close is not None:
                 close()
+        if not raw.strip() and not interrupted:  # the model ended its turn at once
+            ui.write(ui.style("(no answer)", "dim"))
         ui.write("\n")
         if interrupted:
             ui.notice("(reply interrupted)")

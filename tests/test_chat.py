@@ -190,3 +190,9 @@ def test_stream_text_equals_decoding_everything_at_once(raw):
 
     shown = "".join(stream_text(Bytes(), iter(list(raw))))
     assert shown == raw.decode("utf-8", errors="replace")
+
+
+def test_an_empty_reply_says_so():
+    s, _, _, out = session(["Hello", "quit"], [" \nUser: x"])
+    assert "pythia> (no answer)\n" in out
+    assert s.transcript == "User: Hello\nPythia:\n\n"
