@@ -262,8 +262,8 @@ class ConsoleUI:
             self.line("  " + self.style("checkpoint ", "dim") + checkpoint)
         curve = loss_curve([loss for _, loss, _ in self.history], width=min(60, self.width - 16),
                            unicode=self.unicode, last_step=self.history[-1][0] if self.history else 0)
-        for row in curve:
-            self.line(self.style(row, "cyan") if not row.lstrip().startswith(("└", "+")) else row)
+        for i, row in enumerate(curve):
+            self.line(row if i == len(curve) - 1 else self.style(row, "cyan"))  # the axis stays plain
 
 
 def loss_curve(losses: Sequence[float], *, width: int = 60, height: int = 6,
