@@ -200,7 +200,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser, *, length: int) -> None:
                    help="sample from the smallest set of tokens whose probability reaches P (1 = off)")
     g.add_argument("--seed", type=nonneg_int, default=None, metavar="S",
                    help="seed the sampler: the same seed and settings give the same text (default: random)")
-    _add_kernel_flag(g)
+    _add_kernel_flag(p)
 
 
 def build_parser() -> Parser:
