@@ -2,14 +2,17 @@
 """Compiled kernels behind `pythia.kernels.compiled` (which validates every argument first).
 
 Each op is a `noexcept nogil` routine for one row, wrapped in a loop over rows that runs on
-several threads (OpenMP prange) only when the work is large enough to repay waking them.
+several threads (OpenMP prange) only when the work is large enough to repay waking them,
+and not for a while after a thread arrived late (see "threads that do not fight").
 Arguments arrive as C-contiguous arrays plus their sizes, already checked by compiled.py;
 `_in`/`_out` re-check dtype, contiguity and size in a few nanoseconds (a typed memoryview per
 argument cost ~0.5 us, which is most of a small kernel) and hand out the raw pointer.
 N is the number of rows, C the row length, V the vocabulary; (Tq, Tk) an attention matrix.
 
 Speed without -ffast-math or -march=native: the inner loops are written so that gcc -O3
-vectorises them for the baseline ISA (SSE2 on x86-64):
+(with -fno-trapping-math, which changes no value) vectorises them for the target ISA. This
+source is built twice by setup.py: for baseline x86-64 (SSE2) as pythia._kernels, and with
+-mavx2 -mfma as pythia._kernels_avx2, which the loader picks on CPUs that have both.
 - exp is our own range reduction + polynomial (`_exp`) instead of scalar libm `expf`, and
   tanh enters only through sigmoid(2u) = (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u));
 - sums and maxima use LANES independent partial results (`_sum`, `_dot`, `_max`), because
@@ -45,8 +48,10 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static int pythia_max_threads(void) { return omp_get_max_threads(); }
+    static double pythia_now(void) { return omp_get_wtime(); }
     #else
     static int pythia_max_threads(void) { return 1; }
+    static double pythia_now(void) { return 0.0; }
     #endif
     /* bit casts between float and int32 (memcpy is the defined way; it compiles to nothing) */
     static inline int32_t pythia_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
@@ -67,6 +72,7 @@ cdef extern from *:
     static const float P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
     """
     int pythia_max_threads() noexcept nogil
+    double pythia_now() noexcept nogil          # seconds, monotonic (0 in a serial build)
     int pythia_cpu_has_avx2_fma() noexcept nogil
     const char* PYTHIA_ISA
     int32_t pythia_bits(float) noexcept nogil
@@ -93,12 +99,70 @@ def max_threads() -> int:
     """Threads a large kernel uses (OpenMP's limit; 1 in a serial build)."""
     return pythia_max_threads()
 
+
 cdef enum: PARALLEL_MIN = 32768   # elements below which threads cost more than they save
 cdef enum: LANES = 16             # partial sums per reduction (four SSE / two AVX registers)
 cdef enum: BLOCK = 4096           # elements per parallel work item of the element-wise kernels
 
-cdef inline int _threads(Py_ssize_t work) noexcept nogil:
-    return pythia_max_threads() if work >= PARALLEL_MIN else 1
+
+# ----------------------------------------------------------------------------- threads that do not fight
+# A parallel loop ends when its slowest thread does. On 2 cores shared with other busy
+# processes (or BLAS threads), the second thread may not be scheduled for a whole time slice,
+# and a 20 us kernel takes 5-10 ms: worse than one thread by 100x or more. So every parallel
+# loop times itself: the calling thread notes when it finished its own share (`_stamp`), and
+# if it then waited for the others much longer than its share took (`_gate_close`), the
+# kernels run on one thread for a while (BACKOFF_MIN, doubling on each repeat up to
+# BACKOFF_MAX) before trying threads again.
+
+cdef double STALL_FACTOR = 4.0    # waited > 4x its own share (static shares differ <= 3x) ...
+cdef double STALL_SLACK = 5e-4    # ... plus 0.5 ms (waking a sleeping thread takes ~50 us)
+cdef double BACKOFF_MIN = 0.05, BACKOFF_MAX = 2.0  # seconds on one thread after a stall
+cdef double _serial_until = 0.0, _backoff = 0.05
+cdef Py_ssize_t _n_parallel = 0, _n_stalls = 0
+
+
+cdef struct Gate:
+    bint par            # run this loop on several threads
+    Py_ssize_t mid      # the last iteration the calling thread runs (schedule="static")
+    double t0, t_mid    # loop start, and when the calling thread finished its share
+
+
+cdef inline Gate _gate(Py_ssize_t work, Py_ssize_t count) noexcept nogil:
+    # open a loop of `count` iterations over `work` elements
+    cdef Gate g
+    cdef int nt = pythia_max_threads()
+    g.par = work >= PARALLEL_MIN and nt > 1 and count > 1 and pythia_now() >= _serial_until
+    g.mid = (count + nt - 1) // nt - 1 if g.par else -1
+    g.t0 = pythia_now() if g.par else 0.0
+    g.t_mid = 0.0
+    return g
+
+
+cdef inline void _stamp(Gate* g, Py_ssize_t i) noexcept nogil:
+    if i == g.mid:
+        g.t_mid = pythia_now()
+
+
+cdef void _gate_close(Gate* g) noexcept:
+    # after a parallel loop (GIL held): did the calling thread wait for a descheduled thread?
+    global _serial_until, _backoff, _n_parallel, _n_stalls
+    cdef double t_end
+    if not g.par:
+        return
+    t_end = pythia_now()
+    _n_parallel += 1
+    if g.t_mid > 0 and t_end - g.t_mid > STALL_FACTOR * (g.t_mid - g.t0) + STALL_SLACK:
+        _n_stalls += 1
+        _serial_until = t_end + _backoff
+        _backoff = min(2 * _backoff, BACKOFF_MAX)
+    else:
+        _backoff = BACKOFF_MIN
+
+
+def threading_stats() -> dict:
+    """Parallel loops run, stalls seen (a thread arrived late), seconds left on one thread."""
+    return {"threads": pythia_max_threads(), "parallel_loops": _n_parallel, "stalls": _n_stalls,
+            "serial_for_s": max(0.0, _serial_until - pythia_now())}
 
 
 # ----------------------------------------------------------------------------- vector math
@@ -303,8 +367,11 @@ def softmax_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t N
     cdef const float* px = _in(x, N * C)
     cdef float* py = _out(y, N * C)
     cdef Py_ssize_t i
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * C, N)
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         _softmax_row(px + i * C, py + i * C, C, 1.0)
+        _stamp(&g, i)
+    _gate_close(&g)
 
 
 def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray dx not None,
@@ -313,8 +380,11 @@ def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarra
     cdef const float* py = _in(y, N * C)
     cdef float* pdx = _out(dx, N * C)
     cdef Py_ssize_t i
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * C, N)
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         _softmax_grad_row(pdy + i * C, py + i * C, pdx + i * C, C, 1.0)
+        _stamp(&g, i)
+    _gate_close(&g)
 
 
 # ----------------------------------------------------------------------------- causal attention softmax
@@ -326,11 +396,14 @@ def attention_softmax_forward(cnp.ndarray s not None, cnp.ndarray y not None, Py
     cdef const float* ps = _in(s, N * Tq * Tk)
     cdef float* py = _out(y, N * Tq * Tk)
     cdef Py_ssize_t r, L, off = Tk - Tq
-    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=N * Tq * Tk >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
+    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
         L = off + r % Tq + 1
         _softmax_row(ps + r * Tk, py + r * Tk, L, scale)
         if L < Tk:
             memset(py + r * Tk + L, 0, (Tk - L) * sizeof(float))
+        _stamp(&g, r)
+    _gate_close(&g)
 
 
 def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray dx not None,
@@ -342,11 +415,14 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     # The visible length L is rounded up to a multiple of LANES (at most Tk): y is 0 on the
     # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
     cdef Py_ssize_t r, L, off = Tk - Tq
-    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=N * Tq * Tk >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
+    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
         L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
         _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
         if L < Tk:
             memset(pdx + r * Tk + L, 0, (Tk - L) * sizeof(float))
+        _stamp(&g, r)
+    _gate_close(&g)
 
 
 # ----------------------------------------------------------------------------- layernorm
@@ -374,8 +450,11 @@ def layernorm_forward(cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarra
     cdef float* pm = _out(mean, N)
     cdef float* pr = _out(rstd, N)
     cdef Py_ssize_t i
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * C, N)
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         _layernorm_row(px + i * C, pw, pb, py + i * C, pm + i, pr + i, C, eps)
+        _stamp(&g, i)
+    _gate_close(&g)
 
 
 cdef inline float _dot3(const float* a, const float* b, const float* c, float m, Py_ssize_t n) noexcept nogil:
@@ -433,17 +512,21 @@ def layernorm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndar
     cdef float* pdw = _out(dw, C)
     cdef float* pdb = _out(db, C)
     cdef Py_ssize_t t, j, lo, hi
-    cdef int nt = _threads(N * C)
+    cdef Gate g = _gate(N * C, min(N, <Py_ssize_t>pythia_max_threads()))
+    cdef int nt = pythia_max_threads() if g.par else 1
     if nt > N:
         nt = <int>N
+    g.mid = 0                                                  # block 0 is the calling thread's
     cdef float* buf = <float*>calloc(nt * 2 * C, sizeof(float))   # per block: dw (C) then db (C)
     if buf == NULL:
         raise MemoryError("layernorm_backward: no memory for the per-thread buffers")
-    for t in prange(nt, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
+    for t in prange(nt, nogil=True, schedule="static", num_threads=nt, use_threads_if=g.par):
         lo = t * N // nt
         hi = (t + 1) * N // nt
         _layernorm_grad_rows(pdy + lo * C, px + lo * C, pw, pm + lo, pr + lo, pdx + lo * C,
                              buf + 2 * C * t, buf + 2 * C * t + C, hi - lo, C)
+        _stamp(&g, t)
+    _gate_close(&g)
     with nogil:
         for j in range(C):
             pdw[j] = buf[j]
@@ -482,9 +565,12 @@ def gelu_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t n):
     cdef const float* px = _in(x, n)
     cdef float* py = _out(y, n)
     cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
-    for b in prange(nb, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+    cdef Gate g = _gate(n, nb)
+    for b in prange(nb, nogil=True, schedule="static", use_threads_if=g.par):
         lo = b * BLOCK
         _gelu_block(px + lo, py + lo, min(<Py_ssize_t>BLOCK, n - lo))
+        _stamp(&g, b)
+    _gate_close(&g)
 
 
 def gelu_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray dx not None, Py_ssize_t n):
@@ -492,9 +578,12 @@ def gelu_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray d
     cdef const float* px = _in(x, n)
     cdef float* pdx = _out(dx, n)
     cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
-    for b in prange(nb, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+    cdef Gate g = _gate(n, nb)
+    for b in prange(nb, nogil=True, schedule="static", use_threads_if=g.par):
         lo = b * BLOCK
         _gelu_grad_block(pdy + lo, px + lo, pdx + lo, min(<Py_ssize_t>BLOCK, n - lo))
+        _stamp(&g, b)
+    _gate_close(&g)
 
 
 # ----------------------------------------------------------------------------- softmax + cross-entropy
@@ -523,8 +612,11 @@ def crossentropy_forward(cnp.ndarray z not None, cnp.ndarray t not None, cnp.nda
     cdef float* pl = _out(loss, N)
     cdef float* pp = _out(p, N * V)
     cdef Py_ssize_t i
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * V >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * V, N)
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         pl[i] = _crossentropy_row(pz + i * V, pt[i], pp + i * V, V)
+        _stamp(&g, i)
+    _gate_close(&g)
 
 
 def crossentropy_backward(cnp.ndarray dloss not None, cnp.ndarray p not None, cnp.ndarray t not None,
@@ -536,8 +628,11 @@ def crossentropy_backward(cnp.ndarray dloss not None, cnp.ndarray p not None, cn
     cdef float* pdz = _out(dz, N * V)
     cdef Py_ssize_t i, j
     cdef float d
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=N * V >= PARALLEL_MIN):
+    cdef Gate g = _gate(N * V, N)
+    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         d = pdl[i]
         for j in range(V):
             pdz[i * V + j] = d * pp[i * V + j]
         pdz[i * V + pt[i]] = pdz[i * V + pt[i]] - d
+        _stamp(&g, i)
+    _gate_close(&g)
