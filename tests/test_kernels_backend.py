@@ -17,7 +17,8 @@ BUILT = bool(compiled_builds())
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter with extra environment variables."""
-    full = {k: v for k, v in os.environ.items() if k not in ("PYTHIA_KERNELS", "PYTHIA_KERNELS_ISA")}
+    ours = ("PYTHIA_KERNELS", "PYTHIA_KERNELS_ISA", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    full = {k: v for k, v in os.environ.items() if k not in ours}
     full.update(env)
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
 
@@ -100,3 +101,28 @@ def test_stale_extension_is_refused(monkeypatch):
     monkeypatch.setattr(_loader, "_import", lambda name: Stale)
     impl, reason = _loader.load_compiled()
     assert impl is None and "stale" in reason
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_chose():
+    # spinning idle threads took a core from the working ones on the shared 2-core machine
+    code = "import os; from pythia import kernels; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert run_python(code).stdout.strip() == "passive"
+    assert run_python(code, OMP_WAIT_POLICY="active").stdout.strip() == "active"
+    assert run_python(code, GOMP_SPINCOUNT="1000").stdout.strip() == "None"
+
+
+def test_large_kernels_run_parallel_loops_and_agree_with_small_ones():
+    # the same rows computed in one big (threaded) call and row by row (serial) agree exactly,
+    # except where threads change a summation order (none of these kernels does)
+    if not BUILT:
+        pytest.skip("compiled kernels are not built")
+    _loader.load_compiled()
+    ext = compiled._ext
+    x = np.random.default_rng(7).standard_normal((1024, 96)).astype(np.float32)
+    stats = ext.threading_stats()
+    may_thread = ext.max_threads() > 1 and stats["serial_for_s"] == 0  # not backing off now
+    big = compiled.softmax_forward(x)                                   # 98304 elements: threaded
+    if may_thread:
+        assert ext.threading_stats()["parallel_loops"] == stats["parallel_loops"] + 1
+    rows = np.stack([compiled.softmax_forward(r) for r in x])
+    np.testing.assert_array_equal(big, rows)
