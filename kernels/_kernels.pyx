@@ -107,34 +107,57 @@ cdef enum: BLOCK = 4096           # elements per parallel work item of the eleme
 
 # ----------------------------------------------------------------------------- threads that do not fight
 # A parallel loop ends when its slowest thread does. On 2 cores shared with other busy
-# processes (or BLAS threads), the second thread may not be scheduled for a whole time slice,
-# and a 20 us kernel takes 5-10 ms: worse than one thread by 100x or more. So every parallel
-# loop times itself: the calling thread notes when it finished its own share (`_stamp`), and
-# if it then waited for the others much longer than its share took (`_gate_close`), the
-# kernels run on one thread for a while (BACKOFF_MIN, doubling on each repeat up to
-# BACKOFF_MAX) before trying threads again.
+# processes (or BLAS threads) the helper thread may start late, by tens of microseconds or by
+# a whole time slice, and a 20 us kernel then takes longer on two threads than on one. So
+# every parallel loop times itself: the calling thread notes when it finished its own share
+# (`_stamp`); if the loop as a whole took more than LATE_FACTOR times that share plus
+# LATE_SLACK, two threads did no better than one would have (`_gate_close`), and loops of
+# that size (a power-of-two bucket of the element count) run on one thread for a while
+# (BACKOFF_MIN, doubling on each repeat up to BACKOFF_MAX) before threads are tried again.
+# Shares are equal (static schedule; attention rows interleaved), so a loop on time passes.
 
-cdef double STALL_FACTOR = 4.0    # waited > 4x its own share (static shares differ <= 3x) ...
-cdef double STALL_SLACK = 5e-4    # ... plus 0.5 ms (waking a sleeping thread takes ~50 us)
-cdef double BACKOFF_MIN = 0.05, BACKOFF_MAX = 2.0  # seconds on one thread after a stall
-cdef double _serial_until = 0.0, _backoff = 0.05
-cdef Py_ssize_t _n_parallel = 0, _n_stalls = 0
+cdef double LATE_FACTOR = 2.0     # one thread would have taken ~2x the calling thread's share
+cdef double LATE_SLACK = 2e-5     # allowance for waking a sleeping thread (~10 us)
+cdef double BACKOFF_MIN = 0.05, BACKOFF_MAX = 2.0  # seconds on one thread after a late loop
+cdef enum: BUCKETS = 64
+cdef double _serial_until[BUCKETS]
+cdef double _backoff[BUCKETS]
+cdef Py_ssize_t _n_parallel = 0, _n_late = 0
+for _b in range(BUCKETS):
+    _serial_until[_b] = 0.0
+    _backoff[_b] = BACKOFF_MIN
 
 
 cdef struct Gate:
     bint par            # run this loop on several threads
-    Py_ssize_t mid      # the last iteration the calling thread runs (schedule="static")
+    int bucket          # floor(log2(work))
+    Py_ssize_t mid      # the last iteration the calling thread (thread 0) runs
     double t0, t_mid    # loop start, and when the calling thread finished its share
 
 
 cdef inline Gate _gate(Py_ssize_t work, Py_ssize_t count) noexcept nogil:
-    # open a loop of `count` iterations over `work` elements
+    # open a loop of `count` iterations over `work` elements, iterations split in equal
+    # contiguous blocks (schedule="static")
     cdef Gate g
     cdef int nt = pythia_max_threads()
-    g.par = work >= PARALLEL_MIN and nt > 1 and count > 1 and pythia_now() >= _serial_until
+    cdef Py_ssize_t w = work
+    g.bucket = 0
+    while w > 1:
+        w = w >> 1
+        g.bucket += 1
+    g.par = work >= PARALLEL_MIN and nt > 1 and count > 1 and pythia_now() >= _serial_until[g.bucket]
     g.mid = (count + nt - 1) // nt - 1 if g.par else -1
     g.t0 = pythia_now() if g.par else 0.0
     g.t_mid = 0.0
+    return g
+
+
+cdef inline Gate _gate_interleaved(Py_ssize_t work, Py_ssize_t count) noexcept nogil:
+    # the same for iterations dealt round-robin (schedule="static", chunksize=1)
+    cdef Gate g = _gate(work, count)
+    cdef int nt = pythia_max_threads()
+    if g.par:
+        g.mid = (count - 1) // nt * nt
     return g
 
 
@@ -144,25 +167,28 @@ cdef inline void _stamp(Gate* g, Py_ssize_t i) noexcept nogil:
 
 
 cdef void _gate_close(Gate* g) noexcept:
-    # after a parallel loop (GIL held): did the calling thread wait for a descheduled thread?
-    global _serial_until, _backoff, _n_parallel, _n_stalls
+    # after a parallel loop (GIL held): was it slower than one thread would have been?
+    global _n_parallel, _n_late
     cdef double t_end
+    cdef int b = g.bucket
     if not g.par:
         return
     t_end = pythia_now()
     _n_parallel += 1
-    if g.t_mid > 0 and t_end - g.t_mid > STALL_FACTOR * (g.t_mid - g.t0) + STALL_SLACK:
-        _n_stalls += 1
-        _serial_until = t_end + _backoff
-        _backoff = min(2 * _backoff, BACKOFF_MAX)
+    if g.t_mid > 0 and t_end - g.t0 > LATE_FACTOR * (g.t_mid - g.t0) + LATE_SLACK:
+        _n_late += 1
+        _serial_until[b] = t_end + _backoff[b]
+        _backoff[b] = min(2 * _backoff[b], BACKOFF_MAX)
     else:
-        _backoff = BACKOFF_MIN
+        _backoff[b] = BACKOFF_MIN
 
 
-def threading_stats() -> dict:
-    """Parallel loops run, stalls seen (a thread arrived late), seconds left on one thread."""
-    return {"threads": pythia_max_threads(), "parallel_loops": _n_parallel, "stalls": _n_stalls,
-            "serial_for_s": max(0.0, _serial_until - pythia_now())}
+def threading_stats(work: int = PARALLEL_MIN) -> dict:
+    """Parallel loops run, loops a late thread made slower than one thread, and the seconds
+    loops over `work` elements will still run on one thread."""
+    cdef Gate g = _gate(work, 2)
+    return {"threads": pythia_max_threads(), "parallel_loops": _n_parallel, "late_loops": _n_late,
+            "serial_for_s": max(0.0, _serial_until[g.bucket] - pythia_now())}
 
 
 # ----------------------------------------------------------------------------- vector math
@@ -396,8 +422,9 @@ def attention_softmax_forward(cnp.ndarray s not None, cnp.ndarray y not None, Py
     cdef const float* ps = _in(s, N * Tq * Tk)
     cdef float* py = _out(y, N * Tq * Tk)
     cdef Py_ssize_t r, L, off = Tk - Tq
-    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
-    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
+    # rows dealt round-robin (chunksize=1), so that each thread gets as much of the triangle
+    cdef Gate g = _gate_interleaved(N * Tq * Tk, N * Tq)
+    for r in prange(N * Tq, nogil=True, schedule="static", chunksize=1, use_threads_if=g.par):
         L = off + r % Tq + 1
         _softmax_row(ps + r * Tk, py + r * Tk, L, scale)
         if L < Tk:
@@ -415,8 +442,9 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     # The visible length L is rounded up to a multiple of LANES (at most Tk): y is 0 on the
     # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
     cdef Py_ssize_t r, L, off = Tk - Tq
-    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
-    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
+    # rows dealt round-robin (chunksize=1), so that each thread gets as much of the triangle
+    cdef Gate g = _gate_interleaved(N * Tq * Tk, N * Tq)
+    for r in prange(N * Tq, nogil=True, schedule="static", chunksize=1, use_threads_if=g.par):
         L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
         _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
         if L < Tk:
