@@ -114,7 +114,8 @@ cdef enum: BLOCK = 4096           # elements per parallel work item of the eleme
 # LATE_SLACK, two threads did no better than one would have (`_gate_close`), and loops of
 # that size (a power-of-two bucket of the element count) run on one thread for a while
 # (BACKOFF_MIN, doubling on each repeat up to BACKOFF_MAX) before threads are tried again.
-# Shares are equal (static schedule; attention rows interleaved), so a loop on time passes.
+# Static shares are equal (attention: whole matrices of the causal triangle per thread when
+# N is even), so a loop on time passes; an uneven split counts as late, and runs serial.
 
 cdef double LATE_FACTOR = 2.0     # one thread would have taken ~2x the calling thread's share
 cdef double LATE_SLACK = 2e-5     # allowance for waking a sleeping thread (~10 us)
@@ -149,15 +150,6 @@ cdef inline Gate _gate(Py_ssize_t work, Py_ssize_t count) noexcept nogil:
     g.mid = (count + nt - 1) // nt - 1 if g.par else -1
     g.t0 = pythia_now() if g.par else 0.0
     g.t_mid = 0.0
-    return g
-
-
-cdef inline Gate _gate_interleaved(Py_ssize_t work, Py_ssize_t count) noexcept nogil:
-    # the same for iterations dealt round-robin (schedule="static", chunksize=1)
-    cdef Gate g = _gate(work, count)
-    cdef int nt = pythia_max_threads()
-    if g.par:
-        g.mid = (count - 1) // nt * nt
     return g
 
 
@@ -422,9 +414,8 @@ def attention_softmax_forward(cnp.ndarray s not None, cnp.ndarray y not None, Py
     cdef const float* ps = _in(s, N * Tq * Tk)
     cdef float* py = _out(y, N * Tq * Tk)
     cdef Py_ssize_t r, L, off = Tk - Tq
-    # rows dealt round-robin (chunksize=1), so that each thread gets as much of the triangle
-    cdef Gate g = _gate_interleaved(N * Tq * Tk, N * Tq)
-    for r in prange(N * Tq, nogil=True, schedule="static", chunksize=1, use_threads_if=g.par):
+    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
+    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
         L = off + r % Tq + 1
         _softmax_row(ps + r * Tk, py + r * Tk, L, scale)
         if L < Tk:
@@ -442,9 +433,8 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     # The visible length L is rounded up to a multiple of LANES (at most Tk): y is 0 on the
     # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
     cdef Py_ssize_t r, L, off = Tk - Tq
-    # rows dealt round-robin (chunksize=1), so that each thread gets as much of the triangle
-    cdef Gate g = _gate_interleaved(N * Tq * Tk, N * Tq)
-    for r in prange(N * Tq, nogil=True, schedule="static", chunksize=1, use_threads_if=g.par):
+    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
+    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
         L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
         _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
         if L < Tk:
