@@ -1,0 +1,54 @@
+"""pythia.threads: the BLAS thread count is changed only inside blas_threads(), restored after it,
+and never when the user fixed it through the environment. Checked against OpenBLAS's own getter."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pythia import threads
+
+
+@pytest.fixture
+def blas():
+    n = threads.blas_get()
+    if n is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS this module can find")
+    return n
+
+
+def test_blas_threads_sets_and_restores(blas, monkeypatch):
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with threads.blas_threads(1):
+        assert threads.blas_get() == 1
+        a = np.ones((300, 300), np.float32)
+        np.testing.assert_allclose(a @ a, 300.0)              # products still right on one thread
+    assert threads.blas_get() == blas
+    with threads.blas_threads(None):                          # None: no change
+        assert threads.blas_get() == blas
+
+
+def test_small_products_get_one_thread_large_ones_the_default(monkeypatch):
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert threads.threads_for(threads.SMALL_MNK - 1) == 1
+    assert threads.threads_for(threads.SMALL_MNK) is None
+
+
+@pytest.mark.parametrize("var", threads.USER_ENV)
+def test_user_environment_wins(var, monkeypatch):
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv(var, "2")
+    assert threads.user_chose()
+    assert threads.threads_for(1) is None                     # never overridden, however small
+
+
+def test_training_step_restores_the_thread_count(blas, monkeypatch):
+    from pythia.model import Pythia, PythiaConfig
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    model = Pythia(PythiaConfig(vocab_size=7, block_size=4, d_model=8, n_layer=1, n_head=2))
+    model.loss(np.zeros((2, 4), int), np.ones((2, 4), int))
+    model.backward()
+    assert threads.blas_get() == blas
