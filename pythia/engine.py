@@ -9,10 +9,13 @@ One step, with g the gradient, t the 1-based step count and lr the scheduled rat
 which is `torch.optim.AdamW` (Loshchilov & Hutter 2019) after `clip_grad_norm_`. Weight decay
 applies to matrices and embeddings (ndim == 2), never to biases or LayerNorm gains and shifts.
 
-Speed: the moments live in two flat float32 buffers, and the gradients are gathered into a third,
-so the Adam arithmetic is a handful of whole-model NumPy calls instead of a dozen per tensor;
-only the final `p -= update` and the decay touch each parameter array. Parameters are updated
-in place, so the model's dict keeps pointing at the same arrays.
+Speed: the moments live in two flat float32 buffers, so the Adam arithmetic is a handful of
+whole-model NumPy calls instead of a dozen per tensor. When the parameters are views that tile
+one flat float32 buffer (as `Pythia` allocates them, matrices first) and the gradients tile
+another the same way, the optimizer reads the gradients in place and updates all parameters
+with one `p -= update` and one decay slice; otherwise it gathers the gradients with one
+concatenate and updates tensor by tensor. Both paths compute the same float32 values.
+Parameters are updated in place, so the model's dict keeps pointing at the same arrays.
 """
 from __future__ import annotations
 
@@ -41,17 +44,23 @@ class DeltaOptimizer:
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.weight_decay, self.grad_clip = float(weight_decay), float(grad_clip)
         self.t = 0
-        self.names = list(params)
+        # the flat order: memory order when the params tile one buffer, else the dict's order
+        self._flat_p = _tiled_buffer(params)                     # (n,) the params end to end, or None
+        self.names = sorted(params, key=lambda k: _address(params[k])) if self._flat_p is not None else list(params)
         sizes = [params[k].size for k in self.names]
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         n = int(self._offsets[-1])
         self._m = np.zeros(n, np.float32)                        # first moment, all params end to end
         self._v = np.zeros(n, np.float32)                        # second moment
-        self._g = np.empty(n, np.float32)                        # gathered (clipped) gradient
+        self._g = np.empty(n, np.float32)                        # gathered or clipped gradient
         self._tmp = np.empty(n, np.float32)                      # scratch for the update
         self.decays = {k: params[k].ndim == 2 for k in self.names}  # matrices and embeddings decay
         # (param, its slice of the update, decays?) once, so step() does no slicing
         self._targets = [(params[k], self._view(self._tmp, i), self.decays[k]) for i, k in enumerate(self.names)]
+        # flat path: the decaying params as runs of the flat buffer (one run when matrices come first)
+        self._decay_runs = _runs([self.decays[k] for k in self.names], self._offsets)
+        self._flat_g_key: tuple = ()                             # ids of the last grads found tiled
+        self._flat_g: np.ndarray | None = None
 
     def _view(self, flat: np.ndarray, i: int) -> np.ndarray:
         k = self.names[i]
@@ -68,13 +77,16 @@ class DeltaOptimizer:
 
     def step(self, grads: dict[str, np.ndarray]) -> dict:
         """One AdamW update of every parameter in place; returns {"lr", "grad_norm" (before clipping)}."""
-        m, v, g, tmp = self._m, self._v, self._g, self._tmp
-        np.concatenate([grads[k].reshape(-1) for k in self.names], out=g)  # g = all gradients end to end
+        m, v, tmp = self._m, self._v, self._tmp
+        g = self._flat_grads(grads)                              # (n,) the model's own flat gradient buffer
+        if g is None:
+            g = self._g
+            np.concatenate([grads[k].reshape(-1) for k in self.names], out=g)  # g = all gradients end to end
         norm = math.sqrt(float(np.dot(g, g)))                    # ||g||_2 over the whole model
         if not math.isfinite(norm):
             raise PythiaError(f"gradient norm is {norm}: training diverged; lower the learning rate (--lr)")
         if self.grad_clip > 0 and norm > self.grad_clip:
-            g *= self.grad_clip / (norm + 1e-6)                  # g <- g * clip / (||g|| + 1e-6)
+            g = np.multiply(g, self.grad_clip / (norm + 1e-6), out=self._g)  # g <- g * clip / (||g|| + 1e-6)
         lr = self.lr_at(self.t)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
@@ -92,11 +104,29 @@ class DeltaOptimizer:
         np.divide(m, tmp, out=tmp)
         tmp *= lr * math.sqrt(bc2) / bc1
         decay = 1 - lr * self.weight_decay
-        for p, update, decays in self._targets:
-            if decays and decay != 1:
-                p *= decay                                       # decoupled weight decay
-            p -= update
+        if self._flat_p is not None:                             # all params at once
+            if decay != 1:
+                for lo, hi in self._decay_runs:
+                    self._flat_p[lo:hi] *= decay                 # decoupled weight decay
+            self._flat_p -= tmp
+        else:
+            for p, update, decays in self._targets:
+                if decays and decay != 1:
+                    p *= decay                                   # decoupled weight decay
+                p -= update
         return {"lr": lr, "grad_norm": norm}
+
+    def _flat_grads(self, grads: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The flat buffer the gradients tile in the params' order, or None (then they are gathered)."""
+        if self._flat_p is None:
+            return None
+        key = tuple(id(grads[k]) for k in self.names)
+        if key != self._flat_g_key:                              # new arrays: check their layout once
+            flat = _tiled_buffer(grads)
+            ok = flat is not None and flat.size == self._offsets[-1] and all(
+                _address(grads[k]) - _address(flat) == 4 * int(self._offsets[i]) for i, k in enumerate(self.names))
+            self._flat_g_key, self._flat_g = key, (flat if ok else None)
+        return self._flat_g
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -130,6 +160,44 @@ class DeltaOptimizer:
             self._view(self._m, i)[...] = arrays[f"m/{k}"]
             self._view(self._v, i)[...] = arrays[f"v/{k}"]
         self.t = int(t)
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _tiled_buffer(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The 1-d float32 buffer that the arrays exactly tile as C-contiguous views, else None."""
+    bases = {id(a.base) for a in arrays.values()}
+    if len(bases) != 1:
+        return None
+    flat = next(iter(arrays.values())).base
+    if (flat is None or not isinstance(flat, np.ndarray) or flat.ndim != 1 or flat.dtype != np.float32
+            or not flat.flags.c_contiguous):
+        return None
+    if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays.values()):
+        return None
+    spans = sorted((_address(a), a.size) for a in arrays.values())
+    pos = _address(flat)
+    for addr, size in spans:                                     # consecutive, no gaps, no overlaps
+        if addr != pos:
+            return None
+        pos += 4 * size
+    return flat if pos == _address(flat) + 4 * flat.size else None
+
+
+def _runs(flags: list[bool], offsets: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of the flat buffer covered by consecutive tensors whose flag is set."""
+    runs: list[tuple[int, int]] = []
+    for i, f in enumerate(flags):
+        if not f:
+            continue
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        if runs and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi)
+        else:
+            runs.append((lo, hi))
+    return runs
 
 
 def _check(ok: bool, message: str) -> None:

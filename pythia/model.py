@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import kernels
+from . import kernels, threads
 from .errors import ConfigError
 
 
@@ -177,6 +177,18 @@ def _param_shapes(cfg: PythiaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _flat_views(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Zeroed float32 arrays of these shapes, laid end to end in one buffer: 2-d ones first."""
+    order = sorted(shapes, key=lambda k: len(shapes[k]) != 2)  # stable: matrices, then vectors
+    flat = np.zeros(sum(math.prod(s) for s in shapes.values()), np.float32)
+    views, pos = {}, 0
+    for k in order:
+        n = math.prod(shapes[k])
+        views[k] = flat[pos:pos + n].reshape(shapes[k])
+        pos += n
+    return {k: views[k] for k in shapes}                         # the dict in the shapes' order
+
+
 class Pythia:
     """GPT-2 with a hand-written backward. params/grads are dicts of float32 arrays by HF GPT-2 name."""
 
@@ -185,17 +197,19 @@ class Pythia:
         self.config = config
         rng = np.random.default_rng(seed)
         resid_std = 0.02 / math.sqrt(2 * config.n_layer)        # GPT-2: residual projections scaled down
-        self.params: dict[str, np.ndarray] = {}
-        for name, shape in _param_shapes(config).items():
+        shapes = _param_shapes(config)
+        # params and grads are views into two flat buffers (matrices first), so the optimizer can
+        # update the whole model with a few whole-buffer NumPy calls; the dicts keep HF order
+        self.params = _flat_views(shapes)
+        self.grads = _flat_views(shapes)
+        for name, p in self.params.items():
             if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
-                p = np.ones(shape, np.float32)                   # LayerNorm gain 1
-            elif len(shape) == 1:
-                p = np.zeros(shape, np.float32)                  # biases 0
+                p[...] = 1                                       # LayerNorm gain 1
+            elif p.ndim == 1:
+                p[...] = 0                                       # biases 0
             else:
                 std = resid_std if name.endswith("c_proj.weight") else 0.02
-                p = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)  # N(0, std)
-            self.params[name] = p
-        self.grads: dict[str, np.ndarray] = {k: np.zeros_like(p) for k, p in self.params.items()}
+                p[...] = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std)  # N(0, std)
         self._acts: dict | None = None                           # activations of the last loss()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -250,7 +264,8 @@ class Pythia:
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
         acts: dict = {}
-        logits = self._forward(idx, keep=acts)                   # (N, V)
+        with threads.blas_threads(self._blas_threads(idx.size)):
+            logits = self._forward(idx, keep=acts)               # (N, V)
         losses, probs = kernels.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
         acts.update(probs=probs, targets=targets.reshape(-1))
         self._acts = acts
@@ -286,10 +301,19 @@ class Pythia:
             keep.update(idx=idx, layers=layers, x_f=x, lnf=hf, lnf_mean=mean_f, lnf_rstd=rstd_f)
         return logits
 
+    def _blas_threads(self, n_rows: int) -> int | None:
+        """BLAS threads for a pass over n_rows tokens (None: BLAS's default), by its largest product."""
+        C = self.config.d_model
+        return threads.threads_for(n_rows * C * 4 * C)         # the MLP's (N, C) @ (C, 4C)
+
     def backward(self) -> None:
         """Gradients of the last loss() wrt every parameter, written into self.grads."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
+        with threads.blas_threads(self._blas_threads(self._acts["idx"].size)):
+            self._backward()
+
+    def _backward(self) -> None:
         a, P, G = self._acts, self.params, self.grads
         idx = a["idx"]
         B, T = idx.shape

@@ -149,6 +149,53 @@ def test_bad_hyperparameters_raise_config_error(kwargs, message):
         DeltaOptimizer(make_params(), **kwargs)
 
 
+def tiled(arrays: dict[str, np.ndarray], order: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Copies of the arrays as views laid end to end in one flat buffer, in `order`."""
+    flat = np.concatenate([arrays[k].reshape(-1) for k in order])
+    views, pos = {}, 0
+    for k in order:
+        views[k] = flat[pos:pos + arrays[k].size].reshape(arrays[k].shape)
+        pos += arrays[k].size
+    return {k: views[k] for k in arrays}, flat
+
+
+@pytest.mark.parametrize("grad_scale", [0.1, 3.0], ids=["no-clip", "clipped"])
+@pytest.mark.parametrize("order", [["w", "emb", "b", "ln.weight"], ["b", "w", "ln.weight", "emb"]],
+                         ids=["matrices-first", "interleaved"])
+def test_flat_buffer_path_equals_per_tensor_path(order, grad_scale):
+    # params (and grads) that tile one buffer take the whole-buffer path: same float32 values,
+    # bit for bit, as separate arrays; the model's gradients are read, never modified
+    separate = make_params(3)
+    flat_params, flat = tiled(separate, order)
+    a, b = DeltaOptimizer(separate, lr=1e-2, warmup_steps=1), DeltaOptimizer(flat_params, lr=1e-2, warmup_steps=1)
+    assert b._flat_p is flat and a._flat_p is None
+    grad_store, _ = tiled(make_grads(separate, 0), order)
+    for s in range(4):
+        g = make_grads(separate, s, grad_scale)
+        for k in g:
+            grad_store[k][...] = g[k]                      # same arrays each step, as a model's grads
+        before = {k: v.copy() for k, v in grad_store.items()}
+        a.step(g)
+        b.step(grad_store)
+        assert b._flat_g is not None
+        for k in separate:
+            np.testing.assert_array_equal(flat_params[k], separate[k], err_msg=k)
+            np.testing.assert_array_equal(grad_store[k], before[k], err_msg=k)
+    for k, x in a.state_arrays().items():
+        np.testing.assert_array_equal(b.state_arrays()[k], x, err_msg=k)
+
+
+def test_pythia_params_and_grads_tile_flat_buffers():
+    from pythia.model import Pythia, PythiaConfig
+    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=2, n_head=2))
+    opt = DeltaOptimizer(model.params)
+    assert opt._flat_p is not None and opt._decay_runs == [(0, sum(p.size for p in model.params.values() if p.ndim == 2))]
+    model.loss(np.zeros((2, 8), int), np.ones((2, 8), int))
+    model.backward()
+    opt.step(model.grads)
+    assert opt._flat_g is not None
+
+
 def test_non_finite_gradient_stops_without_touching_params():
     params = make_params()
     start = {k: v.copy() for k, v in params.items()}
