@@ -1,0 +1,57 @@
+"""Kernels on one thread each, timed in CPU time: a view that a busy machine disturbs little.
+
+    python benchmarks/kernels_cpu_time.py [S,M,L]
+
+Wall-clock benchmarks (bench_kernels.py) on 2 cores shared with other jobs measure the
+scheduler as much as the code. Here Cython, NumPy and PyTorch all run on one thread
+(OMP_NUM_THREADS=1, torch.set_num_threads(1)) and each call is timed with the calling
+thread's CPU clock (time.thread_time), minimum over repeated calls. Same cases as
+bench_kernels.py; prints a markdown table of microseconds and ratios.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before any OpenMP runtime loads
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_kernels as B  # noqa: E402
+
+
+def cpu_min(fn, budget: float = 0.3) -> float:
+    """Minimum thread CPU time of fn() over about `budget` seconds of calls (at least 5)."""
+    fn()
+    best, spent, n = float("inf"), 0.0, 0
+    while spent < budget or n < 5:
+        t0 = time.thread_time()
+        fn()
+        dt = time.thread_time() - t0
+        best, spent, n = min(best, dt), spent + dt, n + 1
+    return best
+
+
+def main() -> None:
+    sizes = sys.argv[1].split(",") if len(sys.argv) > 1 else ["S", "M", "L"]
+    if B.compiled is None:
+        sys.exit(f"compiled kernels unavailable: {B._why}")
+    if B.torch is not None:
+        B.torch.set_num_threads(1)
+    print("| kernel-shape | cython us | numpy us | torch us | copy us | numpy/cython | torch/cython | cython/copy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for kernel in B.KERNELS:
+        for size in sizes:
+            args, nbytes = B._case(kernel, size)
+            fc, fr = getattr(B.compiled, kernel), getattr(B.reference, kernel)
+            c = cpu_min(lambda: fc(*args))
+            r = cpu_min(lambda: fr(*args))
+            t = cpu_min(B._torch_thunk(kernel, args)) if B.torch is not None else None
+            cp = cpu_min(B._copy_thunk(nbytes)) if kernel in B.MEMORY_BOUND else None
+            cells = [f"{v * 1e6:,.1f}" if v else "" for v in (c, r, t, cp)]
+            ratios = [f"{r / c:.2f}", f"{t / c:.2f}" if t else "", f"{c / cp:.2f}" if cp else ""]
+            print(f"| {kernel}-{size} | " + " | ".join(cells + ratios) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
