@@ -211,6 +211,7 @@ class Pythia:
                 std = resid_std if name.endswith("c_proj.weight") else 0.02
                 p[...] = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std)  # N(0, std)
         self._acts: dict | None = None                           # activations of the last loss()
+        self._blas = threads.BlasChooser()                       # BLAS threads per pass, by measurement
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -264,7 +265,7 @@ class Pythia:
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
         acts: dict = {}
-        with threads.blas_threads(self._blas_threads(idx.size)):
+        with self._blas.run(("loss", idx.size), self._blas_threads(idx.size)):
             logits = self._forward(idx, keep=acts)               # (N, V)
         losses, probs = kernels.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
         acts.update(probs=probs, targets=targets.reshape(-1))
@@ -302,7 +303,7 @@ class Pythia:
         return logits
 
     def _blas_threads(self, n_rows: int) -> int | None:
-        """BLAS threads for a pass over n_rows tokens (None: BLAS's default), by its largest product."""
+        """First guess of BLAS threads for a pass over n_rows tokens (None: all), by its largest product."""
         C = self.config.d_model
         return threads.threads_for(n_rows * C * 4 * C)         # the MLP's (N, C) @ (C, 4C)
 
@@ -310,7 +311,8 @@ class Pythia:
         """Gradients of the last loss() wrt every parameter, written into self.grads."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
-        with threads.blas_threads(self._blas_threads(self._acts["idx"].size)):
+        n = self._acts["idx"].size
+        with self._blas.run(("backward", n), self._blas_threads(n)):
             self._backward()
 
     def _backward(self) -> None:

@@ -1,15 +1,21 @@
-"""Thread policy for NumPy's BLAS: one thread for small matrix products, all cores for large ones.
+"""Thread policy for NumPy's BLAS: one thread when that is faster, all cores otherwise, by measurement.
 
 NumPy's bundled OpenBLAS starts one thread per core and splits every product above ~64^3
-multiply-adds across them. On 2 cores that is a loss for small models: waking the second thread
-and its spinning after the call cost more than the halved product saves (and the spinner takes
-the core that Python or an OpenMP kernel thread needed). Measured per training step (see
-benchmarks/README.md, "Training speed"): config S is faster on one BLAS thread, M and L on two.
+multiply-adds across them. Its threads wait for work by spinning, and a split product ends when
+its slower half does. On 2 cores that is a loss twice over: for small products, waking the
+second thread costs more than the halved product saves; and when another process holds a core,
+the half given to the descheduled thread waits a whole time slice. Measured per training step
+on the project's 2 shared cores with one other busy process: config M took 52-60 ms on two
+threads when the machine was otherwise quiet, 75 ms on one, and 480-660 ms on two when busy.
 
-OpenBLAS has no per-call thread argument, but its `openblas_set_num_threads` may be called at
-run time, so `blas_threads(n)` wraps a whole forward or backward pass. The library is found
-through the symbols NumPy's wheel exports (scipy-openblas names them with a `scipy_` prefix and
-a `64_` suffix); with another BLAS, or none found, every call here does nothing.
+So `BlasChooser` times each forward/backward pass and keeps the thread count that was faster:
+it starts from a static guess (one thread when the pass's largest product is small), now and
+then runs one pass with the other count, switches if that pass beat the recent median, and
+otherwise waits twice as long before trying again (1 s up to 60 s), so a losing option costs at
+most a few percent. OpenBLAS has no per-call thread argument, but `openblas_set_num_threads`
+may be called at run time; the library is found through the symbols NumPy's wheel exports
+(scipy-openblas names them with a `scipy_` prefix and a `64_` suffix); with another BLAS, or
+none found, nothing here does anything.
 
 The user's choice wins: when OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS is set,
 the thread count is never changed.
@@ -19,6 +25,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -115,6 +123,57 @@ def blas_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         blas_set(before)
+
+
+class BlasChooser:
+    """Per pass kind (a key such as ("backward", rows)): run it on the faster BLAS thread count."""
+
+    RETRY_MIN, RETRY_MAX = 1.0, 60.0        # seconds before trying the other count again
+    HISTORY = 5                             # recent pass times the current choice is judged by
+
+    def __init__(self) -> None:
+        self._state: dict = {}              # key -> [current, other, times, retry_at, backoff]
+        self.switches = 0                   # how often a trial won (for tests and logs)
+
+    @contextmanager
+    def run(self, key, guess: int | None) -> Iterator[None]:
+        """Time the block under the chosen thread count; guess is the static choice (None: default)."""
+        full = blas_get()
+        if full is None or full <= 1 or user_chose():
+            yield
+            return
+        st = self._state.get(key)
+        if st is None:
+            first = guess or full
+            st = self._state[key] = [first, full if first != full else 1, deque(maxlen=self.HISTORY),
+                                     time.perf_counter() + self.RETRY_MIN, self.RETRY_MIN]
+        current, other, times, retry_at, backoff = st
+        trial = len(times) >= 2 and time.perf_counter() >= retry_at
+        n = other if trial else current
+        if n != full:
+            blas_set(n)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            if n != full:
+                blas_set(full)
+        if not trial:
+            times.append(dt)
+            return
+        ordered = sorted(times)
+        if dt < ordered[len(ordered) // 2]:           # the other count beat the recent median: switch
+            self.switches += 1
+            times.clear(); times.append(dt)
+            st[:] = [other, current, times, time.perf_counter() + self.RETRY_MIN, self.RETRY_MIN]
+        else:                                         # it lost: wait twice as long before the next trial
+            backoff = min(2 * backoff, self.RETRY_MAX)
+            st[3], st[4] = time.perf_counter() + backoff, backoff
+
+    def choices(self) -> dict:
+        """The thread count now chosen for each key."""
+        return {k: st[0] for k, st in self._state.items()}
 
 
 def describe() -> str:

@@ -52,3 +52,34 @@ def test_training_step_restores_the_thread_count(blas, monkeypatch):
     model.loss(np.zeros((2, 4), int), np.ones((2, 4), int))
     model.backward()
     assert threads.blas_get() == blas
+
+
+@pytest.mark.parametrize("guess, faster", [(None, 1), (1, "full")])
+def test_chooser_moves_to_the_faster_thread_count_and_stays(blas, guess, faster, monkeypatch):
+    # a pass that is 10x slower on the wrong count: after a trial the chooser switches and
+    # later trials of the slow count lose, so it stays; the count is restored after every pass
+    import time
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    if blas < 2:
+        pytest.skip("one BLAS thread only: nothing to choose")
+    fast = blas if faster == "full" else 1
+    chooser = threads.BlasChooser()
+    chooser.RETRY_MIN = chooser.RETRY_MAX = 0.0               # try the other count at every chance
+    seen = []
+    for _ in range(12):
+        with chooser.run("pass", guess):
+            seen.append(threads.blas_get())
+            time.sleep(0.001 if threads.blas_get() == fast else 0.01)
+        assert threads.blas_get() == blas
+    assert chooser.choices() == {"pass": fast}
+    assert chooser.switches == 1
+    assert seen[0] == (guess or blas)                          # starts from the guess
+
+
+def test_chooser_leaves_a_user_choice_alone(blas, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    chooser = threads.BlasChooser()
+    with chooser.run("pass", 1):
+        assert threads.blas_get() == blas
+    assert chooser.choices() == {}
