@@ -3,9 +3,12 @@
     python -m pytest benchmarks/bench_train_step.py --benchmark-only
 
 One group per config (S, M, L from DESIGN.md); inside each, Pythia and PyTorch on identical
-weights and batches. tokens/s = batch * block / mean step time; `extra_info["tokens"]` holds
+weights and batches. tokens/s = batch * block / step time; `extra_info["tokens"]` holds
 the tokens per step. Vocabulary 65 (Tiny Shakespeare's characters); the data is random tokens,
-since the step's cost does not depend on which tokens they are.
+since the step's cost does not depend on which tokens they are. At the end of the run a table
+gives ms/step (min and median), tokens/s and the speed ratio PyTorch time / Pythia time per
+config against the targets of issue 6 (S >= 2, M >= 1.2, L >= 0.9), with the thread settings.
+Ratios use the minimum time of each side (the least disturbed on a shared machine).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from pythia import DeltaOptimizer, Pythia, PythiaConfig
-from pythia import kernels
+from pythia import kernels, threads
 
 CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, rounds)
     "S": (8, 32, 48, 3, 4, 60),
@@ -21,6 +24,49 @@ CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, rounds)
     "L": (16, 256, 384, 6, 6, 3),
 }
 V = 65
+TARGETS = {"S": 2.0, "M": 1.2, "L": 0.9}   # PyTorch time / Pythia time, issue 6
+RESULTS: dict[tuple[str, str], tuple[float, float]] = {}  # (config, impl) -> (min s, median s)
+NOTES: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary_table(request):
+    """After the module's benchmarks, write the side-by-side table to the terminal."""
+    yield
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or not RESULTS:
+        return
+    with capture.global_and_fixture_disabled():             # teardown output is captured otherwise
+        _write_table(tr)
+
+
+def _write_table(tr) -> None:
+    tr.write_line("")
+    tr.write_line(f"training step, side by side ({threads.describe()}; kernels {kernels.BACKEND}; "
+                  f"torch threads {NOTES.get('torch_threads', '-')})")
+    tr.write_line("| config | Pythia ms/step min (median) | PyTorch ms/step min (median) | Pythia tok/s "
+                  "| PyTorch tok/s | PyTorch time / Pythia time | target | met |")
+    tr.write_line("|---|---:|---:|---:|---:|---:|---:|---|")
+    for name in CONFIGS:
+        p, t = RESULTS.get((name, "pythia")), RESULTS.get((name, "torch"))
+        if p is None:
+            continue
+        tokens = CONFIGS[name][0] * CONFIGS[name][1]
+        ratio = t[0] / p[0] if t else None
+        tr.write_line(
+            f"| {name} | {p[0] * 1e3:,.2f} ({p[1] * 1e3:,.2f}) | "
+            + (f"{t[0] * 1e3:,.2f} ({t[1] * 1e3:,.2f})" if t else "-")
+            + f" | {tokens / p[0]:,.0f} | " + (f"{tokens / t[0]:,.0f}" if t else "-")
+            + f" | {ratio:.2f} | {TARGETS[name]} | {'yes' if ratio >= TARGETS[name] else 'no'} |" if ratio
+            else f" | {tokens / p[0]:,.0f} | - | - | {TARGETS[name]} | - |")
+    if "blas_choices" in NOTES:
+        tr.write_line(f"Pythia's BLAS threads per pass, as chosen by measurement: {NOTES['blas_choices']}")
+
+
+def _record(benchmark, name: str, impl: str) -> None:
+    s = benchmark.stats.stats
+    RESULTS[(name, impl)] = (s.min, s.median)
 
 
 def batch(cfg, seed=0):
@@ -51,6 +97,10 @@ def test_step_pythia(benchmark, name):
     benchmark.extra_info.update(tokens=cfg[0] * cfg[1], backend=kernels.BACKEND)
     loss = benchmark.pedantic(step, rounds=cfg[5], warmup_rounds=2)
     assert np.isfinite(loss)
+    choices = {f"{k[0]}": v for k, v in model._blas.choices().items()}
+    benchmark.extra_info.update(blas_threads=choices)
+    NOTES["blas_choices"] = NOTES.get("blas_choices", "") + f"{name} {choices} "
+    _record(benchmark, name, "pythia")
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -69,3 +119,5 @@ def test_step_torch(benchmark, name):
     benchmark.extra_info.update(tokens=B * T, backend="torch")
     loss = benchmark.pedantic(lambda: train_step(model, opt, x, y, 1e-3), rounds=rounds, warmup_rounds=2)
     assert np.isfinite(loss)
+    NOTES["torch_threads"] = str(torch.get_num_threads())
+    _record(benchmark, name, "torch")

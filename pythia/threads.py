@@ -11,9 +11,9 @@ threads when the machine was otherwise quiet, 75 ms on one, and 480-660 ms on tw
 So `BlasChooser` times each forward/backward pass and keeps the thread count that was faster:
 it starts from a static guess (one thread when the pass's largest product is small), now and
 then runs one pass with the other count, switches if that pass beat the recent median, and
-otherwise waits twice as long before trying again (1 s up to 60 s), so a losing option costs at
-most a few percent. OpenBLAS has no per-call thread argument, but `openblas_set_num_threads`
-may be called at run time; the library is found through the symbols NumPy's wheel exports
+otherwise waits twice as long before trying again (from 20 to 2000 passes' time, and at least
+1 s), so a losing option costs at most a few percent. OpenBLAS has no per-call thread argument,
+but `openblas_set_num_threads` may be called at run time; the library is found through the symbols NumPy's wheel exports
 (scipy-openblas names them with a `scipy_` prefix and a `64_` suffix); with another BLAS, or
 none found, nothing here does anything.
 
@@ -128,16 +128,17 @@ def blas_threads(n: int | None) -> Iterator[None]:
 class BlasChooser:
     """Per pass kind (a key such as ("backward", rows)): run it on the faster BLAS thread count."""
 
-    RETRY_MIN, RETRY_MAX = 1.0, 60.0        # seconds before trying the other count again
+    RETRY_MIN = 1.0                         # seconds, at least, between trials of the other count
+    PASSES_MIN, PASSES_MAX = 20, 2000       # ... and at least this many passes' time (doubling on a loss)
     HISTORY = 5                             # recent pass times the current choice is judged by
 
     def __init__(self) -> None:
-        self._state: dict = {}              # key -> [current, other, times, retry_at, backoff]
+        self._state: dict = {}              # key -> [current, other, times, last change, backoff passes]
         self.switches = 0                   # how often a trial won (for tests and logs)
 
     @contextmanager
     def run(self, key, guess: int | None) -> Iterator[None]:
-        """Time the block under the chosen thread count; guess is the static choice (None: default)."""
+        """Time the block under the chosen thread count; guess is the static choice (None: all)."""
         full = blas_get()
         if full is None or full <= 1 or user_chose():
             yield
@@ -146,9 +147,10 @@ class BlasChooser:
         if st is None:
             first = guess or full
             st = self._state[key] = [first, full if first != full else 1, deque(maxlen=self.HISTORY),
-                                     time.perf_counter() + self.RETRY_MIN, self.RETRY_MIN]
-        current, other, times, retry_at, backoff = st
-        trial = len(times) >= 2 and time.perf_counter() >= retry_at
+                                     time.perf_counter(), self.PASSES_MIN]
+        current, other, times, since, passes = st
+        # a trial costs at most one pass on the worse count, once per `passes` passes (>= 1 s)
+        trial = len(times) >= 2 and time.perf_counter() - since >= max(self.RETRY_MIN, passes * _median(times))
         n = other if trial else current
         if n != full:
             blas_set(n)
@@ -161,19 +163,21 @@ class BlasChooser:
                 blas_set(full)
         if not trial:
             times.append(dt)
-            return
-        ordered = sorted(times)
-        if dt < ordered[len(ordered) // 2]:           # the other count beat the recent median: switch
+        elif dt < _median(times):                     # the other count beat the recent median: switch
             self.switches += 1
             times.clear(); times.append(dt)
-            st[:] = [other, current, times, time.perf_counter() + self.RETRY_MIN, self.RETRY_MIN]
+            st[:] = [other, current, times, time.perf_counter(), self.PASSES_MIN]
         else:                                         # it lost: wait twice as long before the next trial
-            backoff = min(2 * backoff, self.RETRY_MAX)
-            st[3], st[4] = time.perf_counter() + backoff, backoff
+            st[3], st[4] = time.perf_counter(), min(2 * passes, self.PASSES_MAX)
 
     def choices(self) -> dict:
         """The thread count now chosen for each key."""
         return {k: st[0] for k, st in self._state.items()}
+
+
+def _median(xs) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2]
 
 
 def describe() -> str:

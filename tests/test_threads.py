@@ -65,7 +65,7 @@ def test_chooser_moves_to_the_faster_thread_count_and_stays(blas, guess, faster,
         pytest.skip("one BLAS thread only: nothing to choose")
     fast = blas if faster == "full" else 1
     chooser = threads.BlasChooser()
-    chooser.RETRY_MIN = chooser.RETRY_MAX = 0.0               # try the other count at every chance
+    chooser.RETRY_MIN = chooser.PASSES_MIN = chooser.PASSES_MAX = 0  # try the other count at every chance
     seen = []
     for _ in range(12):
         with chooser.run("pass", guess):

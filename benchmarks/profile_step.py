@@ -1,0 +1,113 @@
+"""Where a training step's time goes: Pythia's layers, kernels and optimizer, timed one call at a time.
+
+    python benchmarks/profile_step.py            # configs S and M, 50 steps each
+    python benchmarks/profile_step.py L --steps 3
+
+Every function of `pythia.model` that does a layer's work (linear_forward, attention_backward,
+...), every kernel in `pythia.kernels` and the optimizer's step are wrapped in a timer; a
+wrapper's time excludes the wrapped calls inside it, so the rows add up to the step. "glue" is
+what is left: the model's own NumPy (residual adds, embedding lookup, reshapes) and Python.
+A profiler, not a benchmark: the timers add ~1 us per call. Config sizes as in
+bench_train_step.py (vocabulary 65, random tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train_step import CONFIGS, batch, pythia_model  # noqa: E402
+from pythia import DeltaOptimizer, kernels, model as model_mod, threads  # noqa: E402
+
+MODEL_FUNCS = ("linear_forward", "linear_backward", "attention_forward", "attention_backward",
+               "embedding_backward")
+
+_total: dict[str, float] = defaultdict(float)
+_calls: dict[str, int] = defaultdict(int)
+_stack: list[float] = []   # time spent in nested timed calls, per open timer
+
+
+def _timed(name: str, fn):
+    def wrapper(*args, **kwargs):
+        _stack.append(0.0)
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            inner = _stack.pop()
+            _total[name] += dt - inner
+            _calls[name] += 1
+            if _stack:
+                _stack[-1] += dt
+    return wrapper
+
+
+def instrument(opt: DeltaOptimizer) -> None:
+    for n in MODEL_FUNCS:
+        if hasattr(model_mod, n):
+            setattr(model_mod, n, _timed(n, getattr(model_mod, n)))
+    for n in kernels.NAMES:
+        setattr(kernels, n, _timed(n, getattr(kernels, n)))
+    opt.step = _timed("optimizer step", opt.step)
+
+
+def profile(name: str, steps: int) -> None:
+    cfg = CONFIGS[name]
+    model = pythia_model(cfg)
+    opt = DeltaOptimizer(model.params, lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=1000)
+    x, y = batch(cfg)
+    for _ in range(2):                                   # warm up buffers and threads
+        model.loss(x, y); model.backward(); opt.step(model.grads)
+    # the untimed step time first, so the timers' cost is visible
+    t = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        model.loss(x, y); model.backward(); opt.step(model.grads)
+        t.append(time.perf_counter() - t0)
+    plain = float(np.median(t))
+    saved = {n: getattr(model_mod, n) for n in MODEL_FUNCS if hasattr(model_mod, n)}
+    saved_k = {n: getattr(kernels, n) for n in kernels.NAMES}
+    _total.clear(); _calls.clear()
+    instrument(opt)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.loss(x, y); model.backward(); opt.step(model.grads)
+    wall = (time.perf_counter() - t0) / steps
+    for n, f in saved.items():
+        setattr(model_mod, n, f)
+    for n, f in saved_k.items():
+        setattr(kernels, n, f)
+    del opt.step
+    timed = sum(_total.values()) / steps
+    rows = sorted(_total.items(), key=lambda kv: -kv[1])
+    B, T = cfg[0], cfg[1]
+    print(f"\nconfig {name} (B={B}, T={T}, C={cfg[2]}, layers={cfg[3]}, heads={cfg[4]}): "
+          f"{plain * 1e3:.2f} ms/step median untimed, {wall * 1e3:.2f} ms/step timed, "
+          f"{B * T / plain:,.0f} tokens/s; {threads.describe()}")
+    print(f"{'part':28s} {'ms/step':>8s} {'share':>6s} {'calls/step':>10s}")
+    for n, tot in rows:
+        print(f"{n:28s} {tot / steps * 1e3:8.3f} {tot / steps / wall:6.1%} {_calls[n] / steps:10.0f}")
+    glue = wall - timed
+    print(f"{'glue (model NumPy, Python)':28s} {glue * 1e3:8.3f} {glue / wall:6.1%}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("configs", nargs="*", default=["S", "M"], choices=list(CONFIGS))
+    ap.add_argument("--steps", type=int, default=50)
+    args = ap.parse_args(argv)
+    print(f"kernels: {kernels.BACKEND}")
+    for name in args.configs:
+        profile(name, args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
