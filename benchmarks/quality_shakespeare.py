@@ -15,6 +15,12 @@ and trains on the very same batches, and both are scored on the same evaluation 
 two losses differ only by the implementations. Tiny Shakespeare is read in place (default
 ../shared/data/tinyshakespeare.txt next to the repository; --data to point elsewhere), never copied.
 A benchmark, not a test: it takes minutes and is not collected by pytest.
+
+Measured at commit 31f9888 (2 shared cores, Cython kernels), `python benchmarks/quality_shakespeare.py
+--torch`: Pythia val loss 1.8806 over 20 batches (1.9183 over 200), 176 s wall (167 s in training
+steps, 9,179 tok/s); PyTorch in the same run, same weights and batches: 1.8806 (1.9183), 159 s.
+So Pythia equals PyTorch to four decimals, and the 20-batch figure sits 0.0006 above the 1.88
+target: the target is nanoGPT's 20-batch estimate, which the steadier 200-batch one puts near 1.92.
 """
 from __future__ import annotations
 
