@@ -84,3 +84,42 @@ def targets_for(name: str, targets: np.ndarray, logits: np.ndarray, logits_name:
 
 def target_range_error(name: str, t: np.ndarray, V: int):
     raise ValueError(f"{name} must lie in [0, {V}); got values from {t.min()} to {t.max()}")
+
+
+# ----------------------------------------------------------------------------- per-kernel argument sets
+# Both backends validate through these, so they accept and refuse exactly the same inputs.
+
+def _rows_and_weight(x, weight):
+    x = float32_array("x", x)
+    weight = float32_array("weight", weight)
+    vector_of("weight", weight, x.shape[-1], "x")
+    return x, weight
+
+
+def layernorm_inputs(x, weight, bias):
+    """x (..., C) with weight (C,) and bias (C,)."""
+    x, weight = _rows_and_weight(x, weight)
+    bias = float32_array("bias", bias)
+    vector_of("bias", bias, x.shape[-1], "x")
+    return x, weight, bias
+
+
+def layernorm_grad_inputs(dy, x, weight, mean, rstd):
+    """The forward's x and weight, dy shaped like x, and mean/rstd with one value per row of x."""
+    x, weight = _rows_and_weight(x, weight)
+    dy = float32_array("dy", dy)
+    same_shape("dy", dy, "x", x)
+    mean = float32_array("mean", mean, min_ndim=0)
+    rstd = float32_array("rstd", rstd, min_ndim=0)
+    leading_of("mean", mean, x, "x")
+    leading_of("rstd", rstd, x, "x")
+    return dy, x, weight, mean, rstd
+
+
+def attention_scores(name: str, a) -> np.ndarray:
+    """A stack of (Tq, Tk) score matrices; causal attention needs Tq <= Tk."""
+    s = float32_array(name, a, min_ndim=2)
+    Tq, Tk = s.shape[-2:]
+    if Tq > Tk:
+        raise ValueError(f"{name} has {Tq} query rows but only {Tk} keys; causal attention needs Tq <= Tk")
+    return s

@@ -43,11 +43,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5):
-    x = _check.float32_array("x", x)
-    weight = _check.float32_array("weight", weight)
-    bias = _check.float32_array("bias", bias)
-    _check.vector_of("weight", weight, x.shape[-1], "x")
-    _check.vector_of("bias", bias, x.shape[-1], "x")
+    x, weight, bias = _check.layernorm_inputs(x, weight, bias)
     eps = _check.positive_scalar("eps", eps)
     y = np.empty_like(x)
     mean = np.empty(x.shape[:-1], np.float32)
@@ -57,15 +53,7 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: 
 
 
 def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, rstd: np.ndarray):
-    x = _check.float32_array("x", x)
-    weight = _check.float32_array("weight", weight)
-    _check.vector_of("weight", weight, x.shape[-1], "x")
-    dy = _check.float32_array("dy", dy)
-    _check.same_shape("dy", dy, "x", x)
-    mean = _check.float32_array("mean", mean, min_ndim=0)
-    rstd = _check.float32_array("rstd", rstd, min_ndim=0)
-    _check.leading_of("mean", mean, x, "x")
-    _check.leading_of("rstd", rstd, x, "x")
+    dy, x, weight, mean, rstd = _check.layernorm_grad_inputs(dy, x, weight, mean, rstd)
     dx = np.empty_like(x)
     dweight = np.empty(x.shape[-1], np.float32)
     dbias = np.empty(x.shape[-1], np.float32)
@@ -89,16 +77,8 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dx
 
 
-def _attention_args(scores, name):
-    s = _check.float32_array(name, scores, min_ndim=2)
-    Tq, Tk = s.shape[-2:]
-    if Tq > Tk:
-        raise ValueError(f"{name} has {Tq} query rows but only {Tk} keys; causal attention needs Tq <= Tk")
-    return s
-
-
 def attention_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
-    scores = _attention_args(scores, "scores")
+    scores = _check.attention_scores("scores", scores)
     scale = _check.positive_scalar("scale", scale)
     y = np.empty_like(scores)
     Tq, Tk = scores.shape[-2:]
@@ -107,8 +87,8 @@ def attention_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
 
 
 def attention_softmax_backward(dy: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
-    dy = _attention_args(dy, "dy")
-    y = _attention_args(y, "y")
+    dy = _check.attention_scores("dy", dy)
+    y = _check.attention_scores("y", y)
     _check.same_shape("dy", dy, "y", y)
     scale = _check.positive_scalar("scale", scale)
     dx = np.empty_like(y)

@@ -80,19 +80,9 @@ def _layernorm_backward(dy, x, weight, mean, rstd):
     return dx, dweight, dbias
 
 
-def _layernorm_args(x, weight, bias):
-    x = _check.float32_array("x", x)
-    weight = _check.float32_array("weight", weight)
-    _check.vector_of("weight", weight, x.shape[-1], "x")
-    if bias is not None:
-        bias = _check.float32_array("bias", bias)
-        _check.vector_of("bias", bias, x.shape[-1], "x")
-    return x, weight, bias
-
-
 def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5):
     """LayerNorm over the last axis. Returns (y (..., C), mean (...,), rstd (...,))."""
-    x, weight, bias = _layernorm_args(x, weight, bias)
+    x, weight, bias = _check.layernorm_inputs(x, weight, bias)
     eps = _check.positive_scalar("eps", eps)
     y, mean, rstd = _layernorm_forward(x, weight, bias, np.float32(eps))
     # np.asarray: for a 1-d x, mean/rstd are 0-d arrays (NumPy reductions would give scalars)
@@ -101,13 +91,7 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: 
 
 def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, rstd: np.ndarray):
     """Gradients of LayerNorm. Returns (dx (..., C), dweight (C,), dbias (C,)), summed over rows."""
-    x, weight, _ = _layernorm_args(x, weight, None)
-    dy = _check.float32_array("dy", dy)
-    _check.same_shape("dy", dy, "x", x)
-    mean = _check.float32_array("mean", mean, min_ndim=0)
-    rstd = _check.float32_array("rstd", rstd, min_ndim=0)
-    _check.leading_of("mean", mean, x, "x")
-    _check.leading_of("rstd", rstd, x, "x")
+    dy, x, weight, mean, rstd = _check.layernorm_grad_inputs(dy, x, weight, mean, rstd)
     dx, dw, db = _layernorm_backward(dy, x, weight, mean, rstd)
     return dx.astype(np.float32, copy=False), dw.astype(np.float32, copy=False), db.astype(np.float32, copy=False)
 
@@ -158,25 +142,17 @@ def _attention_softmax_backward(dy, y, scale):
     return scale * _softmax_backward(dy, y)
 
 
-def _attention_args(scores, name):
-    s = _check.float32_array(name, scores, min_ndim=2)
-    Tq, Tk = s.shape[-2:]
-    if Tq > Tk:
-        raise ValueError(f"{name} has {Tq} query rows but only {Tk} keys; causal attention needs Tq <= Tk")
-    return s
-
-
 def attention_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
     """softmax(scale * scores) under a causal mask, over the last axis: (..., Tq, Tk) -> (..., Tq, Tk)."""
-    scores = _attention_args(scores, "scores")
+    scores = _check.attention_scores("scores", scores)
     scale = _check.positive_scalar("scale", scale)
     return _attention_softmax_forward(scores, np.float32(scale)).astype(np.float32, copy=False)
 
 
 def attention_softmax_backward(dy: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
     """Gradient wrt the raw scores of attention_softmax_forward, given its output y."""
-    dy = _attention_args(dy, "dy")
-    y = _attention_args(y, "y")
+    dy = _check.attention_scores("dy", dy)
+    y = _check.attention_scores("y", y)
     _check.same_shape("dy", dy, "y", y)
     scale = _check.positive_scalar("scale", scale)
     return _attention_softmax_backward(dy, y, np.float32(scale)).astype(np.float32, copy=False)
