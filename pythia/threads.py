@@ -10,7 +10,7 @@ threads when the machine was otherwise quiet, 75 ms on one, and 480-660 ms on tw
 
 So `BlasChooser` times each forward/backward pass and keeps the thread count that was faster:
 it starts from a static guess (one thread when the pass's largest product is small), now and
-then runs one pass with the other count, switches if that pass beat the recent median, and
+then runs one pass with the other count, switches if that pass beat all of the last five, and
 otherwise waits twice as long before trying again (from 20 to 2000 passes' time, and at least
 1 s), so a losing option costs at most a few percent. OpenBLAS has no per-call thread argument,
 but `openblas_set_num_threads` may be called at run time; the library is found through the symbols NumPy's wheel exports
@@ -163,7 +163,7 @@ class BlasChooser:
                 blas_set(full)
         if not trial:
             times.append(dt)
-        elif dt < _median(times):                     # the other count beat the recent median: switch
+        elif dt < min(times):                         # the other count beat every recent pass: switch
             self.switches += 1
             times.clear(); times.append(dt)
             st[:] = [other, current, times, time.perf_counter(), self.PASSES_MIN]
