@@ -107,6 +107,28 @@ def test_float32_gradients_on_active_backend_match_float64_reference(monkeypatch
         np.testing.assert_allclose(model32.grads[name], model64.grads[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("T", [8, 7, 2])
+def test_split_query_blocks_give_the_whole_blocks_loss_and_gradients(float64_kernels, monkeypatch, T):
+    # long blocks (T >= SPLIT_MIN_T) run attention as two query halves that skip the masked
+    # quarter of keys; with the threshold lowered, this tiny model takes that path, and its loss
+    # and every gradient must equal the single-block computation (proven by finite differences
+    # above) to float64 rounding. T=7 splits unevenly (3 + 4 queries), T=2 into single rows.
+    import pythia.model as model_mod
+    idx, targets = batch(TINY, B=3, T=T, seed=5)
+    results = []
+    for split_min in (10**9, 2):
+        monkeypatch.setattr(model_mod, "SPLIT_MIN_T", split_min)
+        assert len(model_mod.query_blocks(T)) == (1 if split_min > T else 2)
+        model = to_float64(randomized(TINY, seed=5))
+        loss = model.loss(idx, targets)
+        model.backward()
+        results.append((loss, {k: g.copy() for k, g in model.grads.items()}))
+    (loss_whole, g_whole), (loss_split, g_split) = results
+    assert loss_split == pytest.approx(loss_whole, rel=1e-12)
+    for name in g_whole:
+        np.testing.assert_allclose(g_split[name], g_whole[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_wte_gradient_holds_both_embedding_and_head_parts(float64_kernels):
     # token 10 never appears in idx: its wte row gets only the head's gradient dlogits^T hf
     model = to_float64(randomized(TINY))
