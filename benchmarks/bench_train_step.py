@@ -19,8 +19,8 @@ from pythia import DeltaOptimizer, Pythia, PythiaConfig
 from pythia import kernels, threads
 
 CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, rounds)
-    "S": (8, 32, 48, 3, 4, 60),
-    "M": (12, 64, 128, 4, 4, 20),
+    "S": (8, 32, 48, 3, 4, 100),
+    "M": (12, 64, 128, 4, 4, 50),
     "L": (16, 256, 384, 6, 6, 3),
 }
 V = 65
@@ -80,8 +80,8 @@ def pythia_model(cfg):
     return Pythia(PythiaConfig(vocab_size=V, block_size=T, d_model=C, n_layer=L, n_head=H), seed=0)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_step_pythia(benchmark, name):
+def pythia_step(name: str):
+    """One Pythia training step on config `name`, as a callable returning the loss."""
     cfg = CONFIGS[name]
     model = pythia_model(cfg)
     opt = DeltaOptimizer(model.params, lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=1000)
@@ -92,19 +92,12 @@ def test_step_pythia(benchmark, name):
         model.backward()
         opt.step(model.grads)
         return loss
-
-    benchmark.group = f"train-step-{name}"
-    benchmark.extra_info.update(tokens=cfg[0] * cfg[1], backend=kernels.BACKEND)
-    loss = benchmark.pedantic(step, rounds=cfg[5], warmup_rounds=2)
-    assert np.isfinite(loss)
-    choices = {f"{k[0]}": v for k, v in model._blas.choices().items()}
-    benchmark.extra_info.update(blas_threads=choices)
-    NOTES["blas_choices"] = NOTES.get("blas_choices", "") + f"{name} {choices} "
-    _record(benchmark, name, "pythia")
+    step.model = model
+    return step
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_step_torch(benchmark, name):
+def torch_step(name: str):
+    """The same step in eager PyTorch (2 threads) from the same weights and batch."""
     torch = pytest.importorskip("torch")
     from torch_gpt import TorchGPT, make_optimizer, train_step
 
@@ -114,10 +107,21 @@ def test_step_torch(benchmark, name):
     model = TorchGPT(V, T, C, L, H).from_pythia(pythia_model(cfg).params)
     opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, beta2=0.99)
     x, y = (torch.from_numpy(a) for a in batch(cfg))
-
-    benchmark.group = f"train-step-{name}"
-    benchmark.extra_info.update(tokens=B * T, backend="torch")
-    loss = benchmark.pedantic(lambda: train_step(model, opt, x, y, 1e-3), rounds=rounds, warmup_rounds=2)
-    assert np.isfinite(loss)
     NOTES["torch_threads"] = str(torch.get_num_threads())
-    _record(benchmark, name, "torch")
+    return lambda: train_step(model, opt, x, y, 1e-3)
+
+
+# Pythia and PyTorch of one config run back to back, so both see the same load on a shared machine
+@pytest.mark.parametrize("name, impl", [(n, i) for n in CONFIGS for i in ("pythia", "torch")])
+def test_step(benchmark, name, impl):
+    cfg = CONFIGS[name]
+    step = pythia_step(name) if impl == "pythia" else torch_step(name)
+    benchmark.group = f"train-step-{name}"
+    benchmark.extra_info.update(tokens=cfg[0] * cfg[1], backend=kernels.BACKEND if impl == "pythia" else "torch")
+    loss = benchmark.pedantic(step, rounds=cfg[5], warmup_rounds=2)
+    assert np.isfinite(loss)
+    if impl == "pythia":
+        choices = {f"{k[0]}": v for k, v in step.model._blas.choices().items()}
+        benchmark.extra_info.update(blas_threads=choices)
+        NOTES["blas_choices"] = NOTES.get("blas_choices", "") + f"{name} {choices} "
+    _record(benchmark, name, impl)
