@@ -12,6 +12,9 @@ Ratios use the minimum time of each side (the least disturbed on a shared machin
 """
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -96,29 +99,50 @@ def pythia_step(name: str):
     return step
 
 
-def torch_step(name: str):
-    """The same step in eager PyTorch (2 threads) from the same weights and batch."""
-    torch = pytest.importorskip("torch")
-    from torch_gpt import TorchGPT, make_optimizer, train_step
+# PyTorch runs in a child process. Both libraries use an OpenMP runtime, and torch ships its own
+# libgomp.so.1, so in one process they share whichever loaded first, with one wait policy:
+# pythia's kernels ask for OMP_WAIT_POLICY=passive, which made torch 10-30% slower at S and M,
+# while torch's active default made Pythia's M step 2-4x slower. A child started with "spawn"
+# imports torch (torch_gpt.py) before anything else, so each library runs at its own defaults.
+# The parent times each round trip (a step plus a pipe message, ~0.1 ms) with pytest-benchmark.
 
-    torch.set_num_threads(2)
-    cfg = CONFIGS[name]
-    B, T, C, L, H, rounds = cfg
-    model = TorchGPT(V, T, C, L, H).from_pythia(pythia_model(cfg).params)
-    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, beta2=0.99)
-    x, y = (torch.from_numpy(a) for a in batch(cfg))
-    NOTES["torch_threads"] = str(torch.get_num_threads())
-    return lambda: train_step(model, opt, x, y, 1e-3)
+class TorchInChild:
+    """PyTorch's training step (torch_gpt.py, 2 threads) in a spawned child, one step per call."""
+
+    def __init__(self, name: str):
+        from torch_gpt import serve_steps                      # benchmarks/ is on sys.path under pytest
+        B, T, C, L, H, _ = CONFIGS[name]
+        params = {k: np.array(p) for k, p in pythia_model(CONFIGS[name]).params.items()}  # same weights
+        x, y = batch(CONFIGS[name])                              # same batch
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve_steps, args=(child, V, T, C, L, H, params, x, y), daemon=True)
+        self.proc.start()
+        _, NOTES["torch_threads"] = self.conn.recv()
+
+    def __call__(self) -> float:
+        self.conn.send("step")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send("stop")
+        self.proc.join(timeout=30)
 
 
 # Pythia and PyTorch of one config run back to back, so both see the same load on a shared machine
 @pytest.mark.parametrize("name, impl", [(n, i) for n in CONFIGS for i in ("pythia", "torch")])
 def test_step(benchmark, name, impl):
     cfg = CONFIGS[name]
-    step = pythia_step(name) if impl == "pythia" else torch_step(name)
+    if impl == "torch" and importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    step = pythia_step(name) if impl == "pythia" else TorchInChild(name)
     benchmark.group = f"train-step-{name}"
     benchmark.extra_info.update(tokens=cfg[0] * cfg[1], backend=kernels.BACKEND if impl == "pythia" else "torch")
-    loss = benchmark.pedantic(step, rounds=cfg[5], warmup_rounds=2)
+    try:
+        loss = benchmark.pedantic(step, rounds=cfg[5], warmup_rounds=2)
+    finally:
+        if impl == "torch":
+            step.close()
     assert np.isfinite(loss)
     if impl == "pythia":
         choices = {f"{k[0]}": v for k, v in step.model._blas.choices().items()}

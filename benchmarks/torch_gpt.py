@@ -94,3 +94,20 @@ def train_step(model, opt, x, y, lr: float, grad_clip: float = 1.0) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss.item()
+
+
+def serve_steps(conn, V: int, T: int, C: int, L: int, H: int, params: dict, x: np.ndarray, y: np.ndarray,
+                lr: float = 1e-3) -> None:
+    """Child-process loop for benchmarks: build the model from Pythia's weights, then run one training
+    step per "step" message and send back its loss, until any other message arrives.
+
+    This module imports torch before anything of Pythia's, so in a fresh ("spawn") process torch's
+    OpenMP runtime starts with its own defaults (see bench_train_step.py).
+    """
+    torch.set_num_threads(2)
+    model = TorchGPT(V, T, C, L, H).from_pythia(params)
+    opt = make_optimizer(model, lr=lr, weight_decay=0.1, beta2=0.99)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    conn.send(("ready", torch.get_num_threads()))
+    while conn.recv() == "step":
+        conn.send(train_step(model, opt, xt, yt, lr))
