@@ -397,10 +397,17 @@ class Pythia:
 
     def forward_cached(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Logits (V,) after feeding tokens (Tn,) at positions cache.length..; appends them to the cache."""
-        cfg, P = self.config, self.params
         Tn, pos = len(tokens), cache.length
-        if pos + Tn > cfg.block_size:
-            raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={cfg.block_size}")
+        if pos + Tn > self.config.block_size:
+            raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={self.config.block_size}")
+        # decode steps are matrix-vector products, small enough to start on one BLAS thread (two lost
+        # 6x beside a busy process in bench_generate); the chooser then measures the other count
+        with self._blas.run(("cached", Tn == 1), self._blas_threads(Tn)):
+            return self._forward_cached(tokens, cache, pos)
+
+    def _forward_cached(self, tokens: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
+        cfg, P = self.config, self.params
+        Tn = len(tokens)
         x = P["wte"][tokens] + P["wpe"][pos:pos + Tn]            # (Tn, C)
         for i in range(cfg.n_layer):
             p = f"h.{i}."
