@@ -291,7 +291,8 @@ class Pythia:
         """Logits (B, T, V) for token ids idx (B, T); keeps no activations."""
         idx = self._check_idx(idx)
         B, T = idx.shape
-        return self._forward(idx, keep=None).reshape(B, T, -1)
+        with self._blas.run(("forward", idx.size), self._blas_threads(idx.size)):
+            return self._forward(idx, keep=None).reshape(B, T, -1)
 
     def loss(self, idx: np.ndarray, targets: np.ndarray) -> float:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T); keeps activations for backward()."""
