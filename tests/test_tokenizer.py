@@ -5,7 +5,7 @@ import pytest
 from pythia.errors import DataError, PythiaError
 from pythia.tokenizer import SimpleTokenizer, tokenizer_from_arrays
 
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nÉtoile — naïve café ☕\r\n"
+TEXT = "The keeper climbed the stairs:\nAt dusk she lit the lamp and watched the sea.\nÉtoile — naïve café ☕\r\n"
 
 
 def test_vocabulary_is_the_sorted_distinct_characters():
