@@ -286,14 +286,29 @@ class GPT2Tokenizer:
         return text, ""
 
 
-def _read_vocab(path: Path) -> dict[str, int]:
+GPT2_FILES = "a GPT-2 directory needs config.json, model.safetensors, vocab.json and merges.txt"
+
+
+def read_gpt2_text(path: Path) -> str:
+    """The UTF-8 text of one file of a GPT-2 directory; GPT2Error naming it if missing or unreadable."""
     if not path.is_file():
-        raise GPT2Error(f"{path} not found; a GPT-2 directory needs vocab.json, merges.txt, config.json "
-                        "and model.safetensors")
+        raise GPT2Error(f"{path} not found; {GPT2_FILES}")
     try:
-        encoder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GPT2Error(f"{path} is not valid UTF-8 text ({e}); download it again") from None
+
+
+def read_gpt2_json(path: Path):
+    """The parsed JSON of one file of a GPT-2 directory (config.json, vocab.json)."""
+    try:
+        return json.loads(read_gpt2_text(path))
+    except json.JSONDecodeError as e:
         raise GPT2Error(f"{path} is not valid UTF-8 JSON ({e}); download it again") from None
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    encoder = read_gpt2_json(path)
     if not isinstance(encoder, dict) or not encoder or \
             not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in encoder.items()):
         raise GPT2Error(f"{path} must be a JSON object mapping token strings to integer ids")
@@ -301,13 +316,7 @@ def _read_vocab(path: Path) -> dict[str, int]:
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
-        raise GPT2Error(f"{path} not found; a GPT-2 directory needs vocab.json, merges.txt, config.json "
-                        "and model.safetensors")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GPT2Error(f"{path} is not valid UTF-8 text ({e}); download it again") from None
+    lines = read_gpt2_text(path).split("\n")
     merges = []
     for n, line in enumerate(lines, 1):
         line = line.rstrip("\r")

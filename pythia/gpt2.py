@@ -15,13 +15,12 @@ Sizes: V vocabulary, C n_embd, L n_layer; the position table has n_positions row
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .bpe import GPT2Tokenizer
+from .bpe import GPT2Tokenizer, read_gpt2_json
 from .errors import ConfigError, GPT2Error
 from .model import Pythia, PythiaConfig
 from .safetensors import SafetensorsFile
@@ -34,13 +33,7 @@ _HINT = "Pythia loads GPT-2 (GPT2LMHeadModel) checkpoints only"
 def read_gpt2_config(path: str | Path) -> PythiaConfig:
     """The PythiaConfig of a Hugging Face GPT-2 config.json; GPT2Error on anything Pythia cannot run."""
     path = Path(path)
-    if not path.is_file():
-        raise GPT2Error(f"{path} not found; a GPT-2 directory needs config.json, model.safetensors, "
-                        "vocab.json and merges.txt")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GPT2Error(f"{path} is not valid JSON ({e}); download it again") from None
+    cfg = read_gpt2_json(path)
     if not isinstance(cfg, dict):
         raise GPT2Error(f"{path} must hold a JSON object")
 

@@ -254,7 +254,7 @@ def test_unsupported_or_inconsistent_config_is_refused(tmp_path, change, fragmen
 def test_config_that_is_not_json_is_refused(tmp_path):
     d = copy_fixture(tmp_path)
     (d / "config.json").write_text("{'n_embd': 32")
-    _expect_error(d, "config.json is not valid JSON")
+    _expect_error(d, "config.json is not valid UTF-8 JSON")
 
 
 def test_logits_match_a_fresh_transformers_model_when_installed(tmp_path):
