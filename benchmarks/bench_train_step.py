@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
 
 from pythia import DeltaOptimizer, Pythia, PythiaConfig
 from pythia import kernels, threads
+from pythia.kernels import _loader
 
 CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, rounds)
     "S": (8, 32, 48, 3, 4, 100),
@@ -117,7 +119,14 @@ class TorchInChild:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=serve_steps, args=(child, V, T, C, L, H, params, x, y), daemon=True)
-        self.proc.start()
+        # a spawned child inherits os.environ: drop the wait policy Pythia set for itself, so torch
+        # starts at its own defaults (a policy the user set stays)
+        ours = os.environ.pop("OMP_WAIT_POLICY") if _loader.WAIT_POLICY_SET else None
+        try:
+            self.proc.start()
+        finally:
+            if ours is not None:
+                os.environ["OMP_WAIT_POLICY"] = ours
         _, NOTES["torch_threads"] = self.conn.recv()
 
     def __call__(self) -> float:

@@ -51,6 +51,9 @@ def _import(name: str) -> ModuleType | None:
         return _from_installed_copy(name)
 
 
+WAIT_POLICY_SET = False  # True when Pythia, not the user, put OMP_WAIT_POLICY in the environment
+
+
 def _quiet_openmp_threads() -> None:
     """Ask OpenMP to let idle kernel threads sleep instead of spinning (unless the user chose).
 
@@ -60,8 +63,10 @@ def _quiet_openmp_threads() -> None:
     OMP_WAIT_POLICY=passive the same kernels took 20-90 us on the same busy machine. It only
     takes effect if no OpenMP runtime is loaded yet, so it is set before the extension loads.
     """
+    global WAIT_POLICY_SET
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "passive"
+        WAIT_POLICY_SET = True
 
 
 def load_compiled():
