@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import kernels, threads
+from . import kernels, memory, threads
 from .errors import ConfigError
 
 
@@ -247,6 +247,7 @@ class Pythia:
                 p[...] = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std)  # N(0, std)
         self._acts: dict | None = None                           # activations of the last loss()
         self._blas = threads.BlasChooser()                       # BLAS threads per pass, by measurement
+        memory.keep_freed_memory()                               # reuse freed activations' pages (memory.py)
 
     # ------------------------------------------------------------------ bookkeeping
 
