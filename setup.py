@@ -4,7 +4,9 @@
 -march=native (the wheel must run on other CPUs) and no -ffast-math (it would change float
 semantics for the whole process, NaN checks included). -fno-trapping-math only tells gcc that
 nobody reads the floating-point exception flags inside the kernels, so it may compute both
-sides of a branch and vectorise it; it changes no computed value.
+sides of a branch and vectorise it; it changes no computed value. -fno-math-errno lets sqrtf
+vectorise (libm would otherwise be called to set errno for a negative argument); the result,
+NaN for a negative argument, is the same.
 
 On x86-64 the same source is built a second time as pythia._kernels_avx2 with -mavx2 -mfma
 (8-wide vectors and fused multiply-add, when the compiler accepts the flags); pythia.kernels
@@ -52,7 +54,7 @@ class BuildExt(build_ext):
             self.extensions = [e for e in self.extensions if not e.name.endswith("_avx2")]
         for ext in self.extensions:
             if unix:
-                ext.extra_compile_args += ["-O3", "-fno-trapping-math"]
+                ext.extra_compile_args += ["-O3", "-fno-trapping-math", "-fno-math-errno"]
             if ext.name.endswith("_avx2"):
                 ext.extra_compile_args += SIMD_FLAGS
             if omp:

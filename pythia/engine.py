@@ -9,13 +9,14 @@ One step, with g the gradient, t the 1-based step count and lr the scheduled rat
 which is `torch.optim.AdamW` (Loshchilov & Hutter 2019) after `clip_grad_norm_`. Weight decay
 applies to matrices and embeddings (ndim == 2), never to biases or LayerNorm gains and shifts.
 
-Speed: the moments live in two flat float32 buffers, so the Adam arithmetic is a handful of
-whole-model NumPy calls instead of a dozen per tensor. When the parameters are views that tile
-one flat float32 buffer (as `Pythia` allocates them, matrices first) and the gradients tile
-another the same way, the optimizer reads the gradients in place and updates all parameters
-with one `p -= update` and one decay slice; otherwise it gathers the gradients with one
-concatenate and updates tensor by tensor. Both paths compute the same float32 values.
-Parameters are updated in place, so the model's dict keeps pointing at the same arrays.
+Speed: the moments live in two flat float32 buffers, and the Adam arithmetic is one pass of
+the fused kernel `kernels.adamw_update` (NumPy twin in `kernels/reference.py`, which spells out
+the same formula) over each run of decaying or non-decaying tensors. When the parameters are
+views that tile one flat float32 buffer (as `Pythia` allocates them, matrices first) and the
+gradients tile another the same way, the kernel reads the gradients and updates the parameters
+in place; otherwise the optimizer gathers both with one concatenate each and writes the
+parameters back. Both paths compute the same float32 values. Parameters are updated in place,
+so the model's dict keeps pointing at the same arrays.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .errors import ConfigError, PythiaError
 
 
@@ -52,13 +54,15 @@ class DeltaOptimizer:
         n = int(self._offsets[-1])
         self._m = np.zeros(n, np.float32)                        # first moment, all params end to end
         self._v = np.zeros(n, np.float32)                        # second moment
-        self._g = np.empty(n, np.float32)                        # gathered or clipped gradient
-        self._tmp = np.empty(n, np.float32)                      # scratch for the update
+        self._g = np.empty(n, np.float32)                        # gathered gradient (separate arrays)
+        self._p = np.empty(0 if self._flat_p is not None else n, np.float32)  # gathered params (separate arrays)
         self.decays = {k: params[k].ndim == 2 for k in self.names}  # matrices and embeddings decay
-        # (param, its slice of the update, decays?) once, so step() does no slicing
-        self._targets = [(params[k], self._view(self._tmp, i), self.decays[k]) for i, k in enumerate(self.names)]
-        # flat path: the decaying params as runs of the flat buffer (one run when matrices come first)
-        self._decay_runs = _runs([self.decays[k] for k in self.names], self._offsets)
+        # (param, its slice of the gathered copy) once, so step() does no slicing
+        self._targets = [] if self._flat_p is not None else [(params[k], self._view(self._p, i))
+                                                              for i, k in enumerate(self.names)]
+        # [lo, hi, decays?): consecutive tensors that do or do not decay, merged (two runs when
+        # matrices come first, as in Pythia's buffers)
+        self._runs = _runs([self.decays[k] for k in self.names], self._offsets)
         self._flat_g_key: tuple = ()                             # ids of the last grads found tiled
         self._flat_g: np.ndarray | None = None
 
@@ -77,7 +81,6 @@ class DeltaOptimizer:
 
     def step(self, grads: dict[str, np.ndarray]) -> dict:
         """One AdamW update of every parameter in place; returns {"lr", "grad_norm" (before clipping)}."""
-        m, v, tmp = self._m, self._v, self._tmp
         g = self._flat_grads(grads)                              # (n,) the model's own flat gradient buffer
         if g is None:
             g = self._g
@@ -85,35 +88,20 @@ class DeltaOptimizer:
         norm = math.sqrt(float(np.dot(g, g)))                    # ||g||_2 over the whole model
         if not math.isfinite(norm):
             raise PythiaError(f"gradient norm is {norm}: training diverged; lower the learning rate (--lr)")
-        if self.grad_clip > 0 and norm > self.grad_clip:
-            g = np.multiply(g, self.grad_clip / (norm + 1e-6), out=self._g)  # g <- g * clip / (||g|| + 1e-6)
+        clip = self.grad_clip / (norm + 1e-6) if self.grad_clip > 0 and norm > self.grad_clip else 1.0
         lr = self.lr_at(self.t)
         self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        np.multiply(g, 1 - b1, out=tmp)
-        m *= b1
-        m += tmp                                                 # m = b1 m + (1 - b1) g
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v *= b2
-        v += tmp                                                 # v = b2 v + (1 - b2) g^2
-        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        # update = lr m_hat / (sqrt(v_hat) + eps) = (lr sqrt(bc2) / bc1) m / (sqrt(v) + eps sqrt(bc2))
-        np.sqrt(v, out=tmp)
-        tmp += self.eps * math.sqrt(bc2)
-        np.divide(m, tmp, out=tmp)
-        tmp *= lr * math.sqrt(bc2) / bc1
-        decay = 1 - lr * self.weight_decay
-        if self._flat_p is not None:                             # all params at once
-            if decay != 1:
-                for lo, hi in self._decay_runs:
-                    self._flat_p[lo:hi] *= decay                 # decoupled weight decay
-            self._flat_p -= tmp
-        else:
-            for p, update, decays in self._targets:
-                if decays and decay != 1:
-                    p *= decay                                   # decoupled weight decay
-                p -= update
+        p = self._flat_p
+        if p is None:                                            # separate arrays: update a gathered copy
+            p = self._p
+            np.concatenate([self.params[k].reshape(-1) for k in self.names], out=p)
+        for lo, hi, decays in self._runs:                        # the Adam arithmetic: one fused kernel per run
+            kernels.adamw_update(p[lo:hi], g[lo:hi], self._m[lo:hi], self._v[lo:hi], lr=lr, beta1=self.beta1,
+                                 beta2=self.beta2, eps=self.eps, t=self.t,
+                                 weight_decay=self.weight_decay if decays else 0.0, grad_scale=clip)
+        if self._flat_p is None:
+            for param, updated in self._targets:
+                param[...] = updated                             # write the copy back
         return {"lr": lr, "grad_norm": norm}
 
     def _flat_grads(self, grads: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -186,17 +174,15 @@ def _tiled_buffer(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
     return flat if pos == _address(flat) + 4 * flat.size else None
 
 
-def _runs(flags: list[bool], offsets: np.ndarray) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of the flat buffer covered by consecutive tensors whose flag is set."""
-    runs: list[tuple[int, int]] = []
+def _runs(flags: list[bool], offsets: np.ndarray) -> list[tuple[int, int, bool]]:
+    """(lo, hi, flag): the flat buffer cut where the tensors' flag changes."""
+    runs: list[tuple[int, int, bool]] = []
     for i, f in enumerate(flags):
-        if not f:
-            continue
         lo, hi = int(offsets[i]), int(offsets[i + 1])
-        if runs and runs[-1][1] == lo:
-            runs[-1] = (runs[-1][0], hi)
-        else:
-            runs.append((lo, hi))
+        if runs and runs[-1][2] == f and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi, f)
+        elif hi > lo:
+            runs.append((lo, hi, f))
     return runs
 
 

@@ -189,7 +189,8 @@ def test_pythia_params_and_grads_tile_flat_buffers():
     from pythia.model import Pythia, PythiaConfig
     model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=2, n_head=2))
     opt = DeltaOptimizer(model.params)
-    assert opt._flat_p is not None and opt._decay_runs == [(0, sum(p.size for p in model.params.values() if p.ndim == 2))]
+    n2 = sum(p.size for p in model.params.values() if p.ndim == 2)
+    assert opt._flat_p is not None and opt._runs == [(0, n2, True), (n2, model.num_params(), False)]
     model.loss(np.zeros((2, 8), int), np.ones((2, 8), int))
     model.backward()
     opt.step(model.grads)

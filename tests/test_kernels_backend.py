@@ -119,10 +119,11 @@ def test_large_kernels_run_parallel_loops_and_agree_with_small_ones():
     _loader.load_compiled()
     ext = compiled._ext
     x = np.random.default_rng(7).standard_normal((1024, 96)).astype(np.float32)
-    stats = ext.threading_stats(x.size)
+    work = ext.WORK_UNITS["exp"] * x.size                              # softmax exponentiates each element
+    stats = ext.threading_stats(work)
     may_thread = ext.max_threads() > 1 and stats["serial_for_s"] == 0  # not backing off now
     big = compiled.softmax_forward(x)                                   # 98304 elements: threaded
     if may_thread:
-        assert ext.threading_stats(x.size)["parallel_loops"] == stats["parallel_loops"] + 1
+        assert ext.threading_stats(work)["parallel_loops"] == stats["parallel_loops"] + 1
     rows = np.stack([compiled.softmax_forward(r) for r in x])
     np.testing.assert_array_equal(big, rows)

@@ -25,6 +25,7 @@ NAMES = (
     "gelu_forward", "gelu_backward",
     "attention_softmax_forward", "attention_softmax_backward",
     "crossentropy_forward", "crossentropy_backward",
+    "adamw_update",
 )
 
 BACKEND: str = "numpy"

@@ -123,3 +123,52 @@ def attention_scores(name: str, a) -> np.ndarray:
     if Tq > Tk:
         raise ValueError(f"{name} has {Tq} query rows but only {Tk} keys; causal attention needs Tq <= Tk")
     return s
+
+
+def adamw_arrays(p, g, m, v):
+    """Four 1-d float32 C-contiguous arrays of one length, none overlapping another; p, m and v
+    are updated in place, so they are never copied: a non-contiguous or read-only one is an error."""
+    arrays = {"p": p, "g": g, "m": m, "v": v}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(a).__name__}")
+        if a.dtype != np.float32:
+            raise TypeError(f"{name} must be float32, got {a.dtype}")
+        if a.ndim != 1 or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be a 1-d C-contiguous array (it is updated in place), got shape {a.shape}")
+        if a.size != p.size or a.size == 0:
+            raise ValueError(f"{name} has {a.size} elements but p has {p.size}; they must match and not be empty")
+        if name != "g" and not a.flags.writeable:
+            raise ValueError(f"{name} is read-only, but adamw_update writes it in place")
+    names = list(arrays)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if np.may_share_memory(arrays[a], arrays[b]):
+                raise ValueError(f"{a} and {b} overlap in memory; adamw_update needs four separate arrays")
+    return p, g, m, v
+
+
+def adamw_scalars(lr, beta1, beta2, eps, t, weight_decay, grad_scale) -> tuple[float, ...]:
+    """The per-step constants of adamw_update, in float64:
+    (grad_scale, beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, decay)."""
+    vals = {}
+    for name, x in (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps),
+                    ("weight_decay", weight_decay), ("grad_scale", grad_scale)):
+        try:
+            vals[name] = float(x)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number, got {type(x).__name__}") from None
+        if not math.isfinite(vals[name]):
+            raise ValueError(f"{name} must be finite, got {x!r}")
+    if vals["lr"] < 0 or vals["weight_decay"] < 0:
+        raise ValueError(f"lr and weight_decay must be >= 0, got {lr!r} and {weight_decay!r}")
+    if not (0 <= vals["beta1"] < 1 and 0 <= vals["beta2"] < 1):
+        raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {beta1!r} and {beta2!r}")
+    if vals["eps"] <= 0 or vals["grad_scale"] <= 0:
+        raise ValueError(f"eps and grad_scale must be > 0, got {eps!r} and {grad_scale!r}")
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"t (the 1-based step count) must be an integer >= 1, got {t!r}")
+    lr, b1, b2 = vals["lr"], vals["beta1"], vals["beta2"]
+    bc1, bc2 = 1 - b1 ** int(t), 1 - b2 ** int(t)
+    return (vals["grad_scale"], b1, 1 - b1, b2, 1 - b2, lr * math.sqrt(bc2) / bc1, vals["eps"] * math.sqrt(bc2),
+            1 - lr * vals["weight_decay"])

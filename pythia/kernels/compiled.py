@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _check
 
-API_VERSION = 2  # bump together with API_VERSION in kernels/_kernels.pyx
+API_VERSION = 3  # bump together with API_VERSION in kernels/_kernels.pyx
 _ext = None
 
 
@@ -124,3 +124,10 @@ def crossentropy_backward(dlosses: np.ndarray, probs: np.ndarray, targets: np.nd
     V = probs.shape[-1]
     _ext.crossentropy_backward(dlosses, probs, targets, dlogits, probs.size // V, V)
     return dlogits
+
+
+def adamw_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, lr: float, beta1: float,
+                 beta2: float, eps: float, t: int, weight_decay: float, grad_scale: float = 1.0) -> None:
+    p, g, m, v = _check.adamw_arrays(p, g, m, v)
+    scalars = _check.adamw_scalars(lr, beta1, beta2, eps, t, weight_decay, grad_scale)
+    _ext.adamw_update(p, g, m, v, p.size, *scalars)

@@ -192,3 +192,31 @@ def crossentropy_backward(dlosses: np.ndarray, probs: np.ndarray, targets: np.nd
     dlosses = _check.float32_array("dlosses", dlosses, min_ndim=0)
     _check.leading_of("dlosses", dlosses, probs, "probs")
     return _crossentropy_backward(dlosses, probs, targets).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- AdamW update
+
+def adamw_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, lr: float, beta1: float,
+                 beta2: float, eps: float, t: int, weight_decay: float, grad_scale: float = 1.0) -> None:
+    """One AdamW step, in place on the flat float32 arrays p, m, v (g is only read):
+
+        g' = grad_scale g                 (global-norm clipping passes its factor here)
+        m  = beta1 m + (1 - beta1) g'
+        v  = beta2 v + (1 - beta2) g'^2
+        p  = (1 - lr weight_decay) p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    t is the 1-based step count of the bias correction. The last line is evaluated as
+    decay p - step m / (sqrt(v) + eps_hat), with step = lr sqrt(1 - beta2^t) / (1 - beta1^t) and
+    eps_hat = eps sqrt(1 - beta2^t) (both backends get these from `_check.adamw_scalars`).
+    Unlike the other kernels it returns nothing: the optimizer's state is updated where it lives.
+    """
+    p, g, m, v = _check.adamw_arrays(p, g, m, v)
+    gs, b1, c1, b2, c2, step, eps_hat, decay = (np.float32(s) for s in
+                                                _check.adamw_scalars(lr, beta1, beta2, eps, t, weight_decay, grad_scale))
+    g = g * gs                                                   # g'
+    m *= b1
+    m += c1 * g                                                  # m = b1 m + (1 - b1) g'
+    v *= b2
+    v += c2 * (g * g)                                            # v = b2 v + (1 - b2) g'^2
+    p *= decay                                                   # decoupled weight decay
+    p -= step * (m / (np.sqrt(v) + eps_hat))
