@@ -50,9 +50,11 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static int pythia_max_threads(void) { return omp_get_max_threads(); }
+    static void pythia_set_threads(int n) { omp_set_num_threads(n); }
     static double pythia_now(void) { return omp_get_wtime(); }
     #else
     static int pythia_max_threads(void) { return 1; }
+    static void pythia_set_threads(int n) { (void)n; }
     static double pythia_now(void) { return 0.0; }
     #endif
     /* bit casts between float and int32 (memcpy is the defined way; it compiles to nothing) */
@@ -144,6 +146,7 @@ cdef extern from *:
     }
     """
     int pythia_max_threads() noexcept nogil
+    void pythia_set_threads(int n) noexcept nogil
     double pythia_now() noexcept nogil          # seconds, monotonic (0 in a serial build)
     int pythia_cpu_has_avx2_fma() noexcept nogil
     const char* PYTHIA_ISA
@@ -178,6 +181,14 @@ def cpu_has_avx2_fma() -> bool:
 def max_threads() -> int:
     """Threads a large kernel uses (OpenMP's limit; 1 in a serial build)."""
     return pythia_max_threads()
+
+
+def set_thread_limit(int n) -> int:
+    """Threads for the parallel loops the calling thread starts from now on (OpenMP keeps this
+    limit per thread, so other threads keep theirs); returns the previous limit."""
+    cdef int before = pythia_max_threads()
+    pythia_set_threads(n if n > 1 else 1)
+    return before
 
 
 # A loop runs on several threads from PARALLEL_MIN units of work on: an element costs EXP_COST

@@ -245,7 +245,9 @@ class Pythia:
             else:
                 std = resid_std if name.endswith("c_proj.weight") else 0.02
                 p[...] = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std)  # N(0, std)
-        self._acts: dict | None = None                           # activations of the last loss()
+        self._acts: list[dict] | None = None                     # activations of the last loss(), per shard
+        self._workers: threads.Workers | None = None             # threads for the shards of a batch
+        self._shard_grads: list[dict] = []                       # gradient buffers of shards 1, 2, ...
         self._blas = threads.BlasChooser()                       # BLAS threads per pass, by measurement
         memory.keep_freed_memory()                               # reuse freed activations' pages (memory.py)
 
@@ -301,13 +303,32 @@ class Pythia:
         targets = self._check_idx(targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
-        acts: dict = {}
-        with self._blas.run(("loss", idx.size), self._blas_threads(idx.size)):
-            logits = self._forward(idx, keep=acts)               # (N, V)
-        losses, probs = kernels.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
-        acts.update(probs=probs, targets=targets.reshape(-1))
-        self._acts = acts
+        shards = self._shards(idx.shape[0])                     # row ranges of the batch, one per core
+        if len(shards) == 1:
+            with self._blas.run(("loss", idx.size), self._blas_threads(idx.size)):
+                parts = [self._loss_part(idx, targets)]
+        else:
+            parts = self._workers.map(lambda r: self._loss_part(idx[r[0]:r[1]], targets[r[0]:r[1]]), shards)
+        self._acts = [acts for _, acts in parts]
+        losses = np.concatenate([losses for losses, _ in parts])  # (N,)
         return float(losses.mean(dtype=np.float64))
+
+    def _loss_part(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Per-row losses (n,) of rows idx (b, T) and the activations their backward needs."""
+        acts: dict = {}
+        logits = self._forward(idx, keep=acts)                   # (n, V)
+        losses, probs = kernels.crossentropy_forward(logits, targets.reshape(-1))  # (n,), (n, V)
+        acts.update(probs=probs, targets=targets.reshape(-1))
+        return losses, acts
+
+    def _shards(self, B: int) -> list[tuple[int, int]]:
+        """Training passes split the batch into consecutive row ranges, one per core, when the
+        model is large enough for that to pay (threads.shards_for); else one range."""
+        C = self.config.d_model
+        n = threads.shards_for(B, B * self.config.block_size * C * 4 * C)
+        if n > 1 and (self._workers is None or self._workers.n != n):
+            self._workers = threads.Workers(n)
+        return [(i * B // n, (i + 1) * B // n) for i in range(n)]
 
     def _forward(self, idx: np.ndarray, keep: dict | None) -> np.ndarray:
         """Logits (N, V); when `keep` is a dict, store what backward() needs in it."""
@@ -348,18 +369,29 @@ class Pythia:
         """Gradients of the last loss() wrt every parameter, written into self.grads."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
-        n = self._acts["idx"].size
-        with self._blas.run(("backward", n), self._blas_threads(n)):
-            self._backward()
+        n = sum(a["idx"].size for a in self._acts)              # tokens over all shards
+        if len(self._acts) == 1:
+            with self._blas.run(("backward", n), self._blas_threads(n)):
+                self._backward(self._acts[0], self.grads, n)
+            return
+        # shard i > 0 writes its gradients into arrays of its own; they are added at the end
+        while len(self._shard_grads) < len(self._acts) - 1:
+            self._shard_grads.append({k: np.zeros_like(g) for k, g in self.grads.items()})
+        grads = [self.grads] + self._shard_grads
+        self._workers.map(lambda i: self._backward(self._acts[i], grads[i], n), range(len(self._acts)))
+        for other in grads[1:len(self._acts)]:
+            for k, g in self.grads.items():
+                g += other[k]                                    # sum over shards, in shard order
 
-    def _backward(self) -> None:
-        a, P, G = self._acts, self.params, self.grads
+    def _backward(self, a: dict, G: dict, n_total: int) -> None:
+        """Gradients of the mean loss over n_total tokens, from the tokens of activations `a`, into G."""
+        P = self.params
         idx = a["idx"]
         B, T = idx.shape
         N = B * T
         probs = a["probs"]
-        # loss = mean of N cross-entropies  =>  dlogits = (probs - onehot) / N
-        dlosses = np.full(N, 1.0 / N, dtype=probs.dtype)        # (N,)
+        # loss = mean of n_total cross-entropies  =>  dlogits = (probs - onehot) / n_total
+        dlosses = np.full(N, 1.0 / n_total, dtype=probs.dtype)  # (N,)
         dlogits = kernels.crossentropy_backward(dlosses, probs, a["targets"])  # (N, V)
         # logits = hf wte^T  =>  dwte (head part) = dlogits^T hf, dhf = dlogits wte
         np.matmul(dlogits.T, a["lnf"], out=G["wte"])             # (V, N) @ (N, C) -> (V, C)

@@ -129,6 +129,28 @@ def test_split_query_blocks_give_the_whole_blocks_loss_and_gradients(float64_ker
         np.testing.assert_allclose(g_split[name], g_whole[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("shards", [2, 3])
+def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(float64_kernels, monkeypatch, shards):
+    # large models run a training pass as one shard of the batch per core, each on its own
+    # thread, and add the shards' gradients; forced here on a tiny model in float64, the loss and
+    # every gradient must equal the unsplit pass to float64 rounding (3 shards of B=4: 1 + 1 + 2 rows)
+    from pythia import threads
+    idx, targets = batch(TINY, B=4, T=8, seed=9)
+    results = []
+    for n in (1, shards):
+        monkeypatch.setattr(threads, "shards_for", lambda batch, mnk, n=n: n)
+        model = to_float64(randomized(TINY, seed=9))
+        for _ in range(2):                                        # twice: shard buffers are reused, not summed into
+            loss = model.loss(idx, targets)
+            model.backward()
+        assert len(model._acts) == n
+        results.append((loss, {k: g.copy() for k, g in model.grads.items()}))
+    (loss_one, g_one), (loss_split, g_split) = results
+    assert loss_split == pytest.approx(loss_one, rel=1e-12)
+    for name in g_one:
+        np.testing.assert_allclose(g_split[name], g_one[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_wte_gradient_holds_both_embedding_and_head_parts(float64_kernels):
     # token 10 never appears in idx: its wte row gets only the head's gradient dlogits^T hf
     model = to_float64(randomized(TINY))
@@ -136,7 +158,7 @@ def test_wte_gradient_holds_both_embedding_and_head_parts(float64_kernels):
     idx[idx == 10] = 0
     model.loss(idx, targets)
     model.backward()
-    a = model._acts
+    a = model._acts[0]                                            # one shard: a tiny model is not split
     dlogits = a["probs"].copy()
     dlogits[np.arange(10), a["targets"]] -= 1
     dlogits /= 10                                                 # (N, V) d(mean CE)/dlogits

@@ -83,3 +83,55 @@ def test_chooser_leaves_a_user_choice_alone(blas, monkeypatch):
     with chooser.run("pass", 1):
         assert threads.blas_get() == blas
     assert chooser.choices() == {}
+
+
+# ----------------------------------------------------------------------------- shards of a batch
+
+def test_large_models_split_the_batch_across_cores_unless_the_user_fixed_threads(blas, monkeypatch):
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    big = threads.SHARD_MIN_MNK
+    assert threads.shards_for(12, big) == 2
+    assert threads.shards_for(12, big - 1) == 1            # small models: one thread is faster
+    assert threads.shards_for(1, big) == 1                 # one sequence cannot be split
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    assert threads.shards_for(12, big) == 1
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.shards_for(12, big) == 1
+
+
+def test_workers_run_every_item_on_one_blas_thread_and_restore_it(blas):
+    from pythia import kernels
+    import threading
+    seen = []
+
+    def work(i):
+        seen.append((i, threading.current_thread().name, threads.blas_get(), kernels.set_thread_limit(1)))
+        return i * i
+
+    w = threads.Workers(2)
+    limit = kernels.set_thread_limit(1)                     # the caller's limit ...
+    kernels.set_thread_limit(limit)                         # ... left as it was
+    assert w.map(work, [3, 4]) == [9, 16]
+    assert sorted(i for i, *_ in seen) == [3, 4]
+    assert {b for _, _, b, _ in seen} == {1}                # BLAS on one thread while they ran
+    assert {k for *_, k in seen} == {1}                     # and each thread's kernels serial
+    assert len({name for _, name, _, _ in seen}) == 2       # on two threads
+    assert threads.blas_get() == blas                       # restored afterwards
+    assert kernels.set_thread_limit(limit) == limit
+
+
+def test_workers_raise_a_workers_error_after_all_items_finished(blas):
+    done = []
+
+    def work(i):
+        if i == 1:
+            raise ValueError("shard 1 failed")
+        done.append(i)
+
+    with pytest.raises(ValueError, match="shard 1 failed"):
+        threads.Workers(2).map(work, [0, 1])
+    assert done == [0]
+    assert threads.blas_get() == blas

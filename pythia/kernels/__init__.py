@@ -52,6 +52,15 @@ def use(name: str) -> str:
     return BACKEND
 
 
+def set_thread_limit(n: int) -> int:
+    """Threads the compiled kernels may use for loops started from the calling thread (OpenMP
+    keeps the limit per thread); returns the previous limit. The NumPy reference: always 1."""
+    from . import compiled
+    if BACKEND != "cython" or compiled._ext is None:
+        return 1
+    return compiled._ext.set_thread_limit(n)
+
+
 def _select_default() -> None:
     global FALLBACK_REASON
     wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower() or "cython"
