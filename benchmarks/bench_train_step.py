@@ -66,7 +66,7 @@ def _write_table(tr) -> None:
             + f" | {ratio:.2f} | {TARGETS[name]} | {'yes' if ratio >= TARGETS[name] else 'no'} |" if ratio
             else f" | {tokens / p[0]:,.0f} | - | - | {TARGETS[name]} | - |")
     if "blas_choices" in NOTES:
-        tr.write_line(f"Pythia's BLAS threads per pass, as chosen by measurement: {NOTES['blas_choices']}")
+        tr.write_line(f"Pythia's threads: {NOTES['blas_choices']}")
 
 
 def _record(benchmark, name: str, impl: str) -> None:
@@ -155,6 +155,8 @@ def test_step(benchmark, name, impl):
     assert np.isfinite(loss)
     if impl == "pythia":
         choices = {f"{k[0]}": v for k, v in step.model._blas.choices().items()}
-        benchmark.extra_info.update(blas_threads=choices)
-        NOTES["blas_choices"] = NOTES.get("blas_choices", "") + f"{name} {choices} "
+        shards = len(step.model._acts)
+        benchmark.extra_info.update(blas_threads=choices, shards=shards)
+        how = f"batch split in {shards} shards, 1 BLAS thread each" if shards > 1 else f"BLAS threads {choices}"
+        NOTES["blas_choices"] = NOTES.get("blas_choices", "") + f"{name}: {how}; "
     _record(benchmark, name, impl)

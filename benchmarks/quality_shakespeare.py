@@ -95,21 +95,46 @@ def main(argv=None) -> int:
     print(REFERENCE)
 
     if args.torch:
-        run_torch(args, cfg, dataset, init_params, model_cfg, trainer)
+        run_torch(args, cfg, init_params, model_cfg)
     return 0 if ok else 1
 
 
-def run_torch(args, cfg, dataset, init_params, model_cfg, pythia_trainer) -> None:
-    """The same recipe in PyTorch eager, from the same initial weights, on the same batches."""
-    try:
-        import torch
-    except ImportError:
+def run_torch(args, cfg, init_params, model_cfg) -> None:
+    """The same recipe in PyTorch eager, from the same initial weights, on the same batches.
+
+    It runs in a child process started with "spawn", which imports torch before anything else
+    and without the OMP_WAIT_POLICY Pythia set for itself: both libraries use the one libgomp a
+    process loads, so in this process torch would run under Pythia's thread policy."""
+    import importlib.util
+    import multiprocessing
+    import os
+
+    from pythia.kernels import _loader
+
+    if importlib.util.find_spec("torch") is None:
         print("torch is not importable: skipping the PyTorch reference")
         return
-    from torch_gpt import TorchGPT, lr_at, make_optimizer, train_step
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_torch_child, args=(str(args.data), cfg, model_cfg, init_params, args.final_eval_iters))
+    ours = os.environ.pop("OMP_WAIT_POLICY") if _loader.WAIT_POLICY_SET else None
+    try:
+        child.start()
+    finally:
+        if ours is not None:
+            os.environ["OMP_WAIT_POLICY"] = ours
+    child.join()
+
+
+def _torch_child(data: str, cfg, model_cfg, init_params, final_eval_iters: int) -> None:
+    import torch  # first: torch's OpenMP starts at its own defaults
+
+    sys.path.insert(0, str(HERE))
+    from pythia.data import build_dataset
     from pythia.train import EVAL_STREAM, make_rng
+    from torch_gpt import TorchGPT, lr_at, make_optimizer, train_step
 
     torch.set_num_threads(2)
+    dataset = build_dataset([Path(data)], block_size=model_cfg.block_size)   # the same text, split and batches
     net = TorchGPT(model_cfg.vocab_size, model_cfg.block_size, model_cfg.d_model, model_cfg.n_layer,
                    model_cfg.n_head).from_pythia(init_params)
     opt = make_optimizer(net, cfg.lr, cfg.weight_decay, cfg.beta2)
@@ -135,9 +160,9 @@ def run_torch(args, cfg, dataset, init_params, model_cfg, pythia_trainer) -> Non
             print(f"  torch step {step + 1:5d}  train {tr:.4f}  val {va:.4f}  {time.perf_counter() - t0:6.1f} s",
                   flush=True)
     wall = time.perf_counter() - t0
-    _, val_big = evaluate(args.final_eval_iters)
+    _, val_big = evaluate(final_eval_iters)
     print(f"torch:  val loss {va:.4f} ({cfg.eval_iters} batches), {val_big:.4f} "
-          f"({args.final_eval_iters} batches); wall time {wall:.1f} s")
+          f"({final_eval_iters} batches); wall time {wall:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
