@@ -192,10 +192,11 @@ def set_thread_limit(int n) -> int:
 
 
 # A loop runs on several threads from PARALLEL_MIN units of work on: an element costs EXP_COST
-# units in the kernels that exponentiate it, ROW_COST in LayerNorm (three passes per row) and 1
-# in the single-pass gradients. Waking a sleeping OpenMP thread costs ~10-20 us here, which a
-# single pass over 100k elements (~20 us on one thread) does not repay: measured at config M,
-# cross-entropy backward took 26 us on two threads and 12 us on one, softmax backward 25 and 24.
+# units in the kernels that exponentiate it, ROW_COST in the row kernels that pass over each
+# row twice or more (LayerNorm, the softmax gradients) and in AdamW, and 1 in cross-entropy's
+# gradient. Waking a sleeping OpenMP thread costs ~10-20 us here, which one pass over 50k
+# elements does not repay: at config M, cross-entropy backward took 26 us on two threads and
+# 12 us on one, while softmax backward (98k elements) took 23 us on two and 28 on one.
 cdef enum: PARALLEL_MIN = 131072
 cdef enum: EXP_COST = 4           # so exp kernels go parallel from 32768 elements
 cdef enum: ROW_COST = 2
@@ -274,7 +275,7 @@ cdef void _gate_close(Gate* g) noexcept:
 
 
 # units of work per element, by kernel family (for threading_stats and tests)
-WORK_UNITS = {"parallel_min": PARALLEL_MIN, "exp": EXP_COST, "layernorm": ROW_COST, "single_pass": 1}
+WORK_UNITS = {"parallel_min": PARALLEL_MIN, "exp": EXP_COST, "rows": ROW_COST, "single_pass": 1}
 
 
 def threading_stats(work: int = PARALLEL_MIN) -> dict:
@@ -475,7 +476,7 @@ def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarra
     cdef const float* py = _in(y, N * C)
     cdef float* pdx = _out(dx, N * C)
     cdef Py_ssize_t i
-    cdef Gate g = _gate(N * C, N)
+    cdef Gate g = _gate(ROW_COST * N * C, N)
     for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         _softmax_grad_row(pdy + i * C, py + i * C, pdx + i * C, C, 1.0)
         _stamp(&g, i)
@@ -510,7 +511,7 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     # The visible length L is rounded up to a multiple of LANES (at most Tk): y is 0 on the
     # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
     cdef Py_ssize_t r, L, off = Tk - Tq
-    cdef Gate g = _gate(N * Tq * Tk, N * Tq)
+    cdef Gate g = _gate(ROW_COST * N * Tq * Tk, N * Tq)
     for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
         L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
         _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
