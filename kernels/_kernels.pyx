@@ -131,6 +131,20 @@ cdef extern from *:
                                         float m, float r, Py_ssize_t n) {
         for (Py_ssize_t j = 0; j < n; j++) y[j] = (x[j] - m) * r * w[j] + b[j];
     }
+    /* LayerNorm backward for one row, given its mean m, rstd r, sg = mean(g) and
+       sgx = mean(g xhat), g = dy w, xhat = (x - m) r: dx = r (g - sg - xhat sgx),
+       and the row's share of dw += dy xhat, db += dy */
+    static inline void pythia_layernorm_grad_row(float* PYTHIA_RESTRICT dx, float* PYTHIA_RESTRICT dw,
+                                                 float* PYTHIA_RESTRICT db, const float* PYTHIA_RESTRICT dy,
+                                                 const float* PYTHIA_RESTRICT x, const float* PYTHIA_RESTRICT w,
+                                                 float m, float r, float sg, float sgx, Py_ssize_t n) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float xhat = (x[j] - m) * r;
+            dx[j] = r * (dy[j] * w[j] - sg - xhat * sgx);
+            dw[j] += dy[j] * xhat;
+            db[j] += dy[j];
+        }
+    }
     /* AdamW on n elements, see adamw_update; sqrtf vectorises because setup.py passes
        -fno-math-errno (sqrt of a negative is NaN either way; only errno is no longer set) */
     static inline void pythia_adamw(float* PYTHIA_RESTRICT p, const float* PYTHIA_RESTRICT g,
@@ -166,6 +180,9 @@ cdef extern from *:
                              Py_ssize_t n) noexcept nogil
     void pythia_normalize(float* y, const float* x, const float* w, const float* b, float m, float r,
                           Py_ssize_t n) noexcept nogil
+    void pythia_layernorm_grad_row(float* dx, float* dw, float* db, const float* dy, const float* x,
+                                   const float* w, float m, float r, float sg, float sgx,
+                                   Py_ssize_t n) noexcept nogil
     void pythia_adamw(float* p, const float* g, float* m, float* v, Py_ssize_t n, float gs, float b1,
                       float c1, float b2, float c2, float step, float eps, float decay) noexcept nogil
 
@@ -572,21 +589,14 @@ cdef inline void _layernorm_grad_rows(const float* dy, const float* x, const flo
                                       float* dw, float* db, Py_ssize_t N, Py_ssize_t C) noexcept nogil:
     # for each of N rows, with xhat = (x - mean) rstd and g = dy w (the gradient wrt xhat):
     # dx = rstd (g - mean(g) - xhat mean(g xhat)); dw += dy xhat, db += dy (this block's sums).
-    # Each loop touches at most four arrays, so gcc's runtime alias checks stay few enough
-    # for it to vectorise them.
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i
     cdef float r, m, sg, sgx
     for i in range(N):
         r = rstd[i]
         m = mean[i]
         sg = _dot(dy, w, C) / C                          # mean(g)
         sgx = _dot3(dy, w, x, m, C) * r / C              # mean(g xhat)
-        for j in range(C):
-            dx[j] = r * (dy[j] * w[j] - sg - (x[j] - m) * r * sgx)
-        for j in range(C):
-            dw[j] = dw[j] + dy[j] * ((x[j] - m) * r)
-        for j in range(C):
-            db[j] = db[j] + dy[j]
+        pythia_layernorm_grad_row(dx, dw, db, dy, x, w, m, r, sg, sgx, C)
         dy += C
         x += C
         dx += C
