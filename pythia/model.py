@@ -303,7 +303,7 @@ class Pythia:
         targets = self._check_idx(targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
-        shards = self._shards(idx.shape[0])                     # row ranges of the batch, one per core
+        shards = self._shards(*idx.shape)                        # row ranges of the batch, one per core
         if len(shards) == 1:
             with self._blas.run(("loss", idx.size), self._blas_threads(idx.size)):
                 parts = [self._loss_part(idx, targets)]
@@ -321,12 +321,14 @@ class Pythia:
         acts.update(probs=probs, targets=targets.reshape(-1))
         return losses, acts
 
-    def _shards(self, B: int) -> list[tuple[int, int]]:
+    def _shards(self, B: int, T: int) -> list[tuple[int, int]]:
         """Training passes split the batch into consecutive row ranges, one per core, when the
-        model is large enough for that to pay (threads.shards_for); else one range."""
+        pass is large enough for that to pay (threads.shards_for); else one range."""
         C = self.config.d_model
-        n = threads.shards_for(B, B * self.config.block_size * C * 4 * C)
+        n = threads.shards_for(B, B * T * C * 4 * C)             # largest product: the MLP's (N, C) @ (C, 4C)
         if n > 1 and (self._workers is None or self._workers.n != n):
+            if self._workers is not None:
+                self._workers.close()
             self._workers = threads.Workers(n)
         return [(i * B // n, (i + 1) * B // n) for i in range(n)]
 

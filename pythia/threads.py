@@ -234,6 +234,10 @@ class Workers:
         self._pool = ThreadPoolExecutor(max(1, n - 1), thread_name_prefix="pythia-shard",
                                         initializer=kernels.set_thread_limit, initargs=(1,))
 
+    def close(self) -> None:
+        """Let the pool's threads end (they are idle between map() calls)."""
+        self._pool.shutdown(wait=False)
+
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """[fn(item) for item in items], computed concurrently; an exception in any is raised
         here once every item has finished (no worker outlives the call)."""
