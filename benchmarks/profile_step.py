@@ -5,8 +5,11 @@
 
 Every function of `pythia.model` that does a layer's work (linear_forward, attention_backward,
 ...), every kernel in `pythia.kernels` and the optimizer's step are wrapped in a timer; a
-wrapper's time excludes the wrapped calls inside it, so the rows add up to the step. "glue" is
-what is left: the model's own NumPy (residual adds, embedding lookup, reshapes) and Python.
+wrapper's time excludes the wrapped calls inside it, so the rows add up to the step's thread
+time. "glue" is the passes' own NumPy (residual adds, embedding lookup, reshapes) and Python;
+"pass outside the shards" is loss()/backward() around them (splitting the batch, handing a
+shard to the other thread, waiting for it, adding the gradients). When a config splits its
+batch across two threads (M, L), their times add up: thread time exceeds wall time.
 A profiler, not a benchmark: the timers add ~1 us per call. Config sizes as in
 bench_train_step.py (vocabulary 65, random tokens).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,31 +29,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import CONFIGS, batch, pythia_model  # noqa: E402
 from pythia import DeltaOptimizer, kernels, model as model_mod, threads  # noqa: E402
 
+GLUE = "glue (model NumPy, Python)"
+PASS = "pass outside the shards"
 MODEL_FUNCS = ("linear_forward", "linear_backward", "attention_forward", "attention_backward",
                "embedding_backward")
 
 _total: dict[str, float] = defaultdict(float)
 _calls: dict[str, int] = defaultdict(int)
-_stack: list[float] = []   # time spent in nested timed calls, per open timer
+_local = threading.local()  # .stack: time spent in nested timed calls, per open timer, per thread
+_lock = threading.Lock()    # config M and L run a pass's shards on two threads at once
 
 
 def _timed(name: str, fn):
     def wrapper(*args, **kwargs):
-        _stack.append(0.0)
+        stack = _local.__dict__.setdefault("stack", [])
+        stack.append(0.0)
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
             dt = time.perf_counter() - t0
-            inner = _stack.pop()
-            _total[name] += dt - inner
-            _calls[name] += 1
-            if _stack:
-                _stack[-1] += dt
+            inner = stack.pop()
+            with _lock:
+                _total[name] += dt - inner
+                _calls[name] += 1
+            if stack:
+                stack[-1] += dt
     return wrapper
 
 
-def instrument(opt: DeltaOptimizer) -> None:
+def instrument(model, opt: DeltaOptimizer) -> None:
+    # a pass's own Python and NumPy (per shard), and the pass around the shards (hand-off, waiting)
+    model._loss_part = _timed(GLUE, model._loss_part)
+    model._backward = _timed(GLUE, model._backward)
+    model.loss = _timed(PASS, model.loss)
+    model.backward = _timed(PASS, model.backward)
     for n in MODEL_FUNCS:
         if hasattr(model_mod, n):
             setattr(model_mod, n, _timed(n, getattr(model_mod, n)))
@@ -75,7 +89,7 @@ def profile(name: str, steps: int) -> None:
     saved = {n: getattr(model_mod, n) for n in MODEL_FUNCS if hasattr(model_mod, n)}
     saved_k = {n: getattr(kernels, n) for n in kernels.NAMES}
     _total.clear(); _calls.clear()
-    instrument(opt)
+    instrument(model, opt)
     t0 = time.perf_counter()
     for _ in range(steps):
         model.loss(x, y); model.backward(); opt.step(model.grads)
@@ -84,18 +98,19 @@ def profile(name: str, steps: int) -> None:
         setattr(model_mod, n, f)
     for n, f in saved_k.items():
         setattr(kernels, n, f)
+    for attr in ("_loss_part", "_backward", "loss", "backward"):
+        delattr(model, attr)
     del opt.step
-    timed = sum(_total.values()) / steps
+    busy = sum(_total.values()) / steps               # thread time: more than wall when shards overlap
     rows = sorted(_total.items(), key=lambda kv: -kv[1])
     B, T = cfg[0], cfg[1]
     print(f"\nconfig {name} (B={B}, T={T}, C={cfg[2]}, layers={cfg[3]}, heads={cfg[4]}): "
           f"{plain * 1e3:.2f} ms/step median untimed, {wall * 1e3:.2f} ms/step timed, "
-          f"{B * T / plain:,.0f} tokens/s; {threads.describe()}")
-    print(f"{'part':28s} {'ms/step':>8s} {'share':>6s} {'calls/step':>10s}")
+          f"{B * T / plain:,.0f} tokens/s; shards {len(model._acts)}; {threads.describe()}")
+    print(f"thread time {busy * 1e3:.2f} ms/step (wall {wall * 1e3:.2f}); shares are of thread time")
+    print(f"{'part':32s} {'ms/step':>8s} {'share':>6s} {'calls/step':>10s}")
     for n, tot in rows:
-        print(f"{n:28s} {tot / steps * 1e3:8.3f} {tot / steps / wall:6.1%} {_calls[n] / steps:10.0f}")
-    glue = wall - timed
-    print(f"{'glue (model NumPy, Python)':28s} {glue * 1e3:8.3f} {glue / wall:6.1%}")
+        print(f"{n:32s} {tot / steps * 1e3:8.3f} {tot / steps / busy:6.1%} {_calls[n] / steps:10.0f}")
 
 
 def main(argv=None) -> int:
