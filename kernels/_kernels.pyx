@@ -725,14 +725,36 @@ def crossentropy_forward(cnp.ndarray z not None, cnp.ndarray t not None, cnp.nda
 
 def crossentropy_backward(cnp.ndarray dloss not None, cnp.ndarray p not None, cnp.ndarray t not None,
                           cnp.ndarray dz not None, Py_ssize_t N, Py_ssize_t V):
-    # dz = dloss * (p - onehot(t))
+    # dz = dloss * (p - onehot(t)). A mean loss gives every row the same dloss; then dz = d p is
+    # one flat scaled copy in blocks of BLOCK (no per-row loop overhead on rows of 65: 11.6 ->
+    # ~5 us at config M, a copy of the bytes takes 6), followed by the N subtractions at the
+    # targets. The same operations per element as the row path, so the same bits.
     cdef const float* pdl = _in(dloss, N)
     cdef const float* pp = _in(p, N * V)
     cdef const int64_t* pt = _targets(t, N, V)
     cdef float* pdz = _out(dz, N * V)
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, b, lo, n = N * V, nb = (N * V + BLOCK - 1) // BLOCK
     cdef float d
-    cdef Gate g = _gate(N * V, N)
+    cdef bint uniform = True
+    cdef Gate g
+    with nogil:
+        for i in range(1, N):                  # bitwise equal, so NaN and -0.0 rows count as they are
+            if pythia_bits(pdl[i]) != pythia_bits(pdl[0]):
+                uniform = False
+                break
+    if uniform:
+        d = pdl[0]
+        g = _gate(n, nb)
+        for b in prange(nb, nogil=True, schedule="static", use_threads_if=g.par):
+            lo = b * BLOCK
+            pythia_scaled(pdz + lo, pp + lo, d, min(<Py_ssize_t>BLOCK, n - lo))
+            _stamp(&g, b)
+        _gate_close(&g)
+        with nogil:
+            for i in range(N):
+                pdz[i * V + pt[i]] = pdz[i * V + pt[i]] - d
+        return
+    g = _gate(n, N)
     for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
         d = pdl[i]
         pythia_scaled(pdz + i * V, pp + i * V, d, V)

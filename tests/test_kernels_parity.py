@@ -96,6 +96,22 @@ def test_crossentropy_matches_reference(cy, shape):
     close(cy.crossentropy_backward(dl, probs, t), ref.crossentropy_backward(dl, probs, t), BWD_RTOL, "dlogits")
 
 
+@pytest.mark.parametrize("shape", CE_SHAPES)
+@pytest.mark.parametrize("dloss", [0.125, -0.0, float("nan")], ids=["mean", "minus-zero", "nan"])
+def test_crossentropy_backward_with_one_dloss_for_every_row(cy, shape, dloss):
+    # a mean loss gives every row the same dloss, which the compiled kernel takes as one flat
+    # scaled copy; it must give the reference's answer, and a row whose dloss differs (the last
+    # one here) must get its own
+    r = rng("crossentropy-uniform", shape)
+    t = r.integers(0, shape[-1], shape[:-1])
+    _, probs = ref.crossentropy_forward(f32(2 * r.standard_normal(shape)), t)
+    dl = np.full(shape[:-1], dloss, np.float32)
+    close(cy.crossentropy_backward(dl, probs, t), ref.crossentropy_backward(dl, probs, t), BWD_RTOL, "dlogits")
+    if dl.size > 1 and dloss == dloss:
+        dl.reshape(-1)[-1] = 2 * dloss + 1
+        close(cy.crossentropy_backward(dl, probs, t), ref.crossentropy_backward(dl, probs, t), BWD_RTOL, "dlogits")
+
+
 def test_crossentropy_accepts_any_integer_targets(cy):
     z = f32(rng("ce-int").standard_normal((6, 9)))
     t = np.array([0, 8, 3, 3, 1, 7])

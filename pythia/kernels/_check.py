@@ -11,6 +11,10 @@ import math
 import numpy as np
 
 
+F32 = np.dtype(np.float32)   # `dtype is F32` first: native float32 arrays share this object, and
+I64 = np.dtype(np.int64)     # the identity test costs ~10 ns where `dtype != np.float32` costs ~120
+
+
 def float32_array(name: str, a: object, min_ndim: int = 1) -> np.ndarray:
     """Return `a` as a C-contiguous float32 array, or raise naming `name`.
 
@@ -18,7 +22,7 @@ def float32_array(name: str, a: object, min_ndim: int = 1) -> np.ndarray:
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(a).__name__}")
-    if a.dtype != np.float32:
+    if a.dtype is not F32 and a.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {a.dtype} (convert with {name}.astype(np.float32))")
     if a.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
@@ -32,6 +36,8 @@ def int_array(name: str, a: object) -> np.ndarray:
     """Return `a` as a C-contiguous int64 array of class indices, or raise naming `name`."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(a).__name__}")
+    if a.dtype is I64 and a.flags.c_contiguous:
+        return a
     if a.dtype.kind not in "iu":  # signed or unsigned integers (np.issubdtype costs ~1 us)
         raise TypeError(f"{name} must hold integers, got {a.dtype}")
     if a.dtype == np.int64 and a.flags.c_contiguous:
