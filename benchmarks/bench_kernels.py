@@ -15,7 +15,9 @@ L: batch 16, block 256, d_model 384, 6 heads.  Cross-entropy uses V = 65 (Tiny S
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -24,11 +26,45 @@ from pythia.kernels import _loader, reference
 
 compiled, _why = _loader.load_compiled()
 
-try:
-    import torch
-    torch.set_num_threads(2)
-except ImportError:  # the torch column is optional
-    torch = None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None  # the torch column is optional
+
+
+class TorchInChild:
+    """PyTorch's ops, timed in a child process started with "spawn" that imports torch before
+    anything of Pythia's and without the OMP_WAIT_POLICY Pythia set for itself: in one process
+    the two libraries share one libgomp and one wait policy (see bench_train_step.py), and torch
+    would run under Pythia's. One call runs the op k times (`ops_per_call`, ~3 ms in all, so
+    the pipe's round trip is a few percent of it); conftest.py divides by k."""
+
+    def __init__(self):
+        from torch_gpt import serve_kernels                   # benchmarks/ is on sys.path under pytest
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve_kernels, args=(child,), daemon=True)
+        with _loader.without_our_wait_setting():
+            self.proc.start()
+        self.conn.recv()
+
+    def setup(self, kernel: str, size: str) -> int:
+        self.conn.send(("setup", kernel, size))
+        return self.conn.recv()
+
+    def run(self) -> None:
+        self.conn.send("run")
+        self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send("stop")
+        self.proc.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def torch_child():
+    if not HAVE_TORCH:
+        pytest.skip("torch is not installed")
+    child = TorchInChild()
+    yield child
+    child.close()
 
 V = 65
 # (rows, C) for softmax/layernorm/cross-entropy, (rows, 4C) for GELU, (B, H, T, T) for attention
@@ -74,7 +110,6 @@ def _case(kernel: str, size: str):
         dy = r.standard_normal(x.shape).astype(f32)
         return (dy, x), 3 * x.nbytes
     if kernel.startswith("attention"):
-        T = s["attn"][-1]
         scale = 1.0 / math.sqrt(s["C"] // s["attn"][1])
         scores = r.standard_normal(s["attn"]).astype(f32)
         # only the lower triangle carries information; the upper one is written as zeros
@@ -95,7 +130,9 @@ def _case(kernel: str, size: str):
 
 
 def _torch_thunk(kernel: str, args):
-    """The op PyTorch's CPU eager mode runs for the same computation, as a zero-arg callable."""
+    """The op PyTorch's CPU eager mode runs for the same computation, as a zero-arg callable
+    (called in the torch child process)."""
+    import torch
     T = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args]
     aten = torch.ops.aten
     if kernel == "softmax_forward":
@@ -152,7 +189,7 @@ KERNELS = (
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", tuple(SHAPES))
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_kernel(benchmark, kernel: str, size: str, impl: str) -> None:
+def test_kernel(benchmark, request, kernel: str, size: str, impl: str) -> None:
     args, nbytes = _case(kernel, size)
     if impl == "cython":
         if compiled is None:
@@ -163,9 +200,13 @@ def test_kernel(benchmark, kernel: str, size: str, impl: str) -> None:
         fn = getattr(reference, kernel)
         thunk = lambda: fn(*args)  # noqa: E731
     elif impl == "torch":
-        if torch is None:
-            pytest.skip("torch is not installed")
-        thunk = _torch_thunk(kernel, args)
+        child = request.getfixturevalue("torch_child")       # skips when torch is not installed
+        benchmark.extra_info["ops_per_call"] = child.setup(kernel, size)
+        benchmark.group = f"{kernel}-{size}"
+        benchmark.extra_info["bytes"] = nbytes
+        benchmark.extra_info["impl"] = impl
+        benchmark.pedantic(child.run, rounds=15, warmup_rounds=2)
+        return
     else:
         if kernel not in MEMORY_BOUND:
             pytest.skip("copy baseline only for the memory-bound kernels")

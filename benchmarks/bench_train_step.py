@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -121,12 +120,8 @@ class TorchInChild:
         self.proc = ctx.Process(target=serve_steps, args=(child, V, T, C, L, H, params, x, y), daemon=True)
         # a spawned child inherits os.environ: drop the wait policy Pythia set for itself, so torch
         # starts at its own defaults (a policy the user set stays)
-        ours = os.environ.pop("OMP_WAIT_POLICY") if _loader.WAIT_POLICY_SET else None
-        try:
+        with _loader.without_our_wait_setting():
             self.proc.start()
-        finally:
-            if ours is not None:
-                os.environ["OMP_WAIT_POLICY"] = ours
         _, NOTES["torch_threads"] = self.conn.recv()
 
     def __call__(self) -> float:

@@ -5,7 +5,8 @@
     python -m pytest benchmarks/ --benchmark-only
 
 Each benchmark puts `impl` (the column: cython, numpy, torch, copy, ...) and `bytes` in its
-extra_info; benchmarks sharing a group are one row of the table. Ratios use the minimum time
+extra_info (and `ops_per_call` when one timed call runs the op several times); benchmarks
+sharing a group are one row of the table. Ratios use the minimum time
 of each benchmark (the least disturbed by other processes on a shared machine).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def ratio_table(benchmarks) -> list[str]:
         info = b.extra_info or {}
         if "impl" not in info or b.stats is None:
             continue
-        groups.setdefault(b.group, {})[info["impl"]] = b.stats.min
+        groups.setdefault(b.group, {})[info["impl"]] = b.stats.min / info.get("ops_per_call", 1)
         if "bytes" in info:
             nbytes[b.group] = info["bytes"]
     if not groups:

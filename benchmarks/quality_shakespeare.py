@@ -107,7 +107,6 @@ def run_torch(args, cfg, init_params, model_cfg) -> None:
     process loads, so in this process torch would run under Pythia's thread policy."""
     import importlib.util
     import multiprocessing
-    import os
 
     from pythia.kernels import _loader
 
@@ -116,12 +115,8 @@ def run_torch(args, cfg, init_params, model_cfg) -> None:
         return
     ctx = multiprocessing.get_context("spawn")
     child = ctx.Process(target=_torch_child, args=(str(args.data), cfg, model_cfg, init_params, args.final_eval_iters))
-    ours = os.environ.pop("OMP_WAIT_POLICY") if _loader.WAIT_POLICY_SET else None
-    try:
+    with _loader.without_our_wait_setting():
         child.start()
-    finally:
-        if ours is not None:
-            os.environ["OMP_WAIT_POLICY"] = ours
     child.join()
 
 

@@ -15,6 +15,8 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+from contextlib import contextmanager
+from typing import Iterator
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -51,7 +53,8 @@ def _import(name: str) -> ModuleType | None:
         return _from_installed_copy(name)
 
 
-WAIT_POLICY_SET = False  # True when Pythia, not the user, put OMP_WAIT_POLICY in the environment
+WAIT_POLICY_SET = False  # True when Pythia, not the user, put its OpenMP wait setting in the environment
+WAIT_ENV = ("OMP_WAIT_POLICY", "passive")  # that setting
 
 
 def _quiet_openmp_threads() -> None:
@@ -65,8 +68,20 @@ def _quiet_openmp_threads() -> None:
     """
     global WAIT_POLICY_SET
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "passive"
+        os.environ[WAIT_ENV[0]] = WAIT_ENV[1]
         WAIT_POLICY_SET = True
+
+
+@contextmanager
+def without_our_wait_setting() -> Iterator[None]:
+    """Inside the block os.environ lacks the OpenMP wait setting Pythia put there for itself, so
+    child processes started in it (PyTorch in the benchmarks) begin at their own defaults."""
+    ours = os.environ.pop(WAIT_ENV[0], None) if WAIT_POLICY_SET else None
+    try:
+        yield
+    finally:
+        if ours is not None:
+            os.environ[WAIT_ENV[0]] = ours
 
 
 def load_compiled():
