@@ -135,3 +135,34 @@ def test_workers_raise_a_workers_error_after_all_items_finished(blas):
         threads.Workers(2).map(work, [0, 1])
     assert done == [0]
     assert threads.blas_get() == blas
+
+
+def test_small_passes_run_the_kernels_on_the_calling_thread_only(blas, monkeypatch):
+    # a pass that starts on one BLAS thread (config S and smaller) also keeps the kernels'
+    # loops on the calling thread, and gives the caller its own thread limit back afterwards
+    from pythia import kernels
+    from pythia.model import Pythia, PythiaConfig
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    limit = kernels.set_thread_limit(2)
+    if kernels.BACKEND != "cython" or kernels.set_thread_limit(2) != 2:
+        kernels.set_thread_limit(limit)
+        pytest.skip("needs the compiled kernels built with OpenMP")
+    seen = []
+    gelu = kernels.gelu_forward
+
+    def spy(x):
+        now = kernels.set_thread_limit(1)
+        kernels.set_thread_limit(now)
+        seen.append(now)
+        return gelu(x)
+
+    monkeypatch.setattr(kernels, "gelu_forward", spy)
+    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=2, n_head=2))
+    idx = np.random.default_rng(0).integers(0, 11, (2, 8))
+    try:
+        model.loss(idx, idx)
+        assert seen == [1, 1]                                  # one GELU per layer, both serial
+        assert kernels.set_thread_limit(2) == 2                # the caller's limit is back
+    finally:
+        kernels.set_thread_limit(limit)
