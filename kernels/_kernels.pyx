@@ -210,10 +210,11 @@ def set_thread_limit(int n) -> int:
 
 # A loop runs on several threads from PARALLEL_MIN units of work on: an element costs EXP_COST
 # units in the kernels that exponentiate it, ROW_COST in the row kernels that pass over each
-# row twice or more (LayerNorm, the softmax gradients) and in AdamW, and 1 in cross-entropy's
-# gradient. Waking a sleeping OpenMP thread costs ~10-20 us here, which one pass over 50k
-# elements does not repay: at config M, cross-entropy backward took 26 us on two threads and
-# 12 us on one, while softmax backward (98k elements) took 23 us on two and 28 on one.
+# row twice or more (LayerNorm, the softmax gradients), and 1 in the single streaming passes
+# (cross-entropy's gradient, AdamW). Waking a sleeping OpenMP thread costs ~10-20 us here (more
+# when it slept through a matrix product), which one pass over 50k elements does not repay: at
+# config M, cross-entropy backward took 26 us on two threads and 12 us on one, while softmax
+# backward (98k elements) took 23 us on two and 28 on one.
 cdef enum: PARALLEL_MIN = 131072
 cdef enum: EXP_COST = 4           # so exp kernels go parallel from 32768 elements
 cdef enum: ROW_COST = 2
@@ -775,7 +776,7 @@ def adamw_update(cnp.ndarray p not None, cnp.ndarray g not None, cnp.ndarray m n
     cdef float* pm = _out(m, n)
     cdef float* pv = _out(v, n)
     cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
-    cdef Gate gt = _gate(ROW_COST * n, nb)
+    cdef Gate gt = _gate(n, nb)                    # one streaming pass: threads from PARALLEL_MIN elements
     for b in prange(nb, nogil=True, schedule="static", use_threads_if=gt.par):
         lo = b * BLOCK
         pythia_adamw(pp + lo, pg + lo, pm + lo, pv + lo, min(<Py_ssize_t>BLOCK, n - lo),
