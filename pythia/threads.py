@@ -198,7 +198,7 @@ def describe() -> str:
 # with no per-product handoff, and the kernels between products run in parallel for free.
 # Measured at config M: 44 ms/step instead of 54 (min of 60 steps, quiet machine).
 
-SHARD_MIN_MNK = 8_000_000   # smaller models (config S: largest product 2.4e6) stay on one thread
+SHARD_MIN_MNK = SMALL_MNK   # the same line as for BLAS threads: config S (2.4e6) stays on one thread
 
 
 def cores() -> int:
