@@ -31,7 +31,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None  # the torch column i
 
 class TorchInChild:
     """PyTorch's ops, timed in a child process started with "spawn" that imports torch before
-    anything of Pythia's and without the OMP_WAIT_POLICY Pythia set for itself: in one process
+    anything of Pythia's and without the OpenMP wait setting Pythia made for itself: in one process
     the two libraries share one libgomp and one wait policy (see bench_train_step.py), and torch
     would run under Pythia's. One call runs the op k times (`ops_per_call`, ~3 ms in all, so
     the pipe's round trip is a few percent of it); conftest.py divides by k."""

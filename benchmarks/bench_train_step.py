@@ -102,8 +102,8 @@ def pythia_step(name: str):
 
 # PyTorch runs in a child process. Both libraries use an OpenMP runtime, and torch ships its own
 # libgomp.so.1, so in one process they share whichever loaded first, with one wait policy:
-# pythia's kernels ask for OMP_WAIT_POLICY=passive, which made torch 10-30% slower at S and M,
-# while torch's active default made Pythia's M step 2-4x slower. A child started with "spawn"
+# pythia's kernels used to ask for OMP_WAIT_POLICY=passive, which made torch 10-30% slower at S
+# and M, while torch's default (long spins) made Pythia's M step 2-4x slower. A child started with "spawn"
 # imports torch (torch_gpt.py) before anything else, so each library runs at its own defaults.
 # The parent times each round trip (a step plus a pipe message, ~0.1 ms) with pytest-benchmark.
 

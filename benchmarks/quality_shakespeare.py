@@ -103,7 +103,7 @@ def run_torch(args, cfg, init_params, model_cfg) -> None:
     """The same recipe in PyTorch eager, from the same initial weights, on the same batches.
 
     It runs in a child process started with "spawn", which imports torch before anything else
-    and without the OMP_WAIT_POLICY Pythia set for itself: both libraries use the one libgomp a
+    and without the OpenMP wait setting Pythia put in the environment for itself: both libraries use the one libgomp a
     process loads, so in this process torch would run under Pythia's thread policy."""
     import importlib.util
     import multiprocessing

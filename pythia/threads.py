@@ -186,7 +186,7 @@ def _median(xs) -> float:
 
 def describe() -> str:
     """One line for logs and benchmark output: BLAS threads and the thread-related environment."""
-    env = {k: os.environ[k] for k in USER_ENV + ("OMP_WAIT_POLICY",) if k in os.environ}
+    env = {k: os.environ[k] for k in USER_ENV + ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
     return f"blas_threads={blas_get()} cores={os.cpu_count()} env={env} platform={sys.platform}"
 
 

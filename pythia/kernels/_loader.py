@@ -54,17 +54,20 @@ def _import(name: str) -> ModuleType | None:
 
 
 WAIT_POLICY_SET = False  # True when Pythia, not the user, put its OpenMP wait setting in the environment
-WAIT_ENV = ("OMP_WAIT_POLICY", "passive")  # that setting
+WAIT_ENV = ("GOMP_SPINCOUNT", "1000")  # that setting: spin ~30 us after a loop, then sleep
 
 
 def _quiet_openmp_threads() -> None:
-    """Ask OpenMP to let idle kernel threads sleep instead of spinning (unless the user chose).
+    """Bound how long an idle kernel thread spins before it sleeps (unless the user chose).
 
-    By default libgomp keeps its threads spinning for a while after each parallel loop. On 2
-    cores that also run BLAS threads, Python or other programs, the spinning thread takes a
-    core from the thread that has work, and a 20 us kernel was measured at 4-12 ms. With
-    OMP_WAIT_POLICY=passive the same kernels took 20-90 us on the same busy machine. It only
-    takes effect if no OpenMP runtime is loaded yet, so it is set before the extension loads.
+    libgomp's default keeps a thread spinning for ~300,000 iterations (~10 ms here) after each
+    parallel loop. On 2 cores that also run BLAS threads, Python or other programs, the
+    spinning thread takes a core from the thread that has work, and a 20 us kernel was
+    measured at 4-12 ms. Sleeping at once (OMP_WAIT_POLICY=passive) costs ~10-20 us to wake the
+    thread for the next loop, as much as a whole kernel at config M. GOMP_SPINCOUNT=1000 spins
+    ~30 us (measured: ~25-35 ns an iteration): back-to-back kernels find the thread awake, and
+    a thread whose next work is far off gives its core back after 30 us. It only takes effect
+    if no OpenMP runtime is loaded yet, so it is set before the extension loads.
     """
     global WAIT_POLICY_SET
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
