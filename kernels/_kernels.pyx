@@ -210,14 +210,17 @@ def set_thread_limit(int n) -> int:
 
 # A loop runs on several threads from PARALLEL_MIN units of work on: an element costs EXP_COST
 # units in the kernels that exponentiate it, ROW_COST in the row kernels that pass over each
-# row twice or more (LayerNorm, the softmax gradients), and 1 in the single streaming passes
-# (cross-entropy's gradient, AdamW). Waking a sleeping OpenMP thread costs ~10-20 us here (more
-# when it slept through a matrix product), which one pass over 50k elements does not repay: at
-# config M, cross-entropy backward took 26 us on two threads and 12 us on one, while softmax
-# backward (98k elements) took 23 us on two and 28 on one.
-cdef enum: PARALLEL_MIN = 131072
-cdef enum: EXP_COST = 4           # so exp kernels go parallel from 32768 elements
-cdef enum: ROW_COST = 2
+# row two or three times (LayerNorm, the softmax gradients), and 1 in the single streaming passes
+# (cross-entropy's gradient, AdamW). An idle OpenMP thread spins ~30 us before it sleeps
+# (GOMP_SPINCOUNT, set by the loader); found spinning, it joins a loop in a few microseconds,
+# and two threads beat one from ~16k elements of softmax (128 rows of 128: 12.5 -> 7.5 us),
+# ~32k of LayerNorm (256 rows: 16 -> 10 us) and ~50k of a streaming pass (cross-entropy's
+# gradient, 768 rows of 65: 10.7 -> 8.4 us). A sleeping thread takes ~10-20 us to wake; loops
+# it makes slower than one thread would have been fall back to one (see below). When threads
+# slept at once (OMP_WAIT_POLICY=passive) the threshold was 4x higher.
+cdef enum: PARALLEL_MIN = 32768
+cdef enum: EXP_COST = 2           # so exp kernels go parallel from 16384 elements
+cdef enum: ROW_COST = 1           # like a streaming pass: from 32768 elements
 cdef enum: LANES = 16             # partial sums per reduction (four SSE / two AVX registers)
 cdef enum: BLOCK = 4096           # elements per parallel work item of the element-wise kernels
 
