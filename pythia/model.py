@@ -365,18 +365,17 @@ class Pythia:
 
     @contextmanager
     def _threads_for_pass(self, kind: str, n_rows: int) -> Iterator[None]:
-        """An unsplit pass: BLAS threads as the chooser measures; and when the pass is small
-        (one BLAS thread to start with) the kernels on the calling thread only, as their loops
-        are too short to repay waking a thread that slept through the products between them
-        (config S: 3-6% faster per step, measured in alternating blocks of one run)."""
-        guess = self._blas_threads(n_rows)
-        limit = kernels.set_thread_limit(1) if guess == 1 else None
-        try:
-            with self._blas.run((kind, n_rows), guess):
+        """An unsplit pass: BLAS threads as the chooser measures; and when that is one thread,
+        the kernels on the calling thread too, as their loops are too short to repay waking a
+        thread that slept through the products between them (config S on one BLAS thread:
+        3-6% faster per step, measured in alternating blocks of one run)."""
+        with self._blas.run((kind, n_rows), self._blas_threads(n_rows)) as n:
+            limit = kernels.set_thread_limit(1) if n == 1 else None
+            try:
                 yield
-        finally:
-            if limit is not None:
-                kernels.set_thread_limit(limit)
+            finally:
+                if limit is not None:
+                    kernels.set_thread_limit(limit)
 
     def _blas_threads(self, n_rows: int) -> int | None:
         """First guess of BLAS threads for a pass over n_rows tokens (None: all), by its largest product."""

@@ -36,10 +36,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 USER_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
-# a pass whose largest product has fewer m*n*k multiply-adds runs on one BLAS thread. Measured
-# (2 shared cores, another process busy): config S (largest 256*48*192 = 2.4e6) took 5.8 ms/step
-# median on one thread vs 7-25 ms on two; M (768*128*512 = 5.0e7) 75 ms on one vs 52-60 on two
-SMALL_MNK = 8_000_000
+# a pass whose largest product has fewer m*n*k multiply-adds starts on one BLAS thread (the
+# chooser below may later move it). Measured (quiet machine, threads awake), x (N, C) @ w
+# (C, 4C): 5.9e5 (64 x 48) 15.9 us on one thread vs 10.7 on two; 2.4e6 (256 x 48, config S)
+# 57 vs 30 us; 3.0e5 (32 x 48) and 6.6e4 (one token at C = 128) level. This line was 8e6 while
+# kernel threads slept at once (config S then took 5.8 ms/step on one thread, 7-25 on two on
+# a busy machine); with them spinning briefly, config S steps in 3.1 ms on two, 3.8 on one.
+SMALL_MNK = 500_000
 
 _SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
               "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -141,11 +144,12 @@ class BlasChooser:
         self.switches = 0                   # how often a trial won (for tests and logs)
 
     @contextmanager
-    def run(self, key, guess: int | None) -> Iterator[None]:
-        """Time the block under the chosen thread count; guess is the static choice (None: all)."""
+    def run(self, key, guess: int | None) -> Iterator[int | None]:
+        """Time the block under the chosen thread count, which it yields (None: BLAS not found);
+        guess is the static choice (None: all)."""
         full = blas_get()
         if full is None or full <= 1 or user_chose():
-            yield
+            yield full
             return
         st = self._state.get(key)
         if st is None:
@@ -160,7 +164,7 @@ class BlasChooser:
             blas_set(n)
         t0 = time.perf_counter()
         try:
-            yield
+            yield n
         finally:
             dt = time.perf_counter() - t0
             if n != full:
@@ -198,7 +202,7 @@ def describe() -> str:
 # with no per-product handoff, and the kernels between products run in parallel for free.
 # Measured at config M: 44 ms/step instead of 54 (min of 60 steps, quiet machine).
 
-SHARD_MIN_MNK = SMALL_MNK   # the same line as for BLAS threads: config S (2.4e6) stays on one thread
+SHARD_MIN_MNK = 8_000_000   # config S (2.4e6) stays unsplit: splitting it was slower
 
 
 def cores() -> int:
