@@ -14,7 +14,6 @@ loads it only on a CPU that reports AVX2 and FMA, so the baseline build still ru
 """
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 

@@ -15,6 +15,7 @@ Ctrl-C interrupts a reply and returns to the prompt; Ctrl-D (end of input) leave
 """
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ class ChatSession:
         self.readline = False
         if self.interactive and self.stdin is sys.stdin:
             try:
-                import readline  # noqa: F401  (line editing and history for input())
+                importlib.import_module("readline")  # loading it gives input() line editing and history
                 self.readline = True
             except ImportError:
                 pass

@@ -9,7 +9,7 @@ import pytest
 
 from pythia.checkpoint import load_checkpoint
 from pythia.errors import CheckpointError, ConfigError, DataError, PythiaError
-from pythia.train import EVAL_STREAM, Progress, TrainConfig, Trainer, prepare_trainer
+from pythia.train import EVAL_STREAM, Progress, TrainConfig, prepare_trainer
 
 TEXT = "".join(f"{w} said the {a} to the {b}.\n" for w, a, b in
                [("so", "cat", "dog"), ("then", "fox", "hen"), ("and", "owl", "bat")] * 30)
