@@ -137,13 +137,18 @@ def test_workers_raise_a_workers_error_after_all_items_finished(blas):
     assert threads.blas_get() == blas
 
 
-def test_small_passes_run_the_kernels_on_the_calling_thread_only(blas, monkeypatch):
-    # a pass that starts on one BLAS thread (config S and smaller) also keeps the kernels'
-    # loops on the calling thread, and gives the caller its own thread limit back afterwards
+@pytest.mark.parametrize("small_mnk, expect", [(10**12, 1), (0, 2)])
+def test_kernels_follow_the_blas_thread_count_the_chooser_runs(blas, small_mnk, expect, monkeypatch):
+    # a pass run on one BLAS thread keeps the kernels' loops on the calling thread too; a pass
+    # run on all BLAS threads leaves them the caller's limit; either way the caller gets its own
+    # thread limit back afterwards. small_mnk moves the line between the two starting guesses.
     from pythia import kernels
     from pythia.model import Pythia, PythiaConfig
     for k in threads.USER_ENV:
         monkeypatch.delenv(k, raising=False)
+    if blas < 2:
+        pytest.skip("one BLAS thread only: nothing to choose")
+    monkeypatch.setattr(threads, "SMALL_MNK", small_mnk)
     limit = kernels.set_thread_limit(2)
     if kernels.BACKEND != "cython" or kernels.set_thread_limit(2) != 2:
         kernels.set_thread_limit(limit)
@@ -162,7 +167,43 @@ def test_small_passes_run_the_kernels_on_the_calling_thread_only(blas, monkeypat
     idx = np.random.default_rng(0).integers(0, 11, (2, 8))
     try:
         model.loss(idx, idx)
-        assert seen == [1, 1]                                  # one GELU per layer, both serial
+        assert seen == [expect, expect]                        # one GELU per layer
         assert kernels.set_thread_limit(2) == 2                # the caller's limit is back
+    finally:
+        kernels.set_thread_limit(limit)
+
+
+def test_a_pass_the_chooser_tries_on_one_blas_thread_keeps_its_kernels_serial(blas, monkeypatch):
+    # the chooser starts a pass on all BLAS threads and, on its third run, tries one thread:
+    # in every pass the kernels' thread limit matches the BLAS count the pass actually ran on
+    from pythia import kernels
+    from pythia.model import Pythia, PythiaConfig
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    if blas < 2:
+        pytest.skip("one BLAS thread only: nothing to choose")
+    monkeypatch.setattr(threads, "SMALL_MNK", 0)              # every pass starts on all threads
+    limit = kernels.set_thread_limit(2)
+    if kernels.BACKEND != "cython" or kernels.set_thread_limit(2) != 2:
+        kernels.set_thread_limit(limit)
+        pytest.skip("needs the compiled kernels built with OpenMP")
+    seen = []
+    gelu = kernels.gelu_forward
+
+    def spy(x):
+        now = kernels.set_thread_limit(1)
+        kernels.set_thread_limit(now)
+        seen.append((threads.blas_get(), now))
+        return gelu(x)
+
+    monkeypatch.setattr(kernels, "gelu_forward", spy)
+    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))
+    model._blas.RETRY_MIN = model._blas.PASSES_MIN = 0         # try the other count at every chance
+    idx = np.random.default_rng(0).integers(0, 11, (2, 8))
+    try:
+        for _ in range(3):
+            model.loss(idx, idx)
+        assert seen[:2] == [(blas, 2), (blas, 2)]             # the guess: all BLAS threads
+        assert seen[2] == (1, 1)                              # the trial: one, kernels serial
     finally:
         kernels.set_thread_limit(limit)
