@@ -186,7 +186,7 @@ cdef extern from *:
     void pythia_adamw(float* p, const float* g, float* m, float* v, Py_ssize_t n, float gs, float b1,
                       float c1, float b2, float c2, float step, float eps, float decay) noexcept nogil
 
-API_VERSION = 3  # must equal pythia.kernels.compiled.API_VERSION
+API_VERSION = 4  # must equal pythia.kernels.compiled.API_VERSION
 ISA = PYTHIA_ISA.decode()  # "avx2" in the _kernels_avx2 build, "baseline" otherwise
 
 
@@ -236,6 +236,11 @@ cdef enum: BLOCK = 4096           # elements per parallel work item of the eleme
 # (BACKOFF_MIN, doubling on each repeat up to BACKOFF_MAX) before threads are tried again.
 # Static shares are equal (attention: whole matrices of the causal triangle per thread when
 # N is even), so a loop on time passes; an uneven split counts as late, and runs serial.
+# The first parallel loop after such a serial spell is not judged: its helper thread slept
+# through the spell and takes 20-100 us to wake (measured after 1-10 ms idle), so it would
+# always look late, and one hiccup would keep loops of that size serial for good. The loop
+# after it, with the thread awake, decides. Nor is a size's first loop judged (the very first
+# one also starts OpenMP's threads).
 
 cdef double LATE_FACTOR = 2.0     # one thread would have taken ~2x the calling thread's share
 cdef double LATE_SLACK = 2e-5     # allowance for waking a sleeping thread (~10 us)
@@ -243,14 +248,17 @@ cdef double BACKOFF_MIN = 0.05, BACKOFF_MAX = 2.0  # seconds on one thread after
 cdef enum: BUCKETS = 64
 cdef double _serial_until[BUCKETS]
 cdef double _backoff[BUCKETS]
+cdef bint _rewarm[BUCKETS]        # the bucket's next parallel loop only wakes the thread
 cdef Py_ssize_t _n_parallel = 0, _n_late = 0
 for _b in range(BUCKETS):
     _serial_until[_b] = 0.0
     _backoff[_b] = BACKOFF_MIN
+    _rewarm[_b] = True            # the very first loop also starts the thread team (~100 us)
 
 
 cdef struct Gate:
     bint par            # run this loop on several threads
+    bint judge          # and afterwards judge whether it was late
     int bucket          # floor(log2(work))
     Py_ssize_t mid      # the last iteration the calling thread (thread 0) runs
     double t0, t_mid    # loop start, and when the calling thread finished its share
@@ -267,6 +275,7 @@ cdef inline Gate _gate(Py_ssize_t work, Py_ssize_t count) noexcept nogil:
         w = w >> 1
         g.bucket += 1
     g.par = work >= PARALLEL_MIN and nt > 1 and count > 1 and pythia_now() >= _serial_until[g.bucket]
+    g.judge = not _rewarm[g.bucket]
     g.mid = (count + nt - 1) // nt - 1 if g.par else -1
     g.t0 = pythia_now() if g.par else 0.0
     g.t_mid = 0.0
@@ -287,10 +296,13 @@ cdef void _gate_close(Gate* g) noexcept:
         return
     t_end = pythia_now()
     _n_parallel += 1
-    if g.t_mid > 0 and t_end - g.t0 > LATE_FACTOR * (g.t_mid - g.t0) + LATE_SLACK:
+    if not g.judge:
+        _rewarm[b] = False
+    elif g.t_mid > 0 and t_end - g.t0 > LATE_FACTOR * (g.t_mid - g.t0) + LATE_SLACK:
         _n_late += 1
         _serial_until[b] = t_end + _backoff[b]
         _backoff[b] = min(2 * _backoff[b], BACKOFF_MAX)
+        _rewarm[b] = True
     else:
         _backoff[b] = BACKOFF_MIN
 
@@ -300,11 +312,20 @@ WORK_UNITS = {"parallel_min": PARALLEL_MIN, "exp": EXP_COST, "rows": ROW_COST, "
 
 
 def threading_stats(work: int = PARALLEL_MIN) -> dict:
-    """Parallel loops run, loops a late thread made slower than one thread, and the seconds
-    loops over `work` units (elements times WORK_UNITS) will still run on one thread."""
+    """Parallel loops run, loops a late thread made slower than one thread, the seconds loops
+    over `work` units (elements times WORK_UNITS) will still run on one thread, and whether
+    the next parallel one will be judged (not when it follows a serial spell)."""
     cdef Gate g = _gate(work, 2)
     return {"threads": pythia_max_threads(), "parallel_loops": _n_parallel, "late_loops": _n_late,
-            "serial_for_s": max(0.0, _serial_until[g.bucket] - pythia_now())}
+            "serial_for_s": max(0.0, _serial_until[g.bucket] - pythia_now()),
+            "judge_next": bool(g.judge)}
+
+
+def _as_if_late(work: int, seconds: float) -> None:
+    """For tests: treat the last loop over `work` units as late, with a serial spell of `seconds`."""
+    cdef Gate g = _gate(work, 2)
+    _serial_until[g.bucket] = pythia_now() + seconds
+    _rewarm[g.bucket] = True
 
 
 # ----------------------------------------------------------------------------- vector math

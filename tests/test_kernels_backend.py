@@ -129,3 +129,29 @@ def test_large_kernels_run_parallel_loops_and_agree_with_small_ones():
         assert ext.threading_stats(work)["parallel_loops"] == stats["parallel_loops"] + 1
     rows = np.stack([compiled.softmax_forward(r) for r in x])
     np.testing.assert_array_equal(big, rows)
+
+
+def test_after_a_serial_spell_the_first_parallel_loop_only_wakes_the_thread():
+    # a late loop sends loops of its size to one thread for a while; the first parallel loop
+    # after that spell is not judged (its thread slept through the spell), the next one is
+    if not BUILT:
+        pytest.skip("compiled kernels are not built")
+    _loader.load_compiled()
+    ext = compiled._ext
+    if ext.max_threads() < 2:
+        pytest.skip("one OpenMP thread: nothing runs in parallel")
+    x = np.random.default_rng(3).standard_normal((1024, 96)).astype(np.float32)
+    work = ext.WORK_UNITS["exp"] * x.size
+    ext._as_if_late(work, 0.0)                                   # a spell that has already ended
+    before = ext.threading_stats(work)
+    assert before["serial_for_s"] == 0 and not before["judge_next"]
+    compiled.softmax_forward(x)                                  # the waking loop, not judged
+    after = ext.threading_stats(work)
+    assert after["parallel_loops"] == before["parallel_loops"] + 1
+    assert after["late_loops"] == before["late_loops"]
+    assert after["judge_next"]
+    ext._as_if_late(work, 60.0)                                  # during a spell: one thread
+    compiled.softmax_forward(x)
+    assert ext.threading_stats(work)["parallel_loops"] == after["parallel_loops"]
+    ext._as_if_late(work, 0.0)                                   # leave no spell behind
+    compiled.softmax_forward(x)

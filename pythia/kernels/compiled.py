@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _check
 
-API_VERSION = 3  # bump together with API_VERSION in kernels/_kernels.pyx
+API_VERSION = 4  # bump together with API_VERSION in kernels/_kernels.pyx
 _ext = None
 
 
