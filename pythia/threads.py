@@ -145,11 +145,12 @@ class BlasChooser:
 
     @contextmanager
     def run(self, key, guess: int | None) -> Iterator[int | None]:
-        """Time the block under the chosen thread count, which it yields (None: BLAS not found);
-        guess is the static choice (None: all)."""
+        """Time the block under the chosen thread count and yield it (None when Pythia chooses
+        nothing: BLAS not found, or the user fixed the threads); guess is the static choice
+        (None: all)."""
         full = blas_get()
         if full is None or full <= 1 or user_chose():
-            yield full
+            yield None if user_chose() else full
             return
         st = self._state.get(key)
         if st is None:

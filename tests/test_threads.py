@@ -80,8 +80,9 @@ def test_chooser_moves_to_the_faster_thread_count_and_stays(blas, guess, faster,
 def test_chooser_leaves_a_user_choice_alone(blas, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     chooser = threads.BlasChooser()
-    with chooser.run("pass", 1):
+    with chooser.run("pass", 1) as chosen:
         assert threads.blas_get() == blas
+        assert chosen is None                                  # nothing chosen: kernels keep theirs
     assert chooser.choices() == {}
 
 
@@ -205,5 +206,37 @@ def test_a_pass_the_chooser_tries_on_one_blas_thread_keeps_its_kernels_serial(bl
             model.loss(idx, idx)
         assert seen[:2] == [(blas, 2), (blas, 2)]             # the guess: all BLAS threads
         assert seen[2] == (1, 1)                              # the trial: one, kernels serial
+    finally:
+        kernels.set_thread_limit(limit)
+
+
+def test_with_the_users_thread_setting_the_kernels_keep_their_threads(blas, monkeypatch):
+    # OPENBLAS_NUM_THREADS set by the user: Pythia chooses nothing, so the kernels keep the
+    # caller's thread limit even in a pass too small for two BLAS threads
+    from pythia import kernels
+    from pythia.model import Pythia, PythiaConfig
+    for k in threads.USER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setattr(threads, "blas_get", lambda: 1)       # as if OpenBLAS had started with it
+    limit = kernels.set_thread_limit(2)
+    if kernels.BACKEND != "cython" or kernels.set_thread_limit(2) != 2:
+        kernels.set_thread_limit(limit)
+        pytest.skip("needs the compiled kernels built with OpenMP")
+    seen = []
+    gelu = kernels.gelu_forward
+
+    def spy(x):
+        now = kernels.set_thread_limit(1)
+        kernels.set_thread_limit(now)
+        seen.append(now)
+        return gelu(x)
+
+    monkeypatch.setattr(kernels, "gelu_forward", spy)
+    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))
+    idx = np.random.default_rng(0).integers(0, 11, (2, 8))
+    try:
+        model.loss(idx, idx)
+        assert seen == [2]
     finally:
         kernels.set_thread_limit(limit)
