@@ -236,6 +236,9 @@ cdef enum: BLOCK = 4096           # elements per parallel work item of the eleme
 # (BACKOFF_MIN, doubling on each repeat up to BACKOFF_MAX) before threads are tried again.
 # Static shares are equal (attention: whole matrices of the causal triangle per thread when
 # N is even), so a loop on time passes; an uneven split counts as late, and runs serial.
+# A loop that stays on one thread runs outside OpenMP altogether: entering a parallel region
+# with if(0) still set up a team of one, ~1 us a call (softmax backward on one row: 2.4 ->
+# 1.6 us; cross-entropy backward at config M on one thread: 12.9 -> 9.4 us).
 # The first parallel loop after such a serial spell is not judged: its helper thread slept
 # through the spell and takes 20-100 us to wake (measured after 1-10 ms idle), so it would
 # always look late, and one hiccup would keep loops of that size serial for good. The loop
@@ -506,7 +509,12 @@ def softmax_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t N
     cdef float* py = _out(y, N * C)
     cdef Py_ssize_t i
     cdef Gate g = _gate(EXP_COST * N * C, N)
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            for i in range(N):
+                _softmax_row(px + i * C, py + i * C, C, 1.0)
+        return
+    for i in prange(N, nogil=True, schedule="static"):
         _softmax_row(px + i * C, py + i * C, C, 1.0)
         _stamp(&g, i)
     _gate_close(&g)
@@ -519,7 +527,12 @@ def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarra
     cdef float* pdx = _out(dx, N * C)
     cdef Py_ssize_t i
     cdef Gate g = _gate(ROW_COST * N * C, N)
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            for i in range(N):
+                _softmax_grad_row(pdy + i * C, py + i * C, pdx + i * C, C, 1.0)
+        return
+    for i in prange(N, nogil=True, schedule="static"):
         _softmax_grad_row(pdy + i * C, py + i * C, pdx + i * C, C, 1.0)
         _stamp(&g, i)
     _gate_close(&g)
@@ -527,19 +540,38 @@ def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarra
 
 # ----------------------------------------------------------------------------- causal attention softmax
 
+cdef inline void _attention_row(const float* s, float* y, Py_ssize_t L, Py_ssize_t Tk,
+                                float scale) noexcept nogil:
+    # softmax over the L visible keys of one row of scores; the Tk - L masked ones get 0
+    _softmax_row(s, y, L, scale)
+    if L < Tk:
+        memset(y + L, 0, (Tk - L) * sizeof(float))
+
+
+cdef inline void _attention_grad_row(const float* dy, const float* y, float* dx, Py_ssize_t L,
+                                     Py_ssize_t Tk, float scale) noexcept nogil:
+    # the softmax gradient over the first L entries of a row (y is 0 past the visible keys);
+    # the Tk - L others get dx = 0
+    _softmax_grad_row(dy, y, dx, L, scale)
+    if L < Tk:
+        memset(dx + L, 0, (Tk - L) * sizeof(float))
+
+
 def attention_softmax_forward(cnp.ndarray s not None, cnp.ndarray y not None, Py_ssize_t N,
                               Py_ssize_t Tq, Py_ssize_t Tk, float scale):
     # row i of each of the N (Tq, Tk) matrices attends keys 0..off+i, off = Tk - Tq; only those
     # L = off+i+1 entries are read and exponentiated, the rest of the row is written as 0
     cdef const float* ps = _in(s, N * Tq * Tk)
     cdef float* py = _out(y, N * Tq * Tk)
-    cdef Py_ssize_t r, L, off = Tk - Tq
+    cdef Py_ssize_t r, off = Tk - Tq
     cdef Gate g = _gate(EXP_COST * N * Tq * Tk, N * Tq)
-    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
-        L = off + r % Tq + 1
-        _softmax_row(ps + r * Tk, py + r * Tk, L, scale)
-        if L < Tk:
-            memset(py + r * Tk + L, 0, (Tk - L) * sizeof(float))
+    if not g.par:
+        with nogil:
+            for r in range(N * Tq):
+                _attention_row(ps + r * Tk, py + r * Tk, off + r % Tq + 1, Tk, scale)
+        return
+    for r in prange(N * Tq, nogil=True, schedule="static"):
+        _attention_row(ps + r * Tk, py + r * Tk, off + r % Tq + 1, Tk, scale)
         _stamp(&g, r)
     _gate_close(&g)
 
@@ -554,11 +586,15 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
     cdef Py_ssize_t r, L, off = Tk - Tq
     cdef Gate g = _gate(ROW_COST * N * Tq * Tk, N * Tq)
-    for r in prange(N * Tq, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            for r in range(N * Tq):
+                L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
+                _attention_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, Tk, scale)
+        return
+    for r in prange(N * Tq, nogil=True, schedule="static"):
         L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
-        _softmax_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, scale)
-        if L < Tk:
-            memset(pdx + r * Tk + L, 0, (Tk - L) * sizeof(float))
+        _attention_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, Tk, scale)
         _stamp(&g, r)
     _gate_close(&g)
 
@@ -587,7 +623,12 @@ def layernorm_forward(cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarra
     cdef float* pr = _out(rstd, N)
     cdef Py_ssize_t i
     cdef Gate g = _gate(ROW_COST * N * C, N)
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            for i in range(N):
+                _layernorm_row(px + i * C, pw, pb, py + i * C, pm + i, pr + i, C, eps)
+        return
+    for i in prange(N, nogil=True, schedule="static"):
         _layernorm_row(px + i * C, pw, pb, py + i * C, pm + i, pr + i, C, eps)
         _stamp(&g, i)
     _gate_close(&g)
@@ -649,13 +690,17 @@ def layernorm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndar
     cdef float* buf = <float*>calloc(nt * 2 * C, sizeof(float))   # per block: dw (C) then db (C)
     if buf == NULL:
         raise MemoryError("layernorm_backward: no memory for the per-thread buffers")
-    for t in prange(nt, nogil=True, schedule="static", num_threads=nt, use_threads_if=g.par):
-        lo = t * N // nt
-        hi = (t + 1) * N // nt
-        _layernorm_grad_rows(pdy + lo * C, px + lo * C, pw, pm + lo, pr + lo, pdx + lo * C,
-                             buf + 2 * C * t, buf + 2 * C * t + C, hi - lo, C)
-        _stamp(&g, t)
-    _gate_close(&g)
+    if nt == 1:
+        with nogil:
+            _layernorm_grad_rows(pdy, px, pw, pm, pr, pdx, buf, buf + C, N, C)
+    else:
+        for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
+            lo = t * N // nt
+            hi = (t + 1) * N // nt
+            _layernorm_grad_rows(pdy + lo * C, px + lo * C, pw, pm + lo, pr + lo, pdx + lo * C,
+                                 buf + 2 * C * t, buf + 2 * C * t + C, hi - lo, C)
+            _stamp(&g, t)
+        _gate_close(&g)
     with nogil:
         for j in range(C):
             pdw[j] = buf[j]
@@ -695,7 +740,11 @@ def gelu_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t n):
     cdef float* py = _out(y, n)
     cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
     cdef Gate g = _gate(EXP_COST * n, nb)
-    for b in prange(nb, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            _gelu_block(px, py, n)
+        return
+    for b in prange(nb, nogil=True, schedule="static"):
         lo = b * BLOCK
         _gelu_block(px + lo, py + lo, min(<Py_ssize_t>BLOCK, n - lo))
         _stamp(&g, b)
@@ -708,7 +757,11 @@ def gelu_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray d
     cdef float* pdx = _out(dx, n)
     cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
     cdef Gate g = _gate(EXP_COST * n, nb)
-    for b in prange(nb, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            _gelu_grad_block(pdy, px, pdx, n)
+        return
+    for b in prange(nb, nogil=True, schedule="static"):
         lo = b * BLOCK
         _gelu_grad_block(pdy + lo, px + lo, pdx + lo, min(<Py_ssize_t>BLOCK, n - lo))
         _stamp(&g, b)
@@ -742,10 +795,22 @@ def crossentropy_forward(cnp.ndarray z not None, cnp.ndarray t not None, cnp.nda
     cdef float* pp = _out(p, N * V)
     cdef Py_ssize_t i
     cdef Gate g = _gate(EXP_COST * N * V, N)
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
+    if not g.par:
+        with nogil:
+            for i in range(N):
+                pl[i] = _crossentropy_row(pz + i * V, pt[i], pp + i * V, V)
+        return
+    for i in prange(N, nogil=True, schedule="static"):
         pl[i] = _crossentropy_row(pz + i * V, pt[i], pp + i * V, V)
         _stamp(&g, i)
     _gate_close(&g)
+
+
+cdef inline void _crossentropy_grad_row(float* dz, const float* p, float d, int64_t t,
+                                        Py_ssize_t V) noexcept nogil:
+    # dz = d (p - onehot(t)) for one row
+    pythia_scaled(dz, p, d, V)
+    dz[t] = dz[t] - d
 
 
 def crossentropy_backward(cnp.ndarray dloss not None, cnp.ndarray p not None, cnp.ndarray t not None,
@@ -770,20 +835,27 @@ def crossentropy_backward(cnp.ndarray dloss not None, cnp.ndarray p not None, cn
     if uniform:
         d = pdl[0]
         g = _gate(n, nb)
-        for b in prange(nb, nogil=True, schedule="static", use_threads_if=g.par):
-            lo = b * BLOCK
-            pythia_scaled(pdz + lo, pp + lo, d, min(<Py_ssize_t>BLOCK, n - lo))
-            _stamp(&g, b)
-        _gate_close(&g)
+        if not g.par:
+            with nogil:
+                pythia_scaled(pdz, pp, d, n)
+        else:
+            for b in prange(nb, nogil=True, schedule="static"):
+                lo = b * BLOCK
+                pythia_scaled(pdz + lo, pp + lo, d, min(<Py_ssize_t>BLOCK, n - lo))
+                _stamp(&g, b)
+            _gate_close(&g)
         with nogil:
             for i in range(N):
                 pdz[i * V + pt[i]] = pdz[i * V + pt[i]] - d
         return
     g = _gate(n, N)
-    for i in prange(N, nogil=True, schedule="static", use_threads_if=g.par):
-        d = pdl[i]
-        pythia_scaled(pdz + i * V, pp + i * V, d, V)
-        pdz[i * V + pt[i]] = pdz[i * V + pt[i]] - d
+    if not g.par:
+        with nogil:
+            for i in range(N):
+                _crossentropy_grad_row(pdz + i * V, pp + i * V, pdl[i], pt[i], V)
+        return
+    for i in prange(N, nogil=True, schedule="static"):
+        _crossentropy_grad_row(pdz + i * V, pp + i * V, pdl[i], pt[i], V)
         _stamp(&g, i)
     _gate_close(&g)
 
@@ -801,7 +873,11 @@ def adamw_update(cnp.ndarray p not None, cnp.ndarray g not None, cnp.ndarray m n
     cdef float* pv = _out(v, n)
     cdef Py_ssize_t b, lo, nb = (n + BLOCK - 1) // BLOCK
     cdef Gate gt = _gate(n, nb)                    # one streaming pass: threads from PARALLEL_MIN elements
-    for b in prange(nb, nogil=True, schedule="static", use_threads_if=gt.par):
+    if not gt.par:
+        with nogil:
+            pythia_adamw(pp, pg, pm, pv, n, gs, b1, c1, b2, c2, step, eps, decay)
+        return
+    for b in prange(nb, nogil=True, schedule="static"):
         lo = b * BLOCK
         pythia_adamw(pp + lo, pg + lo, pm + lo, pv + lo, min(<Py_ssize_t>BLOCK, n - lo),
                      gs, b1, c1, b2, c2, step, eps, decay)
