@@ -181,7 +181,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not np.isfinite(a).all():
             raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
                                   f"use an earlier checkpoint")
-    model = Pythia(config)
+    model = Pythia(config, init=False)                          # every weight is loaded next
     try:
         model.load_params(params)
     except (ValueError, KeyError) as e:

@@ -161,7 +161,7 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
         # F32 weights stay views of the mapped file until load_params copies them into the model,
         # so a large model is not held twice in memory.
         params = _read_weights(f, config, copy=False)
-        model = Pythia(config)
+        model = Pythia(config, init=False)                     # every weight is loaded next
         model.load_params(params)
     finally:
         f.close()

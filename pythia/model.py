@@ -228,7 +228,9 @@ def _flat_views(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
 class Pythia:
     """GPT-2 with a hand-written backward. params/grads are dicts of float32 arrays by HF GPT-2 name."""
 
-    def __init__(self, config: PythiaConfig, seed: int = 0):
+    def __init__(self, config: PythiaConfig, seed: int = 0, *, init: bool = True):
+        """GPT-2 initialisation from `seed`; with init=False every parameter is 0, for a caller
+        that loads all of them next (drawing GPT-2-small's 124M weights takes ~2 s)."""
         config.validate()
         self.config = config
         rng = np.random.default_rng(seed)
@@ -238,14 +240,15 @@ class Pythia:
         # update the whole model with a few whole-buffer NumPy calls; the dicts keep HF order
         self.params = _flat_views(shapes)
         self.grads = _flat_views(shapes)
-        for name, p in self.params.items():
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
-                p[...] = 1                                       # LayerNorm gain 1
-            elif p.ndim == 1:
-                p[...] = 0                                       # biases 0
-            else:
-                std = resid_std if name.endswith("c_proj.weight") else 0.02
-                p[...] = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std)  # N(0, std)
+        if init:
+            for name, p in self.params.items():
+                if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+                    p[...] = 1                                       # LayerNorm gain 1
+                elif p.ndim == 1:
+                    p[...] = 0                                       # biases 0
+                else:
+                    std = resid_std if name.endswith("c_proj.weight") else 0.02
+                    p[...] = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std)  # N(0, std)
         self._acts: list[dict] | None = None                     # activations of the last loss(), per shard
         self._workers: threads.Workers | None = None             # threads for the shards of a batch
         self._shard_grads: list[dict] = []                       # gradient buffers of shards 1, 2, ...

@@ -216,6 +216,21 @@ def test_init_is_gpt2_shaped_float32_and_scaled():
     assert all(np.array_equal(same.params[k], p) for k, p in model.params.items())
 
 
+def test_a_model_built_to_be_loaded_skips_the_draw_and_loads_the_same():
+    # init=False: every parameter 0 (no random draw); loading weights then gives exactly the
+    # model the weights came from, as with a randomly initialised one
+    src = Pythia(TINY, seed=3)
+    empty = Pythia(TINY, init=False)
+    assert all(not p.any() for p in empty.params.values())
+    drawn = Pythia(TINY, seed=4)
+    arrays = {k: p.copy() for k, p in src.params.items()}
+    empty.load_params(arrays)
+    drawn.load_params(arrays)
+    idx, _ = batch(TINY, 2, 5)
+    np.testing.assert_array_equal(empty.forward(idx), src.forward(idx))
+    np.testing.assert_array_equal(drawn.forward(idx), src.forward(idx))
+
+
 def test_forward_logits_give_the_loss_and_are_causal():
     model = randomized(TINY, seed=2)
     idx, targets = batch(TINY, B=2, T=7, seed=2)
