@@ -548,10 +548,11 @@ cdef inline void _attention_row(const float* s, float* y, Py_ssize_t L, Py_ssize
         memset(y + L, 0, (Tk - L) * sizeof(float))
 
 
-cdef inline void _attention_grad_row(const float* dy, const float* y, float* dx, Py_ssize_t L,
+cdef inline void _attention_grad_row(const float* dy, const float* y, float* dx, Py_ssize_t visible,
                                      Py_ssize_t Tk, float scale) noexcept nogil:
-    # the softmax gradient over the first L entries of a row (y is 0 past the visible keys);
-    # the Tk - L others get dx = 0
+    # the softmax gradient over the visible keys rounded up to whole LANES (y is 0 past the
+    # visible keys, so those add nothing and get dx = 0); the rest of the row gets dx = 0
+    cdef Py_ssize_t L = min(Tk, (visible + LANES - 1) // LANES * LANES)
     _softmax_grad_row(dy, y, dx, L, scale)
     if L < Tk:
         memset(dx + L, 0, (Tk - L) * sizeof(float))
@@ -582,19 +583,17 @@ def attention_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, 
     cdef const float* pdy = _in(dy, N * Tq * Tk)
     cdef const float* py = _in(y, N * Tq * Tk)
     cdef float* pdx = _out(dx, N * Tq * Tk)
-    # The visible length L is rounded up to a multiple of LANES (at most Tk): y is 0 on the
-    # masked keys, so they add nothing to sum(dy y) and get dx = 0, and whole-lane rows vectorise.
-    cdef Py_ssize_t r, L, off = Tk - Tq
+    # row r sees off + r % Tq + 1 keys; _attention_grad_row rounds that up to whole LANES so
+    # that its rows vectorise
+    cdef Py_ssize_t r, off = Tk - Tq
     cdef Gate g = _gate(ROW_COST * N * Tq * Tk, N * Tq)
     if not g.par:
         with nogil:
             for r in range(N * Tq):
-                L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
-                _attention_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, Tk, scale)
+                _attention_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, off + r % Tq + 1, Tk, scale)
         return
     for r in prange(N * Tq, nogil=True, schedule="static"):
-        L = min(Tk, (off + r % Tq + LANES) // LANES * LANES)
-        _attention_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, L, Tk, scale)
+        _attention_grad_row(pdy + r * Tk, py + r * Tk, pdx + r * Tk, off + r % Tq + 1, Tk, scale)
         _stamp(&g, r)
     _gate_close(&g)
 
