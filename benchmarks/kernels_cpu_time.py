@@ -1,15 +1,19 @@
 """Kernels on one thread each, timed in CPU time: a view that a busy machine disturbs little.
 
-    python benchmarks/kernels_cpu_time.py [S,M,L]
+    python benchmarks/kernels_cpu_time.py [S,M,L] [--budget SECONDS]
 
 Wall-clock benchmarks (bench_kernels.py) on 2 cores shared with other jobs measure the
 scheduler as much as the code. Here Cython, NumPy and PyTorch all run on one thread
 (OMP_NUM_THREADS=1, torch.set_num_threads(1)) and each call is timed with the calling
-thread's CPU clock (time.thread_time), minimum over repeated calls. Same cases as
-bench_kernels.py; prints a markdown table of microseconds and ratios.
+thread's CPU clock (time.thread_time), minimum over repeated calls (about --budget seconds of
+them, default 0.3, per kernel and library). Same cases as bench_kernels.py; prints a markdown
+table of microseconds and ratios. With every library on one thread, PyTorch can share this
+process (the OpenMP wait policy that bench_kernels.py keeps apart does not matter on one thread).
 """
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -33,21 +37,30 @@ def cpu_min(fn, budget: float = 0.3) -> float:
 
 
 def main() -> None:
-    sizes = sys.argv[1].split(",") if len(sys.argv) > 1 else ["S", "M", "L"]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sizes", nargs="?", default="S,M,L", help="comma-separated configs (default S,M,L)")
+    ap.add_argument("--budget", type=float, default=0.3, help="seconds of calls per kernel and library")
+    args_ = ap.parse_args()
+    sizes = args_.sizes.split(",")
+    unknown = [z for z in sizes if z not in B.SHAPES]
+    if unknown:
+        ap.error(f"unknown config {unknown[0]!r}; choose from {','.join(B.SHAPES)}")
     if B.compiled is None:
         sys.exit(f"compiled kernels unavailable: {B._why}")
-    if B.torch is not None:
-        B.torch.set_num_threads(1)
+    torch = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        torch.set_num_threads(1)
     print("| kernel-shape | cython us | numpy us | torch us | copy us | numpy/cython | torch/cython | cython/copy |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for kernel in B.KERNELS:
         for size in sizes:
             args, nbytes = B._case(kernel, size)
             fc, fr = getattr(B.compiled, kernel), getattr(B.reference, kernel)
-            c = cpu_min(lambda: fc(*args))
-            r = cpu_min(lambda: fr(*args))
-            t = cpu_min(B._torch_thunk(kernel, args)) if B.torch is not None else None
-            cp = cpu_min(B._copy_thunk(nbytes)) if kernel in B.MEMORY_BOUND else None
+            c = cpu_min(lambda: fc(*args), args_.budget)
+            r = cpu_min(lambda: fr(*args), args_.budget)
+            t = cpu_min(B._torch_thunk(kernel, args), args_.budget) if torch is not None else None
+            cp = cpu_min(B._copy_thunk(nbytes), args_.budget) if kernel in B.MEMORY_BOUND else None
             cells = [f"{v * 1e6:,.1f}" if v else "" for v in (c, r, t, cp)]
             ratios = [f"{r / c:.2f}", f"{t / c:.2f}" if t else "", f"{c / cp:.2f}" if cp else ""]
             print(f"| {kernel}-{size} | " + " | ".join(cells + ratios) + " |", flush=True)

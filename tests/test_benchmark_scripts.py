@@ -1,0 +1,69 @@
+"""The benchmark scripts still run: each one, on its smallest setting, in a child process.
+
+They are not part of the test run's timing claims (speed is measured by running them, see
+benchmarks/README.md); these tests only catch a script that no longer starts or finishes, as
+kernels_cpu_time.py once did after bench_kernels.py moved PyTorch into a child process.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pythia.kernels import _loader
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: str, codes=(0,), timeout: float = 300) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHIA_KERNELS"}
+    p = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=BENCH)
+    assert p.returncode in codes, p.stderr[-2000:]
+    return p.stdout
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The data rows of the markdown table in out, as lists of cells."""
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in r] for r in rows[1:]]          # without the header row
+
+
+@pytest.mark.skipif(_loader.load_compiled()[0] is None, reason="the script compares the compiled kernels")
+def test_kernels_cpu_time_prints_a_row_per_kernel():
+    out = run_script("kernels_cpu_time.py", "S", "--budget", "0.001")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == [f"{k}-S" for k in (
+        "softmax_forward", "softmax_backward", "layernorm_forward", "layernorm_backward",
+        "gelu_forward", "gelu_backward", "attention_softmax_forward", "attention_softmax_backward",
+        "crossentropy_forward", "crossentropy_backward")]
+    for r in rows:
+        assert float(r[1]) > 0 and float(r[2]) > 0 and float(r[5]) > 0, r   # cython, numpy, ratio
+
+
+def test_kernels_cpu_time_refuses_an_unknown_config():
+    p = subprocess.run([sys.executable, str(BENCH / "kernels_cpu_time.py"), "XL"], capture_output=True,
+                       text=True, timeout=120, cwd=BENCH)
+    assert p.returncode == 2 and "unknown config 'XL'" in p.stderr
+
+
+def test_profile_step_accounts_for_a_step():
+    out = run_script("profile_step.py", "S", "--steps", "3")
+    assert "config S" in out, out[-2000:]
+    for part in ("linear_backward", "layernorm_forward", "adamw_update", "glue"):
+        assert part in out, part
+
+
+def test_quality_run_trains_and_reports_a_val_loss(tmp_path):
+    text = "".join(f"{w} gave the {a} to the {b}.\n" for w, a, b in
+                   zip(["Ann", "Bob", "Cy", "Dee"] * 60, ["cup", "hat", "key", "map"] * 60,
+                       ["cat", "dog", "owl", "fox", "elk"] * 48))
+    data = tmp_path / "corpus.txt"
+    data.write_text(text, encoding="utf-8")
+    # four steps cannot reach the recipe's 1.88: the script says so and exits 1
+    out = run_script("quality_shakespeare.py", "--data", str(data), "--steps", "4", "--eval-interval", "2",
+                     "--eval-iters", "1", "--final-eval-iters", "2", codes=(1,))
+    assert "pythia: val loss" in out and "target <= 1.88: NOT met" in out, out[-2000:]
