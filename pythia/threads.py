@@ -148,9 +148,9 @@ class BlasChooser:
         """Time the block under the chosen thread count and yield it (None when Pythia chooses
         nothing: BLAS not found, or the user fixed the threads); guess is the static choice
         (None: all)."""
-        full = blas_get()
-        if full is None or full <= 1 or user_chose():
-            yield None if user_chose() else full
+        full, fixed = blas_get(), user_chose()
+        if full is None or full <= 1 or fixed:
+            yield None if fixed else full
             return
         st = self._state.get(key)
         if st is None:
