@@ -7,6 +7,7 @@ kernels_cpu_time.py once did after bench_kernels.py moved PyTorch into a child p
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,12 @@ def table_rows(out: str) -> list[list[str]]:
     return [[c.strip() for c in r] for r in rows[1:]]          # without the header row
 
 
+def number(cell: str) -> float:
+    """A cell as the scripts print it for people: '2,177.1' is 2177.1 (a slow machine passes 1,000)."""
+    assert re.fullmatch(r"-?\d{1,3}(,\d{3})*(\.\d+)?|-?\d+(\.\d+)?", cell), f"not a number: {cell!r}"
+    return float(cell.replace(",", ""))
+
+
 @pytest.mark.skipif(_loader.load_compiled()[0] is None, reason="the script compares the compiled kernels")
 def test_kernels_cpu_time_prints_a_row_per_kernel():
     out = run_script("kernels_cpu_time.py", "S", "--budget", "0.001")
@@ -41,7 +48,7 @@ def test_kernels_cpu_time_prints_a_row_per_kernel():
         "gelu_forward", "gelu_backward", "attention_softmax_forward", "attention_softmax_backward",
         "crossentropy_forward", "crossentropy_backward")]
     for r in rows:
-        assert float(r[1]) > 0 and float(r[2]) > 0 and float(r[5]) > 0, r   # cython, numpy, ratio
+        assert number(r[1]) > 0 and number(r[2]) > 0 and number(r[5]) > 0, r   # cython, numpy, ratio
 
 
 def test_kernels_cpu_time_refuses_an_unknown_config():
@@ -67,3 +74,9 @@ def test_quality_run_trains_and_reports_a_val_loss(tmp_path):
     out = run_script("quality_shakespeare.py", "--data", str(data), "--steps", "4", "--eval-interval", "2",
                      "--eval-iters", "1", "--final-eval-iters", "2", codes=(1,))
     assert "pythia: val loss" in out and "target <= 1.88: NOT met" in out, out[-2000:]
+
+
+def test_number_reads_the_scripts_thousands_separators():
+    assert number("2,177.1") == 2177.1 and number("12.50") == 12.5 and number("1,000,000") == 1e6
+    with pytest.raises(AssertionError):
+        number("2,17.1")
