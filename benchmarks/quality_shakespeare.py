@@ -16,11 +16,7 @@ two losses differ only by the implementations. Tiny Shakespeare is read in place
 ../shared/data/tinyshakespeare.txt next to the repository; --data to point elsewhere), never copied.
 A benchmark, not a test: it takes minutes and is not collected by pytest.
 
-Measured on 25 Nov 2026 (2 cores, Cython kernels, no other job), `python
-benchmarks/quality_shakespeare.py --torch`: Pythia val loss 1.8806 over 20 batches (1.9183 over
-200), 94.8 s wall (89.8 s in training steps, 17,110 tok/s); PyTorch in the same run, same weights
-and batches: 1.8806 (1.9183), 161.9 s. Pythia equals PyTorch to four decimals, and the 20-batch
-figure sits 0.0006 above the 1.88 target; seeds 1-4 gave 1.9038-1.9285 (benchmarks/README.md).
+Results, with the machine they were measured on: benchmarks/README.md.
 """
 from __future__ import annotations
 

@@ -233,9 +233,9 @@ def build_parser() -> Parser:
                     default=DEFAULT_OUT["train"], stem="pythia",
                     resume=" With --resume and no --out, the resumed checkpoint is updated in place.") +
                 "\n\nexamples:\n  python -m pythia train --steps 2000 --out shake.npz "
-                "--data ../shared/data/tinyshakespeare.txt\n"
+                "--data shakespeare.txt\n"
                 "  python -m pythia train --resume shake.npz --steps 4000 "
-                "--data ../shared/data/tinyshakespeare.txt")
+                "--data shakespeare.txt")
     _add_training_flags(p, "train")
     p.set_defaults(func=cmd_train)
 

@@ -249,6 +249,6 @@ def test_extension_rechecks_buffers_it_is_handed(name):
     with pytest.raises(ValueError):
         ext.softmax_forward(x, ro, 3, 4)
     with pytest.raises(ValueError):
-        ext.crossentropy_backward(np.ones(3, np.float32), x, np.array([0, 1, 4]), y, 3, 4)  # target 4 >= V
+        ext.crossentropy_backward(np.ones(3, np.float32), x, np.array([0, 1, 4]), y, 3, 4)  # class id 4 >= V
     with pytest.raises(TypeError):
         ext.gelu_forward(None, y, 12)
