@@ -237,9 +237,11 @@ class Pythia:
         resid_std = 0.02 / math.sqrt(2 * config.n_layer)        # GPT-2: residual projections scaled down
         shapes = _param_shapes(config)
         # params and grads are views into two flat buffers (matrices first), so the optimizer can
-        # update the whole model with a few whole-buffer NumPy calls; the dicts keep HF order
+        # update the whole model with a few whole-buffer NumPy calls; the dicts keep HF order.
+        # The gradient buffer is made on first use: a model that only infers (chat, generate,
+        # export) never holds one.
         self.params = _flat_views(shapes)
-        self.grads = _flat_views(shapes)
+        self._grads: dict[str, np.ndarray] | None = None
         if init:
             for name, p in self.params.items():
                 if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
@@ -256,6 +258,13 @@ class Pythia:
         memory.keep_freed_memory()                               # reuse freed activations' pages (memory.py)
 
     # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """Gradients by parameter name, views into one flat float32 buffer laid out like params."""
+        if self._grads is None:
+            self._grads = _flat_views(_param_shapes(self.config))
+        return self._grads
 
     def num_params(self) -> int:
         """Number of scalars in the model (the tied head counts once)."""
