@@ -192,6 +192,10 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         raise CheckpointError(f"{what}: its weights do not fit its model config ({e}); it is corrupt, "
                               f"use another checkpoint") from None
 
+    kind = meta["tokenizer_kind"]
+    if kind not in ("char", "gpt2-bpe"):
+        raise CheckpointError(f"{what} has a tokenizer of kind {kind!r}, which this Pythia does not know "
+                              f"(it knows 'char' and 'gpt2-bpe'); use a checkpoint written by this version")
     tok_arrays = {k[len("tok/"):]: a for k, a in arrays.items() if k.startswith("tok/")}
     try:
         tokenizer = tokenizer_from_arrays(meta["tokenizer_kind"], tok_arrays)

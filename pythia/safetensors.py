@@ -171,7 +171,7 @@ def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata:
     offset = 0
     arrays = []
     for name, a in tensors.items():
-        a = np.ascontiguousarray(a, dtype="<f4")              # F32 little-endian, C order
+        a = np.asarray(a, dtype="<f4", order="C")             # F32 little-endian, C order (0-d stays 0-d)
         header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays.append(a)
