@@ -131,6 +131,6 @@ def _encode_with(tokenizer, text: str, where: str) -> np.ndarray:
         if missing:
             raise DataError(f"the corpus ({where}) has {len(missing)} character(s) the model's vocabulary of "
                             f"{tokenizer.vocab_size} lacks: {describe_chars(missing)}; train on text the checkpoint's "
-                            f"vocabulary covers, or start a new model")
+                            f"vocabulary covers, or start a new model without --resume or --init-from")
         return tokenizer.encode_array(text)
     return np.asarray(tokenizer.encode(text), dtype=np.int64)
