@@ -230,7 +230,8 @@ def build_parser() -> Parser:
                                                      resume="") +
                 "\n\nexamples:\n  python -m pythia train-chat\n"
                 "  python -m pythia train-chat --steps 2000 --d-model 64 --out big.npz\n"
-                "  python -m pythia train-chat --data notes.txt --block-size 64")
+                "  python -m pythia train-chat --data notes.txt --block-size 64\n"
+                "  python -m pythia train-chat --init-from ./gpt2 --data notes.txt")
     _add_training_flags(p, "train-chat")
     p.set_defaults(func=cmd_train_chat)
 
