@@ -318,8 +318,7 @@ def cmd_convert_gpt2(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_export_target, describe, export
-    check_export_target(args.out, args.force)                # refuse before reading the checkpoint
+    from .export import describe, export
     out = export(args.checkpoint, args.out, force=args.force)
     print(describe(out))
     print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")

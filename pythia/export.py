@@ -20,6 +20,7 @@ it is replaced only after the new folder is complete.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -53,7 +54,7 @@ def hf_name(name: str) -> str:
 def write_hf_folder(folder: Path, model, tokenizer) -> None:
     """Write the GPT-2 layout into an existing empty folder."""
     from .safetensors import save_safetensors
-    from .tokenizer_json import char_tokenizer_config, char_tokenizer_json, write_json
+    from .tokenizer_json import char_tokenizer_config, char_tokenizer_json
     write_json(folder / "config.json", gpt2_config(model.config, tokenizer))
     save_safetensors(folder / "model.safetensors", {hf_name(k): p for k, p in model.params.items()},
                      metadata={"format": "pt"})
@@ -71,6 +72,10 @@ def write_hf_folder(folder: Path, model, tokenizer) -> None:
     else:
         raise ConfigError(f"cannot export a tokenizer of kind {tokenizer.kind!r}; export handles 'char' and "
                           f"'gpt2-bpe' models")
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def check_export_target(out: str | Path, force: bool) -> Path:

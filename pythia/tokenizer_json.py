@@ -16,7 +16,6 @@ read_char_tokenizer_json() recognises this layout (and only it) when Pythia read
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import GPT2Error
@@ -75,7 +74,3 @@ def read_char_tokenizer_json(path: str | Path) -> SimpleTokenizer:
         raise GPT2Error(f"{path}: the vocabulary must map single characters, in sorted order, to ids 0, 1, 2, ...; "
                         f"this one does not, so it is not a Pythia character tokenizer")
     return SimpleTokenizer(chars)
-
-
-def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -229,7 +229,7 @@ class Trainer:
             if K == 1:
                 return loss, self.model.grads
             if self._acc is None:
-                self._acc = {n: np.empty_like(g) for n, g in self.model.grads.items()}
+                self._acc = _like_layout(self.model.grads)
             for n, g in self.model.grads.items():
                 if k == 0:
                     np.copyto(self._acc[n], g)
@@ -361,6 +361,20 @@ class Trainer:
     def _restore_sigint(previous) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _like_layout(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Empty arrays of the same shapes laid end to end in one buffer in the same memory order as
+    `arrays`, so an optimizer that reads gradients as one flat buffer (DeltaOptimizer does, when
+    they tile one as Pythia's do) takes the sum without gathering it into another copy."""
+    order = sorted(arrays, key=lambda n: arrays[n].__array_interface__["data"][0])
+    first = arrays[order[0]]
+    flat = np.empty(sum(a.size for a in arrays.values()), first.dtype)
+    out, pos = {}, 0
+    for n in order:
+        out[n] = flat[pos:pos + arrays[n].size].reshape(arrays[n].shape)
+        pos += arrays[n].size
+    return {n: out[n] for n in arrays}
 
 
 def _maybe_float(v) -> float | None:

@@ -234,3 +234,15 @@ def test_finetune_defaults_and_a_given_rate_held_constant():
     assert cfg.lr == cfg.min_lr and cfg.lr < TrainConfig.lr and cfg.weight_decay == 0
     cfg = finetune_config({"lr": 3e-5, "steps": 9})
     assert (cfg.lr, cfg.min_lr, cfg.steps) == (3e-5, 3e-5, 9)
+
+
+def test_grad_accum_sum_buffer_is_read_by_the_optimizer_without_a_gather():
+    from pythia.model import Pythia, PythiaConfig
+    from pythia.train import make_optimizer
+    cfg = TrainConfig(steps=1, batch_size=2, grad_accum=2, eval_interval=100, eval_iters=1)
+    model = Pythia(PythiaConfig(vocab_size=11, block_size=4, d_model=8, n_layer=1, n_head=2), seed=1)
+    x = np.random.default_rng(0).integers(0, 11, size=(4, 4))
+    t = Trainer(model, make_optimizer(model, cfg), FixedBatches(x, x, 2), cfg)
+    t.evaluate = lambda iters=None: (0.0, 0.0)
+    t.run()
+    assert t._acc is not None and t.optimizer._flat_grads(t._acc) is not None   # one flat buffer, params' order
