@@ -156,10 +156,11 @@ def _check_head(f: SafetensorsFile, head: str | None, wte: np.ndarray) -> None:
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """Whether every value of a is finite, without a boolean temporary of a's size (np.isfinite(a)
-    of wte alone is 8% of GPT-2-small's weight bytes, on top of the model while it loads). A float64 sum of float32
-    values cannot overflow (3.4e38 x 1e9 elements << 1.8e308), and NaN or inf anywhere makes it
-    non-finite (inf - inf is NaN), so the sum is finite exactly when every value is."""
+    """Whether every value of a is finite, without a boolean temporary of a's size (np.isfinite of
+    GPT-2-small's wte alone is 8% of its weight bytes, on top of the model while it loads). A
+    float64 sum of float32 values cannot overflow (3.4e38 x 1e9 elements << 1.8e308), and NaN or
+    inf anywhere makes it non-finite (inf - inf is NaN), so the sum is finite exactly when every
+    value is."""
     return bool(np.isfinite(a.sum(dtype=np.float64)))
 
 
