@@ -113,8 +113,9 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         raise
 
 
-def _read_archive(path: Path) -> dict[str, np.ndarray]:
-    """Every entry of the .npz, read eagerly so that a truncated archive fails here."""
+def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:
+    """Every entry of the .npz (but those whose name starts with skip), read eagerly so that a
+    truncated archive fails here."""
     what = f"checkpoint {str(path)!r}"
     hint = "it may be truncated or corrupt; use another checkpoint or train a new one"
     if not path.exists():
@@ -125,7 +126,7 @@ def _read_archive(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{what} is not a Pythia checkpoint (not an .npz archive); {hint}")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+            return {key: npz[key] for key in npz.files if skip is None or not key.startswith(skip)}
     except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError, OSError, ... all mean the same here
         raise CheckpointError(f"{what} cannot be read ({type(e).__name__}: {e}); {hint}") from None
 
@@ -159,14 +160,17 @@ def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint; CheckpointError on anything wrong."""
+def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; CheckpointError on anything wrong.
+
+    optimizer=False leaves the optimizer state (twice the weights' size) unread, for a caller
+    that only uses the model (chat, generate, export); optimizer_arrays is then None."""
     from .model import Pythia, PythiaConfig
     from .tokenizer import tokenizer_from_arrays
 
     path = Path(path)
     what = f"checkpoint {str(path)!r}"
-    arrays = _read_archive(path)
+    arrays = _read_archive(path, skip=None if optimizer else "opt/")
     meta = _read_meta(arrays, what)
 
     try:
@@ -188,6 +192,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{what}: its weights do not fit its model config ({e}); it is corrupt, "
                               f"use another checkpoint") from None
 
+    kind = meta["tokenizer_kind"]
+    if kind not in ("char", "gpt2-bpe"):
+        raise CheckpointError(f"{what} has a tokenizer of kind {kind!r}, which this Pythia does not know "
+                              f"(it knows 'char' and 'gpt2-bpe'); use a checkpoint written by this version")
     tok_arrays = {k[len("tok/"):]: a for k, a in arrays.items() if k.startswith("tok/")}
     try:
         tokenizer = tokenizer_from_arrays(meta["tokenizer_kind"], tok_arrays)
@@ -198,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               f"{config.vocab_size}; it is corrupt, use another checkpoint")
 
     opt = None
-    if meta.get("has_optimizer"):
+    if meta.get("has_optimizer") and optimizer:
         opt = {k[len("opt/"):]: a for k, a in arrays.items() if k.startswith("opt/")}
         _check_optimizer_arrays(opt, model.params, what)
 

@@ -5,6 +5,7 @@
     chat         chat with a checkpoint or a GPT-2 directory
     generate     one completion of --prompt to stdout, for scripts
     convert-gpt2 turn a Hugging Face GPT-2 directory into a Pythia checkpoint
+    export       write a checkpoint as a Hugging Face GPT-2 folder
 
 Every problem with what the user gave us (a PythiaError, a bad flag, a file the system refuses,
 Ctrl-C outside the places that handle it) ends as one line on stderr, `error: <what and what to
@@ -21,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .commands import DEFAULT_OUT, cmd_chat, cmd_convert_gpt2, cmd_generate, cmd_train, cmd_train_chat
+from .commands import DEFAULT_OUT, cmd_chat, cmd_convert_gpt2, cmd_export, cmd_generate, cmd_train, cmd_train_chat
 from .errors import ConfigError, PythiaError
 
 
@@ -135,6 +136,11 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
         g.add_argument("--resume", metavar="CKPT", action=Store,
                        help="continue training CKPT from its saved step, optimizer and data position; "
                             "raise --steps to train further")
+    g.add_argument("--init-from", metavar="SRC", action=Store,
+                   help="fine-tune: start from the weights, sizes and tokenizer of SRC, a Hugging Face GPT-2 "
+                        "folder or a Pythia checkpoint, with a fresh optimizer; settings you do not give take "
+                        "fine-tuning defaults (constant --lr 1e-4, --warmup-steps 10, --weight-decay 0, "
+                        "--steps 200, --block-size min(256, SRC's context))")
     g.add_argument("--log-file", metavar="FILE", action=Store,
                    help="append one JSON object per step (step, train_loss, val_loss, lr, tokens_per_s, "
                         "elapsed_s) to FILE")
@@ -153,7 +159,9 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--steps", type=positive_int, default=t["steps"], action=Store, metavar="N",
                    help="training steps (optimizer updates)")
     g.add_argument("--batch-size", type=positive_int, default=t["batch_size"], action=Store, metavar="B",
-                   help="sequences per step")
+                   help="sequences per micro-batch")
+    g.add_argument("--grad-accum", type=positive_int, default=t["grad_accum"], action=Store, metavar="K",
+                   help="micro-batches per optimizer step: each step learns from K x B sequences")
     g.add_argument("--lr", type=positive_float, default=t["lr"], action=Store, metavar="LR", help="peak learning rate")
     g.add_argument("--min-lr", type=nonneg_float, default=t["min_lr"], action=Store, metavar="LR",
                    help="learning rate at the end of the cosine decay (at most --lr)")
@@ -222,7 +230,8 @@ def build_parser() -> Parser:
                                                      resume="") +
                 "\n\nexamples:\n  python -m pythia train-chat\n"
                 "  python -m pythia train-chat --steps 2000 --d-model 64 --out big.npz\n"
-                "  python -m pythia train-chat --data notes.txt --block-size 64")
+                "  python -m pythia train-chat --data notes.txt --block-size 64\n"
+                "  python -m pythia train-chat --init-from ./gpt2 --data notes.txt")
     _add_training_flags(p, "train-chat")
     p.set_defaults(func=cmd_train_chat)
 
@@ -235,7 +244,9 @@ def build_parser() -> Parser:
                 "\n\nexamples:\n  python -m pythia train --steps 2000 --out shake.npz "
                 "--data shakespeare.txt\n"
                 "  python -m pythia train --resume shake.npz --steps 4000 "
-                "--data shakespeare.txt")
+                "--data shakespeare.txt
+"
+                "  python -m pythia train --init-from ./gpt2 --data notes.txt --steps 200 --out notes-ft.npz")
     _add_training_flags(p, "train")
     p.set_defaults(func=cmd_train)
 
@@ -271,6 +282,17 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_convert_gpt2)
+
+    p = command("export", "write a checkpoint as a Hugging Face GPT-2 folder",
+                "Write CKPT as a Hugging Face GPT-2 folder DIR (config.json, model.safetensors, and "
+                "vocab.json + merges.txt or, for a character model, tokenizer.json) that transformers "
+                "loads with GPT2LMHeadModel.from_pretrained(DIR) and Pythia with --gpt2 DIR.",
+                "examples:\n  python -m pythia export notes-ft.npz --out ./notes-hf\n"
+                "  python -m pythia chat --gpt2 ./notes-hf")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .npz written by train, train-chat or convert-gpt2")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
+    p.set_defaults(func=cmd_export)
     return top
 
 

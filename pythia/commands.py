@@ -125,9 +125,16 @@ def train_model(args: argparse.Namespace, command: str, ui):
 
     given = _explicit(args)
     resume = getattr(args, "resume", None)
+    init_from = getattr(args, "init_from", None)
     sizes = {k: getattr(args, k) if k in given else None for k in MODEL_FLAGS}
     train = {f.name: getattr(args, f.name) if f.name in given else None for f in fields(TrainConfig)}
-    if resume is None:
+    if resume is not None and init_from is not None:
+        raise ConfigError("--init-from starts a new run from a model's weights and --resume continues one; "
+                          "give only one of them")
+    if init_from is not None:
+        from .finetune import finetune_config
+        finetune_config(train)                   # bad settings fail before the model is read
+    elif resume is None:
         _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything else
         _train_config(args)
     out, out_note = resolve_out(args, command)
@@ -143,14 +150,23 @@ def train_model(args: argparse.Namespace, command: str, ui):
         if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
             notes.append(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
                       f"bundled corpus is used; pass --data {here[0]} to train on it")
-    trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                              out=out, log_file=log_file, on_progress=ui.progress)
+    if init_from is not None:
+        from .finetune import prepare_finetune
+        trainer = prepare_finetune(files, init_from, model=sizes, train=train, out=out, log_file=log_file,
+                                   on_progress=ui.progress)
+    else:
+        trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
+                                  out=out, log_file=log_file, on_progress=ui.progress)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
     backend, fallback = _kernel_status(args.kernels)
     rows = [("train", f"{cfg.steps} steps{ui.dot}batch {cfg.batch_size}{ui.dot}lr {cfg.lr:g} -> {cfg.min_lr:g}"
                       f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {start}" if resume else ""))]
+    if init_from is not None:
+        rows.append(("from", f"{init_from} (fine-tuning: fresh optimizer, block {dataset.block_size})"))
+    if cfg.grad_accum > 1:
+        rows.append(("batch", f"{cfg.grad_accum} x {cfg.batch_size} sequences per step"))
     rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
@@ -192,7 +208,7 @@ def load_model(args: argparse.Namespace):
         return model, tokenizer, f"GPT-2 weights from {args.gpt2}"
     if args.checkpoint:
         from .checkpoint import load_checkpoint
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, optimizer=False)
         if ckpt.step:
             what = f"trained {ckpt.step} steps"
         else:
@@ -298,4 +314,12 @@ def cmd_convert_gpt2(args: argparse.Namespace) -> int:
         raise ConfigError(f"GPT-2 support is missing from this installation ({e}); reinstall Pythia") from None
     written = convert_gpt2(args.dir, out, overwrite=args.force)
     print(f"wrote {written}; chat with it: python -m pythia chat --checkpoint {written}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import describe, export
+    out = export(args.checkpoint, args.out, force=args.force)
+    print(describe(out))
+    print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
     return 0

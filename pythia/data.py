@@ -66,11 +66,11 @@ def read_text(path: Path) -> str:
     return text
 
 
-def read_corpus(paths: list[Path]) -> str:
-    """All files' text joined in order; files are concatenated as is, like `cat`."""
+def read_corpus(paths: list[Path], joiner: str = "") -> str:
+    """All files' text joined in order; by default concatenated as is, like `cat`."""
     if not paths:
         raise DataError("no data files given; pass at least one text file with --data")
-    return "".join(read_text(p) for p in paths)
+    return joiner.join(read_text(p) for p in paths)
 
 
 @dataclass
@@ -96,8 +96,8 @@ class Dataset:
 
 
 def build_dataset(paths: list[Path], block_size: int, tokenizer=None,
-                  val_fraction: float = VAL_FRACTION) -> Dataset:
-    """Read, encode and split the corpus.
+                  val_fraction: float = VAL_FRACTION, joiner: str = "") -> Dataset:
+    """Read, encode and split the corpus (files joined with `joiner` between them).
 
     Without a tokenizer a character vocabulary is built from the text. With one (resuming, or a
     GPT-2 model) the text is encoded with it, and characters it cannot encode are a DataError.
@@ -105,7 +105,7 @@ def build_dataset(paths: list[Path], block_size: int, tokenizer=None,
     paths = [Path(p) for p in paths]
     if block_size < 1:
         raise DataError(f"block size must be positive, got {block_size}")
-    text = read_corpus(paths)
+    text = read_corpus(paths, joiner)
     where = " + ".join(p.name for p in paths)
     if tokenizer is None:
         tokenizer = SimpleTokenizer.from_text(text)
@@ -130,7 +130,7 @@ def _encode_with(tokenizer, text: str, where: str) -> np.ndarray:
         missing = tokenizer.unknown(text)
         if missing:
             raise DataError(f"the corpus ({where}) has {len(missing)} character(s) the model's vocabulary of "
-                            f"{tokenizer.vocab_size} lacks: {describe_chars(missing)}; train on the same data the "
-                            f"checkpoint was trained on, or start a new model without --resume")
+                            f"{tokenizer.vocab_size} lacks: {describe_chars(missing)}; train on text the checkpoint's "
+                            f"vocabulary covers, or start a new model without --resume or --init-from")
         return tokenizer.encode_array(text)
     return np.asarray(tokenizer.encode(text), dtype=np.int64)

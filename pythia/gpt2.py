@@ -23,7 +23,8 @@ import numpy as np
 from .bpe import GPT2Tokenizer, read_gpt2_json
 from .errors import ConfigError, GPT2Error
 from .model import Pythia, PythiaConfig
-from .safetensors import SafetensorsFile
+from .tokenizer import SimpleTokenizer
+from .safetensors import FLOAT_DTYPES, SafetensorsFile
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
 _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")    # causal-mask buffers, not weights
@@ -110,8 +111,17 @@ def read_gpt2_weights(path: str | Path, config: PythiaConfig) -> dict[str, np.nd
 
 
 def _read_weights(f: SafetensorsFile, config: PythiaConfig, *, copy: bool) -> dict[str, np.ndarray]:
+    plan, head = _plan(f, config)
+    params = {name: f.get(hf_name, copy=copy) for name, hf_name in plan.items()}
+    _check_head(f, head, params["wte"])
+    return params
+
+
+def _plan(f: SafetensorsFile, config: PythiaConfig) -> tuple[dict[str, str], str | None]:
+    """Which file tensor holds each Pythia parameter (every name and shape checked, nothing read),
+    and the name of an lm_head tensor if the file has one."""
     expected = _expected_shapes(config)
-    params: dict[str, np.ndarray] = {}
+    plan: dict[str, str] = {}
     head = None
     for hf_name in f.keys():
         name = _pythia_name(hf_name)
@@ -122,30 +132,55 @@ def _read_weights(f: SafetensorsFile, config: PythiaConfig, *, copy: bool) -> di
             continue
         if name not in expected:
             raise GPT2Error(f"{f.path}: unexpected tensor {hf_name!r}; {_HINT} (n_layer={config.n_layer})")
-        if name in params:
+        if name in plan:
             raise GPT2Error(f"{f.path}: tensor {name!r} appears twice (with and without 'transformer.')")
         if f.shape(hf_name) != expected[name]:
             raise GPT2Error(f"{f.path}: tensor {hf_name!r} has shape {list(f.shape(hf_name))}, config.json "
                             f"implies {list(expected[name])}; the weights and config do not match")
-        params[name] = f.get(hf_name, copy=copy)
-    missing = [n for n in expected if n not in params]
+        if f.dtype(hf_name) not in FLOAT_DTYPES:
+            raise GPT2Error(f"{f.path}: tensor {hf_name!r} has dtype {f.dtype(hf_name)}; Pythia reads only "
+                            f"{', '.join(FLOAT_DTYPES)} weights")
+        plan[name] = hf_name
+    missing = [n for n in expected if n not in plan]
     if missing:
         raise GPT2Error(f"{f.path} lacks tensor {missing[0]!r} ({len(missing)} missing); the file is incomplete "
                         "or not a GPT-2 model")
-    if head is not None:  # Pythia's head is tied to wte: an lm_head must be that same matrix
-        if f.shape(head) != expected["wte"] or not np.array_equal(f.get(head, copy=False), params["wte"]):
+    return plan, head
+
+
+def _check_head(f: SafetensorsFile, head: str | None, wte: np.ndarray) -> None:
+    """Pythia's head is tied to wte: an lm_head in the file must be that same matrix."""
+    if head is not None:
+        if f.shape(head) != wte.shape or not np.array_equal(f.get(head, copy=False), wte):
             raise GPT2Error(f"{f.path}: lm_head.weight differs from wte; Pythia supports only the tied head")
-    return params
 
 
-def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every value of a is finite, without a boolean temporary of a's size (np.isfinite of
+    GPT-2-small's wte alone is 8% of its weight bytes, on top of the model while it loads). A
+    float64 sum of float32 values cannot overflow (3.4e38 x 1e9 elements << 1.8e308), and NaN or
+    inf anywhere makes it non-finite (inf - inf is NaN), so the sum is finite exactly when every
+    value is."""
+    return bool(np.isfinite(a.sum(dtype=np.float64)))
+
+
+def read_tokenizer(d: Path):
+    """The tokenizer of a GPT-2 folder: byte-level BPE from vocab.json + merges.txt, or a character
+    vocabulary from the tokenizer.json that Pythia's export writes for character models."""
+    if not (d / "vocab.json").exists() and not (d / "merges.txt").exists() and (d / "tokenizer.json").is_file():
+        from .tokenizer_json import read_char_tokenizer_json
+        return read_char_tokenizer_json(d / "tokenizer.json")
+    return GPT2Tokenizer.from_dir(d)
+
+
+def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleTokenizer]:
     """The Pythia model and GPT-2 tokenizer of a Hugging Face GPT-2 directory (see module docstring)."""
     d = Path(directory)
     if not d.is_dir():
         raise GPT2Error(f"GPT-2 directory {str(d)!r} not found; give a folder holding config.json, "
                         "model.safetensors, vocab.json and merges.txt")
     config = read_gpt2_config(d / "config.json")
-    tokenizer = GPT2Tokenizer.from_dir(d)
+    tokenizer = read_tokenizer(d)
     if tokenizer.vocab_size > config.vocab_size:
         raise GPT2Error(f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
                         f"{config.vocab_size}; vocab.json and config.json are from different models")
@@ -158,15 +193,20 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer]:
                             "save_pretrained(..., safe_serialization=True)")
     f = SafetensorsFile(weights)
     try:
-        # F32 weights stay views of the mapped file until load_params copies them into the model,
-        # so a large model is not held twice in memory.
-        params = _read_weights(f, config, copy=False)
+        plan, head = _plan(f, config)
         model = Pythia(config, init=False)                     # every weight is loaded next
-        model.load_params(params)
+        for name, hf_name in plan.items():
+            if f.dtype(hf_name) == "F32":
+                # read from the file straight into the model's buffer: mapping the file instead
+                # would count its pages in this process's memory beside the model's copy
+                f.read_into(hf_name, model.params[name])
+            else:
+                model.params[name][...] = f.get(hf_name)     # F16/BF16 widened to float32
+        _check_head(f, head, model.params["wte"])
     finally:
         f.close()
     for name, p in model.params.items():
-        if not np.isfinite(p).all():
+        if not all_finite(p):
             raise GPT2Error(f"{weights}: tensor {name!r} holds NaN or infinite values; the file is corrupt")
     return model, tokenizer
 

@@ -17,6 +17,7 @@ L layers, N = B * T rows of the flattened residual stream, Tk keys seen by a que
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -189,9 +190,24 @@ class KVCache:
     def __init__(self, config: PythiaConfig, dtype=np.float32):
         H, hs = config.n_head, config.d_model // config.n_head
         shape = (config.n_layer, H, config.block_size, hs)
-        self.k = np.zeros(shape, dtype)
-        self.v = np.zeros(shape, dtype)
+        self.k = _lazy_zeros(shape, dtype)
+        self.v = _lazy_zeros(shape, dtype)
         self.length = 0                                          # positions filled so far
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros whose memory becomes resident only where written, in 4 KB pages.
+
+    A cache slab (H, block_size, hs) of one layer is written a few positions at a time, one
+    stretch per head (256 KB apart at GPT-2's sizes). With transparent huge pages the first write
+    into each stretch would make a whole 2 MB page resident: GPT-2-small's cache (75 MB for 1024
+    positions) was fully resident after a 3-token prompt. An anonymous mapping advised against
+    huge pages keeps it to what the positions filled so far need."""
+    nbytes = max(1, math.prod(shape) * np.dtype(dtype).itemsize)
+    buf = mmap.mmap(-1, nbytes)                                  # anonymous: zero-filled on first touch
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype, count=math.prod(shape)).reshape(shape)
 
 
 # ============================================================================ model
@@ -237,9 +253,11 @@ class Pythia:
         resid_std = 0.02 / math.sqrt(2 * config.n_layer)        # GPT-2: residual projections scaled down
         shapes = _param_shapes(config)
         # params and grads are views into two flat buffers (matrices first), so the optimizer can
-        # update the whole model with a few whole-buffer NumPy calls; the dicts keep HF order
+        # update the whole model with a few whole-buffer NumPy calls; the dicts keep HF order.
+        # The gradient buffer is made on first use: a model that only infers (chat, generate,
+        # export) never holds one.
         self.params = _flat_views(shapes)
-        self.grads = _flat_views(shapes)
+        self._grads: dict[str, np.ndarray] | None = None
         if init:
             for name, p in self.params.items():
                 if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
@@ -256,6 +274,13 @@ class Pythia:
         memory.keep_freed_memory()                               # reuse freed activations' pages (memory.py)
 
     # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """Gradients by parameter name, views into one flat float32 buffer laid out like params."""
+        if self._grads is None:
+            self._grads = _flat_views(_param_shapes(self.config))
+        return self._grads
 
     def num_params(self) -> int:
         """Number of scalars in the model (the tied head counts once)."""

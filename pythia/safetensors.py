@@ -1,4 +1,4 @@
-"""A NumPy-only reader for the safetensors format (Hugging Face's weight files).
+"""A NumPy-only reader and writer for the safetensors format (Hugging Face's weight files).
 
 Layout of a file:
     8 bytes      N, the header length, unsigned little-endian
@@ -6,7 +6,10 @@ Layout of a file:
                                "__metadata__": {...} (optional)}
     rest         the data buffer; begin/end are byte offsets into it, little-endian, C order
 
-The file is memory-mapped, so each tensor is read from disk once, straight into its float32 copy.
+The reader memory-maps the file, so each tensor is read from disk once, straight into its float32
+copy; read_into() instead reads a tensor into an array the caller owns, mapping nothing. The
+writer (save_safetensors) writes F32 tensors only, in the order given, padding the header with
+spaces to a multiple of 8 bytes so every tensor starts aligned.
 F32, F16 and BF16 tensors convert to float32 (bf16 is the top half of an f32: bits << 16).
 Anything malformed raises pythia.errors.GPT2Error with a one-line message.
 """
@@ -124,6 +127,23 @@ class SafetensorsFile:
             out = (raw.view("<u2").reshape(shape).astype(np.uint32) << 16).view(np.float32)
         return out
 
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Read F32 tensor `name` into out (float32, C-contiguous, the tensor's shape) straight from
+        the file: no mapping, so nothing but out holds the data (what a large model's loader wants)."""
+        dtype, shape, begin, end = self._entries[name]
+        if dtype != "F32" or out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous:
+            raise ValueError(f"read_into needs an F32 tensor and a C-contiguous float32 array of its shape, got "
+                             f"{dtype} {shape} into {out.dtype} {out.shape}")
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            n = f.readinto(view)
+        if n != end - begin:
+            raise GPT2Error(f"{self.path}: tensor {name!r} ends early (read {n} of {end - begin} bytes); "
+                            "the file is truncated")
+        if out.dtype.byteorder == ">":                         # the file is little-endian
+            out.byteswap(inplace=True)
+
     def close(self) -> None:
         """Drop this object's memory map (arrays already returned stay valid: copies are
         independent, and views keep the mapping alive while they exist)."""
@@ -137,3 +157,28 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         return {name: f.get(name) for name in f.keys() if f.dtype(name) in FLOAT_DTYPES}
     finally:
         f.close()
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write tensors (float32, any shape) as one safetensors file at path, in the dict's order.
+
+    Header: {"__metadata__": metadata, name: {"dtype": "F32", "shape": [...], "data_offsets":
+    [begin, end]}, ...}, begin/end relative to the data buffer, which holds the tensors end to end,
+    little-endian, C order. Each tensor is written from its own memory: no concatenated copy."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    arrays = []
+    for name, a in tensors.items():
+        a = np.asarray(a, dtype="<f4", order="C")             # F32 little-endian, C order (0-d stays 0-d)
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)                             # data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for a in arrays:
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))

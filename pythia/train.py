@@ -4,6 +4,11 @@ The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `pa
 `grads`, and that an optimizer has `step(grads) -> {"lr", "grad_norm"}`: it is the same loop for
 any model size. B is the batch size and T the block size.
 
+Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
+each drawn from the same training stream. Every micro-batch holds B * T tokens, so the mean loss
+over all K * B * T tokens is the mean of the K micro-batch losses, and its gradient the mean of
+their gradients: g = (1/K) sum_k g_k. Steps, the log and progress count optimizer steps.
+
 Determinism: training batches come from one seeded generator whose state is saved in every
 checkpoint, so a run resumed from step k sees exactly the batches the uninterrupted run saw after
 step k, and gives the same losses. Evaluation draws from its own generator, seeded afresh at each
@@ -46,12 +51,13 @@ class TrainConfig:
     eval_interval: int = 100      # evaluate (and checkpoint) every this many steps, and at the end
     eval_iters: int = 20          # batches averaged per split per evaluation: 20 x 8 x 32 = 5k tokens
     seed: int = 1337              # seeds weights, training batches and evaluation batches
+    grad_accum: int = 1           # micro-batches of batch_size per optimizer step (K x B sequences a step)
 
     def validate(self) -> None:
         """ConfigError naming the flag when a setting is out of range."""
         def bad(flag: str, value, need: str) -> None:
             raise ConfigError(f"--{flag} must be {need}, got {value}")
-        for name in ("steps", "batch_size", "eval_interval", "eval_iters"):
+        for name in ("steps", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 bad(name.replace("_", "-"), v, "a positive integer")
@@ -158,6 +164,7 @@ class Trainer:
         self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
         self._saved = False  # whether this Trainer has written out
         self._log_fh = None
+        self._acc: dict[str, np.ndarray] | None = None  # gradient sum over micro-batches (grad_accum > 1)
 
     @classmethod
     def resume(cls, ckpt, dataset, cfg: TrainConfig, **kwargs) -> "Trainer":
@@ -204,6 +211,35 @@ class Trainer:
                         rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict())
         self._saved = True
 
+    def _accumulate(self, step: int) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and gradients of one optimizer step: the mean over grad_accum micro-batches.
+
+        With K = 1 the model's own gradient buffers are handed on untouched (no copy). With K > 1
+        a sum buffer of the gradients' size is kept across steps: acc = g_1, acc += g_k, then
+        acc *= 1/K (backward() overwrites the model's buffers, so they cannot hold the sum)."""
+        K, B = self.cfg.grad_accum, self.cfg.batch_size
+        total = 0.0
+        for k in range(K):
+            x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
+            loss = float(self.model.loss(x, y))
+            if not math.isfinite(loss):
+                raise PythiaError(self._diverged_message(loss, step + 1))
+            self.model.backward()
+            total += loss
+            if K == 1:
+                return loss, self.model.grads
+            if self._acc is None:
+                self._acc = _like_layout(self.model.grads)
+            for n, g in self.model.grads.items():
+                if k == 0:
+                    np.copyto(self._acc[n], g)
+                else:
+                    self._acc[n] += g
+        scale = np.float32(1.0 / K)
+        for a in self._acc.values():
+            a *= scale
+        return total / K, self._acc
+
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.model.params.values())
 
@@ -218,7 +254,7 @@ class Trainer:
         """Train from start_step to cfg.steps. Ctrl-C stops at the end of the current step, saves,
         and returns with interrupted=True. A NaN or infinite loss raises PythiaError; the checkpoint
         at out then still holds the last good state (it is only ever written with finite weights)."""
-        cfg, B, T = self.cfg, self.cfg.batch_size, self.dataset.block_size
+        cfg, B, T, K = self.cfg, self.cfg.batch_size, self.dataset.block_size, self.cfg.grad_accum
         result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step)
         self._stop = False
         self._log_fh = None
@@ -241,13 +277,9 @@ class Trainer:
         try:
             while step < cfg.steps and not self._stop:
                 ts = time.perf_counter()
-                x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
-                loss = float(self.model.loss(x, y))
-                if not math.isfinite(loss):
-                    raise PythiaError(self._diverged_message(loss, step + 1))
-                self.model.backward()
+                loss, grads = self._accumulate(step)
                 try:
-                    info = self.optimizer.step(self.model.grads)
+                    info = self.optimizer.step(grads)
                 except PythiaError:  # a non-finite gradient norm: nothing was updated
                     raise PythiaError(self._diverged_message(float("nan"), step + 1, "gradient norm")) from None
                 step += 1
@@ -269,7 +301,7 @@ class Trainer:
 
                 done = step - self.start_step
                 elapsed = time.perf_counter() - t0
-                tps = done * B * T / train_time if train_time > 0 else 0.0
+                tps = done * K * B * T / train_time if train_time > 0 else 0.0
                 eta = (cfg.steps - step) * elapsed / done
                 progress = Progress(step=step, steps=cfg.steps, train_loss=loss, val_loss=last_val,
                                     lr=float(info.get("lr", float("nan"))), tokens_per_s=tps, elapsed_s=elapsed,
@@ -301,7 +333,7 @@ class Trainer:
         if result.evals and result.evals[-1][0] == step:
             result.train_loss, result.val_loss = result.evals[-1][1], result.evals[-1][2]
         result.wall_time_s = time.perf_counter() - t0
-        result.tokens_per_s = (step - self.start_step) * B * T / train_time if train_time > 0 else 0.0
+        result.tokens_per_s = (step - self.start_step) * K * B * T / train_time if train_time > 0 else 0.0
         result.checkpoint = self.out if self._saved else None
         return result
 
@@ -329,6 +361,20 @@ class Trainer:
     def _restore_sigint(previous) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _like_layout(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Empty arrays of the same shapes laid end to end in one buffer in the same memory order as
+    `arrays`, so an optimizer that reads gradients as one flat buffer (DeltaOptimizer does, when
+    they tile one as Pythia's do) takes the sum without gathering it into another copy."""
+    order = sorted(arrays, key=lambda n: arrays[n].__array_interface__["data"][0])
+    first = arrays[order[0]]
+    flat = np.empty(sum(a.size for a in arrays.values()), first.dtype)
+    out, pos = {}, 0
+    for n in order:
+        out[n] = flat[pos:pos + arrays[n].size].reshape(arrays[n].shape)
+        pos += arrays[n].size
+    return {n: out[n] for n in arrays}
 
 
 def _maybe_float(v) -> float | None:

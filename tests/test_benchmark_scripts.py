@@ -81,3 +81,11 @@ def test_number_reads_the_scripts_thousands_separators():
     assert number("2,177.1") == 2177.1 and number("12.50") == 12.5 and number("1,000,000") == 1e6
     with pytest.raises(AssertionError):
         number("2,17.1")
+
+
+def test_bench_finetune_measures_steps_memory_and_chat_on_a_tiny_shape():
+    out = run_script("bench_finetune.py", "--shape", "tiny", "--rounds", "1", "--steps", "2")
+    rows = table_rows(out)
+    assert [r[0].split(",")[0] for r in rows] == ["step time", "peak RSS of 2 steps", "chat --gpt2 peak RSS"], out
+    assert number(rows[0][1].split(" ")[0]) > 0 and number(rows[1][1].split(" ")[0]) > 0
+    assert re.fullmatch(r"[\d,]+ / [\d,]+ = [\d.]+x", rows[2][1]), rows[2]

@@ -1,0 +1,160 @@
+"""Export a Pythia checkpoint as a Hugging Face GPT-2 folder that `transformers` loads.
+
+    config.json        GPT-2's config: model_type "gpt2", n_embd, n_layer, n_head, n_positions,
+                       vocab_size, activation_function "gelu_new" (GPT-2's tanh GELU, Pythia's),
+                       layer_norm_epsilon 1e-5, tied embeddings, no dropout (Pythia trains without)
+    model.safetensors  every weight as F32, named as transformers saves GPT2LMHeadModel
+                       ("transformer.h.0.attn.c_attn.weight", ...; the tied lm_head is not stored),
+                       written by pythia.safetensors.save_safetensors
+    vocab.json, merges.txt           for a byte-level BPE (GPT-2) model
+    tokenizer.json, tokenizer_config.json   for a character model (see pythia.tokenizer_json)
+
+Pythia's parameters already have GPT-2's names and its Conv1D (in, out) layout, so no tensor is
+transposed or renamed beyond the prefix. `GPT2LMHeadModel.from_pretrained(DIR)` loads the folder
+and Pythia reads it back (`chat --gpt2 DIR`, `convert-gpt2 DIR`).
+
+The folder is written whole or not at all: every file goes into a temporary sibling folder,
+which is renamed to DIR only once complete, so an interrupted export leaves no folder that looks
+finished. An existing DIR that is not empty, or a file at DIR, is refused unless `force`; then
+it is replaced only after the new folder is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+LAYER_NORM_EPS = 1e-5   # what pythia.kernels.layernorm_forward uses
+
+
+def gpt2_config(model_config, tokenizer) -> dict:
+    """config.json for a model of these sizes (see module docstring)."""
+    c = model_config
+    eot = getattr(tokenizer, "eot_id", None)
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
+        "n_embd": c.d_model, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True, "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",
+    }
+
+
+def hf_name(name: str) -> str:
+    """Pythia's parameter name -> the key transformers writes for GPT2LMHeadModel."""
+    return "transformer." + {"wte": "wte.weight", "wpe": "wpe.weight"}.get(name, name)
+
+
+def write_hf_folder(folder: Path, model, tokenizer) -> None:
+    """Write the GPT-2 layout into an existing empty folder."""
+    from .safetensors import save_safetensors
+    from .tokenizer_json import char_tokenizer_config, char_tokenizer_json
+    write_json(folder / "config.json", gpt2_config(model.config, tokenizer))
+    save_safetensors(folder / "model.safetensors", {hf_name(k): p for k, p in model.params.items()},
+                     metadata={"format": "pt"})
+    if tokenizer.kind == "gpt2-bpe":
+        write_json(folder / "vocab.json", tokenizer.encoder)
+        merges = "".join(f"{a} {b}\n" for a, b in tokenizer.merges)
+        (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+        special = {"bos_token": tokenizer.special_tokens[0], "eos_token": tokenizer.special_tokens[0],
+                   "unk_token": tokenizer.special_tokens[0]} if tokenizer.special_tokens else {}
+        write_json(folder / "tokenizer_config.json", {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
+                                                      "model_max_length": model.config.block_size, **special})
+    elif tokenizer.kind == "char":
+        write_json(folder / "tokenizer.json", char_tokenizer_json(tokenizer))
+        write_json(folder / "tokenizer_config.json", char_tokenizer_config(model.config.block_size))
+    else:
+        raise ConfigError(f"cannot export a tokenizer of kind {tokenizer.kind!r}; export handles 'char' and "
+                          f"'gpt2-bpe' models")
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def check_export_target(out: str | Path, force: bool) -> Path:
+    """The folder to write; ConfigError when it would replace something without force."""
+    out = Path(out)
+    parent = out.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: directory {str(parent)!r} does not exist; create it first "
+                          f"or choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: directory {str(parent.resolve())!r} is not writable; choose "
+                          f"a folder in a directory you can write to")
+    if force:
+        return out
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {str(out)!r} is a folder that is not empty; choose a new folder, or add "
+                          f"--force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a folder; choose a new folder name, or add "
+                          f"--force to replace the file")
+    return out
+
+
+def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Write the checkpoint as a Hugging Face GPT-2 folder at out (see module docstring)."""
+    from .checkpoint import load_checkpoint
+    out = check_export_target(out, force)
+    ckpt = load_checkpoint(checkpoint, optimizer=False)
+    return save_hf(out, ckpt.model, ckpt.tokenizer, force=force)
+
+
+def save_hf(out: str | Path, model, tokenizer, *, force: bool = False) -> Path:
+    """Write model and tokenizer as a GPT-2 folder at out, atomically (module docstring)."""
+    out = check_export_target(out, force)
+    parent = out.parent
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        write_hf_folder(tmp, model, tokenizer)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())                      # mkdtemp makes 0700; the usual permissions
+        _move_into_place(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ConfigError(f"cannot write {str(out)!r}: {e.strerror or e}; check free disk space and "
+                              f"permissions") from None
+        raise
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to out. An empty folder at out is replaced by the rename itself;
+    anything else at out (allowed by force) is first moved aside and removed only afterwards."""
+    if not out.exists() and not out.is_symlink():
+        os.rename(tmp, out)
+        return
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        os.replace(tmp, out)                                  # rename(2) onto an empty directory
+        return
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old")) / "old"
+    os.rename(out, aside)
+    os.rename(tmp, out)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside.parent, ignore_errors=True)
+    else:
+        aside.unlink()
+        os.rmdir(aside.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def describe(out: Path) -> str:
+    """One line naming what was written."""
+    files = sorted(p.name for p in out.iterdir())
+    size = sum(p.stat().st_size for p in out.iterdir())
+    return f"wrote {out}/ ({', '.join(files)}; {size / 1e6:.1f} MB)"
