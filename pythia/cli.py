@@ -244,8 +244,7 @@ def build_parser() -> Parser:
                 "\n\nexamples:\n  python -m pythia train --steps 2000 --out shake.npz "
                 "--data shakespeare.txt\n"
                 "  python -m pythia train --resume shake.npz --steps 4000 "
-                "--data shakespeare.txt
-"
+                "--data shakespeare.txt\n"
                 "  python -m pythia train --init-from ./gpt2 --data notes.txt --steps 200 --out notes-ft.npz")
     _add_training_flags(p, "train")
     p.set_defaults(func=cmd_train)
