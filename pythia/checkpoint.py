@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,19 +47,14 @@ def _meta_bytes(meta: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8).copy()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None, step: int = 0,
                     rng_state: dict | None = None, train_config: dict | None = None) -> None:
     """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
 
-    Atomic: the archive goes to a temporary file in the same directory, is flushed to disk, then
-    renamed over path. On any failure (including Ctrl-C) the temporary file is removed and a file
-    already at path is left as it was.
+    Atomic (pythia.outputs.atomic_write): the archive goes to a temporary file in the same
+    directory, is flushed to disk, then renamed over path, keeping the replaced file's mode; a
+    symlink is followed to the file it points to and only a regular file is replaced. On any failure the temporary
+    file is removed and a file already at path is left as it was; a signal waits for the rename.
     """
     path = Path(path)
     if path.is_dir():
@@ -90,27 +84,12 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     }
     arrays["meta"] = _meta_bytes(meta)
 
+    from .outputs import atomic_write
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; "
-                              f"check that the directory is writable") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; "
-                                  f"check free disk space and permissions") from None
-        raise
+                              f"check free disk space and permissions") from None
 
 
 def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:

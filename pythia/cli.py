@@ -9,7 +9,8 @@
 
 Every problem with what the user gave us (a PythiaError, a bad flag, a file the system refuses,
 Ctrl-C outside the places that handle it) ends as one line on stderr, `error: <what and what to
-do>`, and a non-zero exit status: 1 for errors, 2 for command-line usage, 130 for Ctrl-C.
+do>`, and a non-zero exit status: 1 for errors, 2 for command-line usage, 128 + the signal's
+number when a signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see pythia.outputs).
 Settings are checked before any data is read or any training starts, and no command replaces a
 file the user already has unless asked to (--force, or --resume's own checkpoint).
 """
@@ -24,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from .commands import DEFAULT_OUT, cmd_chat, cmd_convert_gpt2, cmd_export, cmd_generate, cmd_train, cmd_train_chat
 from .errors import ConfigError, PythiaError
+from .outputs import Interrupted, interrupted_message, written_files
 
 
 class UsageError(Exception):
@@ -105,7 +107,7 @@ examples:
   python -m pythia generate --checkpoint book.npz --prompt "Once" --seed 1
 
 `python -m pythia COMMAND --help` explains each command and its flags.
-Exit status: 0 done, 1 error, 2 bad command line, 130 interrupted by Ctrl-C."""
+Exit status: 0 done, 1 error, 2 bad command line, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
 
 DATA_HELP = """\
 data: --data FILE... when given; otherwise input.txt and model.txt from the current directory
@@ -237,7 +239,8 @@ def build_parser() -> Parser:
 
     p = command("train", "train (or --resume) a model and save a checkpoint",
                 "Train a model and save it. Ctrl-C stops at the end of the current step, saves the "
-                "checkpoint and exits (status 130); --resume continues from it exactly.",
+                "checkpoint and exits (status 130; SIGTERM 143 and SIGHUP 129 do the same); --resume "
+                "continues from it exactly.",
                 DATA_HELP + "\n\n" + OUT_HELP.format(
                     default=DEFAULT_OUT["train"], stem="pythia",
                     resume=" With --resume and no --out, the resumed checkpoint is updated in place.") +
@@ -322,8 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e} (see `{e.prog} --help`)", 2)
     except PythiaError as e:
         return _fail(str(e))
+    except Interrupted as e:                     # a stop signal that could not wait for a safe point
+        return _fail(interrupted_message(e), e.exit_status)
     except KeyboardInterrupt:
-        return _fail("interrupted by Ctrl-C", 130)
+        saved = written_files()                  # e.g. a Ctrl-C just after a guarded save ended
+        return _fail("interrupted by Ctrl-C" + (f"; the last file saved, {str(saved[-1])!r}, is complete"
+                                                if saved else ""), 130)
     except BrokenPipeError:
         _silence_stdout()  # the reader went away (e.g. `| head`); not worth a message
         return 1

@@ -7,6 +7,7 @@ the user already has unless asked to, and raise `PythiaError` for anything the u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import fields
@@ -56,49 +57,42 @@ def _model_config(args: argparse.Namespace, vocab_size: int):
     return cfg
 
 
-def _next_free(path: Path) -> Path:
-    """path itself when free, else stem-2.suffix, stem-3.suffix, ... whichever is free first."""
-    if not path.exists():
-        return path
+def _free_names(path: Path):
+    """path, then stem-2.suffix, stem-3.suffix, ...: the candidates for a default output name."""
+    yield path
     n = 2
     while True:
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
+        yield path.with_name(f"{path.stem}-{n}{path.suffix}")
         n += 1
 
 
-def _check_target(path: Path, flag: str) -> None:
-    """Fail now, not after training, when path cannot be written."""
-    if path.is_dir():
-        raise ConfigError(f"{flag} {str(path)!r} is a directory; give a file name such as "
-                          f"{str(path / 'model.npz')!r}")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist; create it "
-                          f"first or choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent.resolve())!r} is not writable; "
-                          f"choose a path in a directory you can write to")
+def claim_out(args: argparse.Namespace, command: str):
+    """Claim the checkpoint this run writes (pythia.outputs.claim_output), checked and locked now.
 
-
-def resolve_out(args: argparse.Namespace, command: str) -> tuple[Path, str | None]:
-    """The checkpoint path to write, and a note for the banner when it is not the obvious one."""
+    Returns (claim, note for the banner or None, the --resume source when it is another file)."""
+    from .outputs import OutputBusy, claim_output, is_claimed
     resume = getattr(args, "resume", None)
     if args.out is not None:
-        out = Path(args.out)
-        _check_target(out, "--out")
-        same_as_resume = resume is not None and out.exists() and out.resolve() == Path(resume).resolve()
-        if out.exists() and not (args.force or same_as_resume):
-            raise ConfigError(f"--out {str(out)!r} already exists and would be replaced; choose another "
-                              f"--out, or add --force to replace it")
-        return out, ("updated in place" if same_as_resume else None)
+        out = args.out                          # a str: Path() would drop a trailing '/'
+        in_place = resume is not None and os.path.exists(out) and os.path.exists(resume) and \
+            os.path.samefile(out, resume)
+        claim = claim_output(out, flag="--out", replace=bool(args.force or in_place))
+        return claim, ("updated in place" if in_place else None), (None if in_place else resume)
     if resume is not None:
-        return Path(resume), "updated in place"
+        return claim_output(resume, flag="--resume", replace=True), "updated in place", None
     default = Path(DEFAULT_OUT[command])
-    out = _next_free(default)
-    note = None if out == default else f"{default} already exists, so it is kept"
-    return out, note
+    why = None                                  # why the default name itself was passed over
+    for out in _free_names(default):           # never replace a file, nor race a live run for one
+        if os.path.lexists(out) or is_claimed(out):
+            why = why or ("already exists, so it is kept" if os.path.lexists(out)
+                          else "is being written by another run")
+            continue
+        try:
+            claim = claim_output(out, flag="--out")
+        except OutputBusy:
+            why = why or "is being written by another run"
+            continue
+        return claim, (f"{default} {why}" if why else None), None
 
 
 def _corpus_info(files: list[Path], n_tokens: int):
@@ -114,13 +108,21 @@ def _corpus_info(files: list[Path], n_tokens: int):
     return CorpusInfo(files=shown, n_tokens=n_tokens, bundled=bundled)
 
 
-def train_model(args: argparse.Namespace, command: str, ui):
+def train_model(args: argparse.Namespace, command: str, ui, stop):
     """The training half of train and train-chat: check, build, boot banner, train, summary.
 
+    stop is the pythia.outputs.SignalGuard of the command: training polls it at step boundaries.
+    The checkpoint is claimed from the first check until the last save.
     Returns (model, tokenizer, TrainResult, checkpoint path).
     """
+    with contextlib.ExitStack() as held:
+        return _train_model(args, command, ui, stop, held)
+
+
+def _train_model(args: argparse.Namespace, command: str, ui, stop, held: contextlib.ExitStack):
     from . import __version__
     from .data import resolve_corpus
+    from .outputs import check_appendable, check_distinct
     from .train import TrainConfig, prepare_trainer
 
     given = _explicit(args)
@@ -137,12 +139,16 @@ def train_model(args: argparse.Namespace, command: str, ui):
     elif resume is None:
         _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything else
         _train_config(args)
-    out, out_note = resolve_out(args, command)
+    claim, out_note, resume_source = claim_out(args, command)
+    held.enter_context(claim)
+    out = claim.path
     log_file = Path(args.log_file) if args.log_file else None
     if log_file is not None:
-        _check_target(log_file, "--log-file")
+        check_appendable(args.log_file, flag="--log-file")
     select_kernels(args.kernels)
     files = resolve_corpus(args.data)
+    check_distinct({"--out": out, "--log-file": log_file},
+                   {"--data": files, "--resume": [resume_source] if resume_source else []})
     notes = []
     if not args.data:
         from .data import DEFAULT_FILES
@@ -153,10 +159,10 @@ def train_model(args: argparse.Namespace, command: str, ui):
     if init_from is not None:
         from .finetune import prepare_finetune
         trainer = prepare_finetune(files, init_from, model=sizes, train=train, out=out, log_file=log_file,
-                                   on_progress=ui.progress)
+                                   on_progress=ui.progress, stop_requested=stop.requested)
     else:
         trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                                  out=out, log_file=log_file, on_progress=ui.progress)
+                                  out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
@@ -167,14 +173,17 @@ def train_model(args: argparse.Namespace, command: str, ui):
         rows.append(("from", f"{init_from} (fine-tuning: fresh optimizer, block {dataset.block_size})"))
     if cfg.grad_accum > 1:
         rows.append(("batch", f"{cfg.grad_accum} x {cfg.batch_size} sequences per step"))
-    rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
+    notes_out = [n for n in (claim.note, out_note) if n]
+    rows.append(("saving to", str(out) + (f"  ({'; '.join(notes_out)})" if notes_out else "")))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
     for note in notes:
         ui.notice(note)
     ui.notice("Training... (Ctrl-C stops early and saves)")
-    result = trainer.run()
+    with stop.polled():
+        result = trainer.run()
+    held.close()                                # the last save is done: release the checkpoint
 
     train_loss, val_loss = result.train_loss, result.val_loss
     if result.evals and train_loss is None:      # stopped between evaluations: report the latest one
@@ -184,7 +193,7 @@ def train_model(args: argparse.Namespace, command: str, ui):
     ui.summary(steps_done=result.steps, steps=cfg.steps, train_loss=train_loss, val_loss=val_loss,
                wall_s=result.wall_time_s, tokens_per_s=result.tokens_per_s,
                checkpoint=str(result.checkpoint) if result.checkpoint else "not saved (no step finished)",
-               interrupted=result.interrupted)
+               interrupted=result.interrupted, reason=stop.name or "Ctrl-C")
     return model, tokenizer, result, out
 
 
@@ -222,24 +231,39 @@ def load_model(args: argparse.Namespace):
 # ---- the commands --------------------------------------------------------------------------------
 
 def cmd_train_chat(args: argparse.Namespace) -> int:
+    import signal
+
     from .chat import run_chat
+    from .outputs import guard_signals, keep_running_without_streams
     from .ui import ConsoleUI
+    keep_running_without_streams()              # the report may go away; the run may not
     ui = ConsoleUI()
-    model, tokenizer, _, _ = train_model(args, "train-chat", ui)
+    with guard_signals() as stop:
+        model, tokenizer, result, out = train_model(args, "train-chat", ui, stop)
+    if stop.requested() and stop.signum != signal.SIGINT:   # Ctrl-C goes on to the chat; others end here
+        if result.checkpoint:
+            ui.notice(f"Chat with it: python -m pythia chat --checkpoint {out}")
+        return stop.exit_status
     ui.line()
     run_chat(model, tokenizer, ui=ui, settings=_chat_settings(seed=args.seed))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .outputs import guard_signals, keep_running_without_streams
     from .ui import ConsoleUI
+    keep_running_without_streams()              # the report may go away; the run may not
     ui = ConsoleUI()
-    _, _, result, out = train_model(args, "train", ui)
-    if result.interrupted:
-        if result.checkpoint:
+    with guard_signals() as stop:
+        _, _, result, out = train_model(args, "train", ui, stop)
+        if result.checkpoint is None:
+            pass                                # the summary said "not saved"; name no file
+        elif result.steps < result.planned_steps:
             ui.notice(f"Continue with: python -m pythia train --resume {out} (and the same --data)")
-        return 130
-    ui.notice(f"Chat with it: python -m pythia chat --checkpoint {out}")
+        else:
+            ui.notice(f"Chat with it: python -m pythia chat --checkpoint {out}")
+    if result.interrupted or stop.requested():
+        return stop.exit_status or 130
     return 0
 
 
@@ -303,23 +327,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_gpt2(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    _check_target(out, "--out")
-    if out.exists() and not args.force:
-        raise ConfigError(f"--out {str(out)!r} already exists and would be replaced; choose another --out, "
-                          f"or add --force to replace it")
-    try:
-        from .gpt2 import convert_gpt2
-    except ImportError as e:
-        raise ConfigError(f"GPT-2 support is missing from this installation ({e}); reinstall Pythia") from None
-    written = convert_gpt2(args.dir, out, overwrite=args.force)
+    from .outputs import claim_output, guard_signals
+    source = Path(args.dir)
+    inputs = {"DIR": [p for p in source.iterdir() if p.is_file()] if source.is_dir() else []}
+    with guard_signals(), claim_output(args.out, flag="--out", replace=args.force, inputs=inputs) as claim:
+        try:
+            from .gpt2 import convert_gpt2
+        except ImportError as e:
+            raise ConfigError(f"GPT-2 support is missing from this installation ({e}); reinstall Pythia") from None
+        written = convert_gpt2(args.dir, claim.path, overwrite=args.force)
     print(f"wrote {written}; chat with it: python -m pythia chat --checkpoint {written}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import describe, export
-    out = export(args.checkpoint, args.out, force=args.force)
+    from .outputs import guard_signals
+    with guard_signals():          # a signal raises, so the half-written temporary folder is removed
+        out = export(args.checkpoint, args.out, force=args.force)
     print(describe(out))
     print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
     return 0

@@ -136,8 +136,9 @@ class TrainResult:
     wall_time_s: float = 0.0
     tokens_per_s: float = 0.0
     checkpoint: Path | None = None               # where the final state was saved (None without out)
-    interrupted: bool = False                    # stopped early by Ctrl-C
+    interrupted: bool = False                    # stopped by Ctrl-C or a stop request before finishing
     start_step: int = 0                          # the step this run started from (non-zero when resumed)
+    planned_steps: int = 0                       # the step the run was asked to reach (--steps)
 
 
 class Trainer:
@@ -146,7 +147,8 @@ class Trainer:
     def __init__(self, model, optimizer, dataset, cfg: TrainConfig, *, tokenizer=None,
                  out: Path | None = None, log_file: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
-                 start_step: int = 0, rng_state: dict | None = None):
+                 start_step: int = 0, rng_state: dict | None = None,
+                 stop_requested: Callable[[], bool] | None = None):
         cfg.validate()
         if start_step >= cfg.steps:
             raise ConfigError(f"the model has already trained {start_step} steps and --steps is {cfg.steps}; "
@@ -162,7 +164,11 @@ class Trainer:
         self.start_step = start_step
         self.rng = make_rng(cfg.seed, rng_state)
         self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
+        # Polled with _stop at every step boundary (and between evaluation batches). When given, the
+        # caller owns the signals (pythia.outputs.guard_signals) and run() installs no Ctrl-C handler.
+        self.stop_requested = stop_requested
         self._saved = False  # whether this Trainer has written out
+        self._saved_step: int | None = None  # the step of the state last written to out
         self._log_fh = None
         self._acc: dict[str, np.ndarray] | None = None  # gradient sum over micro-batches (grad_accum > 1)
 
@@ -195,7 +201,7 @@ class Trainer:
         for split in ("train", "val"):
             total = 0.0
             for _ in range(iters):
-                if self._stop:
+                if self._stopping():
                     return None
                 x, y = self.dataset.get_batch(split, self.cfg.batch_size, rng)  # (B, T), (B, T)
                 total += float(self.model.loss(x, y))
@@ -209,7 +215,10 @@ class Trainer:
         from .checkpoint import save_checkpoint
         save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
                         rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict())
-        self._saved = True
+        self._saved, self._saved_step = True, step
+
+    def _stopping(self) -> bool:
+        return self._stop or (self.stop_requested is not None and self.stop_requested())
 
     def _accumulate(self, step: int) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients of one optimizer step: the mean over grad_accum micro-batches.
@@ -251,11 +260,13 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train from start_step to cfg.steps. Ctrl-C stops at the end of the current step, saves,
-        and returns with interrupted=True. A NaN or infinite loss raises PythiaError; the checkpoint
-        at out then still holds the last good state (it is only ever written with finite weights)."""
+        """Train from start_step to cfg.steps. Ctrl-C (or stop_requested() turning true) stops at the
+        end of the current step or evaluation, saves, and returns with interrupted=True. A NaN or
+        infinite loss raises PythiaError; the checkpoint at out then still holds the last good
+        state (it is only ever written with finite weights)."""
         cfg, B, T, K = self.cfg, self.cfg.batch_size, self.dataset.block_size, self.cfg.grad_accum
-        result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step)
+        result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step,
+                             planned_steps=cfg.steps)
         self._stop = False
         self._log_fh = None
         if self.log_file is not None:
@@ -264,7 +275,7 @@ class Trainer:
             except OSError as e:
                 raise ConfigError(f"cannot open --log-file {str(self.log_file)!r}: {e.strerror or e}; "
                                   f"check the path") from None
-        previous_handler = self._install_sigint()
+        previous_handler = self._install_sigint() if self.stop_requested is None else None
         t0 = time.perf_counter()
         train_time = 0.0        # seconds spent in training steps (not evaluation) this run
         last_val: float | None = None
@@ -275,7 +286,7 @@ class Trainer:
         errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
         errstate.__enter__()
         try:
-            while step < cfg.steps and not self._stop:
+            while step < cfg.steps and not self._stopping():
                 ts = time.perf_counter()
                 loss, grads = self._accumulate(step)
                 try:
@@ -320,16 +331,17 @@ class Trainer:
         finally:
             errstate.__exit__(None, None, None)
             self._restore_sigint(previous_handler)
+            stopped = self._stopping()
             self._stop = False  # Ctrl-C ended this run only; evaluate() works again afterwards
             if self._log_fh is not None:
                 self._log_fh.close()
                 self._log_fh = None
 
         result.steps = step
-        result.interrupted = step < cfg.steps
-        if result.interrupted and step > self.start_step:
-            if self._params_finite():
-                self.save(step)
+        # A stop during the final evaluation still counts: that evaluation and its save were skipped.
+        result.interrupted = step < cfg.steps or stopped
+        if step > self.start_step and self._saved_step != step and self._params_finite():
+            self.save(step)                     # the state reached is always saved before returning
         if result.evals and result.evals[-1][0] == step:
             result.train_loss, result.val_loss = result.evals[-1][1], result.evals[-1][2]
         result.wall_time_s = time.perf_counter() - t0

@@ -243,11 +243,13 @@ class ConsoleUI:
     # ---- end of run ---------------------------------------------------------------------------
     def summary(self, *, steps_done: int, steps: int, train_loss: float | None,
                 val_loss: float | None, wall_s: float, tokens_per_s: float | None,
-                checkpoint: str | None, interrupted: bool = False) -> None:
+                checkpoint: str | None, interrupted: bool = False, reason: str = "Ctrl-C") -> None:
         self.end_live()
         d = self.dot
-        if interrupted:
-            head = self.style(f"Stopped early at step {steps_done}/{steps} (Ctrl-C)", "yellow", "bold")
+        if interrupted and steps_done < steps:
+            head = self.style(f"Stopped early at step {steps_done}/{steps} ({reason})", "yellow", "bold")
+        elif interrupted:                       # every step done; stopped in the final evaluation or after
+            head = self.style(f"Trained {steps_done} steps, then stopped by {reason}", "yellow", "bold")
         else:
             head = self.style(f"Trained {steps_done} steps", "green", "bold")
         parts = [f"{head} in {fmt_duration(wall_s)}"]

@@ -1,0 +1,479 @@
+"""Nothing the user owns is lost or clobbered, whatever file, signal or pipe arrives.
+
+The real command line in subprocesses on a tiny model. Each case asserts the exit status, one
+clear `error:` line (or none), no traceback, that the file already there is byte-identical or
+the new checkpoint complete and loadable, that its mode is kept, and that no temporary or lock
+file is left. The tables WRITERS (commands that write a file the user keeps) and RUNNERS
+(commands that run long enough to be signalled) are where a new command joins every case.
+"""
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pythia
+from pythia.checkpoint import load_checkpoint
+
+REPO = Path(pythia.__file__).resolve().parent.parent
+GPT2 = REPO / "tests" / "fixtures" / "gpt2"
+TINY = ["--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8", "--batch-size", "2",
+        "--eval-iters", "1"]
+TEXT = "The sea is large and old, and the wind moves over it all day long.\n" * 20
+DEADLINE = 60.0
+LONG = ["--steps", "1000000", "--eval-interval", "1000000"]   # runs until a signal stops it
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("NO_COLOR", None)
+    return e
+
+
+def run(args, cwd, stdin=""):
+    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, input=stdin.encode(),
+                       capture_output=True, timeout=180, env=env())
+    r.stdout, r.stderr = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+    return r
+
+
+class Proc:
+    """`python -m pythia *args` in the background, its stdout and stderr collected as they come."""
+
+    def __init__(self, args, cwd, stdin=subprocess.DEVNULL):
+        self.p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=cwd, env=env(), stdin=stdin,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.pid = self.p.pid
+        self.chunks = {"out": [], "err": []}
+        self.readers = [threading.Thread(target=self._read, args=(s, k), daemon=True)
+                        for s, k in ((self.p.stdout, "out"), (self.p.stderr, "err"))]
+        for t in self.readers:
+            t.start()
+
+    def _read(self, stream, key):
+        for line in iter(stream.readline, b""):
+            self.chunks[key].append(line.decode(errors="replace"))
+
+    @property
+    def out(self) -> str:
+        return "".join(self.chunks["out"])
+
+    @property
+    def err(self) -> str:
+        return "".join(self.chunks["err"])
+
+    def wait_for(self, needle: str) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while needle not in self.out:
+            assert self.p.poll() is None, f"exited {self.p.returncode} before {needle!r}:\n{self.out}\n{self.err}"
+            assert time.monotonic() < deadline, f"no {needle!r} in:\n{self.out}"
+            time.sleep(0.01)
+
+    def wait(self) -> int:
+        try:
+            code = self.p.wait(timeout=DEADLINE)
+        finally:
+            if self.p.poll() is None:
+                self.p.kill()
+        for t in self.readers:
+            t.join(5)
+        return code
+
+
+@pytest.fixture
+def d(tmp_path):
+    (tmp_path / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    shutil.copytree(GPT2, tmp_path / "gpt2")
+    return tmp_path
+
+
+# name -> (command line writing `out`, the stdin it needs, an input file it reads (relative to d))
+WRITERS = {
+    "train": (lambda out: ["train", "--data", "corpus.txt", *TINY, "--steps", "3", "--eval-interval", "3",
+                           "--out", out], "", "corpus.txt"),
+    "train-chat": (lambda out: ["train-chat", "--data", "corpus.txt", *TINY, "--steps", "3",
+                                "--eval-interval", "3", "--out", out], "quit\n", "corpus.txt"),
+    "convert-gpt2": (lambda out: ["convert-gpt2", "gpt2", "--out", out], "", "gpt2/config.json"),
+}
+# name -> command line that trains until stopped, writing out
+RUNNERS = {
+    "train": lambda out, *extra: ["train", "--data", "corpus.txt", *TINY, *LONG, *extra, "--out", out],
+    "train-chat": lambda out, *extra: ["train-chat", "--data", "corpus.txt", *TINY, *LONG, *extra, "--out", out],
+}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary and lock files Pythia may have left in folder (there must be none)."""
+    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".lock", ".probe")))
+
+
+def assert_clean_error(r, needle: str, status: int = 1):
+    assert r.returncode == status, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def assert_complete(path: Path, step: int | None = None):
+    ck = load_checkpoint(path)
+    assert ck.optimizer_arrays is not None or ck.step == 0
+    if step is not None:
+        assert ck.step == step, (ck.step, step)
+    return ck
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+# ---- 1. only regular files are replaced; symlinks are followed; modes are kept ------------------
+
+def _special(d: Path, kind: str) -> Path:
+    p = d / "special.npz"
+    if kind == "device":
+        try:
+            os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))       # a second /dev/null
+        except (PermissionError, AttributeError):
+            pytest.skip("making a device node needs root")
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "symlink to /dev/null":
+        p.symlink_to("/dev/null")
+    elif kind == "directory":
+        p.mkdir()
+    return p
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("kind", ["device", "fifo", "symlink to /dev/null", "directory"])
+def test_force_never_replaces_what_is_not_a_regular_file(d, writer, kind):
+    p = _special(d, kind)
+    mode = os.lstat(p).st_mode
+    args, stdin, _ = WRITERS[writer]
+    r = run([*args(p.name), "--force"], d, stdin)
+    assert_clean_error(r, "directory" if kind == "directory" else "not a regular file")
+    assert os.lstat(p).st_mode == mode                  # still the same kind of file
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert "Training" not in r.stdout and leftovers(d) == []
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_out_ending_in_a_slash_is_refused_as_a_directory_name(d, writer):
+    args, stdin, _ = WRITERS[writer]
+    r = run(args("newdir/"), d, stdin)
+    assert_clean_error(r, "names a directory")
+    assert not (d / "newdir").exists() and leftovers(d) == []
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_force_through_a_symlink_updates_its_file_and_keeps_its_mode(d, writer, mode):
+    real = d / "real" / "model.npz"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    real.chmod(mode)
+    (d / "link.npz").symlink_to(real)
+    args, stdin, _ = WRITERS[writer]
+    r = run([*args("link.npz"), "--force"], d, stdin)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (d / "link.npz").is_symlink() and os.readlink(d / "link.npz") == str(real)
+    assert_complete(real)
+    assert stat.S_IMODE(real.stat().st_mode) == mode
+    assert leftovers(d) == []
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_read_only_file_is_refused_and_kept_byte_identical(d, writer):
+    p = d / "kept.npz"
+    p.write_bytes(b"precious")
+    p.chmod(0o444)
+    args, stdin, _ = WRITERS[writer]
+    r = run([*args(p.name), "--force"], d, stdin)
+    assert_clean_error(r, "read-only (mode 0444)")
+    assert p.read_bytes() == b"precious" and stat.S_IMODE(p.stat().st_mode) == 0o444
+    assert leftovers(d) == []
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_resume_in_place_through_a_symlink_keeps_the_link_and_the_mode(d, mode):
+    real = d / "store" / "m.npz"
+    real.parent.mkdir()
+    assert run(WRITERS["train"][0](str(real)), d).returncode == 0
+    real.chmod(mode)
+    (d / "m.npz").symlink_to(real)
+    r = run(["train", "--data", "corpus.txt", "--resume", "m.npz", "--steps", "6"], d)
+    assert r.returncode == 0, r.stderr
+    assert (d / "m.npz").is_symlink()
+    assert_complete(real, step=6)
+    assert stat.S_IMODE(real.stat().st_mode) == mode and leftovers(d) == []
+
+
+def test_resume_of_a_read_only_checkpoint_is_refused_before_training(d):
+    p = d / "m.npz"
+    assert run(WRITERS["train"][0]("m.npz"), d).returncode == 0
+    p.chmod(0o444)
+    before = p.read_bytes()
+    r = run(["train", "--data", "corpus.txt", "--resume", "m.npz", "--steps", "6"], d)
+    assert_clean_error(r, "read-only")
+    assert p.read_bytes() == before and stat.S_IMODE(p.stat().st_mode) == 0o444
+
+
+# ---- 2. an output is claimed for the whole run ---------------------------------------------------
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_output_claimed_by_a_live_process_is_refused_naming_it(d, writer):
+    from pythia.outputs import claim_output
+    args, stdin, _ = WRITERS[writer]
+    with claim_output(d / "m.npz", replace=True):       # this test process holds it
+        r = run(args("m.npz"), d, stdin)
+    assert_clean_error(r, f"being written by another Pythia run (process {os.getpid()})")
+    assert not (d / "m.npz").exists() and leftovers(d) == []
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_stale_lock_and_temporary_file_of_a_dead_process_are_taken_over(d, writer):
+    pid = dead_pid()
+    (d / ".m.npz.lock").write_text(f"{pid}\n")
+    (d / f".m.npz.{pid}.abcd1234.tmp").write_bytes(b"half a checkpoint")
+    args, stdin, _ = WRITERS[writer]
+    r = run(args("m.npz"), d, stdin)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert_complete(d / "m.npz")
+    assert leftovers(d) == []
+
+
+def test_a_second_training_on_the_same_out_is_refused_and_the_first_saves(d):
+    first = Proc(RUNNERS["train"]("m.npz"), d)
+    first.wait_for("Training")
+    r = run(WRITERS["train"][0]("m.npz") + ["--force"], d)
+    assert_clean_error(r, f"(process {first.pid})")
+    first.p.send_signal(signal.SIGTERM)
+    assert first.wait() == 143
+    assert_complete(d / "m.npz")
+    assert leftovers(d) == []
+
+
+def test_two_trainings_on_the_default_name_save_two_models(d):
+    first = Proc(["train", "--data", "corpus.txt", *TINY, *LONG], d)
+    first.wait_for("Training")
+    r = run(["train", "--data", "corpus.txt", *TINY, "--steps", "3"], d)
+    assert r.returncode == 0, r.stderr
+    assert "pythia-2.npz" in r.stdout and "pythia.npz is being written by another run" in r.stdout
+    first.p.send_signal(signal.SIGTERM)
+    assert first.wait() == 143
+    assert_complete(d / "pythia.npz").step > 0
+    assert_complete(d / "pythia-2.npz", step=3)
+    assert leftovers(d) == []
+
+
+# ---- 9. every output is checked at the start; no output may be an input ---------------------------
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_output_that_is_an_input_is_refused(d, writer):
+    args, stdin, source = WRITERS[writer]
+    before = (d / source).read_bytes()
+    r = run([*args(source), "--force"], d, stdin)
+    assert_clean_error(r, "would overwrite")
+    assert (d / source).read_bytes() == before and leftovers(d) == []
+
+
+@pytest.mark.parametrize("log, needle", [("corpus.txt", "would overwrite"), ("m.npz", "same file as --out"),
+                                         ("logs", "is a directory"), ("logs/", "names a directory"),
+                                         ("missing/log.jsonl", "does not exist")])
+def test_a_bad_log_file_is_refused_before_training(d, log, needle):
+    (d / "logs").mkdir()
+    r = run(WRITERS["train"][0]("m.npz") + ["--log-file", log], d)
+    assert_clean_error(r, needle)
+    assert "Training" not in r.stdout and not (d / "m.npz").exists() and leftovers(d) == []
+
+
+def test_a_log_file_equal_to_the_resumed_checkpoint_is_refused(d):
+    assert run(WRITERS["train"][0]("m.npz"), d).returncode == 0
+    before = (d / "m.npz").read_bytes()
+    r = run(["train", "--data", "corpus.txt", "--resume", "m.npz", "--steps", "6", "--log-file", "m.npz"], d)
+    assert_clean_error(r, "same file as --out")
+    assert (d / "m.npz").read_bytes() == before
+
+
+def _unwritable_dir(d: Path) -> Path:
+    if os.geteuid() != 0:
+        ro = d / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    if os.path.isdir("/sys") and not os.access("/sys", os.W_OK) or _cannot_create("/sys"):
+        return Path("/sys")                              # even root cannot create files there
+    pytest.skip("no directory that root cannot write to")
+
+
+def _cannot_create(folder: str) -> bool:
+    try:
+        fd = os.open(os.path.join(folder, ".pythia-probe"), os.O_CREAT | os.O_WRONLY | os.O_EXCL)
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink(os.path.join(folder, ".pythia-probe"))
+    return False
+
+
+@pytest.mark.parametrize("how", ["default name", "--out", "--log-file"])
+def test_an_unwritable_directory_is_found_before_training(d, how):
+    ro = _unwritable_dir(d)
+    try:
+        args = ["train", "--data", str(d / "corpus.txt"), *TINY, "--steps", "3"]
+        if how == "--out":
+            args += ["--out", str(ro / "m.npz")]
+        elif how == "--log-file":
+            args += ["--out", str(d / "m.npz"), "--log-file", str(ro / "log.jsonl")]
+        r = run(args, ro if how == "default name" else d)
+        assert_clean_error(r, "not writable")
+        assert "Training" not in r.stdout and leftovers(d) == []
+    finally:
+        if ro != Path("/sys"):
+            ro.chmod(0o755)
+
+
+# ---- 3, 4. signals: stop at a step boundary, save, say which, exit 128 + signo ------------------------
+
+SIGNALS = {"SIGINT": (signal.SIGINT, 130, "Ctrl-C"), "SIGTERM": (signal.SIGTERM, 143, "SIGTERM"),
+           "SIGHUP": (signal.SIGHUP, 129, "SIGHUP")}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signal_during_training_stops_saves_and_exits_with_its_status(d, runner, sig):
+    signum, status, name = SIGNALS[sig]
+    chat = runner == "train-chat" and signum == signal.SIGINT     # Ctrl-C in train-chat goes on to chat
+    p = Proc(RUNNERS[runner]("m.npz"), d, stdin=subprocess.PIPE)
+    p.wait_for("Training")
+    time.sleep(0.3)
+    p.p.send_signal(signum)
+    if chat:
+        p.wait_for("Chat with the model")
+        p.p.stdin.write(b"quit\n")
+    p.p.stdin.close()
+    code = p.wait()
+    assert code == (0 if chat else status), (code, p.out, p.err)
+    assert f"Stopped early at step" in p.out and f"({name})" in p.out
+    step = int(p.out.split("Stopped early at step ")[1].split("/")[0])
+    assert step > 0
+    assert_complete(d / "m.npz", step=step)
+    assert "Traceback" not in p.err and "error" not in p.err
+    if runner == "train":
+        assert "--resume m.npz" in p.out
+    assert leftovers(d) == []
+
+
+def _freeze_during_save(p: Proc, folder: Path) -> Path:
+    """SIGSTOP the process while its temporary checkpoint file exists; returns that file."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        tmps = list(folder.glob(".m.npz.*.tmp"))
+        if tmps:
+            os.kill(p.pid, signal.SIGSTOP)
+            while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                time.sleep(0.001)
+            if tmps[0].exists():
+                return tmps[0]                          # frozen in the middle of writing it
+            os.kill(p.pid, signal.SIGCONT)
+        time.sleep(0.0005)
+    raise AssertionError("never caught a save in progress")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see a stopped process")
+@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGHUP"], ["SIGTERM", "SIGINT"]])
+def test_signals_during_a_save_finish_the_save(d, signals):
+    # A wider model (a ~10 MB checkpoint) saved every step, so a save is easy to catch in progress.
+    wide = ["--d-model", "128", "--n-layer", "4", "--n-head", "4", "--block-size", "16", "--batch-size", "2",
+            "--eval-iters", "1", "--steps", "1000000", "--eval-interval", "1"]
+    p = Proc(["train", "--data", "corpus.txt", *wide, "--out", "m.npz"], d)
+    p.wait_for("Training")
+    tmp = _freeze_during_save(p, d)
+    for s in signals:
+        os.kill(p.pid, SIGNALS[s][0])
+    os.kill(p.pid, signal.SIGCONT)
+    code = p.wait()
+    assert not tmp.exists() and leftovers(d) == []
+    ck = assert_complete(d / "m.npz")
+    assert ck.step > 0 and "Traceback" not in p.err
+    if len(signals) == 1:                               # stopped at the boundary after the save
+        assert code == SIGNALS[signals[0]][1] and p.err == ""
+        assert f"Stopped early at step {ck.step}/" in p.out
+    else:                                               # the second signal ends it once the save is done
+        assert code in (130, 143)
+        lines = p.err.strip().splitlines()
+        assert len(lines) == 1 and "stopped by a second" in lines[0] and "'m.npz', is complete" in lines[0]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_signal_during_the_final_evaluation_saves_and_names_only_files_that_exist(d, runner):
+    # Three quick steps, then one long final evaluation (20000 batches per split) to land in.
+    p = Proc(["train" if runner == "train" else "train-chat", "--data", "corpus.txt", *TINY[:-2],
+              "--eval-iters", "20000", "--steps", "3", "--eval-interval", "1000", "--out", "m.npz"], d)
+    p.wait_for("step 2/3")                              # printed just before step 3 and its evaluation
+    time.sleep(0.2)
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait() == 143, p.out + p.err
+    assert "Trained 3 steps, then stopped by SIGTERM" in p.out
+    assert_complete(d / "m.npz", step=3)                # the trained state is saved, not lost
+    for line in p.out.splitlines():
+        if "--checkpoint" in line:
+            assert (d / line.split("--checkpoint ")[1].split()[0]).is_file()
+    assert p.err == "" and leftovers(d) == []
+
+
+def test_two_ctrl_c_10_ms_apart_never_lose_the_save_silently(d):
+    p = Proc(RUNNERS["train"]("m.npz"), d)
+    p.wait_for("Training")
+    time.sleep(0.3)
+    p.p.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    p.p.send_signal(signal.SIGINT)
+    assert p.wait() == 130
+    ck = assert_complete(d / "m.npz")
+    assert ck.step > 0 and "Traceback" not in p.err and leftovers(d) == []
+    if p.err:                                           # the second one cut the run short: said so, truthfully
+        lines = p.err.strip().splitlines()
+        assert len(lines) == 1 and "Ctrl-C" in lines[0] and "is complete" in lines[0], p.err
+    else:
+        assert f"Stopped early at step {ck.step}/" in p.out
+
+
+# ---- 8. a closed pipe never loses the run ---------------------------------------------------------
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("stream", ["stdout", "stderr", "both"])
+def test_a_closed_pipe_does_not_stop_training_or_lose_the_checkpoint(d, runner, stream):
+    args = [runner, "--data", "corpus.txt", *TINY, "--steps", "300", "--eval-interval", "100", "--out", "m.npz"]
+    p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=d, env=env(),
+                         stdin=subprocess.PIPE if runner == "train-chat" else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if stream in ("stdout", "both"):
+        p.stdout.readline(), p.stdout.readline()        # `| head -n 2`
+        p.stdout.close()
+    if stream in ("stderr", "both"):
+        p.stderr.close()
+    if runner == "train-chat":
+        p.stdin.write(b"Hello\nquit\n")
+        p.stdin.close()
+    try:
+        code = p.wait(timeout=DEADLINE)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    rest = b"" if p.stdout.closed else p.stdout.read()
+    err = b"" if p.stderr.closed else p.stderr.read()
+    assert code == 0, (code, rest, err)
+    assert b"Traceback" not in rest + err and err == b""
+    assert_complete(d / "m.npz", step=300)
+    assert leftovers(d) == []
