@@ -6,7 +6,8 @@ Layout of the archive (every entry a plain NumPy array, so `allow_pickle=False` 
     opt/<key>      optimizer state ("m/<name>", "v/<name>", "t"), when saved with an optimizer
     tok/<key>      the tokenizer's arrays (tokenizer.to_arrays())
     meta           uint8 bytes of a JSON object: format name and version, model config,
-                   tokenizer kind, step, train config, RNG state
+                   tokenizer kind, step, train config, RNG state, and (trained on a
+                   prepared corpus) that corpus's sources and hashes, checked on --resume
 
 A save writes a temporary file next to the target and renames it over the target only once the
 archive is complete and flushed, so an interrupted or failed save never leaves a half-written
@@ -42,6 +43,7 @@ class Checkpoint:
     rng_state: dict | None
     train_config: dict = field(default_factory=dict)
     path: Path | None = None
+    corpus: dict | None = None                   # the prepared corpus trained on (pythia.prepared identity)
 
 
 def _meta_bytes(meta: dict) -> np.ndarray:
@@ -55,7 +57,8 @@ def _umask() -> int:
 
 
 def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None, step: int = 0,
-                    rng_state: dict | None = None, train_config: dict | None = None) -> None:
+                    rng_state: dict | None = None, train_config: dict | None = None,
+                    corpus: dict | None = None) -> None:
     """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
 
     Atomic: the archive goes to a temporary file in the same directory, is flushed to disk, then
@@ -88,6 +91,8 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         "train_config": dict(train_config or {}),
         "rng_state": rng_state,
     }
+    if corpus is not None:
+        meta["corpus"] = corpus
     arrays["meta"] = _meta_bytes(meta)
 
     try:
@@ -207,7 +212,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{what} has an invalid step {step!r}; it is corrupt, use another checkpoint")
     return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=step,
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
-                      path=path)
+                      path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None)
 
 
 def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.ndarray], what: str) -> None:
