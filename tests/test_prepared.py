@@ -8,6 +8,7 @@ for the hashes.
 """
 import hashlib
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def test_char_folder_holds_the_ids_and_split_of_build_dataset(files, tmp_path):
     assert got.tokenizer == ref.tokenizer
     np.testing.assert_array_equal(got.train, ref.train)
     np.testing.assert_array_equal(got.val, ref.val)
-    assert got.train.dtype == np.uint16 and isinstance(got.train, np.memmap)
+    assert got.train.dtype == np.uint16 and not got.train.flags.owndata and not got.train.flags.writeable
+    assert len(got.maps) == 2 and all(isinstance(m, mmap.mmap) for m in got.maps)   # memory-mapped, not read
     assert meta["n_chars"] == ref.n_chars == meta["n_tokens"]
 
 
