@@ -278,3 +278,26 @@ def test_an_empty_or_tiny_corpus_is_refused_and_leaves_nothing(tmp_path, text):
     with pytest.raises(DataError, match="empty|too small"):
         run_prepare([p], tmp_path / "t.tok")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["tiny.txt"]
+
+
+def test_a_big_folder_unmaps_what_each_batch_touched(files, tmp_path, monkeypatch):
+    """Resident file pages (RssFile) stay near one batch's worth however many batches are drawn."""
+    import pythia.prepared as prepared
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs /proc/self/status")
+
+    def rss_file_kb() -> int:
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("RssFile"))
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"{i * 7919 % 100003} and more words\n" for i in range(800_000)), encoding="utf-8")
+    run_prepare([big], tmp_path / "big.tok", chunk_bytes=1 << 20)          # ~40 MB of uint16 bins
+    monkeypatch.setattr(prepared, "RELEASE_ABOVE", 0)
+    c = load_prepared(tmp_path / "big.tok", block_size=32)
+    rng = np.random.default_rng(0)
+    c.get_batch("train", 8, rng)
+    before = rss_file_kb()
+    for _ in range(200):
+        c.get_batch("train", 8, rng)
+    # without the release, 1,600 random windows map tens of MB; with it, what one batch maps
+    assert rss_file_kb() - before < 8 * 1024
