@@ -21,13 +21,14 @@ PUNCT = [",", ".", ";", ":", "!", "?", "'s", "'ll", " -", " (x)", " 42", " 1999"
 
 def vocabulary(n: int = 60_000, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    words = set()
+    words: set[str] = set()
     while len(words) < n:
-        k = int(rng.integers(1, 5))
-        words.add("".join(SYLLABLES[i] for i in rng.integers(0, len(SYLLABLES), size=k)))
-    words = sorted(words)
-    rng.shuffle(words)
-    return words
+        lengths = rng.integers(1, 5, size=2 * n)                                # 1-4 syllables
+        picks = rng.integers(0, len(SYLLABLES), size=(2 * n, 4))
+        words.update("".join(SYLLABLES[i] for i in row[:k]) for row, k in zip(picks.tolist(), lengths.tolist()))
+    out = sorted(words)
+    rng.shuffle(out)
+    return out[:n]
 
 
 def generate(path: Path, n_bytes: int, seed: int = 0, block_words: int = 500_000) -> int:

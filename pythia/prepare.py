@@ -260,8 +260,12 @@ def _build_tokenizer(o: PrepareOptions, chars: set[str], counts: dict[str, int],
 _WORKER_ENCODER = None
 
 
-def _worker_init(tokenizer_json: dict) -> None:
+def _worker_init(tokenizer_json: dict | None) -> None:
+    """Build the worker's encoder: forked workers inherit the parent's (and its Unicode class
+    table); spawned ones rebuild the tokenizer from its JSON."""
     global _WORKER_ENCODER
+    if tokenizer_json is None and _WORKER_ENCODER is not None:
+        return
     from .bpe_fast import encoder_for
     from .prepared import tokenizer_from_json
     _WORKER_ENCODER = encoder_for(tokenizer_from_json(tokenizer_json))
@@ -284,19 +288,25 @@ def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress) ->
 
     progress.start("encoding")
     if tok.kind == "char":
+        # code point -> id through one table lookup: the ids of SimpleTokenizer.encode_array (every
+        # character is in the vocabulary, which the scan built from these files), without its search
+        codes = np.array([ord(c) for c in tok.chars], dtype=np.int64)
+        table = np.zeros(int(codes.max()) + 1, dtype=dtype)
+        table[codes] = np.arange(len(codes))
         for p in o.files:
             for text in read_chunks(p, o.chunk_bytes, cut=False, on_bytes=lambda raw: progress.advance(len(raw))):
-                write(tok.encode_array(text))
+                write(table[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)])
         return n
+    global _WORKER_ENCODER
     from .bpe_fast import encoder_for
-    pool = None
-    if o.workers > 1:
+    pool, encode = None, encoder_for(tok).encode_array
+    small = sum(p.stat().st_size for p in o.files) < 4 * o.chunk_bytes   # a pool would cost more than it saves
+    if o.workers > 1 and not small:
         import multiprocessing as mp
-        pool = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(
-            o.workers, initializer=_worker_init, initargs=(tokenizer_to_json(tok),))
-        encode = None
-    else:
-        encode = encoder_for(tok).encode_array
+        fork = sys.platform.startswith("linux")
+        _WORKER_ENCODER = encoder_for(tok) if fork else None
+        pool = mp.get_context("fork" if fork else "spawn").Pool(
+            o.workers, initializer=_worker_init, initargs=(None if fork else tokenizer_to_json(tok),))
     try:
         for k, p in enumerate(o.files):
             if k and sep is not None:
