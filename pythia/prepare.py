@@ -370,6 +370,10 @@ def prepare(o: PrepareOptions, out=None) -> dict:
     check_options(o)
     if o.tokenizer == "gpt2":
         _build_tokenizer(o, set(), {})                # a bad GPT-2 folder fails before any reading
+    if o.tokenizer != "char":
+        from . import bpe_fast
+        out.write("BPE: compiled (pythia._bpe)\n" if bpe_fast.BACKEND == "cython" else
+                  "BPE: the pure-Python reference, which is slow; build the compiled one with `pip install -e .`\n")
     progress = Progress(sum(p.stat().st_size for p in o.files), out)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{o.out.name}.", suffix=".tmp", dir=o.out.parent))
@@ -388,10 +392,9 @@ def prepare(o: PrepareOptions, out=None) -> dict:
         need = 2 * MIN_SPLIT_TOKENS
         n_train = int(n * (1.0 - o.val_fraction))
         if min(n_train, n - n_train) < MIN_SPLIT_TOKENS:
-            raise DataError(f"the corpus is too small: {n} tokens leave {n_train} to train and {n - n_train} to "
-                            f"validate (--val-fraction {o.val_fraction:g}), and each needs at least "
-                            f"{MIN_SPLIT_TOKENS}; give more text (a few thousand characters at the least; "
-                            f"{need} tokens is not enough to train on)")
+            raise DataError(f"the corpus is too small: its {n} tokens leave {n_train} to train and {n - n_train} "
+                            f"to validate (--val-fraction {o.val_fraction:g}) but each needs at least "
+                            f"{MIN_SPLIT_TOKENS}; give more text (at least {need} tokens, and far more to learn from)")
         n_train, n_val = _split(tmp, n, o.val_fraction, dtype)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "tokenizer": tokenizer_to_json(tok),
                 "vocab_size": tok.vocab_size, "dtype": dtype, "byte_order": "little",

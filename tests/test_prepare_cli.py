@@ -179,3 +179,35 @@ def test_gpt2_folder_that_is_not_one_is_one_error(corpus):
     assert_one_line_error(run(["prepare", "--data", "a.txt", "--out", "g.tok", "--gpt2", "nogpt"], corpus),
                           "vocab.json")
     assert not (corpus / "g.tok").exists()
+
+
+def test_prepare_redraws_its_progress_in_place_on_a_terminal(corpus):
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TERM": "xterm"}
+    p = subprocess.run([sys.executable, "-m", "pythia", "prepare", "--data", "a.txt", "b.txt", "--out", "c.tok"],
+                       cwd=corpus, stdout=slave, stderr=subprocess.PIPE, env=env, timeout=120)
+    os.close(slave)
+    out = os.read(master, 65536).decode()
+    os.close(master)
+    assert p.returncode == 0, p.stderr
+    assert "\rscanning" in out and "\rencoding" in out and "MB/s" in out and "ETA" in out, out
+    assert "wrote c.tok" in out
+
+
+def test_ctrl_c_during_prepare_leaves_no_folder(corpus):
+    big = corpus / "big.txt"
+    big.write_text(TEXT * 4000, encoding="utf-8")                       # ~24 MB: seconds of work
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    p = subprocess.Popen([sys.executable, "-m", "pythia", "prepare", "--data", "big.txt", "--out", "big.tok",
+                          "--tokenizer", "bpe", "--vocab-size", "300"], cwd=corpus, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()                                        # the first progress line: work has begun
+    assert first.startswith(("scanning", "BPE")), first
+    p.send_signal(__import__("signal").SIGINT)
+    out, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("prepare finished before Ctrl-C arrived")
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted by Ctrl-C", err
+    assert "Traceback" not in err
+    assert sorted(x.name for x in corpus.iterdir()) == ["a.txt", "b.txt", "big.txt"]
