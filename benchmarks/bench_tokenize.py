@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from pythia.bpe import GPT2Tokenizer  # noqa: E402
 from pythia.bpe_fast import BACKEND, count_words, encoder_for, train_merges  # noqa: E402
-from pythia.prepare import last_safe_cut, read_chunks  # noqa: E402
+from pythia.textstream import last_safe_cut, read_chunks  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -19,7 +19,8 @@ from pythia.bpe_train import ByteBPETokenizer
 from pythia.checkpoint import load_checkpoint
 from pythia.data import build_dataset
 from pythia.errors import CheckpointError, ConfigError, DataError
-from pythia.prepare import PrepareOptions, last_safe_cut, prepare, read_chunks
+from pythia.prepare import PrepareOptions, prepare
+from pythia.textstream import last_safe_cut, read_chunks
 from pythia.prepared import load_prepared, open_corpus
 from pythia.train import prepare_trainer
 
