@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             out = "big-" + label.split()[0] + ".tok"
             r = run_measured([*py, "prepare", "--data", *names, "--out", out, "--workers", str(a.workers), *extra],
                              work)
-            rows.append((f"prepare, {label}, {a.workers} workers", size, r, size / r["wall"]))
+            how = "" if label == "char" else f", {a.workers} workers"
+            rows.append((f"prepare, {label}{how}", size, r, size / r["wall"]))
             print(r["stdout"].strip().splitlines()[-2], flush=True)
             if label != "char":
                 shutil.rmtree(work / out)                    # disk: only the char folder is trained on

@@ -38,6 +38,7 @@ from .textstream import Progress, read_chunks
 
 CHUNK_BYTES = 1 << 20          # bytes read at a time: bounds memory per chunk in flight
 MIN_SPLIT_TOKENS = 2           # each split must hold at least one (input, target) pair
+MAX_DEFAULT_WORKERS = 4        # each encoding process holds ~30-60 MB (word cache, chunks in flight)
 
 
 @dataclass
@@ -337,7 +338,7 @@ def cmd_prepare(args) -> int:
     kind = "gpt2" if args.gpt2 else args.tokenizer
     if args.gpt2 and args.tokenizer == "bpe":
         raise ConfigError("--gpt2 brings GPT-2's own BPE; drop --tokenizer bpe (or drop --gpt2 to train one)")
-    workers = args.workers or max(1, os.cpu_count() or 1)
+    workers = args.workers or max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
     o = PrepareOptions(files=[Path(p) for p in args.data], out=Path(args.out), tokenizer=kind,
                        vocab_size=args.vocab_size, gpt2_dir=Path(args.gpt2) if args.gpt2 else None,
                        val_fraction=args.val_fraction, bpe_sample_mb=args.bpe_sample, workers=workers,
@@ -379,5 +380,5 @@ def add_arguments(p) -> None:
     p.add_argument("--bpe-sample", type=positive_float, default=32.0, metavar="MB",
                    help="train the BPE on a uniform random sample of about MB megabytes of the text")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                   help="processes that encode with a BPE (default: one per CPU core)")
+                   help="processes that encode with a BPE (default: one per CPU core, at most 4)")
     p.add_argument("--force", action="store_true", help="replace --out when it is an earlier prepared corpus")

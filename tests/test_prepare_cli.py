@@ -211,3 +211,10 @@ def test_ctrl_c_during_prepare_leaves_no_folder(corpus):
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted by Ctrl-C", err
     assert "Traceback" not in err
     assert sorted(x.name for x in corpus.iterdir()) == ["a.txt", "b.txt", "big.txt"]
+
+
+def test_train_chat_takes_a_prepared_folder(corpus):
+    assert_ok(run(["prepare", "--data", "a.txt", "--out", "c.tok"], corpus))
+    r = run(["train-chat", *TINY, "--data", "c.tok", "--out", "chat.npz"], corpus, stdin="Hello\nquit\n")
+    assert_ok(r)
+    assert (corpus / "chat.npz").exists() and "pythia>" in r.stdout
