@@ -42,10 +42,11 @@ cdef extern from "Python.h":
     Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t index) nogil
     object PyUnicode_Substring(object, Py_ssize_t start, Py_ssize_t end)
 
-DEF OTHER = 0
-DEF LETTER = 1
-DEF NUMBER = 2
-DEF SPACE = 3
+cdef enum:                                   # the classes of pythia.bpe_fast.class_table
+    OTHER = 0
+    LETTER = 1
+    NUMBER = 2
+    SPACE = 3
 cdef int64_t NO_RANK = 1 << 62
 
 
@@ -147,7 +148,7 @@ cdef class Encoder:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), t, u
         cdef vector[int32_t] s
         cdef int64_t best, v
-        cdef int32_t a, b, new_id
+        cdef int32_t a = 0, b = 0, new_id
         cdef unordered_map[uint64_t, int64_t].iterator it
         s.reserve(n)
         for t in range(n):
