@@ -82,7 +82,10 @@ def extensions():
     exts = [Extension("pythia._kernels", ["kernels/_kernels.pyx"], define_macros=macros, include_dirs=inc),
             # the same source (it includes _kernels.pyx), built with SIMD_FLAGS by BuildExt
             Extension("pythia._kernels_avx2", ["kernels/_kernels_avx2.pyx"], define_macros=macros,
-                      include_dirs=inc)]
+                      include_dirs=inc),
+            # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
+            Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
+                      language="c++")]
     return cythonize(exts, compiler_directives={"language_level": 3})
 
 

@@ -1,4 +1,4 @@
 """`python -m pythia`: the command line (see pythia/cli.py)."""
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

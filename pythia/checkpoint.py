@@ -6,7 +6,8 @@ Layout of the archive (every entry a plain NumPy array, so `allow_pickle=False` 
     opt/<key>      optimizer state ("m/<name>", "v/<name>", "t"), when saved with an optimizer
     tok/<key>      the tokenizer's arrays (tokenizer.to_arrays())
     meta           uint8 bytes of a JSON object: format name and version, model config,
-                   tokenizer kind, step, train config, RNG state
+                   tokenizer kind, step, train config, RNG state, and (trained on a
+                   prepared corpus) that corpus's sources and hashes, checked on --resume
 
 A save writes a temporary file next to the target and renames it over the target only once the
 archive is complete and flushed, so an interrupted or failed save never leaves a half-written
@@ -41,6 +42,7 @@ class Checkpoint:
     rng_state: dict | None
     train_config: dict = field(default_factory=dict)
     path: Path | None = None
+    corpus: dict | None = None                   # the prepared corpus trained on (pythia.prepared identity)
 
 
 def _meta_bytes(meta: dict) -> np.ndarray:
@@ -48,7 +50,8 @@ def _meta_bytes(meta: dict) -> np.ndarray:
 
 
 def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None, step: int = 0,
-                    rng_state: dict | None = None, train_config: dict | None = None) -> None:
+                    rng_state: dict | None = None, train_config: dict | None = None,
+                    corpus: dict | None = None) -> None:
     """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
 
     Atomic (pythia.outputs.atomic_write): the archive goes to a temporary file in the same
@@ -82,6 +85,8 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         "train_config": dict(train_config or {}),
         "rng_state": rng_state,
     }
+    if corpus is not None:
+        meta["corpus"] = corpus
     arrays["meta"] = _meta_bytes(meta)
 
     from .outputs import atomic_write
@@ -172,9 +177,11 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
                               f"use another checkpoint") from None
 
     kind = meta["tokenizer_kind"]
-    if kind not in ("char", "gpt2-bpe"):
+    from .tokenizer import TOKENIZER_KINDS
+    if kind not in TOKENIZER_KINDS:
         raise CheckpointError(f"{what} has a tokenizer of kind {kind!r}, which this Pythia does not know "
-                              f"(it knows 'char' and 'gpt2-bpe'); use a checkpoint written by this version")
+                              f"(it knows {', '.join(map(repr, TOKENIZER_KINDS))}); use a checkpoint "
+                              f"written by this version")
     tok_arrays = {k[len("tok/"):]: a for k, a in arrays.items() if k.startswith("tok/")}
     try:
         tokenizer = tokenizer_from_arrays(meta["tokenizer_kind"], tok_arrays)
@@ -194,7 +201,7 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         raise CheckpointError(f"{what} has an invalid step {step!r}; it is corrupt, use another checkpoint")
     return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=step,
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
-                      path=path)
+                      path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None)
 
 
 def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.ndarray], what: str) -> None:

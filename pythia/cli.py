@@ -112,7 +112,8 @@ Exit status: 0 done, 1 error, 2 bad command line, 130 Ctrl-C, 143 SIGTERM, 129 S
 DATA_HELP = """\
 data: --data FILE... when given; otherwise input.txt and model.txt from the current directory
 when both are there; otherwise the corpus bundled with Pythia. Files are UTF-8 text, joined in
-order; the first 90% of the tokens train, the last 10% validate."""
+order; the first 90% of the tokens train, the last 10% validate. A folder written by `python -m
+pythia prepare` is memory-mapped instead, with its own tokenizer and split."""
 
 OUT_HELP = """\
 checkpoint: without --out the model is saved as {default} in the current directory; if that
@@ -129,8 +130,8 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
 
     g = p.add_argument_group("data and output")
     g.add_argument("--data", nargs="+", metavar="FILE", action=Store,
-                   help="text files to train on (see 'data' below) (default: input.txt + model.txt, "
-                        "else the bundled corpus)")
+                   help="text files to train on, or one folder written by `prepare` (see 'data' below) "
+                        "(default: input.txt + model.txt, else the bundled corpus)")
     g.add_argument("--out", metavar="FILE", action=Store,
                    help=f"where to save the checkpoint (default: {DEFAULT_OUT[command]}, never replacing a file)")
     g.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
@@ -295,6 +296,24 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
     p.set_defaults(func=cmd_export)
+
+    from . import prepare, tokenview
+    p = command("prepare", "tokenize text files once into a folder that training memory-maps",
+                "Stream text files into DIR (token files + meta.json) with a character tokenizer, "
+                "a byte-level BPE trained on the text, or GPT-2's BPE.", prepare.PREPARE_HELP)
+    prepare.add_arguments(p)
+    p.set_defaults(func=prepare.cmd_prepare)
+
+    p = command("tokenize", "show how a tokenizer splits a text",
+                "Print the tokens of --text with their ids and boundaries, and their count, using the "
+                "tokenizer of a checkpoint or of a prepared corpus.",
+                "examples:\n  python -m pythia tokenize --checkpoint books.npz --text 'Hello, world'\n"
+                "  python -m pythia tokenize --data books.tok --text 'naïve café' | less")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="FILE", help="a .npz written by train, train-chat or convert-gpt2")
+    src.add_argument("--data", metavar="DIR", help="a folder written by prepare")
+    p.add_argument("--text", required=True, metavar="TEXT", help="the text to split into tokens")
+    p.set_defaults(func=tokenview.cmd_tokenize)
     return top
 
 
@@ -340,6 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         return _fail(f"cannot use{where}: {e.strerror or e}; check the path and its permissions")
+
+
+def run() -> None:
+    """The program: main(), then exit with its status. Once the status is decided, a late stop
+    signal (the second of two Ctrl-Cs, arriving while the interpreter shuts down, after Python has
+    put back the default handlers) must not turn a finished, saved run into "killed by SIGINT"."""
+    import signal
+    status = main()
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise SystemExit(status)
 
 
 def _check_kernel_env() -> None:

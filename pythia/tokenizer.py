@@ -3,7 +3,7 @@
 The vocabulary is the sorted set of distinct characters in the corpus, so the same text always
 gives the same ids. It is stored inside checkpoints as UTF-8 bytes (no pickle), and
 `tokenizer_from_arrays` rebuilds whichever tokenizer kind a checkpoint names ("char" here,
-"gpt2-bpe" in `pythia.bpe`).
+"gpt2-bpe" in `pythia.bpe`, "byte-bpe" in `pythia.bpe_train`).
 """
 from __future__ import annotations
 
@@ -114,6 +114,9 @@ class SimpleTokenizer:
         return f"SimpleTokenizer(vocab_size={self.vocab_size})"
 
 
+TOKENIZER_KINDS = ("char", "gpt2-bpe", "byte-bpe")   # every kind a checkpoint may record
+
+
 def tokenizer_from_arrays(kind: str, arrays: dict[str, np.ndarray]):
     """Rebuild a tokenizer saved with to_arrays(), dispatching on its kind."""
     if kind == "char":
@@ -121,4 +124,7 @@ def tokenizer_from_arrays(kind: str, arrays: dict[str, np.ndarray]):
     if kind == "gpt2-bpe":
         from .bpe import GPT2Tokenizer  # imported lazily: only GPT-2 checkpoints need it
         return GPT2Tokenizer.from_arrays(arrays)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'gpt2-bpe'")
+    if kind == "byte-bpe":
+        from .bpe_train import ByteBPETokenizer  # a BPE trained by `pythia prepare --tokenizer bpe`
+        return ByteBPETokenizer.from_arrays(arrays)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char', 'gpt2-bpe' or 'byte-bpe'")

@@ -214,7 +214,8 @@ class Trainer:
             return
         from .checkpoint import save_checkpoint
         save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
-                        rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict())
+                        rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict(),
+                        corpus=getattr(self.dataset, "identity", None))  # a prepared corpus says what it is
         self._saved, self._saved_step = True, step
 
     def _stopping(self) -> bool:
@@ -404,8 +405,8 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
     trainer_kwargs go to Trainer (out, log_file, on_progress).
     """
     from .checkpoint import check_resume_sizes, load_checkpoint
-    from .data import build_dataset
     from .model import Pythia, PythiaConfig
+    from .prepared import open_corpus           # text files, or one prepared (memory-mapped) folder
 
     sizes = {k: v for k, v in (model or {}).items() if v is not None}
     given = {k: v for k, v in (train or {}).items() if v is not None}
@@ -414,12 +415,13 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
         cfg.validate()
         PythiaConfig(vocab_size=1, **sizes).validate()     # bad sizes fail before the corpus is read
         block_size = sizes.get("block_size", PythiaConfig.block_size)
-        dataset = build_dataset(paths, block_size)
+        dataset = open_corpus(paths, block_size)
         net = Pythia(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), seed=cfg.seed)
         return Trainer(net, make_optimizer(net, cfg), dataset, cfg, **trainer_kwargs)
     ckpt = load_checkpoint(resume)
     check_resume_sizes(ckpt, **sizes)
     cfg = TrainConfig.from_dict({**ckpt.train_config, **given})
     cfg.validate()
-    dataset = build_dataset(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer)
+    dataset = open_corpus(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer, saved=ckpt.corpus,
+                          checkpoint=f"checkpoint {str(resume)!r}")
     return Trainer.resume(ckpt, dataset, cfg, **trainer_kwargs)

@@ -89,3 +89,25 @@ def test_bench_finetune_measures_steps_memory_and_chat_on_a_tiny_shape():
     assert [r[0].split(",")[0] for r in rows] == ["step time", "peak RSS of 2 steps", "chat --gpt2 peak RSS"], out
     assert number(rows[0][1].split(" ")[0]) > 0 and number(rows[1][1].split(" ")[0]) > 0
     assert re.fullmatch(r"[\d,]+ / [\d,]+ = [\d.]+x", rows[2][1]), rows[2]
+
+
+def test_bench_corpus_prepares_and_trains_on_a_tiny_corpus():
+    out = run_script("bench_corpus.py", "--mb", "2", "--steps", "3", "--vocab", "300")
+    rows = table_rows(out)
+    assert [r[0].split(",")[0] for r in rows] == ["prepare", "prepare", "train S", "train S", "train S"], out
+    for r in rows:
+        assert number(r[2]) > 0 and number(r[4]) > 0 and number(r[5]) > 0, r   # wall s, RSS, PSS
+    assert "against the 1 MB folder" in out
+
+
+@pytest.mark.skipif(__import__("pythia.bpe_fast").bpe_fast._bpe is None, reason="needs the compiled BPE")
+def test_bench_tokenize_reports_encoders_with_the_same_ids(tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text("".join(f"It's line {i}: the sea, the wind and 日本 🙂.\n" for i in range(2000)), encoding="utf-8")
+    out = run_script("bench_tokenize.py", "--data", str(data), "--encode-mb", "0.1", "--train-mb", "0.2",
+                     "--train-vocab", "300", "--repeats", "1", "--vocab", "400")
+    rows = table_rows(out.split("BPE training")[0])
+    names = [r[0] for r in rows]
+    assert "pythia, one call (1 core)" in names and any(n.startswith("pythia prepare --gpt2") for n in names), out
+    for r in rows:
+        assert number(r[1]) > 0 and r[3] == "yes", r
