@@ -113,21 +113,54 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         raise
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")    # a zip's first bytes: a member, or an empty archive
+
+
 def _read_archive(path: Path) -> dict[str, np.ndarray]:
-    """Every entry of the .npz, read eagerly so that a truncated archive fails here."""
+    """Every entry of the .npz, read eagerly so that a truncated archive fails here.
+
+    The file must be a regular file (pythia.inputs), start like a zip archive, hold only .npy
+    members, and its members' declared sizes must fit in the memory available: so neither a
+    device nor a crafted archive can make the load read or allocate without bound.
+    """
+    from .inputs import fmt_size, open_regular
+    from .memory_budget import available_memory
     what = f"checkpoint {str(path)!r}"
-    hint = "it may be truncated or corrupt; use another checkpoint or train a new one"
-    if not path.exists():
-        raise CheckpointError(f"{what} does not exist; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{what} is a directory, not a checkpoint file; give the .npz file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{what} is not a Pythia checkpoint (not an .npz archive); {hint}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError, OSError, ... all mean the same here
-        raise CheckpointError(f"{what} cannot be read ({type(e).__name__}: {e}); {hint}") from None
+    hint = "use another checkpoint or train a new one"
+    f, size = open_regular(path, "checkpoint", CheckpointError, hint="give the .npz file a train run wrote")
+    with f:
+        head = f.read(4)
+        if size == 0:
+            raise CheckpointError(f"{what} is empty (0 bytes); {hint}")
+        if head not in ZIP_MAGIC:
+            raise CheckpointError(f"{what} is not a Pythia checkpoint: a checkpoint is an .npz (zip) archive but "
+                                  f"this file starts with {head!r}; {hint}")
+        f.seek(0)
+        try:
+            zf = zipfile.ZipFile(f)
+        except zipfile.BadZipFile:
+            raise CheckpointError(f"{what} is truncated or corrupt: its zip directory, stored at the end of the "
+                                  f"file, is missing or damaged ({fmt_size(size)} on disk); {hint}") from None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{what} cannot be read ({e}); {hint}") from None
+        with zf:
+            members = zf.infolist()
+            odd = next((m.filename for m in members if not m.filename.endswith(".npy")), None)
+            if odd is not None:
+                raise CheckpointError(f"{what} is a zip archive but not an .npz checkpoint: its entry {odd!r} is "
+                                      f"not a NumPy array; {hint}")
+            declared = sum(m.file_size for m in members)
+            free = available_memory()
+        if free is not None and declared > free:
+            raise CheckpointError(f"{what} holds {fmt_size(declared)} of arrays but only {fmt_size(free)} of "
+                                  f"memory is available; free some memory or load it on a larger machine")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files}
+        except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError, OSError, ...: a damaged member
+            raise CheckpointError(f"{what} is truncated or corrupt: an array cannot be read "
+                                  f"({type(e).__name__}: {e}); {hint}") from None
 
 
 def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:

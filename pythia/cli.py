@@ -131,6 +131,8 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--out", metavar="FILE", action=Store,
                    help=f"where to save the checkpoint (default: {DEFAULT_OUT[command]}, never replacing a file)")
     g.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
+    g.add_argument("--no-memory-check", action="store_true",
+                   help="train even when the memory estimate (shown in the banner) exceeds the memory available")
     if command == "train":
         g.add_argument("--resume", metavar="CKPT", action=Store,
                        help="continue training CKPT from its saved step, optimizer and data position; "

@@ -143,8 +143,14 @@ def train_model(args: argparse.Namespace, command: str, ui):
         if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
             notes.append(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
                       f"bundled corpus is used; pass --data {here[0]} to train on it")
+    memory = {}
+
+    def check_memory(config, cfg, n_tokens):                  # before the model is allocated
+        from .memory_budget import check_training
+        memory["fit"] = check_training(config, cfg.batch_size, n_tokens,
+                                       skip=getattr(args, "no_memory_check", False))
     trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                              out=out, log_file=log_file, on_progress=ui.progress)
+                              out=out, log_file=log_file, on_progress=ui.progress, check_memory=check_memory)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
@@ -152,6 +158,9 @@ def train_model(args: argparse.Namespace, command: str, ui):
     rows = [("train", f"{cfg.steps} steps{ui.dot}batch {cfg.batch_size}{ui.dot}lr {cfg.lr:g} -> {cfg.min_lr:g}"
                       f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {start}" if resume else ""))]
     rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
+    if "fit" in memory:
+        from .memory_budget import describe_fit
+        rows.append(("memory", describe_fit(*memory["fit"])))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)

@@ -39,10 +39,10 @@ class SafetensorsFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise GPT2Error(f"{self.path} not found; a GPT-2 directory needs model.safetensors")
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
+        from .inputs import open_regular
+        f, size = open_regular(self.path, "weights file", GPT2Error,
+                               hint="a GPT-2 directory needs model.safetensors as a regular file")
+        with f:
             head = f.read(8)
             if len(head) < 8:
                 raise GPT2Error(f"{self.path} is truncated: {size} bytes, less than the 8-byte header length")

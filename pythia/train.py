@@ -336,14 +336,17 @@ def _maybe_float(v) -> float | None:
 
 
 def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict | None = None,
-                    resume: Path | None = None, **trainer_kwargs) -> Trainer:
+                    resume: Path | None = None, check_memory: Callable | None = None,
+                    **trainer_kwargs) -> Trainer:
     """Everything the CLI needs to start or resume a run, with every check in a sensible order.
 
     model: PythiaConfig sizes the user gave (None values mean "not given": the default for a new
     model, the checkpoint's when resuming); train: TrainConfig fields likewise. A new run builds a
     character vocabulary from the corpus; a resumed one keeps the checkpoint's model, vocabulary,
     optimizer, step, RNG and train config, overridden by the train fields that were given.
-    trainer_kwargs go to Trainer (out, log_file, on_progress).
+    trainer_kwargs go to Trainer (out, log_file, on_progress). check_memory(model_config,
+    train_config, n_tokens), when given, runs once the sizes are known and before the model and
+    optimizer are allocated (pythia.memory_budget); it raises to refuse the run.
     """
     from .checkpoint import check_resume_sizes, load_checkpoint
     from .data import build_dataset
@@ -357,6 +360,9 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
         PythiaConfig(vocab_size=1, **sizes).validate()     # bad sizes fail before the corpus is read
         block_size = sizes.get("block_size", PythiaConfig.block_size)
         dataset = build_dataset(paths, block_size)
+        if check_memory is not None:
+            check_memory(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), cfg,
+                         len(dataset.train) + len(dataset.val))
         net = Pythia(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), seed=cfg.seed)
         return Trainer(net, make_optimizer(net, cfg), dataset, cfg, **trainer_kwargs)
     ckpt = load_checkpoint(resume)
@@ -364,4 +370,6 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
     cfg = TrainConfig.from_dict({**ckpt.train_config, **given})
     cfg.validate()
     dataset = build_dataset(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer)
+    if check_memory is not None:
+        check_memory(ckpt.model.config, cfg, len(dataset.train) + len(dataset.val))
     return Trainer.resume(ckpt, dataset, cfg, **trainer_kwargs)
