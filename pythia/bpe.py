@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -293,6 +294,8 @@ MAX_GPT2_TEXT = 256 << 20   # the text files' size limit; GPT-2's vocab.json is 
 def read_gpt2_text(path: Path) -> str:
     """The UTF-8 text of one file of a GPT-2 directory; GPT2Error naming it if missing or unreadable."""
     from .inputs import read_regular
+    if not os.path.lexists(path):
+        raise GPT2Error(f"{path} not found; {GPT2_FILES}")
     raw = read_regular(path, "GPT-2 file", GPT2Error, limit=MAX_GPT2_TEXT, hint=GPT2_FILES)
     try:
         return raw.decode("utf-8")

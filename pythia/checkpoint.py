@@ -131,7 +131,7 @@ def _read_archive(path: Path) -> dict[str, np.ndarray]:
     with f:
         head = f.read(4)
         if size == 0:
-            raise CheckpointError(f"{what} is empty (0 bytes); {hint}")
+            raise CheckpointError(f"{what} is empty (0 bytes), not a Pythia checkpoint; {hint}")
         if head not in ZIP_MAGIC:
             raise CheckpointError(f"{what} is not a Pythia checkpoint: a checkpoint is an .npz (zip) archive but "
                                   f"this file starts with {head!r}; {hint}")
@@ -164,6 +164,8 @@ def _read_archive(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
+    """The metadata object, every field checked against pythia.checkpoint_schema."""
+    from .checkpoint_schema import MetaError, validate_meta
     if "meta" not in arrays:
         raise CheckpointError(f"{what} is not a Pythia checkpoint (it has no 'meta' entry); "
                               f"use a file written by `python -m pythia train`")
@@ -174,21 +176,22 @@ def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
         meta = json.loads(raw.tobytes().decode("utf-8"))
         if not isinstance(meta, dict):
             raise ValueError("meta is not a JSON object")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{what} has an unreadable 'meta' entry ({e}); it is corrupt, "
                               f"use another checkpoint") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{what} is not a Pythia checkpoint (format {meta.get('format')!r}); "
+        raise CheckpointError(f"{what} is not a Pythia checkpoint (field format is {meta.get('format')!r}); "
                               f"use a file written by `python -m pythia train`")
     version = meta.get("version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+    if type(version) is int and version != FORMAT_VERSION:
         raise CheckpointError(f"{what} has format version {version!r} but this Pythia reads version "
-                              f"{FORMAT_VERSION}; " + ("upgrade Pythia to load it" if newer
+                              f"{FORMAT_VERSION}; " + ("upgrade Pythia to load it" if version > FORMAT_VERSION
                                                        else "retrain or re-convert it with this version"))
-    for key in ("model_config", "tokenizer_kind", "step"):
-        if key not in meta:
-            raise CheckpointError(f"{what} is missing '{key}' in its metadata; it is corrupt, use another checkpoint")
+    try:
+        validate_meta(meta)
+    except MetaError as e:
+        raise CheckpointError(f"{what}: {e}; the file is damaged or was not written by Pythia, "
+                              f"use another checkpoint") from None
     return meta
 
 
@@ -214,33 +217,59 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not np.isfinite(a).all():
             raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
                                   f"use an earlier checkpoint")
+    _check_param_shapes(params, config, what)                   # before allocating the model
     model = Pythia(config, init=False)                          # every weight is loaded next
-    try:
-        model.load_params(params)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{what}: its weights do not fit its model config ({e}); it is corrupt, "
-                              f"use another checkpoint") from None
+    model.load_params(params)
 
     tok_arrays = {k[len("tok/"):]: a for k, a in arrays.items() if k.startswith("tok/")}
     try:
         tokenizer = tokenizer_from_arrays(meta["tokenizer_kind"], tok_arrays)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{what} has an unreadable tokenizer ({e}); it is corrupt, use another checkpoint") from None
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{what}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                              f"{config.vocab_size}; it is corrupt, use another checkpoint")
+    _check_tokenizer_fits(tokenizer, config.vocab_size, what)
 
     opt = None
     if meta.get("has_optimizer"):
         opt = {k[len("opt/"):]: a for k, a in arrays.items() if k.startswith("opt/")}
         _check_optimizer_arrays(opt, model.params, what)
 
-    step = meta["step"]
-    if not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{what} has an invalid step {step!r}; it is corrupt, use another checkpoint")
-    return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=step,
+    return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=meta["step"],
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
                       path=path)
+
+
+def _check_param_shapes(params: dict[str, np.ndarray], config, what: str) -> None:
+    """The weights must be exactly those model_config implies, by name and shape."""
+    from .model import _param_shapes
+    expected = _param_shapes(config)
+    sizes = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config).items())
+    for name, shape in expected.items():
+        if name not in params:
+            raise CheckpointError(f"{what}: weight {name!r} is missing, though field model_config ({sizes}) "
+                                  f"needs it; it is corrupt, use another checkpoint")
+        if params[name].shape != shape:
+            raise CheckpointError(f"{what}: weight {name!r} has shape {params[name].shape} but field model_config "
+                                  f"({sizes}) needs {shape}; it is corrupt, use another checkpoint")
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise CheckpointError(f"{what}: weight {extra[0]!r} is not part of the model field model_config describes "
+                              f"({sizes}); it is corrupt, use another checkpoint")
+
+
+def _check_tokenizer_fits(tokenizer, vocab_size: int, what: str) -> None:
+    """Every id the model can emit must be one the tokenizer decodes.
+
+    A character tokenizer decodes exactly ids 0..len-1, so its size must equal the model's
+    vocabulary; a smaller one would fail only when sampling first picks an id past its end. GPT-2's
+    BPE may be smaller than a padded vocabulary (it decodes a padding id as U+FFFD), never larger.
+    """
+    n = tokenizer.vocab_size
+    if n > vocab_size or (tokenizer.kind == "char" and n != vocab_size):
+        raise CheckpointError(f"{what}: its tokenizer has {n} tokens but field model_config.vocab_size is "
+                              f"{vocab_size}; they must be equal for a character model; it is corrupt, "
+                              f"use another checkpoint" if tokenizer.kind == "char" else
+                              f"{what}: its tokenizer has {n} tokens but the model only {vocab_size}; it is "
+                              f"corrupt, use another checkpoint")
 
 
 def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.ndarray], what: str) -> None:
@@ -252,10 +281,14 @@ def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.nda
     for name, p in params.items():
         for moment in ("m", "v"):
             a = opt.get(f"{moment}/{name}")
-            if a is None or a.shape != p.shape:
-                got = "missing" if a is None else f"shape {a.shape}"
-                raise CheckpointError(f"{what}: optimizer state {moment}/{name} is {got}, expected shape "
-                                      f"{p.shape}; it is corrupt, use another checkpoint")
+            if a is None or a.shape != p.shape or a.dtype != np.float32:
+                got = "missing" if a is None else f"{a.dtype} of shape {a.shape}"
+                raise CheckpointError(f"{what}: optimizer state {moment}/{name} is {got}, expected float32 of "
+                                      f"shape {p.shape}; it is corrupt, use another checkpoint")
+            if not np.isfinite(a).all() or (moment == "v" and (a < 0).any()):
+                raise CheckpointError(f"{what}: optimizer state {moment}/{name} holds "
+                                      f"{'negative, ' if moment == 'v' else ''}NaN or infinite values; "
+                                      f"it is corrupt, use another checkpoint")
 
 
 def check_resume_sizes(ckpt: Checkpoint, **sizes: int | None) -> None:

@@ -13,6 +13,7 @@ Anything malformed raises pythia.errors.GPT2Error with a one-line message.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ class SafetensorsFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         from .inputs import open_regular
+        if not os.path.lexists(self.path):
+            raise GPT2Error(f"{self.path} not found; a GPT-2 directory needs model.safetensors")
         f, size = open_regular(self.path, "weights file", GPT2Error,
                                hint="a GPT-2 directory needs model.safetensors as a regular file")
         with f:
