@@ -39,6 +39,15 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(message, self.prog)
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse, but a flag the command does not know points to that command's --help."""
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(ns, "command", None)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}",
+                             f"{self.prog} {command}" if command else self.prog)
+        return ns
+
 
 class Store(argparse.Action):
     """Store a value and remember that the user gave it (resume keeps the checkpoint's settings
@@ -293,11 +302,14 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (the console script exits with it)."""
+    from . import streams
+    closed = streams.reopen_closed()             # before any file is opened: none may take fd 0-2
     argv = with_default_command(sys.argv[1:] if argv is None else argv)
     _forgiving_streams()
     try:
         _check_kernel_env()                      # before anything imports the kernels
         args = build_parser().parse_args(argv)
+        streams.require(getattr(args, "command", None), closed)
         return int(args.func(args) or 0)
     except UsageError as e:
         return _fail(f"{e} (see `{e.prog} --help`)", 2)
@@ -312,16 +324,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("out of memory; use a smaller model (--d-model, --n-layer, --block-size) "
                      "or a smaller --batch-size")
     except OSError as e:
+        full = None if getattr(e, "filename", None) else streams.full_disk_file(e)
+        if full is not None:
+            return _fail(f"cannot write {full}: {e.strerror}; free space on that disk or write elsewhere")
         where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         return _fail(f"cannot use{where}: {e.strerror or e}; check the path and its permissions")
 
 
 def _check_kernel_env() -> None:
-    """PYTHIA_KERNELS is read when the kernels load; a bad value is the user's, so say so plainly."""
+    """PYTHIA_KERNELS and PYTHIA_KERNELS_ISA are read when the kernels load; a bad value is the
+    user's, so say so plainly (checked here without importing the kernels, which would raise)."""
     wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower()
     if wanted not in ("", "cython", "numpy"):
         raise ConfigError(f"PYTHIA_KERNELS={wanted!r} is not a kernel backend; set it to 'cython' or "
                           f"'numpy', or unset it")
+    isa = os.environ.get("PYTHIA_KERNELS_ISA", "").strip().lower()   # as kernels._loader.isa_wanted reads it
+    if isa not in ("", "baseline"):
+        raise ConfigError(f"PYTHIA_KERNELS_ISA={isa!r} is not a kernel build; set it to 'baseline' (the build "
+                          f"for any x86-64 CPU) or unset it (the AVX2 build when the CPU has AVX2 and FMA)")
 
 
 def _forgiving_streams() -> None:

@@ -209,8 +209,16 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         if self._log_fh is not None:
-            self._log_fh.write(json.dumps(record) + "\n")
-            self._log_fh.flush()
+            try:
+                self._log_fh.write(json.dumps(record) + "\n")
+                self._log_fh.flush()
+            except OSError as e:
+                raise self._log_error(e) from None
+
+    def _log_error(self, e: OSError) -> PythiaError:
+        """A failed write to --log-file, naming it (a full disk's OSError carries no file name)."""
+        return PythiaError(f"cannot write --log-file {str(self.log_file)!r}: {e.strerror or e}; free space on its "
+                           f"disk or choose another --log-file")
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -290,8 +298,11 @@ class Trainer:
             self._restore_sigint(previous_handler)
             self._stop = False  # Ctrl-C ended this run only; evaluate() works again afterwards
             if self._log_fh is not None:
-                self._log_fh.close()
-                self._log_fh = None
+                fh, self._log_fh = self._log_fh, None
+                try:
+                    fh.close()
+                except OSError as e:                     # the last buffered lines could not be written
+                    raise self._log_error(e) from None
 
         result.steps = step
         result.interrupted = step < cfg.steps
