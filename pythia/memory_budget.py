@@ -6,13 +6,16 @@ with P parameters, B batch, T block, C d_model, H heads, L layers, V vocabulary,
 
     weights        P              the model's parameters
     gradients      P * S          one buffer, plus one per extra shard S - 1 of a split batch
-    AdamW state    2 P            first and second moments
+    AdamW state    3 P            first and second moments, and the optimizer's gradient buffer
     activations    L (16 N C + 4 N + B H A)    what each block keeps for backward:
                        x, ln_1, att, x_mid, ln_2 (N C each), qkv (3 N C), fc and gelu (4 N C each),
                        two LayerNorm means and rstds (N each), attention probabilities B H A,
                        where A = T^2 (A = 3/4 T^2 from T = 128 on, model.query_blocks)
-                   + 2 N V + 4 N C             logits and softmax of the head, final LayerNorm
-                   + max(8 N C, 2 B H A + 3 N C)  backward's widest moment in one block
+                   + 2 N C + 2 N V             final LayerNorm in and out; the head's logits and
+                                               softmax (in backward: softmax and its gradient)
+                   + 20 N C + max(4 N C, 2 B H A)  backward's gradients in flight: one block's
+                                               (16 N C) held while the next is computed, dx and
+                                               dhf, and attention's dprobs and dscores
     data           4 (tokens)     the corpus's token ids, int32
 
 It is compared with the memory the machine has available now: MemAvailable of /proc/meminfo,
@@ -78,8 +81,8 @@ def estimate_training(config, batch_size: int, n_tokens: int = 0, shards: int | 
     P = n_params(config)
     A = B * H * attention_area(T)                                # attention probabilities of one block
     per_block = 16 * N * C + 4 * N + A
-    acts = L * per_block + 2 * N * V + 4 * N * C + max(8 * N * C, 2 * A + 3 * N * C)
-    return Estimate(weights=P * FLOAT, gradients=P * max(1, shards) * FLOAT, optimizer=2 * P * FLOAT,
+    acts = L * per_block + 2 * N * C + 2 * N * V + 20 * N * C + max(4 * N * C, 2 * A)
+    return Estimate(weights=P * FLOAT, gradients=P * max(1, shards) * FLOAT, optimizer=3 * P * FLOAT,
                     activations=acts * FLOAT, data=4 * n_tokens)
 
 
