@@ -114,6 +114,15 @@ def _corpus_info(files: list[Path], n_tokens: int):
     return CorpusInfo(files=shown, n_tokens=n_tokens, bundled=bundled)
 
 
+def _check_corpus_memory(files: list[Path], skip: bool) -> None:
+    """Refuse, before a byte is read, a corpus that is not regular files or too big to encode in memory."""
+    from .errors import DataError
+    from .inputs import require_regular
+    from .memory_budget import check_corpus
+    total = sum(require_regular(p, "data file", DataError, hint="pass UTF-8 text files with --data") for p in files)
+    check_corpus(total, skip=skip)
+
+
 def train_model(args: argparse.Namespace, command: str, ui):
     """The training half of train and train-chat: check, build, boot banner, train, summary.
 
@@ -136,6 +145,7 @@ def train_model(args: argparse.Namespace, command: str, ui):
         _check_target(log_file, "--log-file")
     select_kernels(args.kernels)
     files = resolve_corpus(args.data)
+    _check_corpus_memory(files, getattr(args, "no_memory_check", False))
     notes = []
     if not args.data:
         from .data import DEFAULT_FILES

@@ -137,6 +137,21 @@ def available_memory() -> int | None:
     return min(found)
 
 
+# Reading a text corpus peaks at about 31 bytes per byte of file: the bytes, the str, its UTF-32
+# copy, the code points and ids as int64, and the int32 splits (tracemalloc peak of
+# data.build_dataset on a 4 MB ASCII text: 30.0, with non-ASCII letters: 31.0 bytes per byte).
+READ_BYTES_PER_BYTE = 31
+
+
+def check_corpus(n_bytes: int, *, skip: bool = False) -> None:
+    """ConfigError when reading n_bytes of corpus text would not fit, unless skip."""
+    need, free = n_bytes * READ_BYTES_PER_BYTE, available_memory()
+    if free is not None and need > free and not skip:
+        raise ConfigError(f"reading the corpus ({fmt_size(n_bytes)} of text) needs about {fmt_size(need)} of memory "
+                          f"while it is encoded, but {fmt_size(free)} is available; train on less text, or add "
+                          f"{NO_CHECK_FLAG} to try anyway")
+
+
 def check_training(config, batch_size: int, n_tokens: int, *, skip: bool = False) -> tuple[Estimate, int | None]:
     """(estimate, available bytes); ConfigError with both figures when the run will not fit,
     unless skip (the user's --no-memory-check)."""

@@ -173,3 +173,30 @@ def test_a_checkpoint_larger_than_the_available_memory_is_refused_unread(tmp_pat
         load_checkpoint(tmp_path / "m.npz")
     monkeypatch.setattr(mb, "available_memory", lambda: None)
     assert np.array_equal(load_checkpoint(tmp_path / "m.npz").tokenizer.chars, tok.chars)
+
+
+# ---- the corpus, before it is read -----------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", ["", "é€ñ漢"], ids=["ascii", "non-ascii"])
+def test_reading_a_corpus_peaks_below_the_stated_bytes_per_byte(tmp_path, extra):
+    import tracemalloc
+    from pythia.data import build_dataset
+    path = tmp_path / "c.txt"
+    path.write_text(("The sea is large and old, and the wind moves over it all day long.\n" + extra) * 20000,
+                    encoding="utf-8")
+    tracemalloc.start()
+    try:
+        build_dataset([path], 32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    ratio = peak / path.stat().st_size
+    assert 0.8 * mb.READ_BYTES_PER_BYTE <= ratio <= mb.READ_BYTES_PER_BYTE, ratio
+
+
+def test_a_corpus_too_big_to_encode_is_refused_before_it_is_read(monkeypatch):
+    monkeypatch.setattr(mb, "available_memory", lambda: 10 ** 9)
+    with pytest.raises(mb.ConfigError, match="reading the corpus .* needs about 3.1 GB"):
+        mb.check_corpus(10 ** 8)
+    mb.check_corpus(10 ** 8, skip=True)
+    mb.check_corpus(10 ** 7)
