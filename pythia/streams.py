@@ -84,9 +84,9 @@ def full_disk_file(e: OSError) -> str | None:
                 flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
             if flags & os.O_ACCMODE == os.O_RDONLY or os.fstatvfs(fd).f_bavail > 0:
                 continue
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            where = os.readlink(f"/proc/self/fd/{fd}")
         except (OSError, StopIteration, ValueError):
             continue
-        if target.startswith("/"):
-            return {1: f"stdout ({target})", 2: f"stderr ({target})"}.get(fd, repr(target))
+        if where.startswith("/"):
+            return {1: f"stdout ({where})", 2: f"stderr ({where})"}.get(fd, repr(where))
     return None

@@ -54,7 +54,7 @@ def run(args, cwd, *, env=None, close=(), stdout=subprocess.PIPE, timeout=120):
 
 
 def snapshot(folder: Path) -> dict[str, bytes | str]:
-    """Every entry under folder: a file's bytes, a symlink's target, a FIFO or folder by kind."""
+    """Every entry under folder: a file's bytes, where a symlink points, a FIFO or folder by kind."""
     out = {}
     for p in sorted(folder.rglob("*")):
         key = str(p.relative_to(folder))
@@ -173,12 +173,12 @@ GPT2_CASES = [f"{name}: {kind}" for name in ("config.json", "vocab.json", "merge
 @pytest.mark.parametrize("command, case", spread(GPT2_READERS, GPT2_CASES))
 def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, case):
     name, kind = case.split(": ")
-    target = home / "gpt2" / name
-    target.unlink()
+    victim = home / "gpt2" / name
+    victim.unlink()
     if kind == "fifo":
-        os.mkfifo(target)
+        os.mkfifo(victim)
     else:
-        os.symlink("/dev/zero", target)
+        os.symlink("/dev/zero", victim)
     before = snapshot(home)
     r = run(GPT2_READERS[command]("gpt2"), home)
     assert_refused(r, name, SPECIAL[kind], "not a regular file")
