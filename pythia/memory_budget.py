@@ -18,6 +18,10 @@ with P parameters, B batch, T block, C d_model, H heads, L layers, V vocabulary,
                                                dhf, and attention's dprobs and dscores
     data           4 (tokens)     the corpus's token ids, int32
 
+With the NumPy reference kernels (PYTHIA_KERNELS=numpy) the activations grow by 2 N V + 2 L N C:
+their softmax cross-entropy and element-wise kernels hold whole-array temporaries that the
+compiled kernels do not (measured: 1.9 N V more at V = 20,000 and 50,257; 1.25-2 N C a block).
+
 It is compared with the memory the machine has available now: MemAvailable of /proc/meminfo,
 lowered to a cgroup's memory limit when the process runs in one (containers), or the free
 pages that sysconf reports where there is no /proc. The interpreter and NumPy themselves
@@ -71,8 +75,10 @@ def attention_area(T: int) -> int:
     return sum((hi - lo) * hi for lo, hi in query_blocks(T))
 
 
-def estimate_training(config, batch_size: int, n_tokens: int = 0, shards: int | None = None) -> Estimate:
-    """The estimate of the module docstring for training config (a PythiaConfig) at batch_size."""
+def estimate_training(config, batch_size: int, n_tokens: int = 0, shards: int | None = None,
+                      backend: str | None = None) -> Estimate:
+    """The estimate of the module docstring for training config (a PythiaConfig) at batch_size,
+    with the kernels of `backend` ("cython" or "numpy"; default: the active one)."""
     B, T, C, L, H, V = batch_size, config.block_size, config.d_model, config.n_layer, config.n_head, config.vocab_size
     N = B * T
     if shards is None:
@@ -82,6 +88,11 @@ def estimate_training(config, batch_size: int, n_tokens: int = 0, shards: int | 
     A = B * H * attention_area(T)                                # attention probabilities of one block
     per_block = 16 * N * C + 4 * N + A
     acts = L * per_block + 2 * N * C + 2 * N * V + 20 * N * C + max(4 * N * C, 2 * A)
+    if backend is None:
+        from . import kernels
+        backend = kernels.BACKEND
+    if backend == "numpy":
+        acts += 2 * N * V + 2 * L * N * C
     return Estimate(weights=P * FLOAT, gradients=P * max(1, shards) * FLOAT, optimizer=3 * P * FLOAT,
                     activations=acts * FLOAT, data=4 * n_tokens)
 
