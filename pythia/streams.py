@@ -58,10 +58,14 @@ def reopen_closed() -> set[str]:
 
 
 def require(command: str | None, closed: set[str]) -> None:
-    """ConfigError when `command` needs a standard stream that was closed at start-up."""
+    """ConfigError when `command` needs a standard stream that was closed at start-up.
+
+    (stdin as a directory, `< folder`, never gets here: the interpreter refuses it at start-up.)
+    """
     if not command or not closed:
         return
-    for name in NEEDS.get(command, DEFAULT_NEEDS):
+    needs = NEEDS.get(command, DEFAULT_NEEDS)
+    for name in needs:
         if name in closed:
             redirect = "<&-" if name == "stdin" else ">&-"
             raise ConfigError(f"{name} is closed (as by {redirect}) and {command} cannot run without it: "

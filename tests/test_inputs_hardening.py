@@ -37,7 +37,7 @@ def _limits():
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
 
-def run(args, cwd, *, env=None, close=(), stdout=subprocess.PIPE, timeout=120):
+def run(args, cwd, *, env=None, close=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=120):
     """`python -m pythia *args` in cwd; close: standard descriptors (0, 1, 2) to start closed."""
     full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     full.update(env or {})
@@ -46,7 +46,7 @@ def run(args, cwd, *, env=None, close=(), stdout=subprocess.PIPE, timeout=120):
         _limits()
         for fd in close:
             os.close(fd)
-    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, stdin=stdin,
                        stdout=stdout, stderr=subprocess.PIPE, env=full, timeout=timeout, preexec_fn=pre)
     r.stdout = (r.stdout or b"").decode("utf-8", "replace")
     r.stderr = r.stderr.decode("utf-8", "replace")
@@ -300,6 +300,17 @@ def test_a_closed_standard_stream_is_one_line_or_no_matter(home, command, fd):
     else:                                       # a command that does not read stdin runs as usual
         assert r.returncode == 0, r.stderr
         assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [c for c, (_, needs) in STREAM_NEEDS.items() if 0 in needs])
+def test_an_endless_stdin_is_read_a_bounded_line_at_a_time(home, command):
+    args, _ = STREAM_NEEDS[command]
+    before = snapshot(home)
+    with open("/dev/zero", "rb") as zero:
+        r = run(args, home, stdin=zero)
+    assert_refused(r, "a line of input is longer than")
+    if command == "chat":
+        assert snapshot(home) == before
 
 
 @pytest.mark.parametrize("command", STREAM_NEEDS)
