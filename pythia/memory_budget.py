@@ -118,22 +118,33 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None              # "max" (no limit) -> None
 
 
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Limit minus usage of this process's memory cgroup (v2, else v1); None without a limit."""
-    try:
-        own = Path("/proc/self/cgroup").read_text(encoding="ascii")
-    except OSError:
-        own = ""
-    rel = next((line.split(":", 2)[2] for line in own.splitlines() if line.startswith("0::")), "/")
-    for d in {root / rel.lstrip("/"), root}:
-        limit, used = _read_int(d / "memory.max"), _read_int(d / "memory.current")
-        if limit is not None and used is not None:
-            return max(0, limit - used)
-    limit = _read_int(root / "memory" / "memory.limit_in_bytes")
-    used = _read_int(root / "memory" / "memory.usage_in_bytes")
-    if limit is not None and used is not None and limit < 1 << 60:  # v1 writes ~2^63 for "no limit"
-        return max(0, limit - used)
-    return None
+def _rooms(base: Path, rel: str, limit_file: str, used_file: str) -> list[int]:
+    """limit - usage of the cgroup at base/rel and of each parent up to base, where set."""
+    rooms, d = [], base / rel.strip().lstrip("/")
+    while True:
+        limit, used = _read_int(d / limit_file), _read_int(d / used_file)
+        if limit is not None and used is not None and limit < 1 << 60:   # v1 writes ~2^63 for "no limit"
+            rooms.append(max(0, limit - used))
+        if d == base or base not in d.parents:
+            return rooms
+        d = d.parent
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), own: str | None = None) -> int | None:
+    """Room left under this process's memory cgroup limits: the least of limit minus usage over
+    its cgroup and every parent, in cgroup v2 (own: its '0::' path) or v1 (the 'memory'
+    controller's path); None without a limit. Paths that the container does not show are skipped."""
+    lines = []
+    if own is None:
+        try:
+            lines = Path("/proc/self/cgroup").read_text(encoding="ascii").splitlines()
+        except OSError:
+            pass
+        own = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), "/")
+    v1 = next((ln.split(":", 2)[2] for ln in lines if ln.split(":", 2)[1:2] == ["memory"]), "/")
+    rooms = _rooms(root, own, "memory.max", "memory.current") or \
+        _rooms(root / "memory", v1, "memory.limit_in_bytes", "memory.usage_in_bytes")
+    return min(rooms) if rooms else None
 
 
 def available_memory() -> int | None:

@@ -115,9 +115,18 @@ def test_meminfo_available_is_read_in_bytes(tmp_path):
 def test_a_cgroup_limit_lowers_what_is_available(tmp_path):
     (tmp_path / "memory.max").write_text("500000\n")
     (tmp_path / "memory.current").write_text("200000\n")
-    assert mb._cgroup_room(tmp_path) == 300000
+    assert mb._cgroup_room(tmp_path, "/") == 300000
     (tmp_path / "memory.max").write_text("max\n")
-    assert mb._cgroup_room(tmp_path) is None
+    assert mb._cgroup_room(tmp_path, "/") is None
+
+
+def test_the_tightest_cgroup_on_the_way_to_the_root_counts(tmp_path):
+    job = tmp_path / "user.slice" / "job"
+    job.mkdir(parents=True)
+    for d, limit, used in ((tmp_path, "max", "900"), (tmp_path / "user.slice", "10000", "9000"), (job, "max", "50")):
+        (d / "memory.max").write_text(limit + "\n")
+        (d / "memory.current").write_text(used + "\n")
+    assert mb._cgroup_room(tmp_path, "/user.slice/job\n") == 1000
 
 
 def test_refusal_names_the_estimate_the_available_memory_and_the_way_out(monkeypatch):
@@ -200,3 +209,13 @@ def test_a_corpus_too_big_to_encode_is_refused_before_it_is_read(monkeypatch):
         mb.check_corpus(10 ** 8)
     mb.check_corpus(10 ** 8, skip=True)
     mb.check_corpus(10 ** 7)
+
+
+def test_a_cgroup_v1_memory_limit_counts_too(tmp_path):
+    mem = tmp_path / "memory"
+    mem.mkdir()
+    (mem / "memory.limit_in_bytes").write_text("9223372036854771712\n")   # v1's "no limit"
+    (mem / "memory.usage_in_bytes").write_text("100\n")
+    assert mb._cgroup_room(tmp_path, "/") is None
+    (mem / "memory.limit_in_bytes").write_text("4096\n")
+    assert mb._cgroup_room(tmp_path, "/") == 3996

@@ -101,6 +101,7 @@ def isa_wanted() -> str:
 
 def load_compiled():
     """Return (compiled-backend module, None) or (None, reason the NumPy fallback is used)."""
+    wanted = isa_wanted()                        # a bad value is an error even where nothing is built
     _quiet_openmp_threads()
     try:
         ext = _import("_kernels")
@@ -112,7 +113,6 @@ def load_compiled():
     if getattr(ext, "API_VERSION", None) != compiled.API_VERSION:
         return None, (f"compiled kernels are stale (API {getattr(ext, 'API_VERSION', '?')}, "
                       f"need {compiled.API_VERSION}); {BUILD_HINT}")
-    wanted = isa_wanted()
     if wanted != "baseline" and ext.cpu_has_avx2_fma():
         try:
             simd = _import("_kernels_avx2")
