@@ -211,14 +211,15 @@ class Trainer:
         if self._log_fh is not None:
             try:
                 self._log_fh.write(json.dumps(record) + "\n")
-                self._log_fh.flush()
-            except OSError as e:
-                raise self._log_error(e) from None
-
-    def _log_error(self, e: OSError) -> PythiaError:
-        """A failed write to --log-file, naming it (a full disk's OSError carries no file name)."""
-        return PythiaError(f"cannot write --log-file {str(self.log_file)!r}: {e.strerror or e}; free space on its "
-                           f"disk or choose another --log-file")
+                self._log_fh.flush()               # every line flushed: closing the file writes nothing
+            except OSError as e:                   # a full disk's OSError carries no file name: add it
+                fh, self._log_fh = self._log_fh, None
+                try:
+                    fh.close()                     # tries the unwritten line once more; its error is this one
+                except OSError:
+                    pass
+                raise PythiaError(f"cannot write --log-file {str(self.log_file)!r}: {e.strerror or e}; free "
+                                  f"space on its disk or choose another --log-file") from None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -298,11 +299,8 @@ class Trainer:
             self._restore_sigint(previous_handler)
             self._stop = False  # Ctrl-C ended this run only; evaluate() works again afterwards
             if self._log_fh is not None:
-                fh, self._log_fh = self._log_fh, None
-                try:
-                    fh.close()
-                except OSError as e:                     # the last buffered lines could not be written
-                    raise self._log_error(e) from None
+                self._log_fh.close()
+                self._log_fh = None
 
         result.steps = step
         result.interrupted = step < cfg.steps
