@@ -185,6 +185,15 @@ def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, c
     assert snapshot(home) == before
 
 
+@pytest.mark.parametrize("command, kind", spread(GPT2_READERS, ["device", "fifo"]))
+def test_a_gpt2_folder_that_is_not_a_folder_says_what_it_is(home, command, kind):
+    path = _special(home, kind)
+    before = snapshot(home)
+    r = run(GPT2_READERS[command](path), home)
+    assert_refused(r, f"GPT-2 directory {path!r} is {SPECIAL[kind]}", "not a folder")
+    assert snapshot(home) == before
+
+
 # ---- kind 10: checkpoints that cannot be read say precisely why -----------------------------------
 
 def _zip_not_npz(home: Path) -> str:
