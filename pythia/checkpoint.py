@@ -263,13 +263,11 @@ def _check_tokenizer_fits(tokenizer, vocab_size: int, what: str) -> None:
     vocabulary; a smaller one would fail only when sampling first picks an id past its end. GPT-2's
     BPE may be smaller than a padded vocabulary (it decodes a padding id as U+FFFD), never larger.
     """
-    n = tokenizer.vocab_size
-    if n > vocab_size or (tokenizer.kind == "char" and n != vocab_size):
+    n, char = tokenizer.vocab_size, tokenizer.kind == "char"
+    if n > vocab_size or (char and n != vocab_size):
+        rule = "equal for a character model" if char else "at most equal"
         raise CheckpointError(f"{what}: its tokenizer has {n} tokens but field model_config.vocab_size is "
-                              f"{vocab_size}; they must be equal for a character model; it is corrupt, "
-                              f"use another checkpoint" if tokenizer.kind == "char" else
-                              f"{what}: its tokenizer has {n} tokens but the model only {vocab_size}; it is "
-                              f"corrupt, use another checkpoint")
+                              f"{vocab_size}; they must be {rule}; it is corrupt, use another checkpoint")
 
 
 def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.ndarray], what: str) -> None:
