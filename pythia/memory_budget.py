@@ -35,9 +35,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 from .inputs import fmt_size
+
+if TYPE_CHECKING:
+    from .model import PythiaConfig
 
 FLOAT = 4                              # bytes of a float32
 NO_CHECK_FLAG = "--no-memory-check"    # the flag that skips the refusal
@@ -63,7 +67,7 @@ class Estimate:
         return f"~{fmt_size(self.total)} (" + ", ".join(f"{k} {fmt_size(v)}" for k, v in parts) + ")"
 
 
-def n_params(config) -> int:
+def n_params(config: PythiaConfig) -> int:
     """Parameters of a PythiaConfig (the tied head counts once), without building the model."""
     V, C, L, T = config.vocab_size, config.d_model, config.n_layer, config.block_size
     per_block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
@@ -76,7 +80,7 @@ def attention_area(T: int) -> int:
     return sum((hi - lo) * hi for lo, hi in query_blocks(T))
 
 
-def estimate_training(config, batch_size: int, n_tokens: int = 0, shards: int | None = None,
+def estimate_training(config: PythiaConfig, batch_size: int, n_tokens: int = 0, shards: int | None = None,
                       backend: str | None = None) -> Estimate:
     """The estimate of the module docstring for training config (a PythiaConfig) at batch_size,
     with the kernels of `backend` ("cython" or "numpy"; default: the active one)."""
@@ -175,7 +179,8 @@ def check_corpus(n_bytes: int, *, skip: bool = False) -> None:
                           f"{NO_CHECK_FLAG} to try anyway")
 
 
-def check_training(config, batch_size: int, n_tokens: int, *, skip: bool = False) -> tuple[Estimate, int | None]:
+def check_training(config: PythiaConfig, batch_size: int, n_tokens: int, *,
+                   skip: bool = False) -> tuple[Estimate, int | None]:
     """(estimate, available bytes); ConfigError with both figures when the run will not fit,
     unless skip (the user's --no-memory-check)."""
     est = estimate_training(config, batch_size, n_tokens)
