@@ -60,11 +60,15 @@ class Estimate:
     def total(self) -> int:
         return self.weights + self.gradients + self.optimizer + self.activations + self.data
 
-    def describe(self) -> str:
-        """'~1.2 GB (weights 0.1 GB, AdamW 0.2 GB, gradients 0.1 GB, activations 0.8 GB)'."""
+    def parts(self) -> str:
+        """'weights 0.1 GB, AdamW 0.3 GB, gradients 0.1 GB, activations 0.8 GB'."""
         parts = [("weights", self.weights), ("AdamW", self.optimizer), ("gradients", self.gradients),
                  ("activations", self.activations)]
-        return f"~{fmt_size(self.total)} (" + ", ".join(f"{k} {fmt_size(v)}" for k, v in parts) + ")"
+        return ", ".join(f"{k} {fmt_size(v)}" for k, v in parts)
+
+    def describe(self) -> str:
+        """'~1.3 GB (weights 0.1 GB, AdamW 0.3 GB, gradients 0.1 GB, activations 0.8 GB)'."""
+        return f"~{fmt_size(self.total)} ({self.parts()})"
 
 
 def n_params(config: PythiaConfig) -> int:
@@ -187,7 +191,7 @@ def check_training(config: PythiaConfig, batch_size: int, n_tokens: int, *,
     free = available_memory()
     if free is not None and est.total > free and not skip:
         raise ConfigError(f"training this model needs about {fmt_size(est.total)} of memory "
-                          f"({est.describe().split(' (', 1)[1][:-1]}) but {fmt_size(free)} is available; "
+                          f"({est.parts()}) but {fmt_size(free)} is available; "
                           f"lower --d-model, --n-layer, --block-size or --batch-size, or add {NO_CHECK_FLAG} "
                           f"to try anyway")
     return est, free
