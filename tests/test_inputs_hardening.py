@@ -299,7 +299,7 @@ STREAM_NAMES = {0: "stdin", 1: "stdout"}
 
 @pytest.mark.parametrize("fd", [0, 1], ids=["stdin closed", "stdout closed"])
 @pytest.mark.parametrize("command", STREAM_NEEDS)
-def test_a_closed_standard_stream_is_one_line_or_no_matter(home, command, fd):
+def test_a_closed_stream_the_command_needs_is_one_line_and_one_it_does_not_need_is_no_matter(home, command, fd):
     args, needs = STREAM_NEEDS[command]
     before = snapshot(home)
     r = run(args, home, close=(fd,), stdout=None if fd == 1 else subprocess.PIPE)
