@@ -347,9 +347,11 @@ def test_a_kernel_environment_variable_with_no_meaning_is_an_error(home, variabl
     assert_refused(r, f"{variable}={value!r}")
 
 
+@pytest.mark.parametrize("backend", ["", "numpy"], ids=["default backend", "PYTHIA_KERNELS=numpy"])
 @pytest.mark.parametrize("variable", ["PYTHIA_KERNELS", "PYTHIA_KERNELS_ISA"])
-def test_the_library_refuses_a_kernel_variable_with_no_meaning_alike(variable):
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{variable: "bogus"})
+def test_the_library_refuses_a_kernel_variable_with_no_meaning_alike(variable, backend):
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHIA_KERNELS=backend)
+    env[variable] = "bogus"
     r = subprocess.run([sys.executable, "-c", "import pythia.kernels"], capture_output=True, text=True, env=env,
                        timeout=60)
     assert r.returncode != 0 and f"ValueError: {variable}='bogus'" in r.stderr, r.stderr
