@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -287,15 +288,18 @@ class GPT2Tokenizer:
 
 
 GPT2_FILES = "a GPT-2 directory needs config.json, model.safetensors, vocab.json and merges.txt"
+MAX_GPT2_TEXT = 256 << 20   # the text files' size limit; GPT-2's vocab.json is 1.0 MB, merges.txt 0.5 MB
 
 
 def read_gpt2_text(path: Path) -> str:
     """The UTF-8 text of one file of a GPT-2 directory; GPT2Error naming it if missing or unreadable."""
-    if not path.is_file():
+    from .inputs import read_regular
+    if not os.path.lexists(path):
         raise GPT2Error(f"{path} not found; {GPT2_FILES}")
+    raw = read_regular(path, "GPT-2 file", GPT2Error, limit=MAX_GPT2_TEXT, hint=GPT2_FILES)
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise GPT2Error(f"{path} is not valid UTF-8 text ({e}); download it again") from None
 
 

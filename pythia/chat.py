@@ -27,6 +27,7 @@ from .ui import ConsoleUI
 
 USER, BOT = "User", "Pythia"      # speaker names used by data/model.txt
 TURN_END = "\n\n"                 # the corpus separates exchanges with a blank line
+MAX_LINE = 1 << 20                 # longest line read from piped input, in characters (a bound, not a limit of use)
 
 HELP = """\
 Type a message and press Enter. Commands:
@@ -186,9 +187,13 @@ class ChatSession:
             except EOFError:
                 return None
         self.ui.write(prompt)
-        line = self.stdin.readline()
+        line = self.stdin.readline(MAX_LINE + 1)           # bounded: stdin may be /dev/zero or a binary file
         if not line:
             return None
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            from .errors import PythiaError
+            raise PythiaError(f"a line of input is longer than {MAX_LINE:,} characters (is stdin a device or a "
+                              f"binary file?); pipe text with one message per line")
         line = line.rstrip("\r\n")
         self.ui.write(line + "\n")  # echo piped input so the transcript reads like a conversation
         return line

@@ -97,25 +97,60 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
                               f"check free disk space and permissions") from None
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")    # a zip's first bytes: a member, or an empty archive
+
+
 def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:
     """Every entry of the .npz (but those whose name starts with skip), read eagerly so that a
-    truncated archive fails here."""
+    truncated archive fails here.
+
+    The file must be a regular file (pythia.inputs), start like a zip archive, hold only .npy
+    members, and its members' declared sizes must fit in the memory available: so neither a
+    device nor a crafted archive can make the load read or allocate without bound.
+    """
+    from .inputs import fmt_size, open_regular
+    from .memory_budget import available_memory
     what = f"checkpoint {str(path)!r}"
-    hint = "it may be truncated or corrupt; use another checkpoint or train a new one"
-    if not path.exists():
-        raise CheckpointError(f"{what} does not exist; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{what} is a directory, not a checkpoint file; give the .npz file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{what} is not a Pythia checkpoint (not an .npz archive); {hint}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files if skip is None or not key.startswith(skip)}
-    except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError, OSError, ... all mean the same here
-        raise CheckpointError(f"{what} cannot be read ({type(e).__name__}: {e}); {hint}") from None
+    hint = "use another checkpoint or train a new one"
+    f, size = open_regular(path, "checkpoint", CheckpointError, hint="give the .npz file a train run wrote")
+    with f:
+        head = f.read(4)
+        if size == 0:
+            raise CheckpointError(f"{what} is empty (0 bytes), not a Pythia checkpoint; {hint}")
+        if head not in ZIP_MAGIC:
+            raise CheckpointError(f"{what} is not a Pythia checkpoint: a checkpoint is an .npz (zip) archive but "
+                                  f"this file starts with {head!r}; {hint}")
+        f.seek(0)
+        try:
+            zf = zipfile.ZipFile(f)
+        except zipfile.BadZipFile:
+            raise CheckpointError(f"{what} is truncated or corrupt: its zip directory, stored at the end of the "
+                                  f"file, is missing or damaged ({fmt_size(size)} on disk); {hint}") from None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{what} cannot be read ({e}); {hint}") from None
+        with zf:
+            members = zf.infolist()
+            odd = next((m.filename for m in members if not m.filename.endswith(".npy")), None)
+            if odd is not None:
+                raise CheckpointError(f"{what} is a zip archive but not an .npz checkpoint: its entry {odd!r} is "
+                                      f"not a NumPy array; {hint}")
+            declared = sum(m.file_size for m in members)
+            free = available_memory()
+        if free is not None and declared > free:
+            raise CheckpointError(f"{what} holds {fmt_size(declared)} of arrays but only {fmt_size(free)} of "
+                                  f"memory is available; free some memory or load it on a larger machine")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files if skip is None or not key.startswith(skip)}
+        except Exception as e:  # BadZipFile, zlib.error, EOFError, ValueError, OSError, ...: a damaged member
+            raise CheckpointError(f"{what} is truncated or corrupt: an array cannot be read "
+                                  f"({type(e).__name__}: {e}); {hint}") from None
 
 
 def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
+    """The metadata object, every field checked against pythia.checkpoint_schema."""
+    from .checkpoint_schema import MetaError, validate_meta
     if "meta" not in arrays:
         raise CheckpointError(f"{what} is not a Pythia checkpoint (it has no 'meta' entry); "
                               f"use a file written by `python -m pythia train`")
@@ -126,21 +161,22 @@ def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
         meta = json.loads(raw.tobytes().decode("utf-8"))
         if not isinstance(meta, dict):
             raise ValueError("meta is not a JSON object")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{what} has an unreadable 'meta' entry ({e}); it is corrupt, "
                               f"use another checkpoint") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{what} is not a Pythia checkpoint (format {meta.get('format')!r}); "
+        raise CheckpointError(f"{what} is not a Pythia checkpoint (field format is {meta.get('format')!r}); "
                               f"use a file written by `python -m pythia train`")
     version = meta.get("version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+    if type(version) is int and version != FORMAT_VERSION:
         raise CheckpointError(f"{what} has format version {version!r} but this Pythia reads version "
-                              f"{FORMAT_VERSION}; " + ("upgrade Pythia to load it" if newer
+                              f"{FORMAT_VERSION}; " + ("upgrade Pythia to load it" if version > FORMAT_VERSION
                                                        else "retrain or re-convert it with this version"))
-    for key in ("model_config", "tokenizer_kind", "step"):
-        if key not in meta:
-            raise CheckpointError(f"{what} is missing '{key}' in its metadata; it is corrupt, use another checkpoint")
+    try:
+        validate_meta(meta)
+    except MetaError as e:
+        raise CheckpointError(f"{what}: {e}; the file is damaged or was not written by Pythia, "
+                              f"use another checkpoint") from None
     return meta
 
 
@@ -169,12 +205,9 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         if not np.isfinite(a).all():
             raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
                                   f"use an earlier checkpoint")
+    _check_param_shapes(params, config, what)                   # before allocating the model
     model = Pythia(config, init=False)                          # every weight is loaded next
-    try:
-        model.load_params(params)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{what}: its weights do not fit its model config ({e}); it is corrupt, "
-                              f"use another checkpoint") from None
+    model.load_params(params)
 
     kind = meta["tokenizer_kind"]
     from .tokenizer import TOKENIZER_KINDS
@@ -187,21 +220,48 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         tokenizer = tokenizer_from_arrays(meta["tokenizer_kind"], tok_arrays)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{what} has an unreadable tokenizer ({e}); it is corrupt, use another checkpoint") from None
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{what}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                              f"{config.vocab_size}; it is corrupt, use another checkpoint")
+    _check_tokenizer_fits(tokenizer, config.vocab_size, what)
 
     opt = None
     if meta.get("has_optimizer") and optimizer:
         opt = {k[len("opt/"):]: a for k, a in arrays.items() if k.startswith("opt/")}
         _check_optimizer_arrays(opt, model.params, what)
 
-    step = meta["step"]
-    if not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{what} has an invalid step {step!r}; it is corrupt, use another checkpoint")
-    return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=step,
+    return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=meta["step"],
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
                       path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None)
+
+
+def _check_param_shapes(params: dict[str, np.ndarray], config, what: str) -> None:
+    """The weights must be exactly those model_config implies, by name and shape."""
+    from .model import _param_shapes
+    expected = _param_shapes(config)
+    sizes = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config).items())
+    for name, shape in expected.items():
+        if name not in params:
+            raise CheckpointError(f"{what}: weight {name!r} is missing, though field model_config ({sizes}) "
+                                  f"needs it; it is corrupt, use another checkpoint")
+        if params[name].shape != shape:
+            raise CheckpointError(f"{what}: weight {name!r} has shape {params[name].shape} but field model_config "
+                                  f"({sizes}) needs {shape}; it is corrupt, use another checkpoint")
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise CheckpointError(f"{what}: weight {extra[0]!r} is not part of the model field model_config describes "
+                              f"({sizes}); it is corrupt, use another checkpoint")
+
+
+def _check_tokenizer_fits(tokenizer, vocab_size: int, what: str) -> None:
+    """Every id the model can emit must be one the tokenizer decodes.
+
+    A character tokenizer decodes exactly ids 0..len-1, so its size must equal the model's
+    vocabulary; a smaller one would fail only when sampling first picks an id past its end. GPT-2's
+    BPE may be smaller than a padded vocabulary (it decodes a padding id as U+FFFD), never larger.
+    """
+    n, char = tokenizer.vocab_size, tokenizer.kind == "char"
+    if n > vocab_size or (char and n != vocab_size):
+        rule = "equal for a character model" if char else "at most equal"
+        raise CheckpointError(f"{what}: its tokenizer has {n} tokens but field model_config.vocab_size is "
+                              f"{vocab_size}; they must be {rule}; it is corrupt, use another checkpoint")
 
 
 def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.ndarray], what: str) -> None:
@@ -213,10 +273,14 @@ def _check_optimizer_arrays(opt: dict[str, np.ndarray], params: dict[str, np.nda
     for name, p in params.items():
         for moment in ("m", "v"):
             a = opt.get(f"{moment}/{name}")
-            if a is None or a.shape != p.shape:
-                got = "missing" if a is None else f"shape {a.shape}"
-                raise CheckpointError(f"{what}: optimizer state {moment}/{name} is {got}, expected shape "
-                                      f"{p.shape}; it is corrupt, use another checkpoint")
+            if a is None or a.shape != p.shape or a.dtype != np.float32:
+                got = "missing" if a is None else f"{a.dtype} of shape {a.shape}"
+                raise CheckpointError(f"{what}: optimizer state {moment}/{name} is {got}, expected float32 of "
+                                      f"shape {p.shape}; it is corrupt, use another checkpoint")
+            if not np.isfinite(a).all() or (moment == "v" and (a < 0).any()):
+                raise CheckpointError(f"{what}: optimizer state {moment}/{name} holds "
+                                      f"{'negative, ' if moment == 'v' else ''}NaN or infinite values; "
+                                      f"it is corrupt, use another checkpoint")
 
 
 def check_resume_sizes(ckpt: Checkpoint, **sizes: int | None) -> None:

@@ -42,6 +42,15 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(message, self.prog)
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse, but a flag the command does not know points to that command's --help."""
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(ns, "command", None)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}",
+                             f"{self.prog} {command}" if command else self.prog)
+        return ns
+
 
 class Store(argparse.Action):
     """Store a value and remember that the user gave it (resume keeps the checkpoint's settings
@@ -135,6 +144,8 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--out", metavar="FILE", action=Store,
                    help=f"where to save the checkpoint (default: {DEFAULT_OUT[command]}, never replacing a file)")
     g.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
+    g.add_argument("--no-memory-check", action="store_true",
+                   help="train even when the memory estimate (shown in the banner) exceeds the memory available")
     if command == "train":
         g.add_argument("--resume", metavar="CKPT", action=Store,
                        help="continue training CKPT from its saved step, optimizer and data position; "
@@ -334,11 +345,14 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (the console script exits with it)."""
+    from . import streams
+    closed = streams.reopen_closed()             # before any file is opened: none may take fd 0-2
     argv = with_default_command(sys.argv[1:] if argv is None else argv)
     _forgiving_streams()
     try:
         _check_kernel_env()                      # before anything imports the kernels
         args = build_parser().parse_args(argv)
+        streams.require(getattr(args, "command", None), closed)
         return int(args.func(args) or 0)
     except UsageError as e:
         return _fail(f"{e} (see `{e.prog} --help`)", 2)
@@ -357,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("out of memory; use a smaller model (--d-model, --n-layer, --block-size) "
                      "or a smaller --batch-size")
     except OSError as e:
+        full = None if getattr(e, "filename", None) else streams.full_disk_file(e)
+        if full is not None:
+            return _fail(f"cannot write {full}: {e.strerror}; free space on that disk or write elsewhere")
         where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         return _fail(f"cannot use{where}: {e.strerror or e}; check the path and its permissions")
 
@@ -374,11 +391,16 @@ def run() -> None:
 
 
 def _check_kernel_env() -> None:
-    """PYTHIA_KERNELS is read when the kernels load; a bad value is the user's, so say so plainly."""
+    """PYTHIA_KERNELS and PYTHIA_KERNELS_ISA are read when the kernels load; a bad value is the
+    user's, so say so plainly (checked here without importing the kernels, which would raise)."""
     wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower()
     if wanted not in ("", "cython", "numpy"):
         raise ConfigError(f"PYTHIA_KERNELS={wanted!r} is not a kernel backend; set it to 'cython' or "
                           f"'numpy', or unset it")
+    isa = os.environ.get("PYTHIA_KERNELS_ISA", "").strip().lower()   # as kernels._loader.isa_wanted reads it
+    if isa not in ("", "baseline"):
+        raise ConfigError(f"PYTHIA_KERNELS_ISA={isa!r} is not a kernel build; set it to 'baseline' (the build "
+                          f"for any x86-64 CPU) or unset it (the AVX2 build when the CPU has AVX2 and FMA)")
 
 
 def _forgiving_streams() -> None:

@@ -108,6 +108,15 @@ def _corpus_info(files: list[Path], n_tokens: int):
     return CorpusInfo(files=shown, n_tokens=n_tokens, bundled=bundled)
 
 
+def _check_corpus_memory(files: list[Path], skip: bool) -> None:
+    """Refuse, before a byte is read, a corpus that is not regular files or too big to encode in memory."""
+    from .errors import DataError
+    from .inputs import require_regular
+    from .memory_budget import check_corpus
+    total = sum(require_regular(p, "data file", DataError, hint="pass UTF-8 text files with --data") for p in files)
+    check_corpus(total, skip=skip)
+
+
 def train_model(args: argparse.Namespace, command: str, ui, stop):
     """The training half of train and train-chat: check, build, boot banner, train, summary.
 
@@ -149,6 +158,8 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
     files = resolve_corpus(args.data)
     check_distinct({"--out": out, "--log-file": log_file},
                    {"--data": files, "--resume": [resume_source] if resume_source else []})
+    if not any(p.is_dir() for p in files):      # a prepared folder is memory-mapped, not read into memory
+        _check_corpus_memory(files, getattr(args, "no_memory_check", False))
     notes = []
     if not args.data:
         from .data import DEFAULT_FILES
@@ -156,13 +167,20 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
             notes.append(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
                       f"bundled corpus is used; pass --data {here[0]} to train on it")
+    memory = {}
+
+    def check_memory(config, cfg, n_tokens):                  # before the model is allocated
+        from .memory_budget import check_training
+        memory["fit"] = check_training(config, cfg.batch_size, n_tokens,
+                                       skip=getattr(args, "no_memory_check", False))
     if init_from is not None:
         from .finetune import prepare_finetune
         trainer = prepare_finetune(files, init_from, model=sizes, train=train, out=out, log_file=log_file,
                                    on_progress=ui.progress, stop_requested=stop.requested)
     else:
         trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                                  out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested)
+                                  out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested,
+                                  check_memory=check_memory)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
@@ -175,6 +193,9 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         rows.append(("batch", f"{cfg.grad_accum} x {cfg.batch_size} sequences per step"))
     notes_out = [n for n in (claim.note, out_note) if n]
     rows.append(("saving to", str(out) + (f"  ({'; '.join(notes_out)})" if notes_out else "")))
+    if "fit" in memory:
+        from .memory_budget import describe_fit
+        rows.append(("memory", describe_fit(*memory["fit"])))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)

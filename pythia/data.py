@@ -43,15 +43,8 @@ def resolve_corpus(data_args: list[str] | None, cwd: Path | None = None) -> list
 
 def read_text(path: Path) -> str:
     """One corpus file as text, or a DataError that says what is wrong and what to do."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {str(path)!r} does not exist; check the path or pass another with --data")
-    if path.is_dir():
-        raise DataError(f"data path {str(path)!r} is a directory; pass the text files inside it with --data")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read data file {str(path)!r}: {e.strerror or e}; check its permissions") from None
+    from .inputs import read_regular
+    raw = read_regular(path, "data file", DataError, hint="pass UTF-8 text files with --data")
     if not raw:
         raise DataError(f"data file {str(path)!r} is empty; give a file with some text in it")
     try:

@@ -177,7 +177,9 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleToke
     """The Pythia model and GPT-2 tokenizer of a Hugging Face GPT-2 directory (see module docstring)."""
     d = Path(directory)
     if not d.is_dir():
-        raise GPT2Error(f"GPT-2 directory {str(d)!r} not found; give a folder holding config.json, "
+        from .inputs import file_kind
+        what = f"is {file_kind(d.stat().st_mode)}, not a folder" if d.exists() else "not found"
+        raise GPT2Error(f"GPT-2 directory {str(d)!r} {what}; give a folder holding config.json, "
                         "model.safetensors, vocab.json and merges.txt")
     config = read_gpt2_config(d / "config.json")
     tokenizer = read_tokenizer(d)

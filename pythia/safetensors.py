@@ -16,6 +16,7 @@ Anything malformed raises pythia.errors.GPT2Error with a one-line message.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,12 @@ class SafetensorsFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
+        from .inputs import open_regular
+        if not os.path.lexists(self.path):
             raise GPT2Error(f"{self.path} not found; a GPT-2 directory needs model.safetensors")
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
+        f, size = open_regular(self.path, "weights file", GPT2Error,
+                               hint="a GPT-2 directory needs model.safetensors as a regular file")
+        with f:
             head = f.read(8)
             if len(head) < 8:
                 raise GPT2Error(f"{self.path} is truncated: {size} bytes, less than the 8-byte header length")

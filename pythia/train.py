@@ -255,8 +255,17 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         if self._log_fh is not None:
-            self._log_fh.write(json.dumps(record) + "\n")
-            self._log_fh.flush()
+            try:
+                self._log_fh.write(json.dumps(record) + "\n")
+                self._log_fh.flush()               # every line flushed: closing the file writes nothing
+            except OSError as e:                   # a full disk's OSError carries no file name: add it
+                fh, self._log_fh = self._log_fh, None
+                try:
+                    fh.close()                     # tries the unwritten line once more; its error is this one
+                except OSError:
+                    pass
+                raise PythiaError(f"cannot write --log-file {str(self.log_file)!r}: {e.strerror or e}; free "
+                                  f"space on its disk or choose another --log-file") from None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -394,15 +403,23 @@ def _maybe_float(v) -> float | None:
     return None if v is None else float(v)
 
 
+def _tokens_in_memory(dataset) -> int:
+    """Tokens the corpus holds in memory: none for a prepared (memory-mapped) folder."""
+    return 0 if getattr(dataset, "identity", None) is not None else len(dataset.train) + len(dataset.val)
+
+
 def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict | None = None,
-                    resume: Path | None = None, **trainer_kwargs) -> Trainer:
+                    resume: Path | None = None, check_memory: Callable | None = None,
+                    **trainer_kwargs) -> Trainer:
     """Everything the CLI needs to start or resume a run, with every check in a sensible order.
 
     model: PythiaConfig sizes the user gave (None values mean "not given": the default for a new
     model, the checkpoint's when resuming); train: TrainConfig fields likewise. A new run builds a
     character vocabulary from the corpus; a resumed one keeps the checkpoint's model, vocabulary,
     optimizer, step, RNG and train config, overridden by the train fields that were given.
-    trainer_kwargs go to Trainer (out, log_file, on_progress).
+    trainer_kwargs go to Trainer (out, log_file, on_progress). check_memory(model_config,
+    train_config, n_tokens), when given, runs once the sizes are known and before the model and
+    optimizer are allocated (pythia.memory_budget); it raises to refuse the run.
     """
     from .checkpoint import check_resume_sizes, load_checkpoint
     from .model import Pythia, PythiaConfig
@@ -416,6 +433,8 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
         PythiaConfig(vocab_size=1, **sizes).validate()     # bad sizes fail before the corpus is read
         block_size = sizes.get("block_size", PythiaConfig.block_size)
         dataset = open_corpus(paths, block_size)
+        if check_memory is not None:
+            check_memory(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), cfg, _tokens_in_memory(dataset))
         net = Pythia(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), seed=cfg.seed)
         return Trainer(net, make_optimizer(net, cfg), dataset, cfg, **trainer_kwargs)
     ckpt = load_checkpoint(resume)
@@ -424,4 +443,6 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
     cfg.validate()
     dataset = open_corpus(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer, saved=ckpt.corpus,
                           checkpoint=f"checkpoint {str(resume)!r}")
+    if check_memory is not None:
+        check_memory(ckpt.model.config, cfg, _tokens_in_memory(dataset))
     return Trainer.resume(ckpt, dataset, cfg, **trainer_kwargs)

@@ -269,14 +269,14 @@ def test_meta_missing_a_key(tmp_path, trained, key):
         del meta[key]
         a["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     p = rewrite(save(tmp_path / "c.npz", trained), tmp_path / "bad.npz", drop)
-    expect_error(p, f"missing '{key}'")
+    expect_error(p, f"field {key} is missing")
 
 
 def test_invalid_model_config(tmp_path, trained):
     p = rewrite(save(tmp_path / "c.npz", trained), tmp_path / "bad.npz",
                 lambda a: edit_meta(a, model_config={"vocab_size": 10, "d_model": 15, "n_head": 2,
                                                      "block_size": 8, "n_layer": 1}))
-    expect_error(p, "invalid model config")
+    expect_error(p, "field model_config.d_model must be divisible by model_config.n_head (2)")
 
 
 def test_missing_weight(tmp_path, trained):
@@ -342,7 +342,7 @@ def test_optimizer_state_without_step_count(tmp_path, trained):
 
 def test_negative_step(tmp_path, trained):
     p = rewrite(save(tmp_path / "c.npz", trained), tmp_path / "bad.npz", lambda a: edit_meta(a, step=-1))
-    expect_error(p, "invalid step")
+    expect_error(p, "field step must be a non-negative integer, got -1")
 
 
 # ---- resuming with other sizes ----------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from . import reference
-from ._loader import load_compiled
+from ._loader import isa_wanted, load_compiled
 
 NAMES = (
     "softmax_forward", "softmax_backward",
@@ -66,6 +66,7 @@ def _select_default() -> None:
     wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower() or "cython"
     if wanted not in ("cython", "numpy"):
         raise ValueError(f"PYTHIA_KERNELS={wanted!r} is not a backend; use 'cython' or 'numpy'")
+    isa_wanted()                                 # PYTHIA_KERNELS_ISA too, whichever backend is chosen
     if wanted == "numpy":
         use("numpy")
         return

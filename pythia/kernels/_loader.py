@@ -87,8 +87,21 @@ def without_our_wait_setting() -> Iterator[None]:
             os.environ[WAIT_ENV[0]] = ours
 
 
+ISA_CHOICES = ("baseline",)  # PYTHIA_KERNELS_ISA's values; unset (or empty) means AVX2 when the CPU has it
+
+
+def isa_wanted() -> str:
+    """PYTHIA_KERNELS_ISA, checked: a value that means nothing is an error, as for PYTHIA_KERNELS."""
+    wanted = os.environ.get("PYTHIA_KERNELS_ISA", "").strip().lower()
+    if wanted and wanted not in ISA_CHOICES:
+        raise ValueError(f"PYTHIA_KERNELS_ISA={wanted!r} is not a kernel build; set it to 'baseline' (the build "
+                         f"for any x86-64 CPU) or unset it (the AVX2 build when the CPU has AVX2 and FMA)")
+    return wanted
+
+
 def load_compiled():
     """Return (compiled-backend module, None) or (None, reason the NumPy fallback is used)."""
+    wanted = isa_wanted()                        # a bad value is an error even where nothing is built
     _quiet_openmp_threads()
     try:
         ext = _import("_kernels")
@@ -100,7 +113,6 @@ def load_compiled():
     if getattr(ext, "API_VERSION", None) != compiled.API_VERSION:
         return None, (f"compiled kernels are stale (API {getattr(ext, 'API_VERSION', '?')}, "
                       f"need {compiled.API_VERSION}); {BUILD_HINT}")
-    wanted = os.environ.get("PYTHIA_KERNELS_ISA", "").strip().lower()
     if wanted != "baseline" and ext.cpu_has_avx2_fma():
         try:
             simd = _import("_kernels_avx2")

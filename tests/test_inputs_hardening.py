@@ -1,0 +1,395 @@
+"""What comes in, through the real command line: input files and streams, checkpoint metadata, memory, messages.
+
+Each case runs `python -m pythia ...` in a subprocess, in a fresh folder holding the user's files,
+and asserts the standard of every bad input: a non-zero exit status, exactly one `error:` line on
+stderr that says what is wrong (checked by a phrase), no traceback, and every file of the user's
+still there, byte for byte, with nothing added. The child runs under an 8 GB address-space limit
+and a timeout, so a regression that reads /dev/zero or waits on a FIFO fails instead of eating
+the machine.
+
+Commands are rows of tables (DATA_READERS, CHECKPOINT_READERS, GPT2_READERS, STREAM_NEEDS): a
+new command that reads one of these inputs is covered by adding its row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pythia
+
+REPO = Path(pythia.__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "gpt2"
+TINY = ["--steps", "5", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8",
+        "--batch-size", "2", "--eval-interval", "5", "--eval-iters", "1"]
+TEXT = "User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\nThe sea is large and old.\n" * 12
+STATUS = ("pythia: ", "warning: fell back")                 # generate's status lines on stderr
+
+
+def _limits():
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+def run(args, cwd, *, env=None, close=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=120):
+    """`python -m pythia *args` in cwd; close: standard descriptors (0, 1, 2) to start closed."""
+    full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full.update(env or {})
+
+    def pre():
+        _limits()
+        for fd in close:
+            os.close(fd)
+    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, stdin=stdin,
+                       stdout=stdout, stderr=subprocess.PIPE, env=full, timeout=timeout, preexec_fn=pre)
+    r.stdout = (r.stdout or b"").decode("utf-8", "replace")
+    r.stderr = r.stderr.decode("utf-8", "replace")
+    return r
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under folder: a file's bytes, where a symlink points, a FIFO or folder by kind."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        key = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[key] = "-> " + os.readlink(p)
+        elif p.is_fifo():
+            out[key] = "fifo"
+        elif p.is_dir():
+            out[key] = "dir"
+        else:
+            out[key] = p.read_bytes()
+    return out
+
+
+def assert_refused(r, *needles, status=1):
+    assert r.returncode == status, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), r.stderr
+    assert all(line.startswith(STATUS) for line in lines[:-1]), r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("trained")
+    (d / "c.txt").write_text(TEXT, encoding="utf-8")
+    r = run(["train", "--data", "c.txt", "--out", "model.npz", *TINY], d)
+    assert r.returncode == 0, r.stderr
+    return d / "model.npz"
+
+
+@pytest.fixture
+def home(tmp_path, trained) -> Path:
+    """The user's folder: a corpus, a good checkpoint, and a copy of the GPT-2 fixture."""
+    (tmp_path / "c.txt").write_text(TEXT, encoding="utf-8")
+    shutil.copy(trained, tmp_path / "model.npz")
+    shutil.copytree(FIXTURE, tmp_path / "gpt2")
+    return tmp_path
+
+
+# ---- kind 6: inputs that are not regular files ---------------------------------------------------
+
+DATA_READERS = {
+    "train": lambda p: ["train", "--data", p, *TINY, "--out", "new.npz"],
+    "train-chat": lambda p: ["train-chat", "--data", p, *TINY, "--out", "new.npz"],
+    "train (second file)": lambda p: ["train", "--data", "c.txt", p, *TINY, "--out", "new.npz"],
+}
+CHECKPOINT_READERS = {
+    "chat": lambda p: ["chat", "--checkpoint", p],
+    "generate": lambda p: ["generate", "--checkpoint", p, "--prompt", "Hi"],
+    "train --resume": lambda p: ["train", "--data", "c.txt", "--resume", p, "--steps", "9", "--out", "new.npz"],
+}
+GPT2_READERS = {
+    "chat --gpt2": lambda d: ["chat", "--gpt2", d],
+    "generate --gpt2": lambda d: ["generate", "--gpt2", d, "--prompt", "Hi"],
+    "convert-gpt2": lambda d: ["convert-gpt2", d, "--out", "new.npz"],
+}
+
+
+def spread(commands: dict, cases: dict | list) -> list[tuple[str, str]]:
+    """(command, case) pairs in which every case and every command appears, without the whole
+    product (each run is a fresh interpreter): case i goes to command i mod n, and each command
+    left over takes the first case. Reading goes through one shared loader per input kind, so
+    this covers each path at a fraction of the cost."""
+    names, cases = list(commands), list(cases)
+    pairs = [(names[i % len(names)], c) for i, c in enumerate(cases)]
+    pairs += [(name, cases[0]) for name in names[len(cases):]]
+    return pairs
+
+
+def _special(home: Path, kind: str) -> str:
+    """A path in home to an input of this kind that is not a regular file."""
+    if kind == "device":
+        return "/dev/zero"
+    if kind == "fifo":
+        os.mkfifo(home / "pipe")
+        return "pipe"
+    if kind == "folder":
+        (home / "folder").mkdir()
+        return "folder"
+    if kind == "symlink to a device":
+        os.symlink("/dev/zero", home / "link")
+        return "link"
+    raise ValueError(kind)
+
+
+SPECIAL = {"device": "a character device", "fifo": "a FIFO", "folder": "a directory",
+           "symlink to a device": "a character device"}
+
+
+@pytest.mark.parametrize("command, kind", spread(DATA_READERS, SPECIAL))
+def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
+    path = _special(home, kind)
+    before = snapshot(home)
+    r = run(DATA_READERS[command](path), home)
+    assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
+    assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("command, kind", spread(CHECKPOINT_READERS, SPECIAL))
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
+    path = _special(home, kind)
+    before = snapshot(home)
+    r = run(CHECKPOINT_READERS[command](path), home)
+    assert_refused(r, f"checkpoint {path!r} is {SPECIAL[kind]}", "not a regular file")
+    assert snapshot(home) == before
+
+
+GPT2_CASES = [f"{name}: {kind}" for name in ("config.json", "vocab.json", "merges.txt", "model.safetensors")
+              for kind in ("symlink to a device", "fifo")]
+
+
+@pytest.mark.parametrize("command, case", spread(GPT2_READERS, GPT2_CASES))
+def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, case):
+    name, kind = case.split(": ")
+    victim = home / "gpt2" / name
+    victim.unlink()
+    if kind == "fifo":
+        os.mkfifo(victim)
+    else:
+        os.symlink("/dev/zero", victim)
+    before = snapshot(home)
+    r = run(GPT2_READERS[command]("gpt2"), home)
+    assert_refused(r, name, SPECIAL[kind], "not a regular file")
+    assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("command, kind", spread(GPT2_READERS, ["device", "fifo"]))
+def test_a_gpt2_folder_that_is_not_a_folder_says_what_it_is(home, command, kind):
+    path = _special(home, kind)
+    before = snapshot(home)
+    r = run(GPT2_READERS[command](path), home)
+    assert_refused(r, f"GPT-2 directory {path!r} is {SPECIAL[kind]}", "not a folder")
+    assert snapshot(home) == before
+
+
+# ---- kind 10: checkpoints that cannot be read say precisely why -----------------------------------
+
+def _zip_not_npz(home: Path) -> str:
+    import zipfile
+    with zipfile.ZipFile(home / "notes.zip", "w") as z:
+        z.writestr("notes.txt", "hello")
+    return "notes.zip"
+
+
+def _truncated(home: Path) -> str:
+    data = (home / "model.npz").read_bytes()
+    (home / "cut.npz").write_bytes(data[: len(data) // 2])
+    return "cut.npz"
+
+
+def _empty(home: Path) -> str:
+    (home / "empty.npz").write_bytes(b"")
+    return "empty.npz"
+
+
+def _text(home: Path) -> str:
+    return "c.txt"
+
+
+UNREADABLE = {
+    "a zip that is not an npz": (_zip_not_npz, "not an .npz checkpoint: its entry 'notes.txt' is not a NumPy array"),
+    "a truncated checkpoint": (_truncated, "is truncated or corrupt: its zip directory"),
+    "an empty file": (_empty, "is empty (0 bytes)"),
+    "a text file": (_text, "starts with b'User'"),
+}
+
+
+@pytest.mark.parametrize("command, case", spread(CHECKPOINT_READERS, UNREADABLE))
+def test_an_unreadable_checkpoint_says_what_is_wrong(home, command, case):
+    make, needle = UNREADABLE[case]
+    path = make(home)
+    before = snapshot(home)
+    r = run(CHECKPOINT_READERS[command](path), home)
+    assert_refused(r, f"checkpoint {path!r}", needle)
+    assert "not an .npz archive" not in r.stderr
+    assert snapshot(home) == before
+
+
+# ---- kind 5: checkpoint metadata of the wrong types ----------------------------------------------
+
+def _with_meta(home: Path, change) -> str:
+    with np.load(home / "model.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    change(meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(home / "bad.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    return "bad.npz"
+
+
+BAD_META = {
+    "a list where an object belongs": (lambda m: m.update(model_config=[1, 2]), "field model_config must be an object"),
+    "a string where a number belongs": (lambda m: m["model_config"].update(n_head="2"),
+                                        'field model_config.n_head must be a positive integer, got "2"'),
+    "a boolean where a count belongs": (lambda m: m.update(step=True), "field step must be a non-negative integer"),
+    "an RNG state of the wrong shape": (lambda m: m["rng_state"]["train"].update(state=[1, 2]),
+                                        "field rng_state.train.state must be an object"),
+    "a train setting out of range": (lambda m: m["train_config"].update(beta2=1.5), "field train_config.beta2"),
+}
+
+
+@pytest.mark.parametrize("command, case", spread(CHECKPOINT_READERS, BAD_META))
+def test_checkpoint_metadata_of_the_wrong_type_is_one_line_naming_the_field(home, command, case):
+    change, needle = BAD_META[case]
+    path = _with_meta(home, change)
+    before = snapshot(home)
+    r = run(CHECKPOINT_READERS[command](path), home)
+    assert_refused(r, f"checkpoint {path!r}: {needle}")
+    assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("command", CHECKPOINT_READERS)
+def test_a_tokenizer_smaller_than_the_vocabulary_is_refused_at_load(home, command):
+    with np.load(home / "model.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    chars = arrays["tok/chars"].tobytes().decode()
+    arrays["tok/chars"] = np.frombuffer(chars[:-1].encode(), dtype=np.uint8)
+    with open(home / "short.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    before = snapshot(home)
+    r = run(CHECKPOINT_READERS[command]("short.npz"), home)
+    assert_refused(r, f"tokenizer has {len(chars) - 1} tokens", "model_config.vocab_size")
+    assert snapshot(home) == before
+
+
+# ---- kind 5: standard streams closed at start-up --------------------------------------------------
+
+STREAM_NEEDS = {  # command -> (its arguments, the streams it needs)
+    "chat": (["chat", "--checkpoint", "model.npz"], {0, 1}),
+    "train-chat": (["train-chat", "--data", "c.txt", *TINY, "--out", "new.npz"], {0, 1}),
+    "generate": (["generate", "--checkpoint", "model.npz", "--prompt", "Hi"], {1}),
+    "train": (["train", "--data", "c.txt", *TINY, "--out", "new.npz"], {1}),
+    "convert-gpt2": (["convert-gpt2", "gpt2", "--out", "new.npz"], {1}),
+}
+STREAM_NAMES = {0: "stdin", 1: "stdout"}
+
+
+@pytest.mark.parametrize("fd", [0, 1], ids=["stdin closed", "stdout closed"])
+@pytest.mark.parametrize("command", STREAM_NEEDS)
+def test_a_closed_stream_the_command_needs_is_one_line_and_one_it_does_not_need_is_no_matter(home, command, fd):
+    args, needs = STREAM_NEEDS[command]
+    before = snapshot(home)
+    r = run(args, home, close=(fd,), stdout=None if fd == 1 else subprocess.PIPE)
+    if fd in needs:
+        assert_refused(r, f"{STREAM_NAMES[fd]} is closed", command)
+        assert snapshot(home) == before
+    else:                                       # a command that does not read stdin runs as usual
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [c for c, (_, needs) in STREAM_NEEDS.items() if 0 in needs])
+def test_an_endless_stdin_is_read_a_bounded_line_at_a_time(home, command):
+    args, _ = STREAM_NEEDS[command]
+    before = snapshot(home)
+    with open("/dev/zero", "rb") as zero:
+        r = run(args, home, stdin=zero)
+    assert_refused(r, "a line of input is longer than")
+    if command == "chat":
+        assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("command", STREAM_NEEDS)
+def test_with_every_standard_stream_closed_the_exit_status_still_says_no(home, command):
+    args, _ = STREAM_NEEDS[command]
+    before = snapshot(home)
+    r = run(args, home, close=(0, 1, 2), stdout=None)
+    assert r.returncode == 1 and r.stderr == ""
+    assert snapshot(home) == before
+
+
+# ---- kind 10: messages that point the right way ---------------------------------------------------
+
+@pytest.mark.parametrize("command", STREAM_NEEDS)
+def test_an_unknown_flag_points_to_the_commands_own_help(home, command):
+    args, _ = STREAM_NEEDS[command]
+    r = run([*args, "--frobnicate"], home)
+    assert_refused(r, "--frobnicate", f"see `python -m pythia {command} --help`", status=2)
+
+
+@pytest.mark.parametrize("variable, value", [("PYTHIA_KERNELS", "bogus"), ("PYTHIA_KERNELS_ISA", "bogus"),
+                                             ("PYTHIA_KERNELS_ISA", "avx512")])
+def test_a_kernel_environment_variable_with_no_meaning_is_an_error(home, variable, value):
+    r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi"], home, env={variable: value})
+    assert_refused(r, f"{variable}={value!r}")
+
+
+@pytest.mark.parametrize("backend", ["", "numpy"], ids=["default backend", "PYTHIA_KERNELS=numpy"])
+@pytest.mark.parametrize("variable", ["PYTHIA_KERNELS", "PYTHIA_KERNELS_ISA"])
+def test_the_library_refuses_a_kernel_variable_with_no_meaning_alike(variable, backend):
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHIA_KERNELS=backend)
+    env[variable] = "bogus"
+    r = subprocess.run([sys.executable, "-c", "import pythia.kernels"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode != 0 and f"ValueError: {variable}='bogus'" in r.stderr, r.stderr
+
+
+def test_baseline_isa_is_accepted(home):
+    r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "3"], home,
+            env={"PYTHIA_KERNELS_ISA": "baseline"})
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 kB tmpfs filled to the last byte (needs root and mount; skipped otherwise)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        with open(d / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError:
+                pass
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_a_full_disk_under_the_log_file_names_it(home, full_disk):
+    r = run(["train", "--data", "c.txt", *TINY, "--out", "new.npz", "--log-file", str(full_disk / "log.jsonl")], home)
+    assert_refused(r, f"--log-file {str(full_disk / 'log.jsonl')!r}", "No space left on device")
+
+
+def test_a_full_disk_under_stdout_names_the_file(home, full_disk):
+    with open(full_disk / "out.txt", "wb") as out:
+        r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"], home,
+                stdout=out)
+    assert_refused(r, f"stdout ({full_disk / 'out.txt'})", "No space left on device")
