@@ -119,10 +119,11 @@ def train_model(args: argparse.Namespace, command: str, ui):
 
     Returns (model, tokenizer, TrainResult, checkpoint path).
     """
-    from . import __version__
+    from . import __version__, distributed
     from .data import resolve_corpus
     from .train import TrainConfig, prepare_trainer
 
+    session = distributed.session()             # under mpiexec: this process's rank (else one process)
     given = _explicit(args)
     resume = getattr(args, "resume", None)
     sizes = {k: getattr(args, k) if k in given else None for k in MODEL_FLAGS}
@@ -143,8 +144,9 @@ def train_model(args: argparse.Namespace, command: str, ui):
         if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
             notes.append(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
                       f"bundled corpus is used; pass --data {here[0]} to train on it")
-    trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                              out=out, log_file=log_file, on_progress=ui.progress)
+    trainer = session.prepare(prepare_trainer, files, model=sizes, train=train,
+                              resume=Path(resume) if resume else None, out=out, log_file=log_file,
+                              on_progress=ui.progress)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
@@ -152,6 +154,8 @@ def train_model(args: argparse.Namespace, command: str, ui):
     rows = [("train", f"{cfg.steps} steps{ui.dot}batch {cfg.batch_size}{ui.dot}lr {cfg.lr:g} -> {cfg.min_lr:g}"
                       f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {start}" if resume else ""))]
     rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
+    if session.multi:
+        rows.append(("processes", session.describe()))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
@@ -210,9 +214,17 @@ def cmd_train_chat(args: argparse.Namespace) -> int:
     from .ui import ConsoleUI
     ui = ConsoleUI()
     model, tokenizer, _, _ = train_model(args, "train-chat", ui)
+    if distributed_rank() != 0:                  # under mpiexec, rank 0 alone chats
+        return 0
     ui.line()
     run_chat(model, tokenizer, ui=ui, settings=_chat_settings(seed=args.seed))
     return 0
+
+
+def distributed_rank() -> int:
+    from . import distributed
+    s = distributed.current()
+    return 0 if s is None else s.rank
 
 
 def cmd_train(args: argparse.Namespace) -> int:

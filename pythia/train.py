@@ -140,7 +140,7 @@ class Trainer:
     def __init__(self, model, optimizer, dataset, cfg: TrainConfig, *, tokenizer=None,
                  out: Path | None = None, log_file: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
-                 start_step: int = 0, rng_state: dict | None = None):
+                 start_step: int = 0, rng_state: dict | None = None, reducer=None):
         cfg.validate()
         if start_step >= cfg.steps:
             raise ConfigError(f"the model has already trained {start_step} steps and --steps is {cfg.steps}; "
@@ -155,6 +155,9 @@ class Trainer:
         self.on_progress = on_progress
         self.start_step = start_step
         self.rng = make_rng(cfg.seed, rng_state)
+        # sums gradients and losses over the processes of a data-parallel run; a no-op in one
+        from .distributed import LocalReducer
+        self.reducer = reducer if reducer is not None else LocalReducer()
         self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
         self._saved = False  # whether this Trainer has written out
         self._log_fh = None
@@ -188,11 +191,11 @@ class Trainer:
         for split in ("train", "val"):
             total = 0.0
             for _ in range(iters):
-                if self._stop:
+                if self.reducer.any_stop(self._stop):
                     return None
                 x, y = self.dataset.get_batch(split, self.cfg.batch_size, rng)  # (B, T), (B, T)
                 total += float(self.model.loss(x, y))
-            result.append(total / iters)
+            result.append(self.reducer.mean_loss(total) / iters)
         return result[0], result[1]
 
     def save(self, step: int) -> None:
@@ -239,13 +242,14 @@ class Trainer:
         errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
         errstate.__enter__()
         try:
-            while step < cfg.steps and not self._stop:
+            while step < cfg.steps and not self.reducer.any_stop(self._stop):
                 ts = time.perf_counter()
                 x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
-                loss = float(self.model.loss(x, y))
+                loss = self.reducer.mean_loss(float(self.model.loss(x, y)))
                 if not math.isfinite(loss):
                     raise PythiaError(self._diverged_message(loss, step + 1))
                 self.model.backward()
+                self.reducer.reduce_gradients(self.model.grads)
                 try:
                     info = self.optimizer.step(self.model.grads)
                 except PythiaError:  # a non-finite gradient norm: nothing was updated
