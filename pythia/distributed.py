@@ -129,14 +129,6 @@ def flat_buffer(grads: dict[str, np.ndarray]) -> np.ndarray | None:
     return _tiled_buffer(grads)
 
 
-def weighted_sum(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """sum_r w_r g_r in float32, as the reducer computes it across ranks (for tests without MPI)."""
-    total = np.zeros_like(parts[0])
-    for g, w in zip(parts, weights):
-        total += g * np.float32(w)
-    return total
-
-
 class MPIReducer:
     """Reduces across the ranks of comm: the weighted gradient sum, the mean loss, the stop flag.
 
@@ -144,10 +136,12 @@ class MPIReducer:
     (the trainer's loop guarantees it), and a watchdog aborts the job when one waits too long.
     """
 
-    def __init__(self, comm, weight: float, watchdog: "Watchdog", stop_requested: Callable[[], bool]):
-        from mpi4py import MPI
-        self._MPI, self.comm, self.weight = MPI, comm, float(weight)
-        self.watchdog, self._stop_requested = watchdog, stop_requested
+    def __init__(self, comm, weight: float, *, watchdog: "Watchdog | None" = None,
+                 stop_requested: Callable[[], bool] = lambda: False, mpi=None):
+        if mpi is None:                                         # tests pass a stand-in for mpi4py.MPI
+            from mpi4py import MPI as mpi
+        self._MPI, self.comm, self.weight = mpi, comm, float(weight)
+        self.watchdog, self._stop_requested = watchdog or _NoWatchdog(), stop_requested
         self.reduce_seconds, self.reduce_calls = 0.0, 0     # time inside the gradient Allreduce
         self._raise_at = _injected_fault(comm.Get_rank())
 
@@ -189,6 +183,12 @@ class MPIReducer:
         with self.watchdog.waiting():
             self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)
         return bool(buf[0])
+
+
+class _NoWatchdog:
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        yield
 
 
 def _injected_fault(rank: int) -> int | None:
@@ -334,8 +334,8 @@ class Session:
             trainer.out = trainer.log_file = trainer.on_progress = None
         batches = ShardedBatches(trainer.dataset, self.rank, self.size)
         trainer.dataset = batches
-        self.reducer = MPIReducer(self.comm, batches.weight(trainer.cfg.batch_size), self._watchdog,
-                                  lambda: self.stop_requested)
+        self.reducer = MPIReducer(self.comm, batches.weight(trainer.cfg.batch_size), watchdog=self._watchdog,
+                                  stop_requested=lambda: self.stop_requested)
         trainer.reducer = self.reducer
         return trainer
 
