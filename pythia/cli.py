@@ -235,6 +235,8 @@ def build_parser() -> Parser:
                 "\n\nexamples:\n  python -m pythia train --steps 2000 --out shake.npz "
                 "--data shakespeare.txt\n"
                 "  python -m pythia train --resume shake.npz --steps 4000 "
+                "--data shakespeare.txt\n"
+                "  mpiexec -n 2 python -m pythia train --batch-size 16 --out shake.npz "
                 "--data shakespeare.txt")
     _add_training_flags(p, "train")
     p.set_defaults(func=cmd_train)
