@@ -58,9 +58,9 @@ import numpy as np
 
 from .errors import ConfigError, PythiaError
 
-# the environment a launcher gives its processes: MPICH/Hydra and PMI-2 (also Slurm's srun
-# --mpi=pmi2), PMIx (Open MPI, srun --mpi=pmix) and Open MPI's own
-SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# what a launcher puts in its processes' environment: PMI (MPICH's Hydra; Slurm's srun --mpi=pmi2),
+# Open MPI's mpirun, PMIx (srun --mpi=pmix), which gives a rank but no count
+SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 TIMEOUT_ENV = "PYTHIA_MPI_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
@@ -231,13 +231,14 @@ class Watchdog:
 
 # ---------------------------------------------------------------------------- the session
 
-def launched_size() -> int:
-    """How many processes the launcher in the environment started (1 without one)."""
+def launched_size() -> int | None:
+    """How many processes the launcher in the environment started: 1 without a launcher, None when
+    a launcher gave this process a rank but not the count (then MPI itself is asked)."""
     for key in SIZE_ENV:
         value = os.environ.get(key, "").strip()
         if value.isdigit():
             return int(value)
-    return 1
+    return None if any(os.environ.get(k, "").strip() for k in RANK_ENV) else 1
 
 
 class Session:
@@ -465,13 +466,13 @@ def session() -> Session:
     if _session is not None:
         return _session
     expected = launched_size()
-    if expected <= 1:
+    if expected == 1:
         _session = Session()
         return _session
     try:
         from mpi4py import MPI
     except ImportError:
-        raise ConfigError(f"started by an MPI launcher as one of {expected} processes, but mpi4py is not "
+        raise ConfigError(f"started by an MPI launcher as one of {expected or 'several'} processes, but mpi4py is not "
                           f"installed, so each would train alone; pip install '.[mpi]', or run without "
                           f"mpiexec") from None
     comm = MPI.COMM_WORLD

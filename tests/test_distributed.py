@@ -188,7 +188,7 @@ def _python(code: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_one_process_is_the_plain_program_and_mpi4py_is_not_imported():
-    clean = {k: "" for k in distributed.SIZE_ENV}
+    clean = {k: "" for k in distributed.SIZE_ENV + distributed.RANK_ENV}
     r = _python("import sys, pythia.distributed as d; s = d.session(); print(s.size, s.multi, 'mpi4py' in sys.modules)",
                 clean)
     assert r.returncode == 0, r.stderr
