@@ -389,8 +389,8 @@ def run_fingerprint(trainer) -> dict:
         for part in (dataset.train, dataset.val):
             h.update(np.ascontiguousarray(part).tobytes())
         corpus = h.hexdigest()[:16]
-    return {"Pythia version": __version__, "model": trainer.model.config.to_dict(),
-            "training": trainer.cfg.to_dict(), "corpus hash": corpus, "starting step": trainer.start_step}
+    return {"Pythia version": __version__, "corpus hash": corpus, "model": trainer.model.config.to_dict(),
+            "training": trainer.cfg.to_dict(), "starting step": trainer.start_step}
 
 
 def first_difference(ours: dict, theirs: dict) -> str | None:

@@ -430,6 +430,30 @@ def test_a_batch_smaller_than_the_processes_stops_with_one_message(tmp_path):
         "use --batch-size 3 or more, or start fewer processes"]
 
 
+def test_a_rank_reading_another_corpus_is_named(tmp_path):
+    _needs_mpi()
+    (tmp_path / "a.txt").write_text("the cat sat on the mat. " * 200)
+    (tmp_path / "b.txt").write_text("the mat sat on the cat. " * 200)  # same characters, other text
+    cmd = _train_cmd(tmp_path / "c.npz")
+    r = _run([_mpiexec(), "-n", "1", *cmd, "--data", "a.txt", ":", "-n", "1", *cmd, "--data", "b.txt"], tmp_path)
+    assert r.returncode == 1
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: rank 1 does not run the same training as rank 0: its corpus hash is ")
+
+
+def test_the_benchmark_script_runs(tmp_path):
+    _needs_mpi()
+    data = tmp_path / "d.txt"
+    data.write_text("".join(f"line {i} of a small corpus for the scaling benchmark\n" for i in range(400)))
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "benchmarks" / "bench_distributed.py"),
+                        "--configs", "S", "--repeats", "1", "--no-hosts", "--data", str(data)],
+                       capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| S |")]
+    assert [c[1].strip() for c in rows] == ["1 process", "2 x 1 core"]
+    assert float(rows[1][5]) > 0                                 # the allreduce was timed
+
+
 # ---- across hosts: two network namespaces joined by a veth pair ------------------------------
 
 LAUNCHER = """#!/bin/sh
