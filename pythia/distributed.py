@@ -142,7 +142,7 @@ class MPIReducer:
             from mpi4py import MPI as mpi
         self._MPI, self.comm, self.weight = mpi, comm, float(weight)
         self.watchdog, self._stop_requested = watchdog or _NoWatchdog(), stop_requested
-        self.reduce_seconds, self.reduce_calls = 0.0, 0     # time inside the gradient Allreduce
+        self.reduce_calls = 0
         self._raise_at = _injected_fault(comm.Get_rank())
 
     def mean_loss(self, local: float) -> float:
@@ -158,7 +158,6 @@ class MPIReducer:
         if self._raise_at is not None and self.reduce_calls == self._raise_at:
             raise RuntimeError(f"injected failure at step {self.reduce_calls} ({_RAISE_ENV})")
         flat = flat_buffer(grads)
-        t0 = time.perf_counter()
         if flat is None:                                        # separate arrays: gather, reduce, scatter
             names = list(grads)
             flat = np.concatenate([grads[k].reshape(-1) for k in names]).astype(np.float32)
@@ -169,7 +168,6 @@ class MPIReducer:
                 pos += grads[k].size
         else:
             self._allreduce(flat)
-        self.reduce_seconds += time.perf_counter() - t0
 
     def _allreduce(self, flat: np.ndarray) -> None:
         if self.weight != 1.0:
@@ -178,7 +176,7 @@ class MPIReducer:
             self.comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
 
     def any_stop(self, local: bool) -> bool:
-        """True on every rank when any rank was asked to stop (Ctrl-C or SIGTERM) since the last call."""
+        """True on every rank when any rank has been asked to stop (local: Ctrl-C; or SIGTERM)."""
         buf = np.array([1 if (local or self._stop_requested()) else 0], np.int32)
         with self.watchdog.waiting():
             self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)

@@ -155,6 +155,21 @@ def test_reducer_gives_the_full_batch_mean_gradient_and_loss(size, batch):
             np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-7, err_msg=k)
 
 
+def test_reducer_sums_separate_gradient_arrays_too():
+    """Gradients that do not tile one buffer are gathered, reduced and written back."""
+    world = _ThreadWorld(2)
+    weights = [3 / 8, 5 / 8]
+    parts = [{"a": np.full((2, 3), r + 1.0, np.float32), "b": np.arange(4, dtype=np.float32) * (r + 1)}
+             for r in range(2)]
+
+    def rank(r):
+        MPIReducer(world.comm(r), weights[r], mpi=world).reduce_gradients(parts[r])
+        return parts[r]
+    for grads in _run_ranks(2, rank):
+        np.testing.assert_allclose(grads["a"], np.full((2, 3), 3 / 8 + 2 * 5 / 8), rtol=1e-7)
+        np.testing.assert_allclose(grads["b"], np.arange(4) * (3 / 8 + 2 * 5 / 8), rtol=1e-7)
+
+
 def test_reducer_stops_every_rank_when_any_rank_asks():
     world = _ThreadWorld(3)
     asked = {1}
