@@ -210,21 +210,16 @@ def load_model(args: argparse.Namespace):
 # ---- the commands --------------------------------------------------------------------------------
 
 def cmd_train_chat(args: argparse.Namespace) -> int:
+    from . import distributed
     from .chat import run_chat
     from .ui import ConsoleUI
     ui = ConsoleUI()
     model, tokenizer, _, _ = train_model(args, "train-chat", ui)
-    if distributed_rank() != 0:                  # under mpiexec, rank 0 alone chats
+    if distributed.session().rank != 0:          # under mpiexec, rank 0 alone chats
         return 0
     ui.line()
     run_chat(model, tokenizer, ui=ui, settings=_chat_settings(seed=args.seed))
     return 0
-
-
-def distributed_rank() -> int:
-    from . import distributed
-    s = distributed.current()
-    return 0 if s is None else s.rank
 
 
 def cmd_train(args: argparse.Namespace) -> int:

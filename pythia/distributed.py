@@ -223,8 +223,7 @@ class Watchdog:
                 sys.stderr.write(f"error: rank {self.rank}: no answer from the other processes for "
                                  f"{self.timeout:g} s (one died or hangs); ending the job. The last "
                                  f"checkpoint is kept; raise {TIMEOUT_ENV} if saving takes longer\n")
-                sys.stderr.flush()
-                self.comm.Abort(1)
+                _abort(self.comm, 1)
 
 
 # ---------------------------------------------------------------------------- the session
@@ -480,11 +479,6 @@ def session() -> Session:
     return _session
 
 
-def current() -> Session | None:
-    """The session if one was started (error reporting must not start one)."""
-    return _session
-
-
 def error_line(message: str) -> str | None:
     """The error line this process prints: the message itself in one process; in several, None on
     ranks other than 0 for an error every rank shares, else prefixed with this rank. A rank other
@@ -507,8 +501,7 @@ def end_after_error(status: int) -> None:
     s = _session
     if s is None or not s.multi or s.agreed_error:
         return
-    sys.stderr.flush()
-    s.comm.Abort(status or 1)
+    _abort(s.comm, status)
 
 
 def abort_after_error(message: str, status: int) -> None:
@@ -517,5 +510,12 @@ def abort_after_error(message: str, status: int) -> None:
     if s is None or not s.multi:
         return
     sys.stderr.write(f"error: {error_line(message)}\n")
+    _abort(s.comm, status)
+
+
+def _abort(comm, status: int) -> None:
+    """MPI_Abort after a pause in which the launcher forwards the error just written (it drops
+    output still in flight when it kills the job)."""
     sys.stderr.flush()
-    s.comm.Abort(status or 1)
+    time.sleep(0.5)
+    comm.Abort(status or 1)

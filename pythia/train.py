@@ -2,7 +2,9 @@
 
 The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `params` and
 `grads`, and that an optimizer has `step(grads) -> {"lr", "grad_norm"}`: it is the same loop for
-any model size. B is the batch size and T the block size.
+any model size. Between backward and the optimizer step a reducer sums the gradients of the
+processes of a data-parallel run (pythia.distributed; in one process it does nothing), and it
+averages their losses for evaluation and logging. B is the batch size and T the block size.
 
 Determinism: training batches come from one seeded generator whose state is saved in every
 checkpoint, so a run resumed from step k sees exactly the batches the uninterrupted run saw after
@@ -24,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from .distributed import LocalReducer
 from .errors import ConfigError, PythiaError
 
 EVAL_STREAM = 0xE7A1  # mixed into the seed of the evaluation generator, apart from the training stream
@@ -156,7 +159,6 @@ class Trainer:
         self.start_step = start_step
         self.rng = make_rng(cfg.seed, rng_state)
         # sums gradients and losses over the processes of a data-parallel run; a no-op in one
-        from .distributed import LocalReducer
         self.reducer = reducer if reducer is not None else LocalReducer()
         self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
         self._saved = False  # whether this Trainer has written out
