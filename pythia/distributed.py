@@ -366,7 +366,9 @@ class Session:
             self.comm.Bcast(params, root=0)
         else:
             for p in trainer.model.params.values():
-                self.comm.Bcast(np.ascontiguousarray(p), root=0)
+                buf = np.ascontiguousarray(p)
+                self.comm.Bcast(buf, root=0)
+                p[...] = buf
         state = self.comm.bcast(trainer.optimizer.state_arrays() if self.rank == 0 else None, root=0)
         if self.rank != 0:
             trainer.optimizer.load_state_arrays(state)
@@ -391,7 +393,8 @@ def run_fingerprint(trainer) -> dict:
 
 
 def first_difference(ours: dict, theirs: dict) -> str | None:
-    """'<what> is A here but B on rank 0' for the first entry that differs, or None."""
+    """'<what> is B there but A on rank 0' for the first entry where theirs (B) differs from
+    ours (rank 0's, A), or None."""
     for key, value in ours.items():
         other = theirs.get(key)
         if isinstance(value, dict) and isinstance(other, dict):

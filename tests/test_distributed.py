@@ -368,9 +368,20 @@ def _checkpoint_step(out: Path) -> int:
     return load_checkpoint(out).step                           # loads: not half-written
 
 
-def _no_rank_left(out: Path) -> bool:
-    return not any(str(out).encode() in (p / "cmdline").read_bytes()
-                   for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").exists())
+def _no_rank_left(out: Path, within: float = 10.0) -> bool:
+    """True once no process naming out runs (killed ones may take a moment to be reaped)."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and str(out).encode() in (p / "cmdline").read_bytes():
+                    alive.append(p.name)
+            except OSError:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return not alive
+        time.sleep(0.2)
 
 
 def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_loads(tmp_path):
