@@ -260,7 +260,9 @@ def build_parser() -> Parser:
                 "--data shakespeare.txt\n"
                 "  python -m pythia train --resume shake.npz --steps 4000 "
                 "--data shakespeare.txt\n"
-                "  python -m pythia train --init-from ./gpt2 --data notes.txt --steps 200 --out notes-ft.npz")
+                "  python -m pythia train --init-from ./gpt2 --data notes.txt --steps 200 --out notes-ft.npz\n"
+                "  mpiexec -n 2 python -m pythia train --batch-size 16 --out shake.npz "
+                "--data shakespeare.txt")
     _add_training_flags(p, "train")
     p.set_defaults(func=cmd_train)
 
@@ -415,18 +417,23 @@ def _forgiving_streams() -> None:
 
 def _fail(message: str, status: int = 1) -> int:
     """Print `error: <first line of message>` on stderr and return the exit status."""
+    from . import distributed
     from .ui import colour_allowed, line_open
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
     first = message.strip().splitlines()[0] if message.strip() else "failed"
+    first = distributed.error_line(first)       # under mpiexec: which rank says it, if this one
+    if first is None:
+        return status
     tty = sys.stderr.isatty()
     # after an in-place progress bar, or the ^C a terminal echoes, start on a fresh line
     newline = "\n" if line_open() or (tty and status == 130) else ""
     label = "\033[1;31merror:\033[0m" if colour_allowed(sys.stderr) else "error:"
     sys.stderr.write(f"{newline}{label} {first}\n")
     sys.stderr.flush()
+    distributed.end_after_error(status)         # an error on one rank alone aborts the whole job
     return status
 
 

@@ -129,11 +129,12 @@ def train_model(args: argparse.Namespace, command: str, ui, stop):
 
 
 def _train_model(args: argparse.Namespace, command: str, ui, stop, held: contextlib.ExitStack):
-    from . import __version__
+    from . import __version__, distributed
     from .data import resolve_corpus
     from .outputs import check_appendable, check_distinct
     from .train import TrainConfig, prepare_trainer
 
+    session = distributed.session()             # under mpiexec: this process's rank (else one process)
     given = _explicit(args)
     resume = getattr(args, "resume", None)
     init_from = getattr(args, "init_from", None)
@@ -148,9 +149,13 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
     elif resume is None:
         _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything else
         _train_config(args)
-    claim, out_note, resume_source = claim_out(args, command)
-    held.enter_context(claim)
-    out = claim.path
+    if session.rank == 0:                       # rank 0 alone writes, so it alone claims the checkpoint
+        claim, out_note, resume_source = claim_out(args, command)
+        held.enter_context(claim)
+        out = claim.path
+    else:
+        claim, out_note, resume_source = None, None, None
+        out = Path(args.out or resume or DEFAULT_OUT[command])
     log_file = Path(args.log_file) if args.log_file else None
     if log_file is not None:
         check_appendable(args.log_file, flag="--log-file")
@@ -173,14 +178,15 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         from .memory_budget import check_training
         memory["fit"] = check_training(config, cfg.batch_size, n_tokens,
                                        skip=getattr(args, "no_memory_check", False))
-    if init_from is not None:
+
+    def build(files, *, resume=None, check_memory=None, **kwargs):
+        if init_from is None:
+            return prepare_trainer(files, resume=resume, check_memory=check_memory, **kwargs)
         from .finetune import prepare_finetune
-        trainer = prepare_finetune(files, init_from, model=sizes, train=train, out=out, log_file=log_file,
-                                   on_progress=ui.progress, stop_requested=stop.requested)
-    else:
-        trainer = prepare_trainer(files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                                  out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested,
-                                  check_memory=check_memory)
+        return prepare_finetune(files, init_from, **kwargs)    # sizes and tokenizer come from SRC
+    trainer = session.prepare(build, files, model=sizes, train=train, resume=Path(resume) if resume else None,
+                              out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested,
+                              check_memory=check_memory)
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 
@@ -191,11 +197,13 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         rows.append(("from", f"{init_from} (fine-tuning: fresh optimizer, block {dataset.block_size})"))
     if cfg.grad_accum > 1:
         rows.append(("batch", f"{cfg.grad_accum} x {cfg.batch_size} sequences per step"))
-    notes_out = [n for n in (claim.note, out_note) if n]
+    notes_out = [n for n in (claim.note if claim else None, out_note) if n]
     rows.append(("saving to", str(out) + (f"  ({'; '.join(notes_out)})" if notes_out else "")))
     if "fit" in memory:
         from .memory_budget import describe_fit
         rows.append(("memory", describe_fit(*memory["fit"])))
+    if session.multi:
+        rows.append(("processes", session.describe()))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
@@ -254,6 +262,7 @@ def load_model(args: argparse.Namespace):
 def cmd_train_chat(args: argparse.Namespace) -> int:
     import signal
 
+    from . import distributed
     from .chat import run_chat
     from .outputs import guard_signals, keep_running_without_streams
     from .ui import ConsoleUI
@@ -265,6 +274,8 @@ def cmd_train_chat(args: argparse.Namespace) -> int:
         if result.checkpoint:
             ui.notice(f"Chat with it: python -m pythia chat --checkpoint {out}")
         return stop.exit_status
+    if distributed.session().rank != 0:          # under mpiexec, rank 0 alone chats
+        return 0
     ui.line()
     run_chat(model, tokenizer, ui=ui, settings=_chat_settings(seed=args.seed))
     return 0

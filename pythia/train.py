@@ -2,7 +2,9 @@
 
 The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `params` and
 `grads`, and that an optimizer has `step(grads) -> {"lr", "grad_norm"}`: it is the same loop for
-any model size. B is the batch size and T the block size.
+any model size. Between backward and the optimizer step a reducer sums the gradients of the
+processes of a data-parallel run (pythia.distributed; in one process it does nothing), and it
+averages their losses for evaluation and logging. B is the batch size and T the block size.
 
 Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
 each drawn from the same training stream. Every micro-batch holds B * T tokens, so the mean loss
@@ -29,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from .distributed import LocalReducer
 from .errors import ConfigError, PythiaError
 
 EVAL_STREAM = 0xE7A1  # mixed into the seed of the evaluation generator, apart from the training stream
@@ -148,7 +151,7 @@ class Trainer:
                  out: Path | None = None, log_file: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  start_step: int = 0, rng_state: dict | None = None,
-                 stop_requested: Callable[[], bool] | None = None):
+                 stop_requested: Callable[[], bool] | None = None, reducer=None):
         cfg.validate()
         if start_step >= cfg.steps:
             raise ConfigError(f"the model has already trained {start_step} steps and --steps is {cfg.steps}; "
@@ -163,7 +166,10 @@ class Trainer:
         self.on_progress = on_progress
         self.start_step = start_step
         self.rng = make_rng(cfg.seed, rng_state)
+        # sums gradients and losses over the processes of a data-parallel run; a no-op in one
+        self.reducer = reducer if reducer is not None else LocalReducer()
         self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
+        self._stop_seen = False  # a stop was agreed (on any process of a data-parallel run)
         # Polled with _stop at every step boundary (and between evaluation batches). When given, the
         # caller owns the signals (pythia.outputs.guard_signals) and run() installs no Ctrl-C handler.
         self.stop_requested = stop_requested
@@ -205,7 +211,7 @@ class Trainer:
                     return None
                 x, y = self.dataset.get_batch(split, self.cfg.batch_size, rng)  # (B, T), (B, T)
                 total += float(self.model.loss(x, y))
-            result.append(total / iters)
+            result.append(self.reducer.mean_loss(total) / iters)
         return result[0], result[1]
 
     def save(self, step: int) -> None:
@@ -219,25 +225,29 @@ class Trainer:
         self._saved, self._saved_step = True, step
 
     def _stopping(self) -> bool:
-        return self._stop or (self.stop_requested is not None and self.stop_requested())
+        """A stop asked for here (Ctrl-C, a signal the caller polls) or, in a data-parallel run, on
+        any process: all processes stop after the same step."""
+        local = self._stop or (self.stop_requested is not None and self.stop_requested())
+        if self.reducer.any_stop(local):
+            self._stop_seen = True
+        return self._stop_seen
 
     def _accumulate(self, step: int) -> tuple[float, dict[str, np.ndarray]]:
-        """Loss and gradients of one optimizer step: the mean over grad_accum micro-batches.
+        """Loss and gradients of one optimizer step: the mean over grad_accum micro-batches, then
+        summed over the processes of a data-parallel run by the reducer (a no-op in one process).
 
         With K = 1 the model's own gradient buffers are handed on untouched (no copy). With K > 1
         a sum buffer of the gradients' size is kept across steps: acc = g_1, acc += g_k, then
         acc *= 1/K (backward() overwrites the model's buffers, so they cannot hold the sum)."""
         K, B = self.cfg.grad_accum, self.cfg.batch_size
         total = 0.0
+        grads = self.model.grads
         for k in range(K):
             x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
-            loss = float(self.model.loss(x, y))
-            if not math.isfinite(loss):
-                raise PythiaError(self._diverged_message(loss, step + 1))
+            total += float(self.model.loss(x, y))
             self.model.backward()
-            total += loss
             if K == 1:
-                return loss, self.model.grads
+                break
             if self._acc is None:
                 self._acc = _like_layout(self.model.grads)
             for n, g in self.model.grads.items():
@@ -245,10 +255,16 @@ class Trainer:
                     np.copyto(self._acc[n], g)
                 else:
                     self._acc[n] += g
-        scale = np.float32(1.0 / K)
-        for a in self._acc.values():
-            a *= scale
-        return total / K, self._acc
+        if K > 1:
+            scale = np.float32(1.0 / K)
+            for a in self._acc.values():
+                a *= scale
+            grads = self._acc
+        loss = self.reducer.mean_loss(total / K)         # the same value on every process
+        if not math.isfinite(loss):
+            raise PythiaError(self._diverged_message(loss, step + 1))
+        self.reducer.reduce_gradients(grads)
+        return loss, grads
 
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.model.params.values())
@@ -277,7 +293,7 @@ class Trainer:
         cfg, B, T, K = self.cfg, self.cfg.batch_size, self.dataset.block_size, self.cfg.grad_accum
         result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step,
                              planned_steps=cfg.steps)
-        self._stop = False
+        self._stop = self._stop_seen = False
         self._log_fh = None
         if self.log_file is not None:
             try:
@@ -341,7 +357,9 @@ class Trainer:
         finally:
             errstate.__exit__(None, None, None)
             self._restore_sigint(previous_handler)
-            stopped = self._stopping()
+            # no collective here: an exception on one process must not wait for the others
+            stopped = self._stop_seen or self._stop or (self.stop_requested is not None and self.stop_requested())
+            self._stop_seen = False
             self._stop = False  # Ctrl-C ended this run only; evaluate() works again afterwards
             if self._log_fh is not None:
                 self._log_fh.close()
