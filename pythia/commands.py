@@ -125,8 +125,20 @@ def train_model(args: argparse.Namespace, command: str, ui):
 
     given = _explicit(args)
     resume = getattr(args, "resume", None)
+    preset, overridden = None, []
+    if resume is None:                           # a preset fills in every flag not given
+        from .presets import apply_preset
+        preset, overridden = apply_preset(args, given)
+        given = given | set(MODEL_FLAGS) | {f.name for f in fields(TrainConfig)}
+    elif getattr(args, "preset", None):
+        raise ConfigError("--preset starts a new run; a resumed run keeps its checkpoint's settings "
+                          "(drop --preset, or give single flags such as --steps)")
     sizes = {k: getattr(args, k) if k in given else None for k in MODEL_FLAGS}
     train = {f.name: getattr(args, f.name) if f.name in given else None for f in fields(TrainConfig)}
+    plot = None
+    if getattr(args, "plot", None):
+        from .plot import check_plot_target
+        plot = check_plot_target(args.plot, args.force)
     if resume is None:
         _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything else
         _train_config(args)
@@ -152,6 +164,9 @@ def train_model(args: argparse.Namespace, command: str, ui):
     rows = [("train", f"{cfg.steps} steps{ui.dot}batch {cfg.batch_size}{ui.dot}lr {cfg.lr:g} -> {cfg.min_lr:g}"
                       f"{ui.dot}seed {cfg.seed}" + (f"{ui.dot}resuming at step {start}" if resume else ""))]
     rows.append(("saving to", str(out) + (f"  ({out_note})" if out_note else "")))
+    if preset is not None:
+        flags = ", ".join("--" + k.replace("_", "-") for k in overridden)
+        rows.insert(0, ("preset", preset + (f"  (your flags set {flags})" if flags else "")))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
@@ -169,6 +184,12 @@ def train_model(args: argparse.Namespace, command: str, ui):
                wall_s=result.wall_time_s, tokens_per_s=result.tokens_per_s,
                checkpoint=str(result.checkpoint) if result.checkpoint else "not saved (no step finished)",
                interrupted=result.interrupted)
+    if plot is not None and result.losses:
+        from .plot import loss_svg, write_plot
+        first = result.start_step + 1
+        write_plot(plot, loss_svg(list(enumerate(result.losses, first)), [(s, v) for s, _, v in result.evals],
+                                  title=f"{model.config.n_layer} layers, d_model {model.config.d_model}"))
+        ui.line("  " + ui.style("loss plot  ", "dim") + str(plot))
     return model, tokenizer, result, out
 
 
@@ -298,4 +319,21 @@ def cmd_convert_gpt2(args: argparse.Namespace) -> int:
         raise ConfigError(f"GPT-2 support is missing from this installation ({e}); reinstall Pythia") from None
     written = convert_gpt2(args.dir, out, overwrite=args.force)
     print(f"wrote {written}; chat with it: python -m pythia chat --checkpoint {written}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import check_plot_target, loss_svg, read_log, write_plot
+    out = check_plot_target(args.out, args.force)
+    train, val = read_log(args.log)
+    write_plot(out, loss_svg(train, val, log_y=args.log_y, title=f"Loss: {Path(args.log).name}"))
+    print(f"wrote {out} ({len(train)} train and {len(val)} val points); open it in a browser")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import run_explain
+    select_kernels(args.kernels)
+    model, tokenizer, _ = load_model(args)
+    run_explain(model, tokenizer, args.text, layer=args.layer, head=args.head, out=sys.stdout)
     return 0

