@@ -294,9 +294,9 @@ class ChatSession:
         started = False
         ui.write(ui.style(f"{self.bot.lower()}> ", "bold", "cyan"))
         seen: list = []      # (token, its probability, top 5 (token, probability)) per generated token
-        observe = (lambda logits, tok: seen.append(token_probs(logits, tok))) if s.show_probs else None
+        watch = {"observe": lambda logits, tok: seen.append(token_probs(logits, tok))} if s.show_probs else {}
         gen = self.model.generate(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                                  top_p=s.top_p, rng=self.rng, observe=observe)
+                                  top_p=s.top_p, rng=self.rng, **watch)
         interrupted = False
         done = False
         try:

@@ -89,7 +89,8 @@ def stats_table(stats: TokenStats, labels: list[str]) -> list[str]:
         if t == 0:
             rows.append(f"{t:>4}  {_fit(label, 16):<{w}}  {'-':>7}  {'-':>5}  {'-':>7}")
             continue
-        rows.append(f"{t:>4}  {_fit(label, 16):<{w}}  {100 * stats.prob[t]:>6.1f}%  {stats.rank[t]:>5}  "
+        prob = f"{100 * stats.prob[t]:.1f}%" if stats.prob[t] >= 0.001 else "<0.1%"
+        rows.append(f"{t:>4}  {_fit(label, 16):<{w}}  {prob:>7}  {stats.rank[t]:>5}  "
                     f"{stats.entropy[t]:>7.2f}")
     if len(labels) > 1:
         surprise = -np.log2(stats.prob[1:]).mean()
