@@ -27,7 +27,7 @@ TRAIN_COLOUR, VAL_COLOUR = "#4878d0", "#ee854a"
 
 
 def nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi], about n of them."""
+    """Round tick values (1, 2 or 5 times a power of ten apart) within [lo, hi], at most about n."""
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / max(1, n - 1)
