@@ -71,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use only the first N prompts")
     ap.add_argument("--seed", type=int, default=7, help="seed of the chat's sampler")
     ap.add_argument("--show", action="store_true", help="print every prompt and reply")
+    ap.add_argument("--save", type=Path, default=None, metavar="CKPT", help="also save the trained model")
     return ap.parse_args(argv)
 
 
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
 
     sizes = {k: values[k] for k in MODEL_KEYS}
     train = {k: v for k, v in values.items() if k not in MODEL_KEYS}
-    trainer = prepare_trainer(files, model=sizes, train=train, on_progress=on_progress)
+    trainer = prepare_trainer(files, model=sizes, train=train, on_progress=on_progress, out=args.save)
     t0 = time.perf_counter()
     result = trainer.run()
     wall = time.perf_counter() - t0
