@@ -5,8 +5,8 @@
 
 Trains the preset exactly as `python -m pythia train-chat --preset NAME` does (the bundled
 data/input.txt + data/model.txt), then sends each prompt of PROMPTS to a fresh conversation with
-the chat's default sampling (temperature 0.8, top-k 40, replies up to 200 tokens) and a fixed
-seed, and reports:
+the chat's default sampling (temperature 0.8 unless --temperature, top-k 40, replies up to 200
+tokens) and a fixed seed, and reports:
 
     ended     share of replies that end on their own (a new line or a speaker tag) before the limit
     corpus    share of reply words (runs of letters and apostrophes, case folded) found in the corpus
@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="override preset values, e.g. d_model=64 lr=0.003 (for choosing a preset)")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use only the first N prompts")
     ap.add_argument("--seed", type=int, default=7, help="seed of the chat's sampler")
+    ap.add_argument("--temperature", type=float, nargs="+", default=[0.8],
+                    help="chat temperature(s); one table row each (default: the chat's 0.8)")
     ap.add_argument("--show", action="store_true", help="print every prompt and reply")
     ap.add_argument("--save", type=Path, default=None, metavar="CKPT", help="also save the trained model")
     return ap.parse_args(argv)
@@ -120,29 +122,31 @@ def main(argv=None) -> int:
     median_ms = 1000 * statistics.median(step_s)
     model, tokenizer = trainer.model, trainer.tokenizer
 
-    sink = io.StringIO()
-    session = ChatSession(model, tokenizer, ui=ConsoleUI(sink, color=False, live=False),
-                          settings=ChatSettings(seed=args.seed), stdin=io.StringIO(""))
-    replies, ended = [], []
-    for prompt in PROMPTS[:args.prompts]:
-        session.transcript = ""                            # each prompt opens a fresh conversation
-        replies.append(session.reply(prompt))
-        ended.append(session.ended)
-        if args.show:
-            print(f"User: {prompt}\nPythia: {replies[-1]}{'' if ended[-1] else '  [cut at the limit]'}\n")
-    m = reply_metrics(replies, ended, vocabulary)
+    rows = []
+    for temperature in args.temperature:
+        session = ChatSession(model, tokenizer, ui=ConsoleUI(io.StringIO(), color=False, live=False),
+                              settings=ChatSettings(seed=args.seed, temperature=temperature), stdin=io.StringIO(""))
+        replies, ended = [], []
+        for prompt in PROMPTS[:args.prompts]:
+            session.transcript = ""                        # each prompt opens a fresh conversation
+            replies.append(session.reply(prompt))
+            ended.append(session.ended)
+            if args.show:
+                print(f"User: {prompt}\nPythia: {replies[-1]}{'' if ended[-1] else '  [cut at the limit]'}\n")
+        m = reply_metrics(replies, ended, vocabulary)
+        rows.append(f"| {args.preset} | {temperature:g} | {result.steps} | {median_ms:.1f} | "
+                    f"{result.steps * median_ms / 1000:.1f} | {wall:.1f} | {result.val_loss:.3f} | {100 * m['ended']:.0f}% "
+                    f"| {100 * m['corpus']:.1f}% | {100 * m['distinct']:.0f}% | {m['chars']:.0f} / {m['words']:.1f} |")
 
     shape = ", ".join(f"{k} {v:g}" for k, v in values.items())
     print(f"preset {args.preset}: {shape}")
     print(f"kernels {kernels.BACKEND}; {result.steps} steps, val loss {result.val_loss:.4f}; "
-          f"{len(replies)} prompts, chat seed {args.seed}")
+          f"{args.prompts} prompts, chat seed {args.seed}")
     print()
-    print("| preset | steps | median ms/step | steps x median (s) | wall (s) | val loss | ended | corpus words "
-          "| distinct | mean length (chars / words) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.preset} | {result.steps} | {median_ms:.1f} | {result.steps * median_ms / 1000:.1f} | {wall:.1f} "
-          f"| {result.val_loss:.3f} | {100 * m['ended']:.0f}% | {100 * m['corpus']:.1f}% | {100 * m['distinct']:.0f}% "
-          f"| {m['chars']:.0f} / {m['words']:.1f} |")
+    print("| preset | temperature | steps | median ms/step | steps x median (s) | wall (s) | val loss | ended "
+          "| corpus words | distinct | mean length (chars / words) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
     return 0
 
 

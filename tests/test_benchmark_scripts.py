@@ -86,7 +86,7 @@ def test_chat_quality_trains_replies_and_reports_its_shares():
     out = run_script("chat_quality.py", "--preset", "seed", "--steps", "3", "--prompts", "4",
                      "--set", "eval_iters=1")
     rows = table_rows(out)
-    assert len(rows) == 1 and rows[0][0] == "seed" and rows[0][1] == "3", out[-2000:]
-    for cell in rows[0][6:9]:                                   # ended, corpus words, distinct: shares
+    assert len(rows) == 1 and rows[0][:3] == ["seed", "0.8", "3"], out[-2000:]
+    for cell in rows[0][7:10]:                                  # ended, corpus words, distinct: shares
         assert cell.endswith("%") and 0 <= number(cell[:-1]) <= 100, cell
     assert "4 prompts" in out
