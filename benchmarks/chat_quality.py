@@ -5,8 +5,8 @@
 
 Trains the preset exactly as `python -m pythia train-chat --preset NAME` does (the bundled
 data/input.txt + data/model.txt), then sends each prompt of PROMPTS to a fresh conversation with
-the chat's default sampling (temperature 0.8 unless --temperature, top-k 40, replies up to 200
-tokens) and a fixed seed, and reports:
+the chat's sampling as train-chat sets it for the preset (its temperature, or --temperature; top-k
+40; replies up to 200 tokens) and a fixed seed, and reports:
 
     ended     share of replies that end on their own (a new line or a speaker tag) before the limit
     corpus    share of reply words (runs of letters and apostrophes, case folded) found in the corpus
@@ -70,8 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="override preset values, e.g. d_model=64 lr=0.003 (for choosing a preset)")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use only the first N prompts")
     ap.add_argument("--seed", type=int, default=7, help="seed of the chat's sampler")
-    ap.add_argument("--temperature", type=float, nargs="+", default=[0.8],
-                    help="chat temperature(s); one table row each (default: the chat's 0.8)")
+    ap.add_argument("--temperature", type=float, nargs="+", default=None,
+                    help="chat temperature(s); one table row each (default: the one train-chat uses with the preset)")
     ap.add_argument("--show", action="store_true", help="print every prompt and reply")
     ap.add_argument("--save", type=Path, default=None, metavar="CKPT", help="also save the trained model")
     return ap.parse_args(argv)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from pythia.chat import ChatSession, ChatSettings
     from pythia.corpus import bundled_corpus_files
     from pythia.errors import PythiaError
-    from pythia.presets import MODEL_KEYS, get_preset
+    from pythia.presets import MODEL_KEYS, chat_sampling, get_preset
     from pythia.train import prepare_trainer
     from pythia.ui import ConsoleUI
 
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     model, tokenizer = trainer.model, trainer.tokenizer
 
     rows = []
-    for temperature in args.temperature:
+    temperatures = args.temperature or [ChatSettings(**chat_sampling(args.preset)).temperature]
+    for temperature in temperatures:
         session = ChatSession(model, tokenizer, ui=ConsoleUI(io.StringIO(), color=False, live=False),
                               settings=ChatSettings(seed=args.seed, temperature=temperature), stdin=io.StringIO(""))
         replies, ended = [], []

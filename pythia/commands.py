@@ -193,10 +193,11 @@ def train_model(args: argparse.Namespace, command: str, ui):
     return model, tokenizer, result, out
 
 
-def _chat_settings(args: argparse.Namespace | None = None, seed: int | None = None):
+def _chat_settings(args: argparse.Namespace | None = None, seed: int | None = None, preset: str | None = None):
     from .chat import ChatSettings
     if args is None:
-        return ChatSettings(seed=seed)
+        from .presets import chat_sampling
+        return ChatSettings(seed=seed, **chat_sampling(preset))
     return ChatSettings(temperature=args.temperature, top_k=args.top_k or None,
                         top_p=None if args.top_p >= 1 else args.top_p, max_new_tokens=args.max_new_tokens,
                         seed=args.seed)
@@ -232,7 +233,10 @@ def cmd_train_chat(args: argparse.Namespace) -> int:
     ui = ConsoleUI()
     model, tokenizer, _, _ = train_model(args, "train-chat", ui)
     ui.line()
-    run_chat(model, tokenizer, ui=ui, settings=_chat_settings(seed=args.seed))
+    settings = _chat_settings(seed=args.seed, preset=args.preset)
+    if args.preset and settings.temperature != type(settings)().temperature:
+        ui.notice(f"(the {args.preset} preset chats at temperature {settings.temperature:g}; /temp changes it)")
+    run_chat(model, tokenizer, ui=ui, settings=settings)
     return 0
 
 

@@ -31,6 +31,9 @@ PRESETS: dict[str, dict[str, float | int]] = {
                         eval_interval=250, eval_iters=20, seed=1337),
 }
 DEFAULT = "seed"
+# Sampling the chat of train-chat starts with (ChatSettings fields); a preset not named keeps the
+# chat's defaults. /temp in the chat changes it.
+CHAT_SAMPLING: dict[str, dict[str, float]] = {"chat": dict(temperature=0.5)}
 
 # How the chat preset was chosen (benchmarks/chat_quality.py; see benchmarks/README.md):
 CHAT_MEASUREMENTS = """(filled in from measurement)"""
@@ -66,3 +69,8 @@ def apply_preset(args: argparse.Namespace, given: set[str]) -> tuple[str, list[s
         else:
             setattr(args, key, value)
     return name, overridden
+
+
+def chat_sampling(name: str | None) -> dict[str, float]:
+    """The ChatSettings values preset `name` gives train-chat's chat (empty: the chat's defaults)."""
+    return dict(CHAT_SAMPLING.get(name or DEFAULT, {}))

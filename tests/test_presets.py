@@ -177,3 +177,14 @@ def test_probs_on_a_pipe_says_what_it_shows_and_shows_a_table(trained):
            "table" in r.stdout
     assert "least sure (top 5 candidates):" in r.stdout
     assert "probs on" in r.stdout                                           # /help shows the state
+
+
+def test_train_chat_with_the_chat_preset_chats_at_the_presets_temperature(tmp_path):
+    from pythia.presets import chat_sampling
+    (tmp_path / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    r = run(["train-chat", "--preset", "chat", "--data", "corpus.txt", *TINY], tmp_path, stdin="/help\nquit\n")
+    assert_ok(r)
+    t = chat_sampling("chat")["temperature"]
+    assert f"(the chat preset chats at temperature {t:g}; /temp changes it)" in r.stdout
+    assert f"now: temperature {t:g}," in r.stdout
+    assert chat_sampling("seed") == {} and chat_sampling(None) == {}      # the seed's chat is unchanged
