@@ -10,7 +10,7 @@ the chat's sampling as train-chat sets it for the preset (its temperature, or --
 
     ended     share of replies that end on their own (a new line or a speaker tag) before the limit
     corpus    share of reply words (runs of letters and apostrophes, case folded) found in the corpus
-    distinct  share of distinct replies
+    distinct  share of distinct replies (over all replies of all --seed passes)
     length    mean reply length in characters (and words)
     training  wall seconds of the training run, and steps x the median step time: the median is
               robust to the evaluation steps and to other work sharing the machine, so it is the
@@ -69,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override preset values, e.g. d_model=64 lr=0.003 (for choosing a preset)")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use only the first N prompts")
-    ap.add_argument("--seed", type=int, default=7, help="seed of the chat's sampler")
+    ap.add_argument("--seed", type=int, nargs="+", default=[7],
+                    help="seed(s) of the chat's sampler; each seed answers every prompt (default: 7)")
     ap.add_argument("--temperature", type=float, nargs="+", default=None,
                     help="chat temperature(s); one table row each (default: the one train-chat uses with the preset)")
     ap.add_argument("--show", action="store_true", help="print every prompt and reply")
@@ -125,15 +126,16 @@ def main(argv=None) -> int:
     rows = []
     temperatures = args.temperature or [ChatSettings(**chat_sampling(args.preset)).temperature]
     for temperature in temperatures:
-        session = ChatSession(model, tokenizer, ui=ConsoleUI(io.StringIO(), color=False, live=False),
-                              settings=ChatSettings(seed=args.seed, temperature=temperature), stdin=io.StringIO(""))
         replies, ended = [], []
-        for prompt in PROMPTS[:args.prompts]:
-            session.transcript = ""                        # each prompt opens a fresh conversation
-            replies.append(session.reply(prompt))
-            ended.append(session.ended)
-            if args.show:
-                print(f"User: {prompt}\nPythia: {replies[-1]}{'' if ended[-1] else '  [cut at the limit]'}\n")
+        for seed in args.seed:                             # one pass over the prompts per chat seed
+            session = ChatSession(model, tokenizer, ui=ConsoleUI(io.StringIO(), color=False, live=False),
+                                  settings=ChatSettings(seed=seed, temperature=temperature), stdin=io.StringIO(""))
+            for prompt in PROMPTS[:args.prompts]:
+                session.transcript = ""                    # each prompt opens a fresh conversation
+                replies.append(session.reply(prompt))
+                ended.append(session.ended)
+                if args.show:
+                    print(f"User: {prompt}\nPythia: {replies[-1]}{'' if ended[-1] else '  [cut at the limit]'}\n")
         m = reply_metrics(replies, ended, vocabulary)
         rows.append(f"| {args.preset} | {temperature:g} | {result.steps} | {median_ms:.1f} | "
                     f"{result.steps * median_ms / 1000:.1f} | {wall:.1f} | {result.val_loss:.3f} | {100 * m['ended']:.0f}% "
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     shape = ", ".join(f"{k} {v:g}" for k, v in values.items())
     print(f"preset {args.preset}: {shape}")
     print(f"kernels {kernels.BACKEND}; {result.steps} steps, val loss {result.val_loss:.4f}; "
-          f"{args.prompts} prompts, chat seed {args.seed}")
+          f"{args.prompts} prompts x chat seeds {', '.join(map(str, args.seed))}")
     print()
     print("| preset | temperature | steps | median ms/step | steps x median (s) | wall (s) | val loss | ended "
           "| corpus words | distinct | mean length (chars / words) |")

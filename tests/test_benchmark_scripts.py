@@ -89,4 +89,4 @@ def test_chat_quality_trains_replies_and_reports_its_shares():
     assert len(rows) == 1 and rows[0][:3] == ["seed", "0.8", "3"], out[-2000:]
     for cell in rows[0][7:10]:                                  # ended, corpus words, distinct: shares
         assert cell.endswith("%") and 0 <= number(cell[:-1]) <= 100, cell
-    assert "4 prompts" in out
+    assert "4 prompts x chat seeds 7" in out
