@@ -211,3 +211,18 @@ def test_explain_works_for_gpt2_bpe():
     assert sum(line.startswith("layer ") for line in lines) == model.config.n_layer
     assert any(line.startswith("   9  ␣sea ") for line in lines)            # a BPE token with its space
     assert "<0.1%" in "\n".join(lines)                                     # an untrained model's tiny odds
+
+
+def test_probs_seen_during_generation_are_forwards_softmax_of_each_prefix():
+    model, tok = tiny(block_size=12)
+    seen = []
+    prompt = tok.encode("User: Hi")
+    out = list(model.generate(prompt, 10, temperature=0.8, top_k=5, rng=np.random.default_rng(2),
+                              observe=lambda z, t: seen.append(token_probs(z, t))))
+    seq = prompt + out
+    for k, (t, p, top) in enumerate(seen):                 # past block_size the context slides
+        ctx = seq[:len(prompt) + k][-12:]
+        z = model.forward(np.array([ctx]))[0, -1].astype(np.float64)
+        ref = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        assert t == out[k] and p == pytest.approx(ref[t], rel=1e-4, abs=1e-7)
+        assert top[0][0] == int(np.argmax(ref))
