@@ -10,7 +10,7 @@ Each turn appends "User: <message>\\nPythia:" to the transcript, feeds the last 
 of it to the model and streams what comes back until the model starts a new line (the end of a
 turn in that format) or writes a speaker tag, or the length limit is reached.
 
-Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset.
+Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset, /probs.
 Ctrl-C interrupts a reply and returns to the prompt; Ctrl-D (end of input) leaves.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
+from .explain import token_probs
 from .ui import ConsoleUI
 
 USER, BOT = "User", "Pythia"      # speaker names used by data/model.txt
@@ -37,6 +38,7 @@ Type a message and press Enter. Commands:
   /topp P        sample from the smallest set of tokens with probability >= P (1 = off)
   /seed N        reseed the sampler, so the same conversation gives the same replies
   /len N         longest reply, in tokens
+  /probs         after each reply, show how sure the model was of each token (toggle)
   /reset         forget the conversation so far
   /clear         clear the screen
   exit, quit     leave (so do Ctrl-D and, twice in a row, Ctrl-C)
@@ -50,12 +52,14 @@ class ChatSettings:
     top_p: float | None = None         # None: no nucleus cut
     max_new_tokens: int = 200          # a reply stops here at the latest
     seed: int | None = None            # None: a fresh random seed per session
+    show_probs: bool = False           # /probs: show each reply token's probability after the reply
 
     def describe(self) -> str:
         k = "off" if self.top_k is None else str(self.top_k)
         p = "off" if self.top_p is None else f"{self.top_p:g}"
         s = "random" if self.seed is None else str(self.seed)
-        return f"temperature {self.temperature:g}, top-k {k}, top-p {p}, length {self.max_new_tokens}, seed {s}"
+        return (f"temperature {self.temperature:g}, top-k {k}, top-p {p}, length {self.max_new_tokens}, seed {s}, "
+                f"probs {'on' if self.show_probs else 'off'}")
 
 
 class StopFilter:
@@ -127,6 +131,7 @@ class ChatSession:
         self.stdin = stdin if stdin is not None else sys.stdin
         self.user, self.bot = user, bot
         self.transcript = ""        # the conversation so far, in the corpus's dialogue format
+        self.ended = False          # whether the last reply ended on its own (benchmarks count these)
         self.rng = np.random.default_rng(self.settings.seed)
         self.block_size = int(model.config.block_size)
         try:
@@ -243,6 +248,16 @@ class ChatSession:
                     raise ValueError("/len N needs a whole number >= 1, e.g. /len 200")
                 s.max_new_tokens = v
                 ui.notice(f"(replies up to {v} tokens)")
+            elif name == "/probs":
+                s.show_probs = not s.show_probs
+                if not s.show_probs:
+                    ui.notice("(probabilities off)")
+                elif ui.color:
+                    ui.notice("(probabilities on: each reply is shown again shaded by how sure the model was, "
+                              "with its top 5 candidates where it was least sure)")
+                else:
+                    ui.notice("(probabilities on: the output is not a colour terminal, so each reply is followed "
+                              "by a compact table of its tokens' probabilities instead of shading)")
             else:
                 ui.notice(f"(unknown command {name}; /help lists the commands)")
         except ValueError as e:
@@ -283,9 +298,12 @@ class ChatSession:
         raw = ""       # the reply as generated (up to the stop), kept in the transcript
         started = False
         ui.write(ui.style(f"{self.bot.lower()}> ", "bold", "cyan"))
+        seen: list = []      # (token, its probability, top 5 (token, probability)) per generated token
+        watch = {"observe": lambda logits, tok: seen.append(token_probs(logits, tok))} if s.show_probs else {}
         gen = self.model.generate(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                                  top_p=s.top_p, rng=self.rng)
+                                  top_p=s.top_p, rng=self.rng, **watch)
         interrupted = False
+        done = False
         try:
             for piece in stream_text(self.tokenizer, gen):
                 out, done = stop.feed(piece)
@@ -312,6 +330,12 @@ class ChatSession:
         ui.write("\n")
         if interrupted:
             ui.notice("(reply interrupted)")
+        self.ended = done              # the model ended its turn itself, before the length limit
+        if seen:
+            from .explain import reply_probs_view
+            for row in reply_probs_view(self.tokenizer, seen, raw, ended=done, color=ui.color,
+                                        unicode=ui.unicode, width=ui.width):
+                ui.line(row)
         self.transcript = (self.transcript + turn + raw.rstrip() + TURN_END)
         # keep the transcript bounded: only its last block_size tokens can matter
         if len(self.transcript) > 16 * self.block_size:

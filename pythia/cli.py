@@ -6,6 +6,8 @@
     generate     one completion of --prompt to stdout, for scripts
     convert-gpt2 turn a Hugging Face GPT-2 directory into a Pythia checkpoint
     export       write a checkpoint as a Hugging Face GPT-2 folder
+    explain      per-token probabilities and attention heat maps of a text
+    plot         the loss curves of a --log-file as an SVG
 
 Every problem with what the user gave us (a PythiaError, a bad flag, a file the system refuses,
 Ctrl-C outside the places that handle it) ends as one line on stderr, `error: <what and what to
@@ -23,7 +25,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .commands import DEFAULT_OUT, cmd_chat, cmd_convert_gpt2, cmd_export, cmd_generate, cmd_train, cmd_train_chat
+from .commands import (DEFAULT_OUT, cmd_chat, cmd_convert_gpt2, cmd_explain, cmd_export, cmd_generate, cmd_plot,
+                       cmd_train, cmd_train_chat)
 from .errors import ConfigError, PythiaError
 from .outputs import Interrupted, interrupted_message, written_files
 
@@ -143,7 +146,7 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                         "(default: input.txt + model.txt, else the bundled corpus)")
     g.add_argument("--out", metavar="FILE", action=Store,
                    help=f"where to save the checkpoint (default: {DEFAULT_OUT[command]}, never replacing a file)")
-    g.add_argument("--force", action="store_true", help="allow --out to replace an existing file")
+    g.add_argument("--force", action="store_true", help="allow --out (and --plot) to replace an existing file")
     g.add_argument("--no-memory-check", action="store_true",
                    help="train even when the memory estimate (shown in the banner) exceeds the memory available")
     if command == "train":
@@ -155,9 +158,16 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                         "folder or a Pythia checkpoint, with a fresh optimizer; settings you do not give take "
                         "fine-tuning defaults (constant --lr 1e-4, --warmup-steps 10, --weight-decay 0, "
                         "--steps 200, --block-size min(256, SRC's context))")
+    g.add_argument("--plot", metavar="FILE.svg",
+                   help="after training, draw the train and val loss curves into this SVG file")
     g.add_argument("--log-file", metavar="FILE", action=Store,
                    help="append one JSON object per step (step, train_loss, val_loss, lr, tokens_per_s, "
                         "elapsed_s) to FILE")
+
+    from .presets import preset_arg, preset_names
+    p.add_argument("--preset", type=preset_arg, default=None, metavar="NAME",
+                   help=f"named model and training values ({', '.join(preset_names())}); flags you give "
+                        f"override it (default: seed, the values shown below)")
 
     g = p.add_argument_group("model shape")
     g.add_argument("--block-size", type=positive_int, default=m["block_size"], action=Store, metavar="T",
@@ -243,6 +253,7 @@ def build_parser() -> Parser:
                 DATA_HELP + "\n\n" + OUT_HELP.format(default=DEFAULT_OUT["train-chat"], stem="pythia-chat",
                                                      resume="") +
                 "\n\nexamples:\n  python -m pythia train-chat\n"
+                "  python -m pythia train-chat --preset chat        (about a minute; answers in words)\n"
                 "  python -m pythia train-chat --steps 2000 --d-model 64 --out big.npz\n"
                 "  python -m pythia train-chat --data notes.txt --block-size 64\n"
                 "  python -m pythia train-chat --init-from ./gpt2 --data notes.txt")
@@ -262,7 +273,8 @@ def build_parser() -> Parser:
                 "--data shakespeare.txt\n"
                 "  python -m pythia train --init-from ./gpt2 --data notes.txt --steps 200 --out notes-ft.npz\n"
                 "  mpiexec -n 2 python -m pythia train --batch-size 16 --out shake.npz "
-                "--data shakespeare.txt")
+                "--data shakespeare.txt\n"
+                "  python -m pythia train --preset shakespeare --data shakespeare.txt --plot loss.svg")
     _add_training_flags(p, "train")
     p.set_defaults(func=cmd_train)
 
@@ -327,6 +339,33 @@ def build_parser() -> Parser:
     src.add_argument("--data", metavar="DIR", help="a folder written by prepare")
     p.add_argument("--text", required=True, metavar="TEXT", help="the text to split into tokens")
     p.set_defaults(func=tokenview.cmd_tokenize)
+
+    p = command("explain", "show how sure a model is of each token, and where it attends",
+                "For each token of --text: the probability the model gave it, its rank among all tokens "
+                "and the entropy of the model's prediction; then the attention of one layer and head as "
+                "a heat map (rows: queries, columns: keys; darker = more attention).",
+                "examples:\n  python -m pythia explain --checkpoint pythia-chat.npz --text 'User: Hello'\n"
+                "  python -m pythia explain --checkpoint pythia-chat.npz --text 'The sea' --layer all\n"
+                "  python -m pythia explain --gpt2 ./gpt2 --text 'The cat sat on the mat' --layer 5 --head 1")
+    _add_model_source(p)
+    p.add_argument("--text", required=True, metavar="TEXT", help="the text to explain")
+    p.add_argument("--layer", default="0", metavar="L",
+                   help="attention layer to show, from 0, or 'all' for a small map per layer averaged "
+                        "over heads (default: 0)")
+    p.add_argument("--head", type=nonneg_int, default=0, metavar="H", help="attention head, from 0 (default: 0)")
+    _add_kernel_flag(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = command("plot", "draw the loss curves of a --log-file as an SVG",
+                "Read the JSON lines that train --log-file wrote and draw the train and val loss "
+                "against the step as an SVG picture to open in a browser.",
+                "examples:\n  python -m pythia plot run.jsonl --out loss.svg\n"
+                "  python -m pythia plot run.jsonl --out loss-log.svg --log-y")
+    p.add_argument("log", metavar="LOG.jsonl", help="the file written by --log-file")
+    p.add_argument("--out", required=True, metavar="FILE.svg", help="the SVG to write")
+    p.add_argument("--log-y", action="store_true", help="logarithmic loss axis")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_plot)
     return top
 
 

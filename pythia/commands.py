@@ -138,11 +138,23 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
     given = _explicit(args)
     resume = getattr(args, "resume", None)
     init_from = getattr(args, "init_from", None)
-    sizes = {k: getattr(args, k) if k in given else None for k in MODEL_FLAGS}
-    train = {f.name: getattr(args, f.name) if f.name in given else None for f in fields(TrainConfig)}
     if resume is not None and init_from is not None:
         raise ConfigError("--init-from starts a new run from a model's weights and --resume continues one; "
                           "give only one of them")
+    preset, overridden = None, []
+    if resume is None and init_from is None:     # a preset fills in every flag not given
+        from .presets import apply_preset
+        preset, overridden = apply_preset(args, given)
+        given = given | set(MODEL_FLAGS) | {f.name for f in fields(TrainConfig)}
+    elif getattr(args, "preset", None):
+        raise ConfigError("--preset starts a new model; a resumed run keeps its checkpoint's settings and "
+                          "--init-from takes SRC's (drop --preset, or give single flags such as --steps)")
+    sizes = {k: getattr(args, k) if k in given else None for k in MODEL_FLAGS}
+    train = {f.name: getattr(args, f.name) if f.name in given else None for f in fields(TrainConfig)}
+    plot = None
+    if getattr(args, "plot", None) and session.rank == 0:
+        from .outputs import claim_output
+        plot = held.enter_context(claim_output(args.plot, flag="--plot", replace=args.force)).path
     if init_from is not None:
         from .finetune import finetune_config
         finetune_config(train)                   # bad settings fail before the model is read
@@ -204,6 +216,9 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         rows.append(("memory", describe_fit(*memory["fit"])))
     if session.multi:
         rows.append(("processes", session.describe()))
+    if preset is not None:
+        flags = ", ".join("--" + k.replace("_", "-") for k in overridden)
+        rows.insert(0, ("preset", preset + (f"  (your flags set {flags})" if flags else "")))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
               corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
@@ -223,13 +238,22 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
                wall_s=result.wall_time_s, tokens_per_s=result.tokens_per_s,
                checkpoint=str(result.checkpoint) if result.checkpoint else "not saved (no step finished)",
                interrupted=result.interrupted, reason=stop.name or "Ctrl-C")
+    if plot is not None and result.losses:
+        from .outputs import atomic_write
+        from .plot import loss_svg
+        first = result.start_step + 1
+        svg = loss_svg(list(enumerate(result.losses, first)), [(s, v) for s, _, v in result.evals],
+                       title=f"{model.config.n_layer} layers, d_model {model.config.d_model}")
+        atomic_write(plot, lambda f: f.write(svg.encode("utf-8")))
+        ui.line("  " + ui.style("loss plot  ", "dim") + str(plot))
     return model, tokenizer, result, out
 
 
-def _chat_settings(args: argparse.Namespace | None = None, seed: int | None = None):
+def _chat_settings(args: argparse.Namespace | None = None, seed: int | None = None, preset: str | None = None):
     from .chat import ChatSettings
     if args is None:
-        return ChatSettings(seed=seed)
+        from .presets import chat_sampling
+        return ChatSettings(seed=seed, **chat_sampling(preset))
     return ChatSettings(temperature=args.temperature, top_k=args.top_k or None,
                         top_p=None if args.top_p >= 1 else args.top_p, max_new_tokens=args.max_new_tokens,
                         seed=args.seed)
@@ -277,7 +301,10 @@ def cmd_train_chat(args: argparse.Namespace) -> int:
     if distributed.session().rank != 0:          # under mpiexec, rank 0 alone chats
         return 0
     ui.line()
-    run_chat(model, tokenizer, ui=ui, settings=_chat_settings(seed=args.seed))
+    settings = _chat_settings(seed=args.seed, preset=args.preset)
+    if args.preset and settings.temperature != type(settings)().temperature:
+        ui.notice(f"(the {args.preset} preset chats at temperature {settings.temperature:g}; /temp changes it)")
+    run_chat(model, tokenizer, ui=ui, settings=settings)
     return 0
 
 
@@ -379,4 +406,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = export(args.checkpoint, args.out, force=args.force)
     print(describe(out))
     print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .outputs import atomic_write, claim_output
+    from .plot import loss_svg, read_log
+    with claim_output(args.out, flag="--out", replace=args.force, inputs={"LOG.jsonl": [Path(args.log)]}) as claim:
+        out = claim.path
+        train, val = read_log(args.log)
+        svg = loss_svg(train, val, log_y=args.log_y, title=f"Loss: {Path(args.log).name}")
+        atomic_write(out, lambda f: f.write(svg.encode("utf-8")))
+    print(f"wrote {out} ({len(train)} train and {len(val)} val points); open it in a browser")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import run_explain
+    select_kernels(args.kernels)
+    model, tokenizer, _ = load_model(args)
+    run_explain(model, tokenizer, args.text, layer=args.layer, head=args.head, out=sys.stdout)
     return 0

@@ -139,6 +139,16 @@ def attention_forward(qkv: np.ndarray, B: int, T: int, H: int):
     return out, probs
 
 
+def full_attention(probs: list, T: int) -> np.ndarray:
+    """The (B, H, T, T) attention matrix from attention_forward's per-query-block probs: a block
+    of queries [lo, hi) saw keys [0, hi); the keys it never saw get probability 0."""
+    B, H = probs[0].shape[:2]
+    full = np.zeros((B, H, T, T), probs[0].dtype)                # (B, H, T, T)
+    for (lo, hi), p in zip(query_blocks(T), probs):
+        full[:, :, lo:hi, :hi] = p                               # (B, H, hi - lo, hi)
+    return full
+
+
 def attention_backward(dout: np.ndarray, qkv: np.ndarray, probs: list, B: int, T: int, H: int) -> np.ndarray:
     """Gradient wrt the c_attn output (N, 3C), given the gradient of the attention output (N, C)."""
     C = qkv.shape[1] // 3
@@ -319,12 +329,19 @@ class Pythia:
 
     # ------------------------------------------------------------------ forward / backward
 
-    def forward(self, idx: np.ndarray) -> np.ndarray:
-        """Logits (B, T, V) for token ids idx (B, T); keeps no activations."""
+    def forward(self, idx: np.ndarray, *, attention: bool = False):
+        """Logits (B, T, V) for token ids idx (B, T); keeps no activations.
+
+        With attention=True, returns (logits, attn): attn[l] (B, H, T, T) holds layer l's attention
+        probabilities exactly as this pass computed them (row = query, column = key, zero above
+        the diagonal), for looking inside the model (pythia.explain).
+        """
         idx = self._check_idx(idx)
         B, T = idx.shape
+        attn: list | None = [] if attention else None
         with self._threads_for_pass("forward", idx.size):
-            return self._forward(idx, keep=None).reshape(B, T, -1)
+            logits = self._forward(idx, keep=None, attn=attn).reshape(B, T, -1)
+        return (logits, attn) if attention else logits
 
     def loss(self, idx: np.ndarray, targets: np.ndarray) -> float:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T); keeps activations for backward()."""
@@ -363,8 +380,9 @@ class Pythia:
             self._workers = threads.Workers(n)
         return [(i * B // n, (i + 1) * B // n) for i in range(n)]
 
-    def _forward(self, idx: np.ndarray, keep: dict | None) -> np.ndarray:
-        """Logits (N, V); when `keep` is a dict, store what backward() needs in it."""
+    def _forward(self, idx: np.ndarray, keep: dict | None, attn: list | None = None) -> np.ndarray:
+        """Logits (N, V); when `keep` is a dict, store what backward() needs in it; when `attn` is a
+        list, append each layer's attention probabilities (B, H, T, T) to it."""
         cfg, P = self.config, self.params
         B, T = idx.shape
         H = cfg.n_head
@@ -378,6 +396,8 @@ class Pythia:
             h, a["ln1_mean"], a["ln1_rstd"] = kernels.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])
             qkv = linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (N, 3C)
             att, a["probs"] = attention_forward(qkv, B, T, H)                                 # (N, C)
+            if attn is not None:
+                attn.append(full_attention(a["probs"], T))                                    # (B, H, T, T)
             x = x + linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (N, C)
             a.update(ln1=h, qkv=qkv, att=att, x_mid=x)
             h2, a["ln2_mean"], a["ln2_rstd"] = kernels.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
@@ -505,8 +525,9 @@ class Pythia:
 
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 rng: np.random.Generator | None = None, use_cache: bool = True) -> Iterator[int]:
+                 rng: np.random.Generator | None = None, use_cache: bool = True,
+                 observe=None) -> Iterator[int]:
         """Yield max_new_tokens sampled token ids one at a time; see pythia.sampling.generate."""
         from .sampling import generate
         return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, rng=rng, use_cache=use_cache)
+                        top_p=top_p, rng=rng, use_cache=use_cache, observe=observe)

@@ -66,6 +66,7 @@ try:
 except ImportError:                             # not POSIX: outputs are checked but not locked
     fcntl = None  # type: ignore[assignment]
 
+EXAMPLE_NAMES = {"--out": "pythia.npz", "--log-file": "log.jsonl", "--plot": "loss.svg"}   # for "give a file name"
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _WRITTEN: list[Path] = []        # every file atomic_write completed in this process, in order
 
@@ -157,7 +158,7 @@ def _check_file(path: str | os.PathLike, flag: str, *, replace: bool, append: bo
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise ConfigError(f"{what}{via} is a directory; give a file name such as "
-                              f"{_shown(os.path.join(text, 'pythia.npz' if flag == '--out' else 'log.jsonl'))}")
+                              f"{_shown(os.path.join(text, EXAMPLE_NAMES.get(flag, 'out')))}")
         if not stat.S_ISREG(st.st_mode) and not append:
             raise ConfigError(f"{what}{via} is a {_kind(st.st_mode)}, not a regular file, and Pythia only "
                               f"replaces regular files; choose another path")

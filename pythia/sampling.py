@@ -14,7 +14,7 @@ Sizes: V vocabulary.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -70,8 +70,12 @@ def sample_token(logits: np.ndarray, temperature: float, top_k: int | None, top_
 
 def generate(model, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
-             rng: np.random.Generator | None = None, use_cache: bool = True) -> Iterator[int]:
-    """Stream max_new_tokens token ids continuing prompt; arguments are checked before the first token."""
+             rng: np.random.Generator | None = None, use_cache: bool = True,
+             observe: Callable[[np.ndarray, int], None] | None = None) -> Iterator[int]:
+    """Stream max_new_tokens token ids continuing prompt; arguments are checked before the first token.
+
+    observe(logits (V,), token), when given, sees the model's logits for each position and the
+    token chosen there, before the token is yielded (chat's /probs uses it)."""
     check_sampling(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
@@ -83,10 +87,10 @@ def generate(model, prompt: list[int], max_new_tokens: int, *, temperature: floa
     if bad:
         raise ValueError(f"prompt token {bad[0]} is outside the vocabulary [0, {V})")
     rng = np.random.default_rng() if rng is None else rng
-    return _loop(model, tokens, int(max_new_tokens), temperature, top_k, top_p, rng, use_cache)
+    return _loop(model, tokens, int(max_new_tokens), temperature, top_k, top_p, rng, use_cache, observe)
 
 
-def _loop(model, tokens, max_new_tokens, temperature, top_k, top_p, rng, use_cache) -> Iterator[int]:
+def _loop(model, tokens, max_new_tokens, temperature, top_k, top_p, rng, use_cache, observe=None) -> Iterator[int]:
     bs = model.config.block_size
     cache = model.new_kv_cache() if use_cache else None
 
@@ -100,6 +104,9 @@ def _loop(model, tokens, max_new_tokens, temperature, top_k, top_p, rng, use_cac
         return model.forward_cached(np.array(ctx[-1:]), cache)   # (V,) one new token
 
     for _ in range(max_new_tokens):
-        tok = sample_token(logits_for_next(), temperature, top_k, top_p, rng)
+        logits = logits_for_next()                               # (V,)
+        tok = sample_token(logits, temperature, top_k, top_p, rng)
+        if observe is not None:
+            observe(logits, tok)
         tokens.append(tok)
         yield tok

@@ -111,3 +111,13 @@ def test_bench_tokenize_reports_encoders_with_the_same_ids(tmp_path):
     assert "pythia, one call (1 core)" in names and any(n.startswith("pythia prepare --gpt2") for n in names), out
     for r in rows:
         assert number(r[1]) > 0 and r[3] == "yes", r
+
+
+def test_chat_quality_trains_replies_and_reports_its_shares():
+    out = run_script("chat_quality.py", "--preset", "seed", "--steps", "3", "--prompts", "4",
+                     "--set", "eval_iters=1")
+    rows = table_rows(out)
+    assert len(rows) == 1 and rows[0][:3] == ["seed", "0.8", "3"], out[-2000:]
+    for cell in rows[0][7:10]:                                  # ended, corpus words, distinct: shares
+        assert cell.endswith("%") and 0 <= number(cell[:-1]) <= 100, cell
+    assert "4 prompts x chat seeds 7" in out
