@@ -88,14 +88,16 @@ def check_export_target(out: str | Path, force: bool) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {str(out)!r}: directory {str(parent.resolve())!r} is not writable; choose "
                           f"a folder in a directory you can write to")
-    if force:
-        return out
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_symlink():
+        raise ConfigError(f"--out {str(out)!r} is a symbolic link; export writes a real folder, so give the "
+                          f"folder it points to ({os.path.realpath(out)!r}) or a new name")
+    if out.exists() and not out.is_dir():
+        kind = "a file" if out.is_file() else "not a regular file or folder (a device, FIFO or socket)"
+        raise ConfigError(f"--out {str(out)!r} is {kind}, and export writes a folder; choose a new folder "
+                          f"name (--force replaces only a folder)")
+    if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {str(out)!r} is a folder that is not empty; choose a new folder, or add "
                           f"--force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file, not a folder; choose a new folder name, or add "
-                          f"--force to replace the file")
     return out
 
 
@@ -103,6 +105,10 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> P
     """Write the checkpoint as a Hugging Face GPT-2 folder at out (see module docstring)."""
     from .checkpoint import load_checkpoint
     out = check_export_target(out, force)
+    src = Path(checkpoint).resolve()
+    if out.is_dir() and (out.resolve() == src or out.resolve() in src.parents):
+        raise ConfigError(f"--out {str(out)!r} holds the checkpoint being exported, {str(checkpoint)!r}, and "
+                          f"replacing the folder would delete it; choose another folder")
     ckpt = load_checkpoint(checkpoint, optimizer=False)
     return save_hf(out, ckpt.model, ckpt.tokenizer, force=force)
 

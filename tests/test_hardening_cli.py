@@ -91,17 +91,32 @@ class Proc:
 def d(tmp_path):
     (tmp_path / "corpus.txt").write_text(TEXT, encoding="utf-8")
     shutil.copytree(GPT2, tmp_path / "gpt2")
+    (tmp_path / "run.jsonl").write_text("".join(f'{{"step": {i}, "train_loss": {3.0 / i}}}\n' for i in range(1, 6)),
+                                        encoding="utf-8")
     return tmp_path
 
 
-# name -> (command line writing `out`, the stdin it needs, an input file it reads (relative to d))
+def assert_svg(path: Path, step: int | None = None):
+    """A complete SVG file: the whole document, opening and closing tags."""
+    text = path.read_text(encoding="utf-8")
+    assert text.lstrip().startswith(("<svg", "<?xml")) and text.rstrip().endswith("</svg>"), text[-200:]
+
+
+# name -> (command line writing `out`, the stdin it needs, an input file it reads (relative to d),
+#          the check that the file written is whole: a loadable checkpoint, a complete SVG)
 WRITERS = {
     "train": (lambda out: ["train", "--data", "corpus.txt", *TINY, "--steps", "3", "--eval-interval", "3",
-                           "--out", out], "", "corpus.txt"),
+                           "--out", out], "", "corpus.txt", "checkpoint"),
     "train-chat": (lambda out: ["train-chat", "--data", "corpus.txt", *TINY, "--steps", "3",
-                                "--eval-interval", "3", "--out", out], "quit\n", "corpus.txt"),
-    "convert-gpt2": (lambda out: ["convert-gpt2", "gpt2", "--out", out], "", "gpt2/config.json"),
+                                "--eval-interval", "3", "--out", out], "quit\n", "corpus.txt", "checkpoint"),
+    "convert-gpt2": (lambda out: ["convert-gpt2", "gpt2", "--out", out], "", "gpt2/config.json", "checkpoint"),
+    "plot": (lambda out: ["plot", "run.jsonl", "--out", out], "", "run.jsonl", "svg"),
 }
+
+
+def assert_written(writer: str, path: Path) -> None:
+    """The file writer wrote at path is whole, by what that writer writes."""
+    (assert_svg if WRITERS[writer][3] == "svg" else assert_complete)(path)
 # name -> command line that trains until stopped, writing out
 RUNNERS = {
     "train": lambda out, *extra: ["train", "--data", "corpus.txt", *TINY, *LONG, *extra, "--out", out],
@@ -159,7 +174,7 @@ def _special(d: Path, kind: str) -> Path:
 def test_force_never_replaces_what_is_not_a_regular_file(d, writer, kind):
     p = _special(d, kind)
     mode = os.lstat(p).st_mode
-    args, stdin, _ = WRITERS[writer]
+    args, stdin, _, _ = WRITERS[writer]
     r = run([*args(p.name), "--force"], d, stdin)
     assert_clean_error(r, "directory" if kind == "directory" else "not a regular file")
     assert os.lstat(p).st_mode == mode                  # still the same kind of file
@@ -169,7 +184,7 @@ def test_force_never_replaces_what_is_not_a_regular_file(d, writer, kind):
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_an_out_ending_in_a_slash_is_refused_as_a_directory_name(d, writer):
-    args, stdin, _ = WRITERS[writer]
+    args, stdin, _, _ = WRITERS[writer]
     r = run(args("newdir/"), d, stdin)
     assert_clean_error(r, "names a directory")
     assert not (d / "newdir").exists() and leftovers(d) == []
@@ -183,11 +198,11 @@ def test_force_through_a_symlink_updates_its_file_and_keeps_its_mode(d, writer, 
     real.write_bytes(b"old")
     real.chmod(mode)
     (d / "link.npz").symlink_to(real)
-    args, stdin, _ = WRITERS[writer]
+    args, stdin, _, _ = WRITERS[writer]
     r = run([*args("link.npz"), "--force"], d, stdin)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert (d / "link.npz").is_symlink() and os.readlink(d / "link.npz") == str(real)
-    assert_complete(real)
+    assert_written(writer, real)
     assert stat.S_IMODE(real.stat().st_mode) == mode
     assert leftovers(d) == []
 
@@ -197,7 +212,7 @@ def test_a_read_only_file_is_refused_and_kept_byte_identical(d, writer):
     p = d / "kept.npz"
     p.write_bytes(b"precious")
     p.chmod(0o444)
-    args, stdin, _ = WRITERS[writer]
+    args, stdin, _, _ = WRITERS[writer]
     r = run([*args(p.name), "--force"], d, stdin)
     assert_clean_error(r, "read-only (mode 0444)")
     assert p.read_bytes() == b"precious" and stat.S_IMODE(p.stat().st_mode) == 0o444
@@ -228,12 +243,37 @@ def test_resume_of_a_read_only_checkpoint_is_refused_before_training(d):
     assert p.read_bytes() == before and stat.S_IMODE(p.stat().st_mode) == 0o444
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo", "symlink to /dev/null", "file", "the checkpoint itself",
+                                  "folder holding the checkpoint"])
+def test_export_force_replaces_only_a_folder_and_never_its_input(d, kind):
+    assert run(WRITERS["train"][0]("m.npz"), d).returncode == 0
+    if kind == "the checkpoint itself":
+        target = d / "m.npz"
+    elif kind == "folder holding the checkpoint":
+        target = d / "ck"
+        target.mkdir()
+        (d / "m.npz").rename(target / "m.npz")
+    elif kind == "file":
+        target = d / "notes.txt"
+        target.write_text("mine", encoding="utf-8")
+    else:
+        target = _special(d, kind)
+    ckpt = d / "ck" / "m.npz" if kind == "folder holding the checkpoint" else d / "m.npz"
+    before = {p: (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else None)
+              for p in [ckpt, *d.rglob("*")] if not p.is_dir() or p.is_symlink()}
+    r = run(["export", str(ckpt.relative_to(d)), "--out", target.name, "--force"], d)
+    assert_clean_error(r, "")
+    assert {p: (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else None) for p in before} == before
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and leftovers(d) == []
+    assert not any(p.name.startswith(f".{target.name}.") for p in d.iterdir())   # no temporary folder left
+
+
 # ---- 2. an output is claimed for the whole run ---------------------------------------------------
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_an_output_claimed_by_a_live_process_is_refused_naming_it(d, writer):
     from pythia.outputs import claim_output
-    args, stdin, _ = WRITERS[writer]
+    args, stdin, _, _ = WRITERS[writer]
     with claim_output(d / "m.npz", replace=True):       # this test process holds it
         r = run(args("m.npz"), d, stdin)
     assert_clean_error(r, f"being written by another Pythia run (process {os.getpid()})")
@@ -245,10 +285,10 @@ def test_a_stale_lock_and_temporary_file_of_a_dead_process_are_taken_over(d, wri
     pid = dead_pid()
     (d / ".m.npz.lock").write_text(f"{pid}\n")
     (d / f".m.npz.{pid}.abcd1234.tmp").write_bytes(b"half a checkpoint")
-    args, stdin, _ = WRITERS[writer]
+    args, stdin, _, _ = WRITERS[writer]
     r = run(args("m.npz"), d, stdin)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert_complete(d / "m.npz")
+    assert_written(writer, d / "m.npz")
     assert leftovers(d) == []
 
 
@@ -280,7 +320,7 @@ def test_two_trainings_on_the_default_name_save_two_models(d):
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_an_output_that_is_an_input_is_refused(d, writer):
-    args, stdin, source = WRITERS[writer]
+    args, stdin, source, _ = WRITERS[writer]
     before = (d / source).read_bytes()
     r = run([*args(source), "--force"], d, stdin)
     assert_clean_error(r, "would overwrite")
