@@ -129,8 +129,9 @@ def test_existing_folder_or_file_is_refused_and_kept(tmp_path, char_model):
     export(src, tmp_path / "empty")                            # an empty folder is fine
     export(src, tmp_path / "full", force=True)                 # --force replaces
     assert not (tmp_path / "full" / "mine.txt").exists() and (tmp_path / "full" / "config.json").exists()
-    export(src, tmp_path / "afile", force=True)
-    assert (tmp_path / "afile").is_dir()
+    with pytest.raises(ConfigError, match="is a file"):               # --force replaces only a folder
+        export(src, tmp_path / "afile", force=True)
+    assert (tmp_path / "afile").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no leftovers
 
 
