@@ -54,15 +54,16 @@ def process_words(text: str) -> list[str]:
     return found
 
 
+# The examples are split into pieces so that this file does not itself hold the words it bans.
 @pytest.mark.parametrize("text, kind", [
-    ("Until this session the threads slept", "a work session"),
-    ("as the previous session measured", "a work session"),
-    ("against the targets of issue 6", "an issue number"),
+    ("Until this " + "session the threads slept", "a work session"),
+    ("as the previous " + "session measured", "a work session"),
+    ("against the targets of iss" + "ue 6", "an issue number"),
     ("meets target 2 by 3x", "a numbered target"),
     ("the 06:17 run below", "a time of day of a run"),
     ("Run at 06:42:32 UTC", "a time of day of a run"),
-    ("    /work/venv/bin/python make.py", "a machine path"),
-    ("written to /tmp/x.npz", "a machine path"),
+    ("    /" + "work/venv/bin/python make.py", "a machine path"),
+    ("written to /" + "tmp/x.npz", "a machine path"),
 ])
 def test_the_check_catches_each_kind(text, kind):
     assert any(f.startswith(kind) for f in process_words(text)), process_words(text)
@@ -73,7 +74,7 @@ def test_the_check_catches_each_kind(text, kind):
     "def session(lines, replies):",
     "raise ValueError('target 4 >= V') if t >= V",  # a class id, no numbered target of a plan
     "keeps 0-d targets 0-d",
-    "see benchmarks/README.md and ./tmp/out.npz",
+    "see benchmarks/README.md and ./" + "tmp/out.npz",
     "python -m pythia train --out runs/m.npz",
 ])
 def test_the_check_leaves_ordinary_words_alone(text):
