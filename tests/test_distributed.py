@@ -299,6 +299,18 @@ def test_n_processes_give_the_single_process_losses_and_weights(single, tmp_path
     assert r.stdout.count("Pythia ") == 1 and r.stdout.count(f"step {STEPS}/{STEPS}") == 1
 
 
+def test_gradient_accumulation_under_two_processes_gives_the_single_process_run(tmp_path):
+    """Each rank accumulates its slices of K micro-batches and the reducer sums the result: the same
+    losses and weights as one process accumulating the whole micro-batches."""
+    _needs_mpi()
+    accum = ["--grad-accum", "2", "--steps", "10"]
+    r = _run(_train_cmd(tmp_path / "one.npz", *accum), tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _mpi(2, _train_cmd(tmp_path / "two.npz", *accum), tmp_path)
+    assert r.returncode == 0, r.stderr
+    _assert_same_run(tmp_path / "two.npz", tmp_path / "one.npz", steps=range(1, 11))
+
+
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_a_checkpoint_resumes_under_another_process_count(single, tmp_path, first, then):
     ck = tmp_path / "ck.npz"
