@@ -19,10 +19,11 @@ time of a side is the median step. The table gives the median over rounds with t
 the ratio as the median of the rounds' ratios with their range. It also measures the machine's
 float32 matrix-product rate at the start of each round (the best of `--peak-reps` np.matmul of
 two `--peak-n` square matrices on all cores' BLAS threads), takes the best of the run as the
-peak (a disturbed measurement only lowers it) and prints the fraction of it a Pythia step reaches, counting per step 6 x (weights of the matrix products) x tokens for the linear
+peak (a disturbed measurement only lowers it) and prints the fraction of it a Pythia step
+reaches, counting per step 6 x (weights of the matrix products) x tokens for the linear
 layers and the tied head (2 flops per multiply-add, forward once and backward twice) plus
 12 x layers x tokens x block x d_model for attention's two products over the full T x T
-square (the count nanoGPT and PaLM use; the causal half needs half of it).
+square (the count nanoGPT and PaLM use; the causal triangle is half of it).
 
 Under pytest: one group per config; the table at the end gives ms/step min (median) per column
 and the ratio from the min times (the least disturbed on a shared machine).
