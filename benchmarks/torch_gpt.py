@@ -2,8 +2,11 @@
 
 Used only by benchmarks, to measure Pythia against PyTorch CPU side by side in one run. It takes
 Pythia's weights (`from_pythia`), so both start from the same point: pre-LN blocks, causal
-attention (F.scaled_dot_product_attention, as nanoGPT uses), GELU-tanh MLP, tied head,
-AdamW with decay on 2-d parameters only, global-norm clipping, warmup + cosine schedule.
+attention, GELU-tanh MLP, tied head, AdamW with decay on 2-d parameters only, global-norm
+clipping, warmup + cosine schedule. Three ways to run it (VARIANTS): "eager" writes attention
+as explicit products, mask and softmax (nanoGPT's path without flash attention); "sdpa" calls
+F.scaled_dot_product_attention (nanoGPT's default path); "compile" is "sdpa" under
+torch.compile (inductor, which builds C++ and needs a compiler).
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+VARIANTS = ("eager", "sdpa", "compile")
+
+
 class Block(nn.Module):
-    def __init__(self, C: int, H: int):
+    def __init__(self, C: int, H: int, sdpa: bool = True):
         super().__init__()
-        self.H = H
+        self.H, self.sdpa = H, sdpa
         self.ln_1 = nn.LayerNorm(C)
         self.c_attn = nn.Linear(C, 3 * C)
         self.c_proj = nn.Linear(C, C)
@@ -30,17 +36,22 @@ class Block(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)                 # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.H, C // self.H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)         # (B, H, T, hs)
+        if self.sdpa:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)     # (B, H, T, hs)
+        else:                                   # softmax(q k^T / sqrt(hs) + causal mask) v
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+            mask = torch.ones(T, T, dtype=torch.bool).tril()
+            a = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1) @ v
         x = x + self.c_proj(a.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
 class TorchGPT(nn.Module):
-    def __init__(self, V: int, block_size: int, C: int, L: int, H: int):
+    def __init__(self, V: int, block_size: int, C: int, L: int, H: int, sdpa: bool = True):
         super().__init__()
         self.wte = nn.Embedding(V, C)
         self.wpe = nn.Embedding(block_size, C)
-        self.h = nn.ModuleList(Block(C, H) for _ in range(L))
+        self.h = nn.ModuleList(Block(C, H, sdpa) for _ in range(L))
         self.ln_f = nn.LayerNorm(C)
 
     def forward(self, idx, targets=None):
@@ -97,20 +108,43 @@ def train_step(model, opt, x, y, lr: float, grad_clip: float = 1.0) -> float:
 
 
 def serve_steps(conn, V: int, T: int, C: int, L: int, H: int, params: dict, x: np.ndarray, y: np.ndarray,
-                lr: float = 1e-3) -> None:
-    """Child-process loop for benchmarks: build the model from Pythia's weights, then run one training
-    step per "step" message and send back its loss, until any other message arrives.
+                lr: float = 1e-3, variant: str = "sdpa") -> None:
+    """Child-process loop for benchmarks: build the model of `variant` (VARIANTS) from Pythia's
+    weights and reply ("ready", threads), or ("skip", reason) when it cannot be built; then per
+    message: "step" runs one training step and replies its loss; ("time", n) runs n steps and
+    replies (their times in seconds, measured here, the last loss); anything else ends the loop.
 
     This module imports torch before anything of Pythia's, so in a fresh ("spawn") process torch's
     OpenMP runtime starts with its own defaults (see bench_train_step.py).
     """
+    import time
+
     torch.set_num_threads(2)
-    model = TorchGPT(V, T, C, L, H).from_pythia(params)
+    model = TorchGPT(V, T, C, L, H, sdpa=variant != "eager").from_pythia(params)
     opt = make_optimizer(model, lr=lr, weight_decay=0.1, beta2=0.99)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if variant == "compile":
+        try:                                    # build forward and backward now, outside the timing
+            model = torch.compile(model)
+            model(xt, yt)[1].backward()
+            opt.zero_grad(set_to_none=True)
+        except Exception as e:                  # inductor could not build (no compiler, ...)
+            conn.send(("skip", f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
+            return
     conn.send(("ready", torch.get_num_threads()))
-    while conn.recv() == "step":
-        conn.send(train_step(model, opt, xt, yt, lr))
+    while True:
+        msg = conn.recv()
+        if msg == "step":
+            conn.send(train_step(model, opt, xt, yt, lr))
+        elif isinstance(msg, tuple) and msg[0] == "time":
+            times, loss = [], float("nan")
+            for _ in range(msg[1]):
+                t0 = time.perf_counter()
+                loss = train_step(model, opt, xt, yt, lr)
+                times.append(time.perf_counter() - t0)
+            conn.send((times, loss))
+        else:
+            return
 
 
 def serve_kernels(conn) -> None:

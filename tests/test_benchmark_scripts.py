@@ -121,3 +121,26 @@ def test_chat_quality_trains_replies_and_reports_its_shares():
     for cell in rows[0][7:10]:                                  # ended, corpus words, distinct: shares
         assert cell.endswith("%") and 0 <= number(cell[:-1]) <= 100, cell
     assert "4 prompts x chat seeds 7" in out
+
+
+def test_bench_train_step_prints_every_column_the_ratio_and_the_peak_fraction():
+    # torch.compile is left out (it builds C++ for minutes); without torch the PyTorch cells say skipped
+    out = run_script("bench_train_step.py", "S", "--runs", "2", "--steps", "2", "--warmup", "1",
+                     "--variants", "eager", "sdpa", "--peak-n", "256", "--peak-reps", "1")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["S"], out[-2000:]
+    pythia, eager, sdpa, ratio = rows[0][1:5]
+    assert number(pythia.split(" (")[0]) > 0, rows
+    if "skipped" in (eager, sdpa):
+        assert eager == sdpa == "skipped" and "torch is not installed" in out, out[-2000:]
+    else:
+        lo, hi = ratio.split(" (")[1].rstrip(")").split("-")
+        assert number(lo) <= number(ratio.split(" (")[0]) <= number(hi), ratio
+    assert re.search(r"sgemm peak [\d.,]+ GFLOP/s", out), out[-2000:]
+    assert re.search(r"S: [\d.]+ GFLOP/step counted .* Pythia at [\d.]+ ", out), out[-2000:]
+
+
+def test_bench_train_step_refuses_zero_runs():
+    p = subprocess.run([sys.executable, str(BENCH / "bench_train_step.py"), "S", "--runs", "0"],
+                       capture_output=True, text=True, timeout=120, cwd=BENCH)
+    assert p.returncode == 2 and p.stderr.startswith("error: --runs") and "Traceback" not in p.stderr
