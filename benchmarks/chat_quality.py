@@ -11,6 +11,7 @@ the chat's sampling as train-chat sets it for the preset (its temperature, or --
     ended     share of replies that end on their own (a new line or a speaker tag) before the limit
     corpus    share of reply words (runs of letters and apostrophes, case folded) found in the corpus
     distinct  share of distinct replies (over all replies of all --seed passes)
+              (with several --seed values, also each seed's own three shares, after the table)
     length    mean reply length in characters (and words)
     training  wall seconds of the training run, and steps x the median step time: the median is
               robust to the evaluation steps and to other work sharing the machine, so it is the
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     median_ms = 1000 * statistics.median(step_s)
     model, tokenizer = trainer.model, trainer.tokenizer
 
-    rows = []
+    rows, per_seed = [], []
     temperatures = args.temperature or [ChatSettings(**chat_sampling(args.preset)).temperature]
     for temperature in temperatures:
         replies, ended = [], []
@@ -137,6 +138,12 @@ def main(argv=None) -> int:
                 if args.show:
                     print(f"User: {prompt}\nPythia: {replies[-1]}{'' if ended[-1] else '  [cut at the limit]'}\n")
         m = reply_metrics(replies, ended, vocabulary)
+        n = len(PROMPTS[:args.prompts])             # replies per seed pass
+        shares = [reply_metrics(replies[i * n:(i + 1) * n], ended[i * n:(i + 1) * n], vocabulary)
+                  for i in range(len(args.seed))]
+        per_seed.append(f"temperature {temperature:g}, per chat seed (ended / corpus words / distinct): " + "; ".join(
+            f"{seed}: {100 * s['ended']:.0f}% / {100 * s['corpus']:.1f}% / {100 * s['distinct']:.0f}%"
+            for seed, s in zip(args.seed, shares)))
         rows.append(f"| {args.preset} | {temperature:g} | {result.steps} | {median_ms:.1f} | "
                     f"{result.steps * median_ms / 1000:.1f} | {wall:.1f} | {result.val_loss:.3f} | {100 * m['ended']:.0f}% "
                     f"| {100 * m['corpus']:.1f}% | {100 * m['distinct']:.0f}% | {m['chars']:.0f} / {m['words']:.1f} |")
@@ -150,6 +157,9 @@ def main(argv=None) -> int:
           "| corpus words | distinct | mean length (chars / words) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if len(args.seed) > 1:
+        print()
+        print("\n".join(per_seed))
     return 0
 
 

@@ -115,12 +115,16 @@ def test_bench_tokenize_reports_encoders_with_the_same_ids(tmp_path):
 
 def test_chat_quality_trains_replies_and_reports_its_shares():
     out = run_script("chat_quality.py", "--preset", "seed", "--steps", "3", "--prompts", "4",
-                     "--set", "eval_iters=1")
+                     "--set", "eval_iters=1", "--seed", "7", "8")
     rows = table_rows(out)
     assert len(rows) == 1 and rows[0][:3] == ["seed", "0.8", "3"], out[-2000:]
     for cell in rows[0][7:10]:                                  # ended, corpus words, distinct: shares
         assert cell.endswith("%") and 0 <= number(cell[:-1]) <= 100, cell
-    assert "4 prompts x chat seeds 7" in out
+    assert "4 prompts x chat seeds 7, 8" in out
+    # each seed's own shares: 4 replies each, so the pooled "ended" is the mean of the two seeds'
+    per_seed = re.search(r"per chat seed .*: 7: (\d+)% / [\d.]+% / \d+%; 8: (\d+)% / [\d.]+% / \d+%", out)
+    assert per_seed, out[-2000:]
+    assert abs((int(per_seed[1]) + int(per_seed[2])) / 2 - number(rows[0][7][:-1])) <= 1, (per_seed[0], rows)
 
 
 def test_bench_train_step_prints_every_column_the_ratio_and_the_peak_fraction():
