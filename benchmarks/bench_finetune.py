@@ -100,7 +100,7 @@ def child_torch(shape: tuple, steps: int) -> dict:
 
 def synthetic_bpe(vocab: int):
     """A valid byte-level BPE of exactly `vocab` tokens: 256 bytes, pair merges, <|endoftext|> last."""
-    from pythia.bpe import EOT, GPT2Tokenizer, bytes_to_unicode
+    from pythia.text.bpe import EOT, GPT2Tokenizer, bytes_to_unicode
     chars = list(bytes_to_unicode().values())
     encoder = {c: i for i, c in enumerate(chars)}
     merges = []
@@ -116,7 +116,7 @@ def synthetic_bpe(vocab: int):
 
 def child_write_folder(shape: tuple, folder: str) -> dict:
     from pythia import Pythia, PythiaConfig
-    from pythia.export import save_hf
+    from pythia.formats.export import save_hf
     L, C, H, V, P, B, T = shape
     model = Pythia(PythiaConfig(vocab_size=V, block_size=P, d_model=C, n_layer=L, n_head=H), seed=0)
     save_hf(folder, model, synthetic_bpe(V))

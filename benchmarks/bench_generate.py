@@ -30,7 +30,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
-from pythia import Pythia, PythiaConfig, kernels  # noqa: E402
+from pythia import Pythia, PythiaConfig, kernels# noqa: E402
 
 GPT2_SMALL = dict(vocab_size=50257, block_size=1024, d_model=768, n_layer=12, n_head=12)
 CONFIG_M = dict(vocab_size=65, block_size=64, d_model=128, n_layer=4, n_head=4)

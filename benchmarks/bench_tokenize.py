@@ -7,7 +7,7 @@ BPE training against tokenizers' BpeTrainer.
 Encoding. tokenizers' ByteLevelBPETokenizer is trained on --data (Tiny Shakespeare next to the
 repository by default) with --vocab tokens (fewer when the text runs out of pairs) and saved as
 vocab.json + merges.txt; Pythia loads those files (GPT2Tokenizer) and encodes with its compiled
-encoder (pythia.bpe_fast). The text encoded is --data repeated to --encode-mb MB, so both sides'
+encoder (pythia.text.bpe_fast). The text encoded is --data repeated to --encode-mb MB, so both sides'
 word caches are warm. Rows: one call on the whole text (one core); a batch of ~64 KB pieces cut
 where prepare cuts (tokenizers' encode_batch on all cores; Pythia on --workers forked processes,
 as prepare runs); tiktoken (an Encoding built from the same ranks, GPT-2's pattern), when it is
@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from pythia.bpe import GPT2Tokenizer  # noqa: E402
-from pythia.bpe_fast import BACKEND, count_words, encoder_for, train_merges  # noqa: E402
-from pythia.textstream import last_safe_cut, read_chunks  # noqa: E402
+from pythia.text.bpe import GPT2Tokenizer  # noqa: E402
+from pythia.text.bpe_fast import BACKEND, count_words, encoder_for, train_merges  # noqa: E402
+from pythia.corpora.textstream import last_safe_cut, read_chunks  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

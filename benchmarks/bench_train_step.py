@@ -45,7 +45,8 @@ import pytest
 # OpenMP runtime its kernels load) out of it, so torch starts its own (see TorchInChild).
 if __name__ != "__mp_main__":
     from pythia import DeltaOptimizer, Pythia, PythiaConfig
-    from pythia import kernels, threads
+    from pythia import kernels
+    from pythia.system import threads
     from pythia.kernels import _loader
 
 CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, rounds)

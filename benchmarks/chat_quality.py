@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     from pythia.chat import ChatSession, ChatSettings
     from pythia.corpus import bundled_corpus_files
     from pythia.errors import PythiaError
-    from pythia.presets import MODEL_KEYS, chat_sampling, get_preset
+    from pythia.training.presets import MODEL_KEYS, chat_sampling, get_preset
     from pythia.train import prepare_trainer
     from pythia.ui import ConsoleUI
 

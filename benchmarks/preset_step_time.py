@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from pythia import kernels
     from pythia.corpus import bundled_corpus_files
-    from pythia.presets import MODEL_KEYS, get_preset
+    from pythia.training.presets import MODEL_KEYS, get_preset
     from pythia.train import prepare_trainer
 
     runs = {}

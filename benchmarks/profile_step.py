@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train_step import CONFIGS, batch, pythia_model  # noqa: E402
-from pythia import DeltaOptimizer, kernels, model as model_mod, threads  # noqa: E402
+from pythia import DeltaOptimizer, kernels, model as model_mod  # noqa: E402
+from pythia.system import threads  # noqa: E402
 
 GLUE = "glue (model NumPy, Python)"
 PASS = "pass outside the shards"

@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pythia import kernels
-    from pythia.data import build_dataset
+    from pythia.corpora.data import build_dataset
     from pythia.model import Pythia, PythiaConfig
     from pythia.train import TrainConfig, Trainer, make_optimizer
 
@@ -120,7 +120,7 @@ def _torch_child(data: str, cfg, model_cfg, init_params, final_eval_iters: int) 
     import torch  # first: torch's OpenMP starts at its own defaults
 
     sys.path.insert(0, str(HERE))
-    from pythia.data import build_dataset
+    from pythia.corpora.data import build_dataset
     from pythia.train import EVAL_STREAM, make_rng
     from torch_gpt import TorchGPT, lr_at, make_optimizer, train_step
 

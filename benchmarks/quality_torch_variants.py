@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from quality_shakespeare import DEFAULT_DATA  # noqa: E402
 from torch_gpt import lr_at  # noqa: E402
 
-from pythia.data import build_dataset  # noqa: E402
+from pythia.corpora.data import build_dataset  # noqa: E402
 from pythia.train import EVAL_STREAM, make_rng  # noqa: E402
 
 T, C, L, H, BATCH, STEPS = 64, 128, 4, 4, 12, 2000

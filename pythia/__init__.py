@@ -15,7 +15,7 @@ _LAZY = {
     "Pythia": ("pythia.model", "Pythia"),
     "PythiaConfig": ("pythia.model", "PythiaConfig"),
     "DeltaOptimizer": ("pythia.engine", "DeltaOptimizer"),
-    "load_gpt2": ("pythia.gpt2", "load_gpt2"),
+    "load_gpt2": ("pythia.formats.gpt2", "load_gpt2"),
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
-from .explain import token_probs
+from .inspection.explain import token_probs
 from .ui import ConsoleUI
 
 USER, BOT = "User", "Pythia"      # speaker names used by data/model.txt
@@ -332,7 +332,7 @@ class ChatSession:
             ui.notice("(reply interrupted)")
         self.ended = done              # the model ended its turn itself, before the length limit
         if seen:
-            from .explain import reply_probs_view
+            from .inspection.explain import reply_probs_view
             for row in reply_probs_view(self.tokenizer, seen, raw, ended=done, color=ui.color,
                                         unicode=ui.unicode, width=ui.width):
                 ui.line(row)

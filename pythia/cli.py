@@ -12,7 +12,7 @@
 Every problem with what the user gave us (a PythiaError, a bad flag, a file the system refuses,
 Ctrl-C outside the places that handle it) ends as one line on stderr, `error: <what and what to
 do>`, and a non-zero exit status: 1 for errors, 2 for command-line usage, 128 + the signal's
-number when a signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see pythia.outputs).
+number when a signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see pythia.system.outputs).
 Settings are checked before any data is read or any training starts, and no command replaces a
 file the user already has unless asked to (--force, or --resume's own checkpoint).
 """
@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from .commands import (DEFAULT_OUT, cmd_chat, cmd_convert_gpt2, cmd_explain, cmd_export, cmd_generate, cmd_plot,
                        cmd_train, cmd_train_chat)
 from .errors import ConfigError, PythiaError
-from .outputs import Interrupted, interrupted_message, written_files
+from .system.outputs import Interrupted, interrupted_message, written_files
 
 
 class UsageError(Exception):
@@ -164,7 +164,7 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                    help="append one JSON object per step (step, train_loss, val_loss, lr, tokens_per_s, "
                         "elapsed_s) to FILE")
 
-    from .presets import preset_arg, preset_names
+    from .training.presets import preset_arg, preset_names
     p.add_argument("--preset", type=preset_arg, default=None, metavar="NAME",
                    help=f"named model and training values ({', '.join(preset_names())}); flags you give "
                         f"override it (default: seed, the values shown below)")
@@ -322,7 +322,8 @@ def build_parser() -> Parser:
     p.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
     p.set_defaults(func=cmd_export)
 
-    from . import prepare, tokenview
+    from .corpora import prepare
+    from .text import tokenview
     p = command("prepare", "tokenize text files once into a folder that training memory-maps",
                 "Stream text files into DIR (token files + meta.json) with a character tokenizer, "
                 "a byte-level BPE trained on the text, or GPT-2's BPE.", prepare.PREPARE_HELP)
@@ -386,7 +387,7 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (the console script exits with it)."""
-    from . import streams
+    from .system import streams
     closed = streams.reopen_closed()             # before any file is opened: none may take fd 0-2
     argv = with_default_command(sys.argv[1:] if argv is None else argv)
     _forgiving_streams()
@@ -456,7 +457,7 @@ def _forgiving_streams() -> None:
 
 def _fail(message: str, status: int = 1) -> int:
     """Print `error: <first line of message>` on stderr and return the exit status."""
-    from . import distributed
+    from .training import distributed
     from .ui import colour_allowed, line_open
     try:
         sys.stdout.flush()

@@ -67,10 +67,10 @@ def _free_names(path: Path):
 
 
 def claim_out(args: argparse.Namespace, command: str):
-    """Claim the checkpoint this run writes (pythia.outputs.claim_output), checked and locked now.
+    """Claim the checkpoint this run writes (pythia.system.outputs.claim_output), checked and locked now.
 
     Returns (claim, note for the banner or None, the --resume source when it is another file)."""
-    from .outputs import OutputBusy, claim_output, is_claimed
+    from .system.outputs import OutputBusy, claim_output, is_claimed
     resume = getattr(args, "resume", None)
     if args.out is not None:
         out = args.out                          # a str: Path() would drop a trailing '/'
@@ -111,8 +111,8 @@ def _corpus_info(files: list[Path], n_tokens: int):
 def _check_corpus_memory(files: list[Path], skip: bool) -> None:
     """Refuse, before a byte is read, a corpus that is not regular files or too big to encode in memory."""
     from .errors import DataError
-    from .inputs import require_regular
-    from .memory_budget import check_corpus
+    from .system.inputs import require_regular
+    from .system.memory_budget import check_corpus
     total = sum(require_regular(p, "data file", DataError, hint="pass UTF-8 text files with --data") for p in files)
     check_corpus(total, skip=skip)
 
@@ -120,7 +120,7 @@ def _check_corpus_memory(files: list[Path], skip: bool) -> None:
 def train_model(args: argparse.Namespace, command: str, ui, stop):
     """The training half of train and train-chat: check, build, boot banner, train, summary.
 
-    stop is the pythia.outputs.SignalGuard of the command: training polls it at step boundaries.
+    stop is the pythia.system.outputs.SignalGuard of the command: training polls it at step boundaries.
     The checkpoint is claimed from the first check until the last save.
     Returns (model, tokenizer, TrainResult, checkpoint path).
     """
@@ -129,9 +129,10 @@ def train_model(args: argparse.Namespace, command: str, ui, stop):
 
 
 def _train_model(args: argparse.Namespace, command: str, ui, stop, held: contextlib.ExitStack):
-    from . import __version__, distributed
-    from .data import resolve_corpus
-    from .outputs import check_appendable, check_distinct
+    from . import __version__
+    from .training import distributed
+    from .corpora.data import resolve_corpus
+    from .system.outputs import check_appendable, check_distinct
     from .train import TrainConfig, prepare_trainer
 
     session = distributed.session()             # under mpiexec: this process's rank (else one process)
@@ -143,7 +144,7 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
                           "give only one of them")
     preset, overridden = None, []
     if resume is None and init_from is None:     # a preset fills in every flag not given
-        from .presets import apply_preset
+        from .training.presets import apply_preset
         preset, overridden = apply_preset(args, given)
         given = given | set(MODEL_FLAGS) | {f.name for f in fields(TrainConfig)}
     elif getattr(args, "preset", None):
@@ -153,10 +154,10 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
     train = {f.name: getattr(args, f.name) if f.name in given else None for f in fields(TrainConfig)}
     plot = None
     if getattr(args, "plot", None) and session.rank == 0:
-        from .outputs import claim_output
+        from .system.outputs import claim_output
         plot = held.enter_context(claim_output(args.plot, flag="--plot", replace=args.force)).path
     if init_from is not None:
-        from .finetune import finetune_config
+        from .training.finetune import finetune_config
         finetune_config(train)                   # bad settings fail before the model is read
     elif resume is None:
         _model_config(args, vocab_size=1)       # shape errors (d_model % n_head) before anything else
@@ -179,7 +180,7 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         _check_corpus_memory(files, getattr(args, "no_memory_check", False))
     notes = []
     if not args.data:
-        from .data import DEFAULT_FILES
+        from .corpora.data import DEFAULT_FILES
         here = [name for name in DEFAULT_FILES if Path(name).is_file()]
         if len(here) == 1:  # the seed's contract needs both; say why the one present is unused
             notes.append(f"{here[0]} is here but not {next(n for n in DEFAULT_FILES if n not in here)}, so the "
@@ -187,14 +188,14 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
     memory = {}
 
     def check_memory(config, cfg, n_tokens):                  # before the model is allocated
-        from .memory_budget import check_training
+        from .system.memory_budget import check_training
         memory["fit"] = check_training(config, cfg.batch_size, n_tokens,
                                        skip=getattr(args, "no_memory_check", False))
 
     def build(files, *, resume=None, check_memory=None, **kwargs):
         if init_from is None:
             return prepare_trainer(files, resume=resume, check_memory=check_memory, **kwargs)
-        from .finetune import prepare_finetune
+        from .training.finetune import prepare_finetune
         return prepare_finetune(files, init_from, **kwargs)    # sizes and tokenizer come from SRC
     trainer = session.prepare(build, files, model=sizes, train=train, resume=Path(resume) if resume else None,
                               out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested,
@@ -212,7 +213,7 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
     notes_out = [n for n in (claim.note if claim else None, out_note) if n]
     rows.append(("saving to", str(out) + (f"  ({'; '.join(notes_out)})" if notes_out else "")))
     if "fit" in memory:
-        from .memory_budget import describe_fit
+        from .system.memory_budget import describe_fit
         rows.append(("memory", describe_fit(*memory["fit"])))
     if session.multi:
         rows.append(("processes", session.describe()))
@@ -239,8 +240,8 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
                checkpoint=str(result.checkpoint) if result.checkpoint else "not saved (no step finished)",
                interrupted=result.interrupted, reason=stop.name or "Ctrl-C")
     if plot is not None and result.losses:
-        from .outputs import atomic_write
-        from .plot import loss_svg
+        from .system.outputs import atomic_write
+        from .inspection.plot import loss_svg
         first = result.start_step + 1
         svg = loss_svg(list(enumerate(result.losses, first)), [(s, v) for s, _, v in result.evals],
                        title=f"{model.config.n_layer} layers, d_model {model.config.d_model}")
@@ -252,7 +253,7 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
 def _chat_settings(args: argparse.Namespace | None = None, seed: int | None = None, preset: str | None = None):
     from .chat import ChatSettings
     if args is None:
-        from .presets import chat_sampling
+        from .training.presets import chat_sampling
         return ChatSettings(seed=seed, **chat_sampling(preset))
     return ChatSettings(temperature=args.temperature, top_k=args.top_k or None,
                         top_p=None if args.top_p >= 1 else args.top_p, max_new_tokens=args.max_new_tokens,
@@ -263,13 +264,13 @@ def load_model(args: argparse.Namespace):
     """(model, tokenizer, description) from --checkpoint FILE or --gpt2 DIR."""
     if args.gpt2:
         try:
-            from .gpt2 import load_gpt2
+            from .formats.gpt2 import load_gpt2
         except ImportError as e:
             raise ConfigError(f"GPT-2 support is missing from this installation ({e}); reinstall Pythia") from None
         model, tokenizer = load_gpt2(args.gpt2)
         return model, tokenizer, f"GPT-2 weights from {args.gpt2}"
     if args.checkpoint:
-        from .checkpoint import load_checkpoint
+        from .formats.checkpoint import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint, optimizer=False)
         if ckpt.step:
             what = f"trained {ckpt.step} steps"
@@ -286,9 +287,9 @@ def load_model(args: argparse.Namespace):
 def cmd_train_chat(args: argparse.Namespace) -> int:
     import signal
 
-    from . import distributed
+    from .training import distributed
     from .chat import run_chat
-    from .outputs import guard_signals, keep_running_without_streams
+    from .system.outputs import guard_signals, keep_running_without_streams
     from .ui import ConsoleUI
     keep_running_without_streams()              # the report may go away; the run may not
     ui = ConsoleUI()
@@ -309,7 +310,7 @@ def cmd_train_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .outputs import guard_signals, keep_running_without_streams
+    from .system.outputs import guard_signals, keep_running_without_streams
     from .ui import ConsoleUI
     keep_running_without_streams()              # the report may go away; the run may not
     ui = ConsoleUI()
@@ -386,12 +387,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_gpt2(args: argparse.Namespace) -> int:
-    from .outputs import claim_output, guard_signals
+    from .system.outputs import claim_output, guard_signals
     source = Path(args.dir)
     inputs = {"DIR": [p for p in source.iterdir() if p.is_file()] if source.is_dir() else []}
     with guard_signals(), claim_output(args.out, flag="--out", replace=args.force, inputs=inputs) as claim:
         try:
-            from .gpt2 import convert_gpt2
+            from .formats.gpt2 import convert_gpt2
         except ImportError as e:
             raise ConfigError(f"GPT-2 support is missing from this installation ({e}); reinstall Pythia") from None
         written = convert_gpt2(args.dir, claim.path, overwrite=args.force)
@@ -400,8 +401,8 @@ def cmd_convert_gpt2(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import describe, export
-    from .outputs import guard_signals
+    from .formats.export import describe, export
+    from .system.outputs import guard_signals
     with guard_signals():          # a signal raises, so the half-written temporary folder is removed
         out = export(args.checkpoint, args.out, force=args.force)
     print(describe(out))
@@ -410,8 +411,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .outputs import atomic_write, claim_output
-    from .plot import loss_svg, read_log
+    from .system.outputs import atomic_write, claim_output
+    from .inspection.plot import loss_svg, read_log
     with claim_output(args.out, flag="--out", replace=args.force, inputs={"LOG.jsonl": [Path(args.log)]}) as claim:
         out = claim.path
         train, val = read_log(args.log)
@@ -422,7 +423,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import run_explain
+    from .inspection.explain import run_explain
     select_kernels(args.kernels)
     model, tokenizer, _ = load_model(args)
     run_explain(model, tokenizer, args.text, layer=args.layer, head=args.head, out=sys.stdout)

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import kernels, memory, threads
+from . import kernels
+from .system import memory, threads
 from .errors import ConfigError
 
 
@@ -334,7 +335,7 @@ class Pythia:
 
         With attention=True, returns (logits, attn): attn[l] (B, H, T, T) holds layer l's attention
         probabilities exactly as this pass computed them (row = query, column = key, zero above
-        the diagonal), for looking inside the model (pythia.explain).
+        the diagonal), for looking inside the model (pythia.inspection.explain).
         """
         idx = self._check_idx(idx)
         B, T = idx.shape

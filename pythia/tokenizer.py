@@ -3,7 +3,7 @@
 The vocabulary is the sorted set of distinct characters in the corpus, so the same text always
 gives the same ids. It is stored inside checkpoints as UTF-8 bytes (no pickle), and
 `tokenizer_from_arrays` rebuilds whichever tokenizer kind a checkpoint names ("char" here,
-"gpt2-bpe" in `pythia.bpe`, "byte-bpe" in `pythia.bpe_train`).
+"gpt2-bpe" in `pythia.text.bpe`, "byte-bpe" in `pythia.text.bpe_train`).
 """
 from __future__ import annotations
 
@@ -122,9 +122,9 @@ def tokenizer_from_arrays(kind: str, arrays: dict[str, np.ndarray]):
     if kind == "char":
         return SimpleTokenizer.from_arrays(arrays)
     if kind == "gpt2-bpe":
-        from .bpe import GPT2Tokenizer  # imported lazily: only GPT-2 checkpoints need it
+        from .text.bpe import GPT2Tokenizer  # imported lazily: only GPT-2 checkpoints need it
         return GPT2Tokenizer.from_arrays(arrays)
     if kind == "byte-bpe":
-        from .bpe_train import ByteBPETokenizer  # a BPE trained by `pythia prepare --tokenizer bpe`
+        from .text.bpe_train import ByteBPETokenizer  # a BPE trained by `pythia prepare --tokenizer bpe`
         return ByteBPETokenizer.from_arrays(arrays)
     raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char', 'gpt2-bpe' or 'byte-bpe'")

@@ -3,7 +3,7 @@
 The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `params` and
 `grads`, and that an optimizer has `step(grads) -> {"lr", "grad_norm"}`: it is the same loop for
 any model size. Between backward and the optimizer step a reducer sums the gradients of the
-processes of a data-parallel run (pythia.distributed; in one process it does nothing), and it
+processes of a data-parallel run (pythia.training.distributed; in one process it does nothing), and it
 averages their losses for evaluation and logging. B is the batch size and T the block size.
 
 Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from .distributed import LocalReducer
+from .training.distributed import LocalReducer
 from .errors import ConfigError, PythiaError
 
 EVAL_STREAM = 0xE7A1  # mixed into the seed of the evaluation generator, apart from the training stream
@@ -171,7 +171,7 @@ class Trainer:
         self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
         self._stop_seen = False  # a stop was agreed (on any process of a data-parallel run)
         # Polled with _stop at every step boundary (and between evaluation batches). When given, the
-        # caller owns the signals (pythia.outputs.guard_signals) and run() installs no Ctrl-C handler.
+        # caller owns the signals (pythia.system.outputs.guard_signals) and run() installs no Ctrl-C handler.
         self.stop_requested = stop_requested
         self._saved = False  # whether this Trainer has written out
         self._saved_step: int | None = None  # the step of the state last written to out
@@ -180,7 +180,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, ckpt, dataset, cfg: TrainConfig, **kwargs) -> "Trainer":
-        """A Trainer that continues ckpt (a pythia.checkpoint.Checkpoint) exactly where it stopped."""
+        """A Trainer that continues ckpt (a pythia.formats.checkpoint.Checkpoint) exactly where it stopped."""
         from .errors import CheckpointError
         if ckpt.optimizer_arrays is None:
             raise CheckpointError(f"checkpoint {str(ckpt.path)!r} holds no optimizer state, so training cannot "
@@ -218,7 +218,7 @@ class Trainer:
         """Checkpoint the state after `step` completed steps to out (when set)."""
         if self.out is None:
             return
-        from .checkpoint import save_checkpoint
+        from .formats.checkpoint import save_checkpoint
         save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
                         rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict(),
                         corpus=getattr(self.dataset, "identity", None))  # a prepared corpus says what it is
@@ -437,11 +437,11 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
     optimizer, step, RNG and train config, overridden by the train fields that were given.
     trainer_kwargs go to Trainer (out, log_file, on_progress). check_memory(model_config,
     train_config, n_tokens), when given, runs once the sizes are known and before the model and
-    optimizer are allocated (pythia.memory_budget); it raises to refuse the run.
+    optimizer are allocated (pythia.system.memory_budget); it raises to refuse the run.
     """
-    from .checkpoint import check_resume_sizes, load_checkpoint
+    from .formats.checkpoint import check_resume_sizes, load_checkpoint
     from .model import Pythia, PythiaConfig
-    from .prepared import open_corpus           # text files, or one prepared (memory-mapped) folder
+    from .corpora.prepared import open_corpus           # text files, or one prepared (memory-mapped) folder
 
     sizes = {k: v for k, v in (model or {}).items() if v is not None}
     given = {k: v for k, v in (train or {}).items() if v is not None}

@@ -7,6 +7,7 @@ machine is.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -100,7 +101,7 @@ def test_bench_corpus_prepares_and_trains_on_a_tiny_corpus():
     assert "against the 1 MB folder" in out
 
 
-@pytest.mark.skipif(__import__("pythia.bpe_fast").bpe_fast._bpe is None, reason="needs the compiled BPE")
+@pytest.mark.skipif(importlib.import_module("pythia.text.bpe_fast")._bpe is None, reason="needs the compiled BPE")
 def test_bench_tokenize_reports_encoders_with_the_same_ids(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("".join(f"It's line {i}: the sea, the wind and 日本 🙂.\n" for i in range(2000)), encoding="utf-8")

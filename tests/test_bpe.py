@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia.bpe import EOT, GPT2Tokenizer, bytes_to_unicode, pretokenize
+from pythia.text.bpe import EOT, GPT2Tokenizer, bytes_to_unicode, pretokenize
 from pythia.errors import CheckpointError, GPT2Error
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gpt2"

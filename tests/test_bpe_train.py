@@ -1,8 +1,8 @@
 """The trained byte-level BPE: the reference does what it says, and the compiled twin equals it.
 
-Reference (pythia.bpe_train): hand-computed merges on small texts, the stated tie-break, the
-vocabulary layout, exact round trips of any Unicode, storage. Twin (pythia.bpe_fast, compiled
-from kernels/_bpe.pyx): the same words as GPT-2's regex (pythia.bpe.pretokenize), the same
+Reference (pythia.text.bpe_train): hand-computed merges on small texts, the stated tie-break, the
+vocabulary layout, exact round trips of any Unicode, storage. Twin (pythia.text.bpe_fast, compiled
+from kernels/_bpe.pyx): the same words as GPT-2's regex (pythia.text.bpe.pretokenize), the same
 merges and the same ids as the reference on several corpora, and the same ids as
 GPT2Tokenizer on a GPT-2-format vocabulary. Parity is exact: these are integers.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia import bpe_fast
-from pythia.bpe import GPT2Tokenizer, pretokenize
-from pythia.bpe_train import (ByteBPETokenizer, count_words, get_stats, merge, train_merges)
+from pythia.text import bpe_fast
+from pythia.text.bpe import GPT2Tokenizer, pretokenize
+from pythia.text.bpe_train import (ByteBPETokenizer, count_words, get_stats, merge, train_merges)
 from pythia.tokenizer import tokenizer_from_arrays
 
 compiled = pytest.mark.skipif(bpe_fast._bpe is None, reason="the compiled BPE (pythia._bpe) is not built")

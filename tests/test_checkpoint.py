@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pythia.checkpoint as ckmod
-from pythia.checkpoint import check_resume_sizes, load_checkpoint, save_checkpoint
+import pythia.formats.checkpoint as ckmod
+from pythia.formats.checkpoint import check_resume_sizes, load_checkpoint, save_checkpoint
 from pythia.engine import DeltaOptimizer
 from pythia.errors import CheckpointError
 from pythia.model import Pythia, PythiaConfig

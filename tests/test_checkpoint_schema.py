@@ -1,6 +1,6 @@
 """Checkpoint metadata: every field of the schema, corrupted in turn, is refused in one line naming it.
 
-The cases come from pythia.checkpoint_schema.SCHEMA itself: each rule lists the values it must
+The cases come from pythia.formats.checkpoint_schema.SCHEMA itself: each rule lists the values it must
 refuse (a string where a number belongs, a boolean where a count belongs, a list where an object
 belongs, a value out of range), so a field added to the schema is corrupted here without a new
 test. The checkpoint is a real one (weights, AdamW state, train config, the training RNG's state),
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia.checkpoint import load_checkpoint, save_checkpoint
-from pythia.checkpoint_schema import SCHEMA, Obj, validate_meta
+from pythia.formats.checkpoint import load_checkpoint, save_checkpoint
+from pythia.formats.checkpoint_schema import SCHEMA, Obj, validate_meta
 from pythia.errors import CheckpointError
 from pythia.model import Pythia, PythiaConfig
 from pythia.tokenizer import SimpleTokenizer

@@ -124,7 +124,7 @@ def test_chat_ends_cleanly_at_end_of_input(trained):
 
 def test_generate_is_the_models_own_seeded_sample(trained):
     """The CLI's output equals model.generate run here with the same seed and the CLI's defaults."""
-    from pythia.checkpoint import load_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint
     args = ["generate", "--checkpoint", str(trained), "--prompt", "The sea", "--seed", "3",
             "--max-new-tokens", "40"]
     a, b = run(args, trained.parent), run(args, trained.parent)
@@ -142,7 +142,7 @@ def test_generate_is_the_models_own_seeded_sample(trained):
 
 
 def test_generate_greedy_passes_sampling_flags(trained):
-    from pythia.checkpoint import load_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint
     r = run(["generate", "--checkpoint", str(trained), "--prompt", "Hello", "--temperature", "0",
              "--max-new-tokens", "12", "--no-echo"], trained.parent)
     assert_ok(r)
@@ -172,7 +172,7 @@ def test_generate_into_a_closed_pipe_is_quiet(trained):
 
 
 def test_train_resume_continues_to_more_steps(tmp_path):
-    from pythia.checkpoint import load_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint
     (tmp_path / "c.txt").write_text(TEXT, encoding="utf-8")
     assert_ok(run(["train", "--data", "c.txt", "--out", "a.npz", *TINY], tmp_path))
     r = run(["train", "--data", "c.txt", "--resume", "a.npz", "--steps", "8"], tmp_path)
@@ -220,7 +220,7 @@ GPT2 = REPO / "tests" / "fixtures" / "gpt2"
 
 def _transformers_greedy(k: int):
     """Prompt text and transformers' own greedy continuation, from the fixture's reference file."""
-    from pythia.gpt2 import load_gpt2
+    from pythia.formats.gpt2 import load_gpt2
     _, tok = load_gpt2(GPT2)
     with np.load(GPT2 / "reference.npz", allow_pickle=False) as ref:
         prompt, greedy = ref[f"prompt_{k}"].tolist(), ref[f"greedy_{k}"].tolist()

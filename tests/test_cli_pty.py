@@ -225,7 +225,7 @@ def test_no_color_turns_colour_off_on_a_terminal(tmp_path, term):
 
 
 def test_ctrl_c_during_train_saves_a_resumable_checkpoint_and_exits_130(tmp_path, term):
-    from pythia.checkpoint import load_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint
     t = term(["train", *TINY, "--steps", "10000000", "--eval-interval", "1000000", "--out", "m.npz"], tmp_path)
     at = t.expect(b"/10000000")
     t.send(b"\x03")

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia.data import build_dataset, read_corpus, resolve_corpus
+from pythia.corpora.data import build_dataset, read_corpus, resolve_corpus
 from pythia.errors import DataError
 from pythia.tokenizer import SimpleTokenizer
 

@@ -29,8 +29,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pythia import distributed
-from pythia.distributed import LocalReducer, MPIReducer, ShardedBatches, check_batch, first_difference, row_range
+from pythia.training import distributed
+from pythia.training.distributed import LocalReducer, MPIReducer, ShardedBatches, check_batch, first_difference, row_range
 from pythia.errors import ConfigError
 
 STEPS = 30
@@ -58,7 +58,7 @@ def test_a_batch_smaller_than_the_processes_is_a_clear_error():
 
 
 class _Source:
-    """A batch source drawing like pythia.data.Dataset: B offsets from rng, windows of T + 1."""
+    """A batch source drawing like pythia.corpora.data.Dataset: B offsets from rng, windows of T + 1."""
     block_size = 5
     tokens = np.arange(1000) % 97
 
@@ -204,7 +204,7 @@ def _python(code: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_one_process_is_the_plain_program_and_mpi4py_is_not_imported():
     clean = {k: "" for k in distributed.SIZE_ENV + distributed.RANK_ENV}
-    r = _python("import sys, pythia.distributed as d; s = d.session(); print(s.size, s.multi, 'mpi4py' in sys.modules)",
+    r = _python("import sys, pythia.training.distributed as d; s = d.session(); print(s.size, s.multi, 'mpi4py' in sys.modules)",
                 clean)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "False", "False"]
@@ -376,7 +376,7 @@ def _finish(proc: subprocess.Popen, within: float) -> tuple[int, str, str, float
 
 
 def _checkpoint_step(out: Path) -> int:
-    from pythia.checkpoint import load_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint
     return load_checkpoint(out).step                           # loads: not half-written
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from pythia.errors import ConfigError
-from pythia.explain import (ASCII_SHADES, SHADES, explain_text, heat_map, reply_probs_view, shade, token_probs,
+from pythia.inspection.explain import (ASCII_SHADES, SHADES, explain_text, heat_map, reply_probs_view, shade, token_probs,
                             token_stats)
-from pythia.gpt2 import load_gpt2
+from pythia.formats.gpt2 import load_gpt2
 from pythia.model import Pythia, PythiaConfig
 from pythia.tokenizer import SimpleTokenizer
 

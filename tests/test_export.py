@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia.checkpoint import load_checkpoint, save_checkpoint
+from pythia.formats.checkpoint import load_checkpoint, save_checkpoint
 from pythia.errors import ConfigError, GPT2Error
-from pythia.export import export, save_hf
-from pythia.gpt2 import convert_gpt2, load_gpt2
+from pythia.formats.export import export, save_hf
+from pythia.formats.gpt2 import convert_gpt2, load_gpt2
 from pythia.model import Pythia, PythiaConfig
-from pythia.safetensors import save_safetensors
+from pythia.formats.safetensors import save_safetensors
 from pythia.tokenizer import SimpleTokenizer
 
 GPT2 = Path(__file__).parent / "fixtures" / "gpt2"
@@ -43,7 +43,7 @@ def char_model():
 @pytest.fixture(scope="module")
 def bpe_finetuned(tmp_path_factory):
     """The GPT-2 fixture after three fine-tuning steps on the bundled corpus."""
-    from pythia.finetune import prepare_finetune
+    from pythia.training.finetune import prepare_finetune
     d = tmp_path_factory.mktemp("ft")
     t = prepare_finetune([GPT2.parent.parent.parent / "data" / "input.txt"], GPT2,
                          train={"steps": 3, "batch_size": 2, "eval_interval": 3, "eval_iters": 1, "lr": 1e-3},
@@ -136,7 +136,7 @@ def test_existing_folder_or_file_is_refused_and_kept(tmp_path, char_model):
 
 
 def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, char_model, monkeypatch):
-    import pythia.safetensors as st
+    import pythia.formats.safetensors as st
     model, tok = char_model
 
     def broken(path, tensors, metadata=None):

@@ -13,8 +13,8 @@ import pytest
 
 from pythia.engine import DeltaOptimizer
 from pythia.errors import ConfigError, DataError
-from pythia.finetune import DEFAULT_BLOCK, finetune_config, prepare_finetune
-from pythia.gpt2 import load_gpt2
+from pythia.training.finetune import DEFAULT_BLOCK, finetune_config, prepare_finetune
+from pythia.formats.gpt2 import load_gpt2
 from pythia.train import TrainConfig, Trainer, make_rng, prepare_trainer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -175,7 +175,7 @@ def char_ckpt(tmp_path_factory):
 
 
 def test_init_from_checkpoint_starts_from_its_weights_with_a_fresh_optimizer(char_ckpt):
-    from pythia.checkpoint import load_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint
     path, corpus = char_ckpt
     ckpt = load_checkpoint(path)
     assert ckpt.step == 6

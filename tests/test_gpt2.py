@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from test_safetensors import write_safetensors
 
-from pythia.checkpoint import load_checkpoint
+from pythia.formats.checkpoint import load_checkpoint
 from pythia.errors import GPT2Error
-from pythia.gpt2 import convert_gpt2, load_gpt2, read_gpt2_config
-from pythia.safetensors import SafetensorsFile
+from pythia.formats.gpt2 import convert_gpt2, load_gpt2, read_gpt2_config
+from pythia.formats.safetensors import SafetensorsFile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gpt2"
 ATOL = 1e-4  # float32 NumPy vs float32 torch on logits of size ~10

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import pythia
-from pythia.checkpoint import load_checkpoint
+from pythia.formats.checkpoint import load_checkpoint
 
 REPO = Path(pythia.__file__).resolve().parent.parent
 GPT2 = REPO / "tests" / "fixtures" / "gpt2"
@@ -272,7 +272,7 @@ def test_export_force_replaces_only_a_folder_and_never_its_input(d, kind):
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_an_output_claimed_by_a_live_process_is_refused_naming_it(d, writer):
-    from pythia.outputs import claim_output
+    from pythia.system.outputs import claim_output
     args, stdin, _, _ = WRITERS[writer]
     with claim_output(d / "m.npz", replace=True):       # this test process holds it
         r = run(args("m.npz"), d, stdin)
@@ -404,7 +404,7 @@ def test_a_signal_during_training_stops_saves_and_exits_with_its_status(d, runne
     p.p.stdin.close()
     code = p.wait()
     assert code == (0 if chat else status), (code, p.out, p.err)
-    assert f"Stopped early at step" in p.out and f"({name})" in p.out
+    assert "Stopped early at step" in p.out and f"({name})" in p.out
     step = int(p.out.split("Stopped early at step ")[1].split("/")[0])
     assert step > 0
     assert_complete(d / "m.npz", step=step)

@@ -1,4 +1,4 @@
-"""pythia.memory: after keep_freed_memory(), freed arrays' pages are reused instead of faulted in again.
+"""pythia.system.memory: after keep_freed_memory(), freed arrays' pages are reused instead of faulted in again.
 
 Each case runs in a fresh interpreter (malloc's thresholds are per process and only go one
 way). The program allocates ten 1 MB arrays, frees them, and repeats; it prints the minor page
@@ -17,7 +17,7 @@ import pytest
 PROGRAM = """
 import resource, sys
 import numpy as np
-import pythia.memory as m
+import pythia.system.memory as m
 if sys.argv[1] == "keep":
     assert m.keep_freed_memory() is True
 def rounds():
@@ -52,7 +52,7 @@ def test_without_it_pages_fault_again():
 
 
 def test_user_settings_win(monkeypatch):
-    import pythia.memory as m
+    import pythia.system.memory as m
     monkeypatch.setattr(m, "_done", None)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     assert m.keep_freed_memory() is False

@@ -1,4 +1,4 @@
-"""pythia.memory_budget: the training-memory estimate against measured peaks, and the refusal.
+"""pythia.system.memory_budget: the training-memory estimate against measured peaks, and the refusal.
 
 The estimate is held to what a real training process allocates: a fresh interpreter builds the
 model and optimizer and trains three steps, and reports (a) the peak of NumPy's allocations as
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia import memory_budget as mb
+from pythia.system import memory_budget as mb
 from pythia.model import Pythia, PythiaConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ import json, sys, tracemalloc
 import numpy as np
 from pythia.model import Pythia, PythiaConfig
 from pythia.train import TrainConfig, make_optimizer
-from pythia.memory_budget import estimate_training
+from pythia.system.memory_budget import estimate_training
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -171,7 +171,7 @@ def test_the_banner_shows_the_estimate(tmp_path):
 
 
 def test_a_checkpoint_larger_than_the_available_memory_is_refused_unread(tmp_path, monkeypatch):
-    from pythia.checkpoint import load_checkpoint, save_checkpoint
+    from pythia.formats.checkpoint import load_checkpoint, save_checkpoint
     from pythia.errors import CheckpointError
     from pythia.tokenizer import SimpleTokenizer
     tok = SimpleTokenizer.from_text("abcdef")
@@ -189,7 +189,7 @@ def test_a_checkpoint_larger_than_the_available_memory_is_refused_unread(tmp_pat
 @pytest.mark.parametrize("extra", ["", "é€ñ漢"], ids=["ascii", "non-ascii"])
 def test_reading_a_corpus_peaks_below_the_stated_bytes_per_byte(tmp_path, extra):
     import tracemalloc
-    from pythia.data import build_dataset
+    from pythia.corpora.data import build_dataset
     path = tmp_path / "c.txt"
     path.write_text(("The sea is large and old, and the wind moves over it all day long.\n" + extra) * 20000,
                     encoding="utf-8")

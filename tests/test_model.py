@@ -134,7 +134,7 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(flo
     # large models run a training pass as one shard of the batch per core, each on its own
     # thread, and add the shards' gradients; forced here on a tiny model in float64, the loss and
     # every gradient must equal the unsplit pass to float64 rounding (3 shards of B=4: 1 + 1 + 2 rows)
-    from pythia import threads
+    from pythia.system import threads
     idx, targets = batch(TINY, B=4, T=8, seed=9)
     results = []
     for n in (1, shards):

@@ -1,4 +1,4 @@
-"""pythia.outputs in-process: atomic replacement, modes, symlinks, claims, held signals, lost streams.
+"""pythia.system.outputs in-process: atomic replacement, modes, symlinks, claims, held signals, lost streams.
 
 The command-line behaviour built on these is proven in test_hardening_cli.py; here each piece is
 checked on its own against what the operating system reports (stat, readlink, flock).
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pythia.errors import ConfigError
-from pythia.outputs import (Interrupted, OutputBusy, atomic_write, check_appendable, check_distinct,
+from pythia.system.outputs import (Interrupted, OutputBusy, atomic_write, check_appendable, check_distinct,
                             claim_output, guard_signals, interrupted_message, is_claimed, _Optional)
 
 
@@ -97,7 +97,7 @@ def test_polled_guard_only_flags_the_first_signal_and_raises_on_the_second():
 
 def test_a_claim_is_exclusive_across_processes_and_released(tmp_path):
     p = tmp_path / "m.npz"
-    code = "import sys; from pythia.outputs import claim_output; claim_output(sys.argv[1])"
+    code = "import sys; from pythia.system.outputs import claim_output; claim_output(sys.argv[1])"
     with claim_output(p) as claim:
         assert claim.lock_path.exists() and is_claimed(p)
         r = subprocess.run([sys.executable, "-c", code + "\n", str(p)], capture_output=True, text=True)

@@ -9,14 +9,13 @@ import math
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pythia.errors import ConfigError, DataError
-from pythia.outputs import claim_output
-from pythia.plot import log_ticks, loss_svg, nice_ticks, read_log
+from pythia.system.outputs import claim_output
+from pythia.inspection.plot import log_ticks, loss_svg, nice_ticks, read_log
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

@@ -2,7 +2,7 @@
 token, that a folder gives the batches and losses of its text files, and that every damaged
 folder is refused with a clear DataError.
 
-References: pythia.data.build_dataset (today's read-whole-and-encode path) for char ids and the
+References: pythia.corpora.data.build_dataset (today's read-whole-and-encode path) for char ids and the
 split; ByteBPETokenizer.encode / GPT2Tokenizer.encode on the whole text for BPE ids; hashlib
 for the hashes.
 """
@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia.bpe import GPT2Tokenizer
-from pythia.bpe_train import ByteBPETokenizer
-from pythia.checkpoint import load_checkpoint
-from pythia.data import build_dataset
+from pythia.text.bpe import GPT2Tokenizer
+from pythia.text.bpe_train import ByteBPETokenizer
+from pythia.formats.checkpoint import load_checkpoint
+from pythia.corpora.data import build_dataset
 from pythia.errors import CheckpointError, ConfigError, DataError
-from pythia.prepare import PrepareOptions, prepare
-from pythia.textstream import last_safe_cut, read_chunks
-from pythia.prepared import load_prepared, open_corpus
+from pythia.corpora.prepare import PrepareOptions, prepare
+from pythia.corpora.textstream import last_safe_cut, read_chunks
+from pythia.corpora.prepared import load_prepared, open_corpus
 from pythia.train import prepare_trainer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -94,7 +94,7 @@ def test_gpt2_folder_ids_equal_gpt2_tokenizer(files, tmp_path):
 
 
 def test_uint32_bins_read_back_the_same_ids(files, tmp_path):
-    from pythia.prepared import dtype_for
+    from pythia.corpora.prepared import dtype_for
     assert dtype_for(65536) == "uint16" and dtype_for(65537) == "uint32"
     d = tmp_path / "c.tok"
     run_prepare(files, d)
@@ -283,7 +283,7 @@ def test_an_empty_or_tiny_corpus_is_refused_and_leaves_nothing(tmp_path, text):
 
 def test_a_big_folder_unmaps_what_each_batch_touched(files, tmp_path, monkeypatch):
     """Resident file pages (RssFile) stay near one batch's worth however many batches are drawn."""
-    import pythia.prepared as prepared
+    import pythia.corpora.prepared as prepared
     status = Path("/proc/self/status")
     if not status.exists():
         pytest.skip("needs /proc/self/status")

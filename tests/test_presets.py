@@ -12,13 +12,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import pythia
-from pythia.checkpoint import load_checkpoint
+from pythia.formats.checkpoint import load_checkpoint
 from pythia.model import PythiaConfig
-from pythia.presets import PRESETS, get_preset
+from pythia.training.presets import PRESETS, get_preset
 from pythia.train import TrainConfig
 
 REPO = Path(pythia.__file__).resolve().parent.parent
@@ -180,7 +179,7 @@ def test_probs_on_a_pipe_says_what_it_shows_and_shows_a_table(trained):
 
 
 def test_train_chat_with_the_chat_preset_chats_at_the_presets_temperature(tmp_path):
-    from pythia.presets import chat_sampling
+    from pythia.training.presets import chat_sampling
     (tmp_path / "corpus.txt").write_text(TEXT, encoding="utf-8")
     r = run(["train-chat", "--preset", "chat", "--data", "corpus.txt", *TINY], tmp_path, stdin="/help\nquit\n")
     assert_ok(r)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pythia.errors import GPT2Error
-from pythia.safetensors import SafetensorsFile, load_safetensors
+from pythia.formats.safetensors import SafetensorsFile, load_safetensors
 
 
 def write_safetensors(path, tensors: dict, *, header: dict | None = None, pad: int = 0,

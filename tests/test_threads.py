@@ -1,11 +1,11 @@
-"""pythia.threads: the BLAS thread count is changed only inside blas_threads(), restored after it,
+"""pythia.system.threads: the BLAS thread count is changed only inside blas_threads(), restored after it,
 and never when the user fixed it through the environment. Checked against OpenBLAS's own getter."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pythia import threads
+from pythia.system import threads
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_dispatch_rejects_an_unknown_kind():
 
 
 def test_dispatch_builds_the_gpt2_tokenizer_lazily():
-    bpe = pytest.importorskip("pythia.bpe")
+    bpe = pytest.importorskip("pythia.text.bpe")
     # A minimal byte-level vocabulary: the 256 byte tokens and one merge.
     byte_tokens = list(bpe.bytes_to_unicode().values())
     encoder = {t: i for i, t in enumerate(byte_tokens)}

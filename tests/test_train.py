@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from pythia.checkpoint import load_checkpoint
+from pythia.formats.checkpoint import load_checkpoint
 from pythia.errors import CheckpointError, ConfigError, DataError, PythiaError
 from pythia.train import EVAL_STREAM, Progress, TrainConfig, prepare_trainer
 
@@ -261,7 +261,7 @@ def test_resume_a_finished_run_asks_for_more_steps(corpus, tmp_path):
 
 
 def test_resume_from_a_checkpoint_without_optimizer_state(corpus, tmp_path):
-    from pythia.checkpoint import save_checkpoint
+    from pythia.formats.checkpoint import save_checkpoint
     t, _ = run(corpus, steps=2)
     ck = tmp_path / "weights-only.npz"
     save_checkpoint(ck, t.model, t.dataset.tokenizer, step=2)

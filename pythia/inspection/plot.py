@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 from xml.sax.saxutils import escape
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 Points = Sequence[tuple[float, float]]  # (step, loss) pairs
 

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 try:
     import fcntl

@@ -5,9 +5,9 @@
                        layer_norm_epsilon 1e-5, tied embeddings, no dropout (Pythia trains without)
     model.safetensors  every weight as F32, named as transformers saves GPT2LMHeadModel
                        ("transformer.h.0.attn.c_attn.weight", ...; the tied lm_head is not stored),
-                       written by pythia.safetensors.save_safetensors
+                       written by pythia.formats.safetensors.save_safetensors
     vocab.json, merges.txt           for a byte-level BPE (GPT-2) model
-    tokenizer.json, tokenizer_config.json   for a character model (see pythia.tokenizer_json)
+    tokenizer.json, tokenizer_config.json   for a character model (see pythia.text.tokenizer_json)
 
 Pythia's parameters already have GPT-2's names and its Conv1D (in, out) layout, so no tensor is
 transposed or renamed beyond the prefix. `GPT2LMHeadModel.from_pretrained(DIR)` loads the folder
@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 LAYER_NORM_EPS = 1e-5   # what pythia.kernels.layernorm_forward uses
 
@@ -54,7 +54,7 @@ def hf_name(name: str) -> str:
 def write_hf_folder(folder: Path, model, tokenizer) -> None:
     """Write the GPT-2 layout into an existing empty folder."""
     from .safetensors import save_safetensors
-    from .tokenizer_json import char_tokenizer_config, char_tokenizer_json
+    from ..text.tokenizer_json import char_tokenizer_config, char_tokenizer_json
     write_json(folder / "config.json", gpt2_config(model.config, tokenizer))
     save_safetensors(folder / "model.safetensors", {hf_name(k): p for k, p in model.params.items()},
                      metadata={"format": "pt"})

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _BACKGROUNDS = ("\033[48;5;24m", "\033[48;5;58m", "\033[48;5;89m", "\033[48;5;22m")  # blue, olive, plum, green
 _RESET = "\033[0m"
@@ -70,11 +70,11 @@ def render(tokenizer, text: str, out: TextIO, color: bool) -> int:
 def load_tokenizer(checkpoint: str | None, data: str | None):
     """The tokenizer of a checkpoint or of a prepared corpus folder."""
     if checkpoint:
-        from .checkpoint import load_checkpoint
+        from ..formats.checkpoint import load_checkpoint
         return load_checkpoint(checkpoint).tokenizer
     if data:
-        from .errors import DataError
-        from .prepared import REPREPARE, read_meta, tokenizer_from_json
+        from ..errors import DataError
+        from ..corpora.prepared import REPREPARE, read_meta, tokenizer_from_json
         meta = read_meta(Path(data))
         try:
             return tokenizer_from_json(meta["tokenizer"])
@@ -85,7 +85,7 @@ def load_tokenizer(checkpoint: str | None, data: str | None):
 
 
 def cmd_tokenize(args) -> int:
-    from .ui import ConsoleUI, colour_allowed
+    from ..ui import ConsoleUI, colour_allowed
     tokenizer = load_tokenizer(args.checkpoint, args.data)
     text = args.text.encode("utf-8", "replace").decode("utf-8")   # undecodable argv bytes -> '?'
     text, dropped = tokenizer.filter(text)

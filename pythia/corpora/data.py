@@ -15,8 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import DataError
-from .tokenizer import SimpleTokenizer, describe_chars
+from ..errors import DataError
+from ..tokenizer import SimpleTokenizer, describe_chars
 
 DEFAULT_FILES = ("input.txt", "model.txt")  # the seed's contract: these two, from the current directory
 VAL_FRACTION = 0.1
@@ -34,7 +34,7 @@ def resolve_corpus(data_args: list[str] | None, cwd: Path | None = None) -> list
     local = [cwd / name for name in DEFAULT_FILES]
     if all(p.is_file() for p in local):
         return local
-    from .corpus import bundled_corpus_files
+    from ..corpus import bundled_corpus_files
     try:
         return bundled_corpus_files()
     except FileNotFoundError as e:
@@ -43,7 +43,7 @@ def resolve_corpus(data_args: list[str] | None, cwd: Path | None = None) -> list
 
 def read_text(path: Path) -> str:
     """One corpus file as text, or a DataError that says what is wrong and what to do."""
-    from .inputs import read_regular
+    from ..system.inputs import read_regular
     raw = read_regular(path, "data file", DataError, hint="pass UTF-8 text files with --data")
     if not raw:
         raise DataError(f"data file {str(path)!r} is empty; give a file with some text in it")

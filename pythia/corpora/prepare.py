@@ -1,4 +1,4 @@
-"""`python -m pythia prepare`: stream text files into a prepared corpus folder (pythia.prepared).
+"""`python -m pythia prepare`: stream text files into a prepared corpus folder (pythia.corpora.prepared).
 
 Memory stays bounded whatever the corpus size: files are read in chunks of `chunk_bytes`, never
 whole. Two passes:
@@ -6,12 +6,12 @@ whole. Two passes:
 1. scan: decode UTF-8 strictly (a bad byte is reported with its file and byte offset), hash
    each file (SHA-256), and gather what the tokenizer needs: the set of characters (char), or
    word counts from a uniform random sample of chunks of about --bpe-sample MB (trained BPE),
-   from which the merges are learnt (pythia.bpe_fast).
+   from which the merges are learnt (pythia.text.bpe_fast).
 2. encode: chunk by chunk into one token stream (BPE chunks on all --workers processes, in
    order), `<|endoftext|>` between files for the BPE tokenizers; then the last val_fraction of
    the stream is moved to val.bin and the rest becomes train.bin.
 
-Chunk boundaries and progress: pythia.textstream.
+Chunk boundaries and progress: pythia.corpora.textstream.
 
 Everything is written into a temporary sibling folder that is renamed to --out at the end; an
 error, a full disk or Ctrl-C removes it, and an existing --out is only replaced with --force.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .prepared import FORMAT, FORMAT_VERSION, META, TRAIN_BIN, VAL_BIN, dtype_for, is_prepared, tokenizer_to_json
 from .textstream import Progress, read_chunks
 
@@ -59,7 +59,7 @@ class PrepareOptions:
 # ---- checks before any work --------------------------------------------------------------------
 
 def check_options(o: PrepareOptions) -> None:
-    from .bpe_train import MAX_VOCAB, MIN_VOCAB
+    from ..text.bpe_train import MAX_VOCAB, MIN_VOCAB
     if not o.files:
         raise DataError("no data files given; pass at least one text file with --data")
     for p in o.files:
@@ -91,7 +91,7 @@ def check_options(o: PrepareOptions) -> None:
 
 def _scan(o: PrepareOptions, progress: Progress) -> tuple[list[dict], set[str], dict[str, int], int]:
     """(sources, characters, sampled word counts, characters of text) from one read of every file."""
-    from .bpe_fast import count_words
+    from ..text.bpe_fast import count_words
     sources, chars, counts, n_chars = [], set(), {}, 0
     total = sum(p.stat().st_size for p in o.files)
     keep = min(1.0, o.bpe_sample_mb * 1e6 / max(1, total))
@@ -121,13 +121,13 @@ def _scan(o: PrepareOptions, progress: Progress) -> tuple[list[dict], set[str], 
 
 def _build_tokenizer(o: PrepareOptions, chars: set[str], counts: dict[str, int], out=None):
     if o.tokenizer == "char":
-        from .tokenizer import SimpleTokenizer
+        from ..tokenizer import SimpleTokenizer
         return SimpleTokenizer(chars)
     if o.tokenizer == "gpt2":
-        from .bpe import GPT2Tokenizer
+        from ..text.bpe import GPT2Tokenizer
         return GPT2Tokenizer.from_dir(o.gpt2_dir)
-    from .bpe_fast import train_merges
-    from .bpe_train import MIN_VOCAB, ByteBPETokenizer
+    from ..text.bpe_fast import train_merges
+    from ..text.bpe_train import MIN_VOCAB, ByteBPETokenizer
     t0 = time.perf_counter()
     merges = train_merges(counts, o.vocab_size - MIN_VOCAB)
     tok = ByteBPETokenizer(merges)
@@ -148,7 +148,7 @@ def _worker_init(tokenizer_json: dict | None) -> None:
     global _WORKER_ENCODER
     if tokenizer_json is None and _WORKER_ENCODER is not None:
         return
-    from .bpe_fast import encoder_for
+    from ..text.bpe_fast import encoder_for
     from .prepared import tokenizer_from_json
     _WORKER_ENCODER = encoder_for(tokenizer_from_json(tokenizer_json))
 
@@ -180,7 +180,7 @@ def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress) ->
                 write(table[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)])
         return n
     global _WORKER_ENCODER
-    from .bpe_fast import encoder_for
+    from ..text.bpe_fast import encoder_for
     pool, encode = None, encoder_for(tok).encode_array
     small = sum(p.stat().st_size for p in o.files) < 4 * o.chunk_bytes   # a pool would cost more than it saves
     if o.workers > 1 and not small:
@@ -225,7 +225,7 @@ def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress) ->
 
 def _split(tmp: Path, n: int, val_fraction: float, dtype: str) -> tuple[int, int]:
     """Move the last val_fraction of tokens.bin to val.bin, in bounded pieces; the rest is train.bin."""
-    n_train = int(n * (1.0 - val_fraction))          # the same expression as pythia.data.build_dataset
+    n_train = int(n * (1.0 - val_fraction))          # the same expression as pythia.corpora.data.build_dataset
     item = np.dtype(dtype).itemsize
     stream = tmp / "tokens.bin"
     with open(stream, "r+b") as src, open(tmp / VAL_BIN, "wb") as dst:
@@ -253,7 +253,7 @@ def prepare(o: PrepareOptions, out=None) -> dict:
     if o.tokenizer == "gpt2":
         _build_tokenizer(o, set(), {})                # a bad GPT-2 folder fails before any reading
     if o.tokenizer != "char":
-        from . import bpe_fast
+        from ..text import bpe_fast
         out.write("BPE: compiled (pythia._bpe)\n" if bpe_fast.BACKEND == "cython" else
                   "BPE: the pure-Python reference, which is slow; build the compiled one with `pip install -e .`\n")
     progress = Progress(sum(p.stat().st_size for p in o.files), out)
@@ -367,7 +367,7 @@ examples:
 
 def add_arguments(p) -> None:
     """The prepare command's flags (pythia.cli calls this)."""
-    from .cli import _number, positive_float, positive_int
+    from ..cli import _number, positive_float, positive_int
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, in order")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (refused if it exists)")
     p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",

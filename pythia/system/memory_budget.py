@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .inputs import fmt_size
 
 if TYPE_CHECKING:
-    from .model import PythiaConfig
+    from ..model import PythiaConfig
 
 FLOAT = 4                              # bytes of a float32
 NO_CHECK_FLAG = "--no-memory-check"    # the flag that skips the refusal
@@ -80,7 +80,7 @@ def n_params(config: PythiaConfig) -> int:
 
 def attention_area(T: int) -> int:
     """Score entries per (sequence, head) that attention keeps: the query blocks times their keys."""
-    from .model import query_blocks
+    from ..model import query_blocks
     return sum((hi - lo) * hi for lo, hi in query_blocks(T))
 
 
@@ -98,7 +98,7 @@ def estimate_training(config: PythiaConfig, batch_size: int, n_tokens: int = 0, 
     per_block = 16 * N * C + 4 * N + A
     acts = L * per_block + 2 * N * C + 2 * N * V + 20 * N * C + max(4 * N * C, 2 * A)
     if backend is None:
-        from . import kernels
+        from .. import kernels
         backend = kernels.BACKEND
     if backend == "numpy":
         acts += 2 * N * V + 2 * L * N * C

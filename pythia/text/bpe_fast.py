@@ -1,8 +1,8 @@
 """The fast twin of the byte-level BPE: compiled pre-tokenization, encoding and training.
 
-`pythia._bpe` (built from kernels/_bpe.pyx) gives the same words as `pythia.bpe.pretokenize`,
+`pythia._bpe` (built from kernels/_bpe.pyx) gives the same words as `pythia.text.bpe.pretokenize`,
 the same ids as `ByteBPETokenizer.encode` / `GPT2Tokenizer.encode`, and the same merges as
-`pythia.bpe_train.train_merges`; the parity tests hold them equal. When the extension is not
+`pythia.text.bpe_train.train_merges`; the parity tests hold them equal. When the extension is not
 built, or PYTHIA_KERNELS=numpy asks for the references, everything here falls back to the
 pure-Python reference (same results, much slower) and BACKEND says "python".
 
@@ -22,7 +22,7 @@ import numpy as np
 from .bpe import _WHITESPACE, EOT, pretokenize as reference_pretokenize
 
 try:
-    from . import _bpe
+    from .. import _bpe
 except ImportError:  # a source checkout without `pip install -e .`: the reference does the work
     _bpe = None
 
@@ -33,7 +33,7 @@ _SPECIAL_SPLIT = re.compile(f"({re.escape(EOT)})")
 @functools.cache
 def class_table() -> np.ndarray:
     """uint8 per code point: 0 other, 1 letter (L*), 2 number (N*), 3 Unicode White_Space, the
-    classes of pythia.bpe's regex."""
+    classes of pythia.text.bpe's regex."""
     table = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
     category = unicodedata.category
     for cp in range(sys.maxunicode + 1):
@@ -64,7 +64,7 @@ def count_words(text: str, counts: dict[str, int], *, backend: str | None = None
 
 
 def train_merges(word_counts: dict[str, int], n_merges: int, *, backend: str | None = None) -> list[tuple[int, int]]:
-    """The merges of pythia.bpe_train.train_merges, computed incrementally in compiled code."""
+    """The merges of pythia.text.bpe_train.train_merges, computed incrementally in compiled code."""
     if (backend or BACKEND) != "cython":
         from .bpe_train import train_merges as reference
         return reference(word_counts, n_merges)

@@ -38,7 +38,7 @@ by rank 0 alone, so the last one is never half-written.
 Threads: each rank takes its share of the cores of its host (the ranks on one host are pinned
 to disjoint cores when they all start with the same ones) and sets NumPy's BLAS and the
 kernels' OpenMP threads to that share: with one rank per core, one thread each, and no batch
-shards inside a rank (pythia/threads.py). A user who fixed OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS
+shards inside a rank (pythia/system/threads.py). A user who fixed OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS
 or OMP_NUM_THREADS keeps their choice.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import ConfigError, PythiaError
+from ..errors import ConfigError, PythiaError
 
 # what a launcher puts in its processes' environment: PMI (MPICH's Hydra; Slurm's srun --mpi=pmi2),
 # Open MPI's mpirun, PMIx (srun --mpi=pmix), which gives a rank but no count
@@ -125,7 +125,7 @@ class LocalReducer:
 
 def flat_buffer(grads: dict[str, np.ndarray]) -> np.ndarray | None:
     """The one 1-d float32 buffer the arrays tile (Pythia allocates its gradients so), else None."""
-    from .engine import _tiled_buffer
+    from ..engine import _tiled_buffer
     return _tiled_buffer(grads)
 
 
@@ -279,7 +279,7 @@ class Session:
 
         def on_sigterm(signum, frame):                         # stop at the next step boundary, as Ctrl-C
             self.stop_requested = True
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # the commands' pythia.outputs guard owns it
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # the commands' pythia.system.outputs guard owns it
             signal.signal(signal.SIGTERM, on_sigterm)
         previous = sys.excepthook
 
@@ -379,7 +379,7 @@ class Session:
 
 def run_fingerprint(trainer) -> dict:
     """What must be equal on every rank: Pythia's version, the settings, the corpus, the start step."""
-    from . import __version__
+    from .. import __version__
     dataset = trainer.dataset
     corpus = getattr(dataset, "fingerprint", None)
     if callable(corpus):
@@ -408,7 +408,7 @@ def first_difference(ours: dict, theirs: dict) -> str | None:
 
 
 def _read_bytes(path: Path) -> bytes:
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -436,7 +436,8 @@ def _timeout() -> float:
 def _place_threads(local) -> int | None:
     """Give this rank its share of the host's cores; returns the share (None when the user fixed
     the threads). Pins to disjoint cores only when the ranks here all start with the same set."""
-    from . import kernels, threads
+    from .. import kernels
+    from ..system import threads
     if threads.user_chose():
         return None
     mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GPT2Error
+from ..errors import GPT2Error
 
 MAX_HEADER = 100_000_000  # the format's own limit on the JSON header size
 
@@ -43,7 +43,7 @@ class SafetensorsFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        from .inputs import open_regular
+        from ..system.inputs import open_regular
         if not os.path.lexists(self.path):
             raise GPT2Error(f"{self.path} not found; a GPT-2 directory needs model.safetensors")
         f, size = open_regular(self.path, "weights file", GPT2Error,

@@ -1,6 +1,6 @@
 """Prepared corpora: token files on disk, memory-mapped for training, validated on open.
 
-A prepared corpus is a folder written by `python -m pythia prepare` (pythia.prepare):
+A prepared corpus is a folder written by `python -m pythia prepare` (pythia.corpora.prepare):
 
     train.bin   the first tokens of the stream, raw little-endian uint16 (uint32 when the
                 vocabulary has more than 65,536 tokens), no header
@@ -10,7 +10,7 @@ A prepared corpus is a folder written by `python -m pythia prepare` (pythia.prep
                 to rebuild it...}, "dtype", "n_tokens", "n_train", "n_val", "n_chars",
                 "split": {"val_fraction"}, "sources": [{"name", "size", "sha256"}, ...]}
 
-`PreparedCorpus` is a `pythia.data.Dataset` whose splits are read-only memory maps, so it hands
+`PreparedCorpus` is a `pythia.corpora.data.Dataset` whose splits are read-only memory maps, so it hands
 the trainer batches with the same `get_batch(split, batch_size, rng)` and the same draws: a
 prepared corpus gives the batches of its text files. Training memory does not grow with the
 corpus: a page a window touches stays mapped into the process, and the kernel maps cached
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
-from .errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError
 
 FORMAT = "pythia-prepared"
 FORMAT_VERSION = 1
@@ -66,16 +66,16 @@ def tokenizer_from_json(d: dict):
     """Inverse of tokenizer_to_json; ValueError/KeyError/TypeError when d is not one."""
     kind = d["kind"]
     if kind == "char":
-        from .tokenizer import SimpleTokenizer
+        from ..tokenizer import SimpleTokenizer
         chars = d["chars"]
         if not isinstance(chars, str) or list(chars) != sorted(set(chars)):
             raise ValueError("'chars' is not a sorted string of distinct characters")
         return SimpleTokenizer(chars)
     if kind == "byte-bpe":
-        from .bpe_train import ByteBPETokenizer
+        from ..text.bpe_train import ByteBPETokenizer
         return ByteBPETokenizer.from_json(d)
     if kind == "gpt2-bpe":
-        from .bpe import GPT2Tokenizer
+        from ..text.bpe import GPT2Tokenizer
         return GPT2Tokenizer(d["vocab"], [tuple(m.split(" ")) for m in d["merges"]], d["special_tokens"])
     raise ValueError(f"unknown tokenizer kind {kind!r}")
 
@@ -207,7 +207,7 @@ def load_prepared(path: str | Path, block_size: int) -> PreparedCorpus:
 
 def open_corpus(paths: list[Path], block_size: int, tokenizer=None, saved: dict | None = None,
                 checkpoint: str = "the checkpoint") -> Dataset:
-    """Text files (read and encoded, pythia.data) or one prepared folder (memory-mapped).
+    """Text files (read and encoded, pythia.corpora.data) or one prepared folder (memory-mapped).
 
     tokenizer: the checkpoint's when resuming; a prepared folder must then use the same one, and
     when the checkpoint recorded its corpus (saved), the folder must hold the same sources.

@@ -18,7 +18,7 @@ import errno
 import os
 import sys
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 STREAMS = (("stdin", 0, os.O_RDONLY, "r"), ("stdout", 1, os.O_WRONLY, "w"), ("stderr", 2, os.O_WRONLY, "w"))
 NEEDS: dict[str, tuple[str, ...]] = {"chat": ("stdin", "stdout"), "train-chat": ("stdin", "stdout")}

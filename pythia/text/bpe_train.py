@@ -2,7 +2,7 @@
 
 Read it the way minbpe teaches it:
 
-- Text is cut into words by GPT-2's pre-tokenization pattern (`pythia.bpe.pretokenize`), so a
+- Text is cut into words by GPT-2's pre-tokenization pattern (`pythia.text.bpe.pretokenize`), so a
   merge never joins across a word boundary ("dog." stays "dog" + ".").
 - Every word starts as its UTF-8 bytes: ids 0..255 are the 256 byte tokens, so any text,
   in any script, encodes, and decodes back exactly.
@@ -15,7 +15,7 @@ Read it the way minbpe teaches it:
 - Encoding a word applies the learnt merges in the order they were learnt: repeatedly the
   adjacent pair with the earliest merge, every occurrence left to right, until none is left.
 
-`pythia.bpe_fast` computes exactly the same merges and ids in compiled code; the parity tests
+`pythia.text.bpe_fast` computes exactly the same merges and ids in compiled code; the parity tests
 hold the two equal.
 """
 from __future__ import annotations

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import GPT2Error
-from .tokenizer import SimpleTokenizer
+from ..errors import GPT2Error
+from ..tokenizer import SimpleTokenizer
 
 
 def char_tokenizer_json(tokenizer: SimpleTokenizer) -> dict:

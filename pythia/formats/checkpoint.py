@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 FORMAT = "pythia-checkpoint"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class Checkpoint:
     rng_state: dict | None
     train_config: dict = field(default_factory=dict)
     path: Path | None = None
-    corpus: dict | None = None                   # the prepared corpus trained on (pythia.prepared identity)
+    corpus: dict | None = None                   # the prepared corpus trained on (pythia.corpora.prepared identity)
 
 
 def _meta_bytes(meta: dict) -> np.ndarray:
@@ -54,7 +54,7 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
                     corpus: dict | None = None) -> None:
     """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
 
-    Atomic (pythia.outputs.atomic_write): the archive goes to a temporary file in the same
+    Atomic (pythia.system.outputs.atomic_write): the archive goes to a temporary file in the same
     directory, is flushed to disk, then renamed over path, keeping the replaced file's mode; a
     symlink is followed to the file it points to and only a regular file is replaced. On any failure the temporary
     file is removed and a file already at path is left as it was; a signal waits for the rename.
@@ -89,7 +89,7 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         meta["corpus"] = corpus
     arrays["meta"] = _meta_bytes(meta)
 
-    from .outputs import atomic_write
+    from ..system.outputs import atomic_write
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
@@ -104,12 +104,12 @@ def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:
     """Every entry of the .npz (but those whose name starts with skip), read eagerly so that a
     truncated archive fails here.
 
-    The file must be a regular file (pythia.inputs), start like a zip archive, hold only .npy
+    The file must be a regular file (pythia.system.inputs), start like a zip archive, hold only .npy
     members, and its members' declared sizes must fit in the memory available: so neither a
     device nor a crafted archive can make the load read or allocate without bound.
     """
-    from .inputs import fmt_size, open_regular
-    from .memory_budget import available_memory
+    from ..system.inputs import fmt_size, open_regular
+    from ..system.memory_budget import available_memory
     what = f"checkpoint {str(path)!r}"
     hint = "use another checkpoint or train a new one"
     f, size = open_regular(path, "checkpoint", CheckpointError, hint="give the .npz file a train run wrote")
@@ -149,7 +149,7 @@ def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:
 
 
 def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
-    """The metadata object, every field checked against pythia.checkpoint_schema."""
+    """The metadata object, every field checked against pythia.formats.checkpoint_schema."""
     from .checkpoint_schema import MetaError, validate_meta
     if "meta" not in arrays:
         raise CheckpointError(f"{what} is not a Pythia checkpoint (it has no 'meta' entry); "
@@ -185,8 +185,8 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
 
     optimizer=False leaves the optimizer state (twice the weights' size) unread, for a caller
     that only uses the model (chat, generate, export); optimizer_arrays is then None."""
-    from .model import Pythia, PythiaConfig
-    from .tokenizer import tokenizer_from_arrays
+    from ..model import Pythia, PythiaConfig
+    from ..tokenizer import tokenizer_from_arrays
 
     path = Path(path)
     what = f"checkpoint {str(path)!r}"
@@ -210,7 +210,7 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
     model.load_params(params)
 
     kind = meta["tokenizer_kind"]
-    from .tokenizer import TOKENIZER_KINDS
+    from ..tokenizer import TOKENIZER_KINDS
     if kind not in TOKENIZER_KINDS:
         raise CheckpointError(f"{what} has a tokenizer of kind {kind!r}, which this Pythia does not know "
                               f"(it knows {', '.join(map(repr, TOKENIZER_KINDS))}); use a checkpoint "
@@ -234,7 +234,7 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
 
 def _check_param_shapes(params: dict[str, np.ndarray], config, what: str) -> None:
     """The weights must be exactly those model_config implies, by name and shape."""
-    from .model import _param_shapes
+    from ..model import _param_shapes
     expected = _param_shapes(config)
     sizes = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config).items())
     for name, shape in expected.items():

@@ -1,6 +1,6 @@
 """What a checkpoint's metadata must hold: every field, its type and its range, as one table.
 
-A checkpoint's `meta` entry is a JSON object (pythia.checkpoint). JSON that parses is not yet
+A checkpoint's `meta` entry is a JSON object (pythia.formats.checkpoint). JSON that parses is not yet
 metadata Pythia can use: a list where an object belongs, "4" where 4 belongs, true where a
 count belongs, or an RNG state of the wrong shape would fail much later with a traceback. So
 `validate_meta` checks every field in SCHEMA before anything is built from it and reports the
@@ -23,7 +23,7 @@ from typing import Any
 
 from .checkpoint import FORMAT, FORMAT_VERSION
 
-from .tokenizer import TOKENIZER_KINDS
+from ..tokenizer import TOKENIZER_KINDS
 U128 = 1 << 128                                         # PCG64's state and increment are 128-bit
 
 
@@ -180,7 +180,7 @@ SCHEMA: dict[str, Any] = {
     "train_config.eval_iters": opt(Int(lo=1)),
     "train_config.seed": opt(Int(lo=0)),
     "train_config.grad_accum": opt(Int(lo=1)),
-    "corpus": Obj(required=False, nullable=True),          # a prepared folder's identity (pythia.prepared)
+    "corpus": Obj(required=False, nullable=True),          # a prepared folder's identity (pythia.corpora.prepared)
     "corpus.prepared": opt(Text()),
     "corpus.tokenizer": opt(Text()),
     "corpus.n_tokens": opt(Int(lo=0)),

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .bpe import _WHITESPACE
-from .errors import DataError
+from ..text.bpe import _WHITESPACE
+from ..errors import DataError
 
 MAX_CARRY_CHUNKS = 16          # a run this long without a safe cut point is cut anyway
 _W = "".join(f"\\U{ord(c):08x}" for c in _WHITESPACE)
@@ -88,7 +88,7 @@ class Progress:
     """MB done, MB/s and ETA: redrawn in place on a terminal, a plain line every ~10% on a pipe."""
 
     def __init__(self, total_bytes: int, out=None):
-        from .ui import _isatty
+        from ..ui import _isatty
         self.out = out or sys.stdout
         self.total = max(1, total_bytes)
         self.live = _isatty(self.out)
@@ -118,14 +118,14 @@ class Progress:
                 self._write(self._line(now) + "\n", open_line=False)
 
     def _line(self, now: float) -> str:
-        from .ui import fmt_duration
+        from ..ui import fmt_duration
         mb, total = self.done / 1e6, self.total / 1e6
         rate = mb / max(now - self.t0, 1e-9)
         eta = (total - mb) / rate if rate > 0 else None
         return f"{self.phase:<8} {mb:,.1f}/{total:,.1f} MB  {rate:,.1f} MB/s  ETA {fmt_duration(eta)}"
 
     def _write(self, text: str, open_line: bool) -> None:
-        from . import ui
+        from .. import ui
         self.out.write(text)
         self.out.flush()
         ui._OPEN_LINE[0] = open_line and self.out is sys.stdout

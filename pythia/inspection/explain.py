@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SHADES = " ░▒▓█"                   # darker = more attention
 ASCII_SHADES = " .:+#"

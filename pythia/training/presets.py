@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MODEL_KEYS = ("block_size", "d_model", "n_layer", "n_head")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, GPT2Error
+from ..errors import CheckpointError, GPT2Error
 
 EOT = "<|endoftext|>"
 _CACHE_LIMIT = 100_000  # words kept in the per-word merge cache before it is cleared
@@ -293,7 +293,7 @@ MAX_GPT2_TEXT = 256 << 20   # the text files' size limit; GPT-2's vocab.json is 
 
 def read_gpt2_text(path: Path) -> str:
     """The UTF-8 text of one file of a GPT-2 directory; GPT2Error naming it if missing or unreadable."""
-    from .inputs import read_regular
+    from ..system.inputs import read_regular
     if not os.path.lexists(path):
         raise GPT2Error(f"{path} not found; {GPT2_FILES}")
     raw = read_regular(path, "GPT-2 file", GPT2Error, limit=MAX_GPT2_TEXT, hint=GPT2_FILES)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bpe import GPT2Tokenizer, read_gpt2_json
-from .errors import ConfigError, GPT2Error
-from .model import Pythia, PythiaConfig
-from .tokenizer import SimpleTokenizer
+from ..text.bpe import GPT2Tokenizer, read_gpt2_json
+from ..errors import ConfigError, GPT2Error
+from ..model import Pythia, PythiaConfig
+from ..tokenizer import SimpleTokenizer
 from .safetensors import FLOAT_DTYPES, SafetensorsFile
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
@@ -168,7 +168,7 @@ def read_tokenizer(d: Path):
     """The tokenizer of a GPT-2 folder: byte-level BPE from vocab.json + merges.txt, or a character
     vocabulary from the tokenizer.json that Pythia's export writes for character models."""
     if not (d / "vocab.json").exists() and not (d / "merges.txt").exists() and (d / "tokenizer.json").is_file():
-        from .tokenizer_json import read_char_tokenizer_json
+        from ..text.tokenizer_json import read_char_tokenizer_json
         return read_char_tokenizer_json(d / "tokenizer.json")
     return GPT2Tokenizer.from_dir(d)
 
@@ -177,7 +177,7 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleToke
     """The Pythia model and GPT-2 tokenizer of a Hugging Face GPT-2 directory (see module docstring)."""
     d = Path(directory)
     if not d.is_dir():
-        from .inputs import file_kind
+        from ..system.inputs import file_kind
         what = f"is {file_kind(d.stat().st_mode)}, not a folder" if d.exists() else "not found"
         raise GPT2Error(f"GPT-2 directory {str(d)!r} {what}; give a folder holding config.json, "
                         "model.safetensors, vocab.json and merges.txt")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Defaults for the settings a user does not give. A pretrained model needs small steps: large ones
 # wreck what it knows before the new text is learnt; nanoGPT's finetune_shakespeare holds GPT-2-XL
@@ -45,12 +45,12 @@ def load_source(src: str | Path):
     """(model, tokenizer) of SRC: a GPT-2 folder or a Pythia checkpoint; PythiaError if neither."""
     path = Path(src)
     if path.is_dir():
-        from .gpt2 import load_gpt2
+        from ..formats.gpt2 import load_gpt2
         return load_gpt2(path)
     if not path.exists():
         raise ConfigError(f"--init-from {str(src)!r} does not exist; give a Hugging Face GPT-2 folder "
                           f"(config.json, model.safetensors, vocab.json, merges.txt) or a Pythia checkpoint (.npz)")
-    from .checkpoint import load_checkpoint
+    from ..formats.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
     return ckpt.model, ckpt.tokenizer
 
@@ -60,7 +60,7 @@ def source_config(src: str | Path):
     that contradict it fail before any weights are read; None for a checkpoint."""
     path = Path(src)
     if path.is_dir():
-        from .gpt2 import read_gpt2_config
+        from ..formats.gpt2 import read_gpt2_config
         return read_gpt2_config(path / "config.json")
     return None
 
@@ -85,7 +85,7 @@ def check_sizes(config, sizes: dict, src: str | Path) -> int:
 def finetune_config(train: dict):
     """TrainConfig: the fields the user gave over FINETUNE_DEFAULTS. A given --lr without --min-lr
     keeps the rate constant at that --lr."""
-    from .train import TrainConfig
+    from ..train import TrainConfig
     given = {k: v for k, v in train.items() if v is not None}
     merged = {**FINETUNE_DEFAULTS, **given}
     if "lr" in given and "min_lr" not in given:
@@ -101,9 +101,9 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
 
     model: the size flags the user gave (None = not given); train: TrainConfig fields likewise;
     trainer_kwargs go to Trainer (out, log_file, on_progress)."""
-    from .bpe import EOT
-    from .data import build_dataset
-    from .train import Trainer, make_optimizer
+    from ..text.bpe import EOT
+    from ..corpora.data import build_dataset
+    from ..train import Trainer, make_optimizer
 
     sizes = dict(model or {})
     cfg = finetune_config(dict(train or {}))

@@ -19,7 +19,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from .errors import PythiaError
+from ..errors import PythiaError
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))

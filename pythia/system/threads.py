@@ -233,7 +233,7 @@ class Workers:
     kernels one OpenMP thread, so n items keep n cores busy without oversubscribing them."""
 
     def __init__(self, n: int):
-        from . import kernels
+        from .. import kernels
         self.n = n
         self._kernels = kernels
         self._pool = ThreadPoolExecutor(max(1, n - 1), thread_name_prefix="pythia-shard",

@@ -1,0 +1,1 @@
+"""Looking inside a model: per-token probabilities, attention maps, and SVG loss plots."""
