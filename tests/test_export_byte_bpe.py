@@ -4,9 +4,9 @@ A user's flow, run as `python -m pythia ...`: prepare a varied corpus (scripts, 
 runs, digits, contractions, `<|endoftext|>`) with a trained BPE, train on the folder, export.
 Proven here: vocab.json spells every id's bytes through GPT-2's byte-to-unicode table (written out
 independently below); Pythia's GPT-2 loader (pythia.bpe, as `chat --gpt2` and `convert-gpt2` read
-an export) encodes a varied text set to the trained BPE's ids and decodes back exactly; export ->
-convert-gpt2 gives the same weights bit for bit and the loaded export the same logits; two ids
-with the same bytes are refused with one error line. Against Hugging Face: the ids that
+an export, and its compiled twin in pythia.bpe_fast) encodes a varied text set to the trained
+BPE's ids and decodes back exactly; export -> convert-gpt2 gives the same weights bit for bit and
+the loaded export the same logits; two ids with the same bytes are refused with one error line. Against Hugging Face: the ids that
 transformers' GPT2TokenizerFast gave a committed trained BPE (tests/fixtures/byte_bpe, made by
 tests/fixtures/make_byte_bpe_fixtures.py) are checked without transformers; when transformers is
 importable, it loads the exported folder to the same ids and logits within 1e-4.
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pythia import bpe_fast
 from pythia.bpe import GPT2Tokenizer
 from pythia.bpe_train import ByteBPETokenizer
 from pythia.checkpoint import load_checkpoint, save_checkpoint
@@ -99,11 +100,12 @@ def test_the_trained_model_exports_as_vocab_json_and_merges_txt(flow):
 def test_pythias_gpt2_loader_encodes_the_export_as_the_trained_bpe(flow):
     tok = load_checkpoint(flow / "m.npz").tokenizer
     gpt2 = GPT2Tokenizer.from_dir(flow / "hf")
+    fast = bpe_fast.encoder_for(gpt2)           # what `prepare --gpt2 DIR` encodes with
     texts = varied_texts()
     merged = 0
     for t in texts:
         ids = tok.encode(t)
-        assert gpt2.encode(t) == ids, repr(t)
+        assert gpt2.encode(t) == ids and fast.encode(t) == ids, repr(t)
         assert gpt2.decode(ids) == t == tok.decode(ids), repr(t)
         merged += any(256 <= i < tok.eot_id for i in ids)
     assert merged > len(texts) // 2       # the merges were exercised, not only the byte tokens
