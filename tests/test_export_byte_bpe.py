@@ -6,10 +6,11 @@ Proven here: vocab.json spells every id's bytes through GPT-2's byte-to-unicode 
 independently below); Pythia's GPT-2 loader (pythia.bpe, as `chat --gpt2` and `convert-gpt2` read
 an export, and its compiled twin in pythia.bpe_fast) encodes a varied text set to the trained
 BPE's ids and decodes back exactly; export -> convert-gpt2 gives the same weights bit for bit and
-the loaded export the same logits; two ids with the same bytes are refused with one error line. Against Hugging Face: the ids that
-transformers' GPT2TokenizerFast gave a committed trained BPE (tests/fixtures/byte_bpe, made by
-tests/fixtures/make_byte_bpe_fixtures.py) are checked without transformers; when transformers is
-importable, it loads the exported folder to the same ids and logits within 1e-4.
+the loaded export the same logits; two ids with the same bytes are refused with one error line.
+Against Hugging Face: the ids that transformers' GPT2TokenizerFast gave a committed trained BPE
+(tests/fixtures/byte_bpe, made by tests/fixtures/make_byte_bpe_fixtures.py) are checked without
+transformers; when transformers is importable, it loads the exported folder to the same ids and
+logits within 1e-4.
 """
 from __future__ import annotations
 
