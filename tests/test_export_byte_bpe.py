@@ -3,8 +3,8 @@
 A user's flow, run as `python -m pythia ...`: prepare a varied corpus (scripts, emoji, whitespace
 runs, digits, contractions, `<|endoftext|>`) with a trained BPE, train on the folder, export.
 Proven here: vocab.json spells every id's bytes through GPT-2's byte-to-unicode table (written out
-independently below); Pythia's GPT-2 loader (pythia.bpe, as `chat --gpt2` and `convert-gpt2` read
-an export, and its compiled twin in pythia.bpe_fast) encodes a varied text set to the trained
+independently below); Pythia's GPT-2 loader (pythia.text.bpe, as `chat --gpt2` and `convert-gpt2` read
+an export, and its compiled twin in pythia.text.bpe_fast) encodes a varied text set to the trained
 BPE's ids and decodes back exactly; export -> convert-gpt2 gives the same weights bit for bit and
 the loaded export the same logits; two ids with the same bytes are refused with one error line.
 Against Hugging Face: the ids that transformers' GPT2TokenizerFast gave a committed trained BPE
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythia import bpe_fast
-from pythia.bpe import GPT2Tokenizer
-from pythia.bpe_train import ByteBPETokenizer
-from pythia.checkpoint import load_checkpoint, save_checkpoint
-from pythia.export import save_hf
-from pythia.gpt2 import load_gpt2
+from pythia.formats.checkpoint import load_checkpoint, save_checkpoint
+from pythia.formats.export import save_hf
+from pythia.formats.gpt2 import load_gpt2
 from pythia.model import Pythia, PythiaConfig
+from pythia.text import bpe_fast
+from pythia.text.bpe import GPT2Tokenizer
+from pythia.text.bpe_train import ByteBPETokenizer
 from test_cli import assert_ok, assert_one_line_error, run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
