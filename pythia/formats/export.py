@@ -6,7 +6,8 @@
     model.safetensors  every weight as F32, named as transformers saves GPT2LMHeadModel
                        ("transformer.h.0.attn.c_attn.weight", ...; the tied lm_head is not stored),
                        written by pythia.formats.safetensors.save_safetensors
-    vocab.json, merges.txt           for a byte-level BPE (GPT-2) model
+    vocab.json, merges.txt           for a byte-level BPE model: GPT-2's own, or one trained by
+                                     `prepare --tokenizer bpe` (rewritten by pythia.text.bpe_export)
     tokenizer.json, tokenizer_config.json   for a character model (see pythia.text.tokenizer_json)
 
 Pythia's parameters already have GPT-2's names and its Conv1D (in, out) layout, so no tensor is
@@ -55,6 +56,9 @@ def write_hf_folder(folder: Path, model, tokenizer) -> None:
     """Write the GPT-2 layout into an existing empty folder."""
     from .safetensors import save_safetensors
     from ..text.tokenizer_json import char_tokenizer_config, char_tokenizer_json
+    if tokenizer.kind == "byte-bpe":                 # the same ids in GPT-2's string form
+        from ..text.bpe_export import as_gpt2_tokenizer
+        tokenizer = as_gpt2_tokenizer(tokenizer)
     write_json(folder / "config.json", gpt2_config(model.config, tokenizer))
     save_safetensors(folder / "model.safetensors", {hf_name(k): p for k, p in model.params.items()},
                      metadata={"format": "pt"})
@@ -70,8 +74,8 @@ def write_hf_folder(folder: Path, model, tokenizer) -> None:
         write_json(folder / "tokenizer.json", char_tokenizer_json(tokenizer))
         write_json(folder / "tokenizer_config.json", char_tokenizer_config(model.config.block_size))
     else:
-        raise ConfigError(f"cannot export a tokenizer of kind {tokenizer.kind!r}; export handles 'char' and "
-                          f"'gpt2-bpe' models")
+        raise ConfigError(f"cannot export a tokenizer of kind {tokenizer.kind!r}; export handles 'char', "
+                          f"'gpt2-bpe' and 'byte-bpe' models")
 
 
 def write_json(path: Path, obj: object) -> None:
