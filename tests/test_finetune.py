@@ -56,7 +56,10 @@ def test_five_clipped_adamw_steps_match_the_committed_torch_reference(ref):
     np.testing.assert_allclose(lrs, ref["lr"], rtol=1e-12)
     np.testing.assert_allclose(losses, ref["loss"], rtol=0, atol=LOSS_ATOL)
     np.testing.assert_allclose(norms, ref["grad_norm"], rtol=1e-5)
-    assert losses[-1] < losses[0] - 0.25                           # training moved the model (10.38 -> 9.98)
+    trained, _ = load_gpt2(GPT2)                                    # training moved the model: the
+    for name, w in params.items():                                  # first batch's loss fell
+        trained.params[name][...] = w
+    assert trained.loss(ref["x"][0], ref["y"][0]) < losses[0] - 0.1
     got = _checksums(params)
     rng = np.random.Generator(np.random.PCG64(11))
     for name in sorted(params):
