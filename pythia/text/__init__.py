@@ -1,2 +1,2 @@
 """Tokenizers beyond characters: GPT-2's BPE, the byte-level BPE trainer and its fast twin, the
-tokenizers library's JSON format, and the token view."""
+tokenizers library's JSON format, a trained BPE written in GPT-2's form, and the token view."""
