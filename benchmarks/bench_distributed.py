@@ -7,11 +7,11 @@ Training throughput of `python -m pythia train` on Tiny Shakespeare (read in pla
 ../shared/data/tinyshakespeare.txt beside the repository, or --data), three ways, in turn within
 each repeat so that a busy period of the machine hits all of them:
 
-  1 process         today's program: on 2 cores it splits each batch into two shards (threads.py)
+  1 process         the plain program: on 2 cores it splits each batch into two shards (threads.py)
   2 x 1 core        mpiexec -n 2: each rank pinned to one core, one BLAS thread, half the batch
   2 across veth     mpiexec over two network namespaces joined by a veth pair (needs root), the
-                    ranks' gradients crossing that link by TCP; each rank on one thread, as the
-                    two "hosts" share this machine's cores
+                    ranks' gradients crossing that link by TCP; each "host" pinned to a core of
+                    its own, its rank on one thread
 
 tokens/s = (B * T tokens) x (timed steps) / (wall time between the end of the last warm-up step
 and the end of the second-to-last step), from the run's --log-file, so start-up, the final
@@ -48,8 +48,9 @@ LAUNCHER = f"""#!/bin/sh
 # ssh for hydra: `LAUNCHER -x HOST COMMAND...` runs COMMAND in HOST's namespace under its own host name
 [ "$1" = "-x" ] && shift
 host=$1; shift
-case $host in {NET}.1) ns={NS_A};; {NET}.2) ns={NS_B};; *) exit 1;; esac
-exec ip netns exec "$ns" unshare --uts sh -c "hostname $ns; $*"
+# each "host" gets its own core, as a rank per core is pinned on one host
+case $host in {NET}.1) ns={NS_A}; core=0;; {NET}.2) ns={NS_B}; core=1;; *) exit 1;; esac
+exec taskset -c "$core" ip netns exec "$ns" unshare --uts sh -c "hostname $ns; $*"
 """
 
 
