@@ -27,9 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-
-FORMAT = "pythia-checkpoint"
-FORMAT_VERSION = 1
+from .checkpoint_schema import FORMAT, FORMAT_VERSION
 
 
 @dataclass
@@ -54,7 +52,7 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
                     corpus: dict | None = None) -> None:
     """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
 
-    Atomic (pythia.system.outputs.atomic_write): the archive goes to a temporary file in the same
+    Atomic (pythia.system.atomic.atomic_write): the archive goes to a temporary file in the same
     directory, is flushed to disk, then renamed over path, keeping the replaced file's mode; a
     symlink is followed to the file it points to and only a regular file is replaced. On any failure the temporary
     file is removed and a file already at path is left as it was; a signal waits for the rename.
@@ -89,7 +87,7 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         meta["corpus"] = corpus
     arrays["meta"] = _meta_bytes(meta)
 
-    from ..system.outputs import atomic_write
+    from ..system.atomic import atomic_write
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
@@ -108,7 +106,8 @@ def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:
     members, and its members' declared sizes must fit in the memory available: so neither a
     device nor a crafted archive can make the load read or allocate without bound.
     """
-    from ..system.inputs import fmt_size, open_regular
+    from ..system.inputs import open_regular
+    from ..units import fmt_size
     from ..system.memory_budget import available_memory
     what = f"checkpoint {str(path)!r}"
     hint = "use another checkpoint or train a new one"

@@ -21,9 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import FORMAT, FORMAT_VERSION
-
 from ..tokenizer import TOKENIZER_KINDS
+
+FORMAT = "pythia-checkpoint"   # meta["format"] of every checkpoint
+FORMAT_VERSION = 1              # meta["version"]: raised when a change breaks older readers
 U128 = 1 << 128                                         # PCG64's state and increment are 128-bit
 
 
