@@ -25,6 +25,7 @@ import numpy as np
 
 from .inspection.explain import token_probs
 from .ui import ConsoleUI
+from .units import parse_number
 
 USER, BOT = "User", "Pythia"      # speaker names used by data/model.txt
 TURN_END = "\n\n"                 # the corpus separates exchanges with a blank line
@@ -344,13 +345,11 @@ class ChatSession:
 
 
 def _number(arg: str, kind: Callable[[str], Any], message: str):
+    """arg as a number of kind (pythia.units.parse_number); ValueError(message) when it is not one."""
     try:
-        v = kind(arg)
+        return parse_number(arg, kind)
     except ValueError:
         raise ValueError(message) from None
-    if isinstance(v, float) and not np.isfinite(v):
-        raise ValueError(message)
-    return v
 
 
 def run_chat(model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,

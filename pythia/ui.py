@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence, TextIO
 
+from .units import fmt_size
+
 # ANSI SGR codes used by the styles below
 _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34",
           "magenta": "35", "cyan": "36"}
@@ -81,14 +83,6 @@ def fmt_count(n: float) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def fmt_bytes(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KB"
-    return f"{n} B"
 
 
 @dataclass
@@ -166,7 +160,7 @@ class ConsoleUI:
         if source:
             self.line(label("from") + source)
         if corpus is not None:
-            files = ", ".join(f"{name} ({fmt_bytes(size)})" for name, size in corpus.files)
+            files = ", ".join(f"{name} ({fmt_size(size)})" for name, size in corpus.files)
             where = " [bundled]" if corpus.bundled else ""
             self.line(label("corpus") + files + self.style(where, "dim"))
             extra = f"{corpus.n_tokens:,} tokens{d}" if corpus.n_tokens is not None else ""

@@ -6,7 +6,7 @@ import pythia.kernels as kernels
 
 # A signal ignored by whoever started pytest stays ignored in every program pytest starts (exec
 # keeps SIG_IGN): a shell's background job ignores SIGINT, nohup ignores SIGHUP. Pythia leaves an
-# ignored signal ignored on purpose (pythia.system.outputs.guard_signals), so the tests that stop a
+# ignored signal ignored on purpose (pythia.system.signals.guard_signals), so the tests that stop a
 # program with Ctrl-C, SIGHUP or SIGTERM need them un-ignored here, whatever launched the suite.
 for _signum, _handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL),
                           (signal.SIGTERM, signal.SIG_DFL)):

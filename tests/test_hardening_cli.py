@@ -272,7 +272,7 @@ def test_export_force_replaces_only_a_folder_and_never_its_input(d, kind):
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_an_output_claimed_by_a_live_process_is_refused_naming_it(d, writer):
-    from pythia.system.outputs import claim_output
+    from pythia.system.claims import claim_output
     args, stdin, _, _ = WRITERS[writer]
     with claim_output(d / "m.npz", replace=True):       # this test process holds it
         r = run(args("m.npz"), d, stdin)

@@ -1,4 +1,4 @@
-"""pythia.system.outputs in-process: atomic replacement, modes, symlinks, claims, held signals, lost streams.
+"""pythia.system.claims, atomic, signals and streams in-process: atomic replacement, modes, symlinks, claims, held signals, lost streams.
 
 The command-line behaviour built on these is proven in test_hardening_cli.py; here each piece is
 checked on its own against what the operating system reports (stat, readlink, flock).
@@ -13,8 +13,10 @@ import sys
 import pytest
 
 from pythia.errors import ConfigError
-from pythia.system.outputs import (Interrupted, OutputBusy, atomic_write, check_appendable, check_distinct,
-                            claim_output, guard_signals, interrupted_message, is_claimed, _Optional)
+from pythia.system.atomic import atomic_write, written_files
+from pythia.system.claims import OutputBusy, check_appendable, check_distinct, claim_output, is_claimed
+from pythia.system.signals import Interrupted, guard_signals, interrupted_message
+from pythia.system.streams import _Optional
 
 
 def names(folder) -> list[str]:
@@ -82,7 +84,7 @@ def test_a_signal_during_a_write_waits_for_the_rename(tmp_path):
             seen.append("returned")
     assert e.value.signum == signal.SIGTERM and e.value.exit_status == 143
     assert seen == ["written"] and p.read_bytes() == b"complete" and names(tmp_path) == ["f.bin"]
-    assert stop.requested() and "'" + str(p) + "', is complete" in interrupted_message(e.value)
+    assert stop.requested() and "'" + str(p) + "', is complete" in interrupted_message(e.value, written_files())
 
 
 def test_polled_guard_only_flags_the_first_signal_and_raises_on_the_second():
@@ -97,7 +99,7 @@ def test_polled_guard_only_flags_the_first_signal_and_raises_on_the_second():
 
 def test_a_claim_is_exclusive_across_processes_and_released(tmp_path):
     p = tmp_path / "m.npz"
-    code = "import sys; from pythia.system.outputs import claim_output; claim_output(sys.argv[1])"
+    code = "import sys; from pythia.system.claims import claim_output; claim_output(sys.argv[1])"
     with claim_output(p) as claim:
         assert claim.lock_path.exists() and is_claimed(p)
         r = subprocess.run([sys.executable, "-c", code + "\n", str(p)], capture_output=True, text=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pythia.errors import ConfigError, DataError
-from pythia.system.outputs import claim_output
+from pythia.system.claims import claim_output
 from pythia.inspection.plot import log_ticks, loss_svg, nice_ticks, read_log
 
 NS = {"s": "http://www.w3.org/2000/svg"}

@@ -102,7 +102,7 @@ def test_banner_names_version_backend_model_and_corpus():
     text = out.getvalue()
     for needle in ("Pythia 9.9.9", "numpy", "fell back to the NumPy kernels", "not built; run X",
                    "3 layers", "4 heads", "d_model 48", "context 32", "89,808 parameters",
-                   "input.txt (2.0 KB)", "model.txt (100 B)", "2,148 tokens", "70 symbols (char)", "a.npz"):
+                   "input.txt (2.0 kB)", "model.txt (100 bytes)", "2,148 tokens", "70 symbols (char)", "a.npz"):
         assert needle in text, needle
 
 

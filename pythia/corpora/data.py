@@ -15,10 +15,10 @@ from typing import Literal
 
 import numpy as np
 
+from ..corpus import DEFAULT_FILES, bundled_corpus_files
 from ..errors import DataError
 from ..tokenizer import SimpleTokenizer, describe_chars
 
-DEFAULT_FILES = ("input.txt", "model.txt")  # the seed's contract: these two, from the current directory
 VAL_FRACTION = 0.1
 
 
@@ -34,7 +34,6 @@ def resolve_corpus(data_args: list[str] | None, cwd: Path | None = None) -> list
     local = [cwd / name for name in DEFAULT_FILES]
     if all(p.is_file() for p in local):
         return local
-    from ..corpus import bundled_corpus_files
     try:
         return bundled_corpus_files()
     except FileNotFoundError as e:

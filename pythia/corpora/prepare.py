@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..system.atomic import install_directory, new_directory
 from .prepared import FORMAT, FORMAT_VERSION, META, TRAIN_BIN, VAL_BIN, dtype_for, is_prepared, tokenizer_to_json
 from .textstream import Progress, read_chunks
 
@@ -258,7 +258,7 @@ def prepare(o: PrepareOptions, out=None) -> dict:
                   "BPE: the pure-Python reference, which is slow; build the compiled one with `pip install -e .`\n")
     progress = Progress(sum(p.stat().st_size for p in o.files), out)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{o.out.name}.", suffix=".tmp", dir=o.out.parent))
+        tmp = new_directory(o.out)
     except OSError as e:
         raise DataError(f"cannot write {str(o.out)!r}: {e.strerror or e}; check that its folder is writable "
                         f"and has free space") from None
@@ -287,10 +287,7 @@ def prepare(o: PrepareOptions, out=None) -> dict:
                 "sources": [{k: s[k] for k in ("name", "size", "sha256")} for s in sources]}
         with open(tmp / META, "w", encoding="utf-8") as f:
             f.write(meta_text(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o777 & ~_umask())
-        _install(tmp, o.out)
+        install_directory(tmp, o.out)
         return meta
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -308,77 +305,3 @@ def meta_text(meta: dict) -> str:
     head = json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, ensure_ascii=False, indent=1)
     tok = json.dumps(meta["tokenizer"], ensure_ascii=False, separators=(",", ":"))
     return head[:-2] + f',\n "tokenizer": {tok}\n}}\n'
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out (a prepared corpus, --force) is moved aside first and
-    removed only once the new folder is in place."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def cmd_prepare(args) -> int:
-    """The `prepare` command: options from the parsed flags, then a one-line summary."""
-    kind = "gpt2" if args.gpt2 else args.tokenizer
-    if args.gpt2 and args.tokenizer == "bpe":
-        raise ConfigError("--gpt2 brings GPT-2's own BPE; drop --tokenizer bpe (or drop --gpt2 to train one)")
-    workers = args.workers or max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
-    o = PrepareOptions(files=[Path(p) for p in args.data], out=Path(args.out), tokenizer=kind,
-                       vocab_size=args.vocab_size, gpt2_dir=Path(args.gpt2) if args.gpt2 else None,
-                       val_fraction=args.val_fraction, bpe_sample_mb=args.bpe_sample, workers=workers,
-                       force=args.force)
-    t0 = time.perf_counter()
-    meta = prepare(o)
-    print(f"wrote {o.out}: {meta['n_tokens']:,} tokens ({meta['n_train']:,} train, {meta['n_val']:,} val), "
-          f"{meta['tokenizer']['kind']} tokenizer of {meta['vocab_size']:,}, {meta['dtype']}, "
-          f"{time.perf_counter() - t0:.1f}s")
-    print(f"train on it: python -m pythia train --data {o.out}")
-    return 0
-
-
-PREPARE_HELP = """\
-The folder holds train.bin and val.bin (token ids, little-endian uint16, or uint32 above 65,536
-tokens) and meta.json (tokenizer, counts, split, each file's size and SHA-256). Files are read
-in chunks, never whole; the last --val-fraction of the tokens validates, as `train --data FILE`
-splits them. A BPE puts <|endoftext|> between files.
-
-examples:
-  python -m pythia prepare --data books/*.txt --out books.tok
-  python -m pythia prepare --data books/*.txt --out books.tok --tokenizer bpe --vocab-size 4096
-  python -m pythia prepare --data books/*.txt --out books.tok --gpt2 ./gpt2
-  python -m pythia train --data books.tok --steps 5000 --out books.npz"""
-
-
-def add_arguments(p) -> None:
-    """The prepare command's flags (pythia.cli calls this)."""
-    from ..cli import _number, positive_float, positive_int
-    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, in order")
-    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (refused if it exists)")
-    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
-                   help="char: one token per character; bpe: a byte-level BPE trained on the text")
-    p.add_argument("--vocab-size", type=_number(int, lambda v: True, "a whole number"), default=4096, metavar="N",
-                   help="tokens of the trained BPE (256 bytes + merges + <|endoftext|>)")
-    p.add_argument("--gpt2", metavar="DIR", help="use GPT-2's BPE from a Hugging Face folder (vocab.json, merges.txt)")
-    p.add_argument("--val-fraction", type=_number(float, lambda v: 0 < v < 1, "a number between 0 and 1"),
-                   default=0.1, metavar="F", help="the last F of the tokens validate")
-    p.add_argument("--bpe-sample", type=positive_float, default=32.0, metavar="MB",
-                   help="train the BPE on a uniform random sample of about MB megabytes of the text")
-    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                   help="processes that encode with a BPE (default: one per CPU core, at most 4)")
-    p.add_argument("--force", action="store_true", help="replace --out when it is an earlier prepared corpus")

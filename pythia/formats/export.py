@@ -24,10 +24,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..units import fmt_size
 
 LAYER_NORM_EPS = 1e-5   # what pythia.kernels.layernorm_forward uses
 
@@ -119,16 +119,12 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> P
 
 def save_hf(out: str | Path, model, tokenizer, *, force: bool = False) -> Path:
     """Write model and tokenizer as a GPT-2 folder at out, atomically (module docstring)."""
+    from ..system.atomic import install_directory, new_directory
     out = check_export_target(out, force)
-    parent = out.parent
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = new_directory(out)
     try:
         write_hf_folder(tmp, model, tokenizer)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o777 & ~_umask())                      # mkdtemp makes 0700; the usual permissions
-        _move_into_place(tmp, out)
+        install_directory(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
@@ -138,33 +134,8 @@ def save_hf(out: str | Path, model, tokenizer, *, force: bool = False) -> Path:
     return out
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to out. An empty folder at out is replaced by the rename itself;
-    anything else at out (allowed by force) is first moved aside and removed only afterwards."""
-    if not out.exists() and not out.is_symlink():
-        os.rename(tmp, out)
-        return
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        os.replace(tmp, out)                                  # rename(2) onto an empty directory
-        return
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old")) / "old"
-    os.rename(out, aside)
-    os.rename(tmp, out)
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside.parent, ignore_errors=True)
-    else:
-        aside.unlink()
-        os.rmdir(aside.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def describe(out: Path) -> str:
     """One line naming what was written."""
     files = sorted(p.name for p in out.iterdir())
     size = sum(p.stat().st_size for p in out.iterdir())
-    return f"wrote {out}/ ({', '.join(files)}; {size / 1e6:.1f} MB)"
+    return f"wrote {out}/ ({', '.join(files)}; {fmt_size(size)})"

@@ -101,22 +101,6 @@ def _pythia_name(hf_name: str) -> str:
     return {"wte.weight": "wte", "wpe.weight": "wpe"}.get(name, name)
 
 
-def read_gpt2_weights(path: str | Path, config: PythiaConfig) -> dict[str, np.ndarray]:
-    """Every Pythia parameter (float32 copies) from a GPT-2 model.safetensors, each shape checked."""
-    f = SafetensorsFile(path)
-    try:
-        return _read_weights(f, config, copy=True)
-    finally:
-        f.close()
-
-
-def _read_weights(f: SafetensorsFile, config: PythiaConfig, *, copy: bool) -> dict[str, np.ndarray]:
-    plan, head = _plan(f, config)
-    params = {name: f.get(hf_name, copy=copy) for name, hf_name in plan.items()}
-    _check_head(f, head, params["wte"])
-    return params
-
-
 def _plan(f: SafetensorsFile, config: PythiaConfig) -> tuple[dict[str, str], str | None]:
     """Which file tensor holds each Pythia parameter (every name and shape checked, nothing read),
     and the name of an lm_head tensor if the file has one."""

@@ -20,6 +20,7 @@ import stat
 from typing import BinaryIO
 
 from ..errors import PythiaError
+from ..units import fmt_size
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
@@ -29,15 +30,7 @@ def file_kind(mode: int) -> str:
     """'a regular file', 'a directory', 'a FIFO (named pipe)', ... for an st_mode."""
     if stat.S_ISREG(mode):
         return "a regular file"
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-def fmt_size(n: int) -> str:
-    """Bytes for a message: 512 bytes, 3.2 MB, 1.5 GB (decimal units, as `ls -h --si`)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
 def open_regular(path: str | os.PathLike, what: str, error: type[PythiaError] = PythiaError,
@@ -102,12 +95,3 @@ def _open_failure(name: str, e: OSError, reading: bool = False) -> str:
         return f"{name} is a symbolic link that loops; check the path"
     verb = "reading" if reading else "opening"
     return f"{name} failed while {verb}: {e.strerror or e}; check the file and the disk it is on"
-
-
-def is_regular(path: str | os.PathLike) -> bool:
-    """True for an existing regular file (following symbolic links), False otherwise."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .inputs import fmt_size
+from ..units import fmt_size
 
 if TYPE_CHECKING:
     from ..model import PythiaConfig

@@ -1,4 +1,5 @@
-"""Standard streams that are closed when Pythia starts (`<&-`, `>&-`, `2>&-`).
+"""Standard streams that are closed when Pythia starts (`<&-`, `>&-`, `2>&-`), or that go away
+while it runs (`train ... | head -n 2`, a closed terminal).
 
 A process started with a standard descriptor closed has no sys.stdin / sys.stdout / sys.stderr
 (Python sets them to None), and worse, the next file it opens takes that descriptor's number:
@@ -11,6 +12,10 @@ there) and gives Python a stream for it, and `require()` then refuses, in one li
     chat and train-chat also read the conversation from stdin.
 
 A command added later needs stdout unless NEEDS says otherwise.
+
+`keep_running_without_streams()`, called once by commands whose output is only a report (train),
+makes writes to a stdout or stderr whose reader has gone away be dropped silently instead of
+raising, so a training run is never lost to its report.
 """
 from __future__ import annotations
 
@@ -94,3 +99,46 @@ def full_disk_file(e: OSError) -> str | None:
         if where.startswith("/"):
             return {1: f"stdout ({where})", 2: f"stderr ({where})"}.get(fd, repr(where))
     return None
+
+
+class _Optional:
+    """A text stream whose writes are dropped once the other end has gone (EPIPE, EIO, closed)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def _lost(self) -> None:
+        self.gone = True
+        try:                                    # so that the interpreter's last flush finds a sink too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self._lost()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._lost()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def keep_running_without_streams() -> None:
+    """From now on, a stdout or stderr whose reader has gone swallows writes instead of raising."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Optional):
+            setattr(sys, name, _Optional(stream))

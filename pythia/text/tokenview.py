@@ -7,11 +7,7 @@ multi-byte character shows its bytes as \\x escapes), then the count.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import TextIO
-
-from ..errors import ConfigError
 
 _BACKGROUNDS = ("\033[48;5;24m", "\033[48;5;58m", "\033[48;5;89m", "\033[48;5;22m")  # blue, olive, plum, green
 _RESET = "\033[0m"
@@ -65,33 +61,3 @@ def render(tokenizer, text: str, out: TextIO, color: bool) -> int:
     out.write(f"{len(ids)} token{'s' if len(ids) != 1 else ''} for {len(text)} character"
               f"{'s' if len(text) != 1 else ''} ({tokenizer.kind} tokenizer, {tokenizer.vocab_size:,} tokens)\n")
     return len(ids)
-
-
-def load_tokenizer(checkpoint: str | None, data: str | None):
-    """The tokenizer of a checkpoint or of a prepared corpus folder."""
-    if checkpoint:
-        from ..formats.checkpoint import load_checkpoint
-        return load_checkpoint(checkpoint).tokenizer
-    if data:
-        from ..errors import DataError
-        from ..corpora.prepared import REPREPARE, read_meta, tokenizer_from_json
-        meta = read_meta(Path(data))
-        try:
-            return tokenizer_from_json(meta["tokenizer"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{str(Path(data) / 'meta.json')!r} holds an unreadable tokenizer ({e}); {REPREPARE}") \
-                from None
-    raise ConfigError("tokenize needs a tokenizer: --checkpoint FILE or --data DIR (a prepared corpus)")
-
-
-def cmd_tokenize(args) -> int:
-    from ..ui import ConsoleUI, colour_allowed
-    tokenizer = load_tokenizer(args.checkpoint, args.data)
-    text = args.text.encode("utf-8", "replace").decode("utf-8")   # undecodable argv bytes -> '?'
-    text, dropped = tokenizer.filter(text)
-    if dropped:
-        ConsoleUI(sys.stderr).notice(f"dropped {len(dropped)} character(s) the vocabulary lacks: {''.join(dropped)!r}")
-    if not text:
-        raise ConfigError("--text is empty (after dropping characters the vocabulary lacks); give some text")
-    render(tokenizer, text, sys.stdout, colour_allowed(sys.stdout))
-    return 0

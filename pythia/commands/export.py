@@ -1,0 +1,28 @@
+"""`python -m pythia export`: a checkpoint as a Hugging Face GPT-2 folder (pythia.formats.export)."""
+from __future__ import annotations
+
+import argparse
+
+NAME = "export"
+SUMMARY = "write a checkpoint as a Hugging Face GPT-2 folder"
+DESCRIPTION = ("Write CKPT as a Hugging Face GPT-2 folder DIR (config.json, model.safetensors, and "
+               "vocab.json + merges.txt or, for a character model, tokenizer.json) that transformers "
+               "loads with GPT2LMHeadModel.from_pretrained(DIR) and Pythia with --gpt2 DIR.")
+EPILOG = ("examples:\n  python -m pythia export notes-ft.npz --out ./notes-hf\n"
+          "  python -m pythia chat --gpt2 ./notes-hf")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="a .npz written by train, train-chat or convert-gpt2")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..formats.export import describe, export
+    from ..system.signals import guard_signals
+    with guard_signals():          # a signal raises, so the half-written temporary folder is removed
+        out = export(args.checkpoint, args.out, force=args.force)
+    print(describe(out))
+    print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
+    return 0

@@ -1,0 +1,67 @@
+"""`python -m pythia generate`: one completion of --prompt on stdout, for scripts."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError
+from .kernel_choice import kernel_status, select_kernels
+from .model_source import add_model_source, load_model
+from .sampling_flags import add_sampling_flags, chat_settings
+
+NAME = "generate"
+SUMMARY = "print one completion of a prompt"
+DESCRIPTION = ("Continue --prompt and write the prompt and its continuation to stdout (status and "
+               "notices go to stderr), for scripts.")
+EPILOG = ("examples:\n  python -m pythia generate --checkpoint pythia-chat.npz --prompt 'User: Hi' --seed 7\n"
+          "  python -m pythia generate --gpt2 ./gpt2 --prompt 'The sea' --temperature 0")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_source(p)
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
+    p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
+    add_sampling_flags(p, length=200)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..chat import stream_text
+    from ..ui import ConsoleUI
+    err = ConsoleUI(sys.stderr)
+    select_kernels(args.kernels)
+    model, tokenizer, source = load_model(args)
+    backend, fallback = kernel_status(args.kernels)
+    err.notice(f"pythia: {source}{err.dot}kernels {backend}")
+    if fallback:
+        err.warn(f"fell back to the NumPy kernels, which are slower: {fallback}")
+    prompt = args.prompt.encode("utf-8", "replace").decode("utf-8")  # undecodable argv bytes -> '?'
+    filt = getattr(tokenizer, "filter", None)
+    if filt is not None:
+        prompt, dropped = filt(prompt)
+        if dropped:
+            err.notice(f"dropped {len(dropped)} character(s) the vocabulary lacks: {''.join(dropped)!r}")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError("--prompt is empty (after dropping characters the vocabulary lacks); "
+                          "give some text to continue")
+    s = chat_settings(args)
+    rng = np.random.default_rng(s.seed)
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(prompt)
+        out.flush()
+    gen = model.generate(ids[-model.config.block_size:], s.max_new_tokens, temperature=s.temperature,
+                         top_k=s.top_k, top_p=s.top_p, rng=rng)
+    try:
+        for piece in stream_text(tokenizer, gen):
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+        raise
+    out.write("\n")
+    out.flush()
+    return 0
