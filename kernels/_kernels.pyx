@@ -78,18 +78,12 @@ def default_threads() -> int:
 cdef enum: PARALLEL_MIN = 32768
 cdef enum: EXP_COST = 2           # so exp kernels go parallel from 16384 elements
 cdef enum: LANES = 16             # partial sums per reduction (four SSE / two AVX registers)
-cdef enum: LN_BLOCK = 64          # rows per partial dw, db sum in layernorm_backward
+cdef enum: LN_BLOCK = 128         # rows per partial dw, db sum in layernorm_backward
 
 
 cdef struct Args:                 # one call's arrays, sizes and scalars (each kernel uses some)
-    const float* x0
-    const float* x1
-    const float* x2
-    const float* x3
-    const float* x4
-    float* y0
-    float* y1
-    float* y2
+    const float *x0, *x1, *x2, *x3, *x4      # inputs
+    float *y0, *y1, *y2                      # outputs
     const int64_t* t
     Py_ssize_t N, C, Tq, Tk
     float f[8]
@@ -116,12 +110,11 @@ cdef void _run(Part part, const Args* a, Py_ssize_t n, Py_ssize_t work, int n_th
 
 # ----------------------------------------------------------------------------- vector math
 
-cdef inline float _exp(float x) noexcept nogil:
-    # exp(x) for float32, ~1 ulp; NaN -> NaN, x < EXP_LO (and -inf) -> 0, x > EXP_OVER -> inf
-    # (between EXP_HI and EXP_OVER, where exp is within 1.5x of FLT_MAX, it gives exp(EXP_HI))
+cdef inline float _exp_neg(float x) noexcept nogil:
+    # exp(x) for float32, ~1 ulp, for x <= EXP_HI (as softmax's x - max <= 0) or NaN -> NaN;
+    # x < EXP_LO (and -inf) -> 0
     cdef float xc, t, n, r, p
     xc = EXP_LO if x < EXP_LO else x               # written so that NaN passes through
-    xc = EXP_HI if xc > EXP_HI else xc
     t = xc * LOG2E + ROUND
     n = t - ROUND                                  # round(x / ln2), exactly, as a float
     r = xc - n * LN2_HI
@@ -130,23 +123,14 @@ cdef inline float _exp(float x) noexcept nogil:
     p = p * (r * r) + r + <float>1.0               # exp(r); <float>: a bare 1.0 is a C double
     # 2^n built in the exponent field; the low bits of t hold n + bits(ROUND)
     p = p * pythia_from_bits((pythia_bits(t) - pythia_bits(ROUND) + 127) << 23)
-    if x > EXP_OVER:
-        p = INFINITY
     return <float>0.0 if x < EXP_LO else p
 
 
-cdef inline float _exp_neg(float x) noexcept nogil:
-    # _exp for x <= 0 (or NaN), as in softmax's exp(x - max): no overflow handling needed
-    cdef float xc, t, n, r, p
-    xc = EXP_LO if x < EXP_LO else x
-    t = xc * LOG2E + ROUND
-    n = t - ROUND
-    r = xc - n * LN2_HI
-    r = r - n * LN2_LO
-    p = ((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5
-    p = p * (r * r) + r + <float>1.0
-    p = p * pythia_from_bits((pythia_bits(t) - pythia_bits(ROUND) + 127) << 23)
-    return <float>0.0 if x < EXP_LO else p
+cdef inline float _exp(float x) noexcept nogil:
+    # exp(x) for any x: x > EXP_OVER -> inf (between EXP_HI and EXP_OVER, where exp is within
+    # 1.5x of FLT_MAX, it gives exp(EXP_HI))
+    cdef float p = _exp_neg(EXP_HI if x > EXP_HI else x)
+    return INFINITY if x > EXP_OVER else p
 
 
 cdef inline float _sigmoid(float z) noexcept nogil:
@@ -216,11 +200,6 @@ cdef inline float _sqdev(const float* a, float m, Py_ssize_t n) noexcept nogil:
     return _fold_sum(acc)
 
 
-cdef inline float _max(const float* a, Py_ssize_t n) noexcept nogil:
-    # max(a); NaN entries are skipped here (they still poison the sum that follows)
-    return pythia_max(a, n)
-
-
 # ----------------------------------------------------------------------------- buffers
 
 cdef const float* _in(cnp.ndarray a, Py_ssize_t n) except NULL:
@@ -268,7 +247,7 @@ cdef inline void _softmax_row(const float* x, float* y, Py_ssize_t C, float scal
     # y = exp(scale x - max) / sum; an all -inf row gives y = 0 (defined, not NaN)
     cdef Py_ssize_t j
     cdef float m, inv
-    m = _max(x, C)
+    m = pythia_max(x, C)
     if m == -INFINITY:                     # every entry -inf (y = 0) or NaN (y = NaN)
         for j in range(C):
             y[j] = 0.0 if x[j] == -INFINITY else NAN
@@ -400,20 +379,21 @@ cdef inline float _dot3(const float* a, const float* b, const float* c, float m,
 
 
 cdef void _layernorm_grad_blocks(const Args* a, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    # blocks [lo, hi) of LN_BLOCK rows (dy x0, x x1, w x2, mean x3, rstd x4; dx y0). For each
-    # row, with xhat = (x - mean) rstd and g = dy w (the gradient wrt xhat):
-    # dx = rstd (g - mean(g) - xhat mean(g xhat)); block k sums its rows' dw += dy xhat and
-    # db += dy into its own dw, db pair in y1 (no sharing between threads)
-    cdef Py_ssize_t k, i, o, C = a.C
+    # blocks [lo, hi) of LN_BLOCK rows. For each row, with xhat = (x - mean) rstd and g = dy w
+    # (the gradient wrt xhat): dx = rstd (g - mean(g) - xhat mean(g xhat)); block k sums its
+    # rows' dw += dy xhat and db += dy into its own pair in y1 (no sharing between threads).
+    # Pointers are copied to locals: a store through a float* may alias *a for the compiler.
+    cdef Py_ssize_t k, i, C = a.C, N = a.N
+    cdef const float *dy = a.x0, *x = a.x1, *w = a.x2, *mean = a.x3, *rstd = a.x4
+    cdef float *dx = a.y0, *sums = a.y1
     cdef float m, r, sg, sgx
     for k in range(lo, hi):
-        for i in range(k * LN_BLOCK, min(a.N, (k + 1) * LN_BLOCK)):
-            o = i * C
-            m, r = a.x3[i], a.x4[i]
-            sg = _dot(a.x0 + o, a.x2, C) / C                          # mean(g)
-            sgx = _dot3(a.x0 + o, a.x2, a.x1 + o, m, C) * r / C        # mean(g xhat)
-            pythia_layernorm_grad_row(a.y0 + o, a.y1 + 2 * C * k, a.y1 + 2 * C * k + C,
-                                      a.x0 + o, a.x1 + o, a.x2, m, r, sg, sgx, C)
+        for i in range(k * LN_BLOCK, min(N, (k + 1) * LN_BLOCK)):
+            m, r = mean[i], rstd[i]
+            sg = _dot(dy + i * C, w, C) / C                            # mean(g)
+            sgx = _dot3(dy + i * C, w, x + i * C, m, C) * r / C         # mean(g xhat)
+            pythia_layernorm_grad_row(dx + i * C, sums + 2 * C * k, sums + 2 * C * k + C,
+                                      dy + i * C, x + i * C, w, m, r, sg, sgx, C)
 
 
 def layernorm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray w not None,
@@ -445,22 +425,26 @@ def layernorm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndar
 # 0.5 (1 + tanh(u)) = sigmoid(2u), so gelu(x) = x sigmoid(2u), u = s (x + c x^3), s = sqrt(2/pi)
 
 cdef void _gelu_part(const Args* a, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const float* x = a.x0          # locals: a store through y may alias *a for the compiler
+    cdef float* y = a.y0
     cdef Py_ssize_t k
     cdef float v
     for k in range(lo, hi):
-        v = a.x0[k]
-        a.y0[k] = v * _sigmoid(GELU_2S * (v + GELU_C * v * v * v))
+        v = x[k]
+        y[k] = v * _sigmoid(GELU_2S * (v + GELU_C * v * v * v))
 
 
 cdef void _gelu_grad_part(const Args* a, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     # gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2),  t = tanh(u)
     #          = q + 2 s x q (1 - q) (1 + 3 c x^2),              q = sigmoid(2u) = (1 + t) / 2
+    cdef const float *dy = a.x0, *x = a.x1
+    cdef float* dx = a.y0
     cdef Py_ssize_t k
     cdef float v, q
     for k in range(lo, hi):
-        v = a.x1[k]
+        v = x[k]
         q = _sigmoid(GELU_2S * (v + GELU_C * v * v * v))
-        a.y0[k] = a.x0[k] * (q + GELU_2S * v * q * (<float>1.0 - q) * (<float>1.0 + GELU_3C * v * v))
+        dx[k] = dy[k] * (q + GELU_2S * v * q * (<float>1.0 - q) * (<float>1.0 + GELU_3C * v * v))
 
 
 def gelu_forward(cnp.ndarray x not None, cnp.ndarray y not None, Py_ssize_t n, int n_threads):
@@ -489,7 +473,7 @@ cdef void _crossentropy_rows(const Args* a, Py_ssize_t lo, Py_ssize_t hi) noexce
     cdef float m, s
     for i in range(lo, hi):
         z, p = a.x0 + i * V, a.y1 + i * V
-        m = _max(z, V)
+        m = pythia_max(z, V)
         if m == -INFINITY:                  # every logit -inf (or NaN): no defined loss
             _softmax_row(z, p, V, 1.0)
             a.y0[i] = NAN
