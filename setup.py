@@ -78,7 +78,7 @@ def extensions():
     import numpy
     from Cython.Build import cythonize
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    inc = [numpy.get_include()]  # the kernels read array pointers through NumPy's C API
+    inc = [numpy.get_include(), "kernels"]  # NumPy's C API (array pointers); kernels/_kernels.h
     exts = [Extension("pythia._kernels", ["kernels/_kernels.pyx"], define_macros=macros, include_dirs=inc),
             # the same source (it includes _kernels.pyx), built with SIMD_FLAGS by BuildExt
             Extension("pythia._kernels_avx2", ["kernels/_kernels_avx2.pyx"], define_macros=macros,

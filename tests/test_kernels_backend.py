@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from kernel_cases import compiled_builds
+from kernel_cases import BWD_RTOL, bound_build, close, compiled_builds
 
 from pythia import kernels
 from pythia.kernels import _loader, compiled, reference
@@ -113,45 +113,111 @@ def test_idle_openmp_threads_spin_briefly_unless_the_user_chose():
     assert run_python(code, GOMP_SPINCOUNT="50").stdout.split() == ["50", "None"]
 
 
-def test_large_kernels_run_parallel_loops_and_agree_with_small_ones():
-    # the same rows computed in one big (threaded) call and row by row (serial) agree exactly,
-    # except where threads change a summation order (none of these kernels does)
+def _large_cases(r):
+    """(kernel, args) for every kernel at sizes above the kernels' threading threshold
+    (32768 units), with row counts that do not divide evenly among 2 or 3 threads."""
+    x = r.standard_normal((1001, 97)).astype(np.float32)
+    w, b = r.standard_normal(97).astype(np.float32), r.standard_normal(97).astype(np.float32)
+    _, mean, rstd = reference.layernorm_forward(x, w, b)
+    s = r.standard_normal((5, 3, 48, 64)).astype(np.float32)
+    ys = reference.attention_softmax_forward(s, 0.125)
+    t = r.integers(0, 97, 1001)
+    _, p = reference.crossentropy_forward(x, t)
+    return [
+        ("softmax_forward", (x,)), ("softmax_backward", (x, reference.softmax_forward(x))),
+        ("layernorm_forward", (x, w, b)), ("layernorm_backward", (x, x, w, mean, rstd)),
+        ("gelu_forward", (x,)), ("gelu_backward", (x, x)),
+        ("attention_softmax_forward", (s, 0.125)), ("attention_softmax_backward", (s, ys, 0.125)),
+        ("crossentropy_forward", (x, t)),
+        ("crossentropy_backward", (np.full(1001, 1 / 1001, np.float32), p, t)),       # a mean loss
+        ("crossentropy_backward", (r.random(1001).astype(np.float32), p, t)),         # per-row weights
+    ]
+
+
+@pytest.mark.parametrize("build", ["_kernels", "_kernels_avx2"])
+def test_every_kernel_gives_the_same_bits_on_one_two_and_three_threads(build):
+    # the thread count splits rows (LayerNorm's dw, db: blocks of rows of a fixed size) and
+    # never a sum, so it cannot change a result; each result also matches the NumPy twin
+    if build not in compiled_builds():
+        pytest.skip(f"pythia.{build} is not built or not runnable here")
+    cases = _large_cases(np.random.default_rng(11))
+    limit = compiled.set_thread_limit(1)
+    try:
+        with bound_build(build) as k:
+            for name, args in cases:
+                runs = []
+                for n in (1, 2, 3):
+                    compiled.set_thread_limit(n)
+                    out = getattr(k, name)(*args)
+                    runs.append(out if isinstance(out, tuple) else (out,))
+                expect = getattr(reference, name)(*args)
+                for j, e in enumerate(expect if isinstance(expect, tuple) else (expect,)):
+                    np.testing.assert_array_equal(runs[1][j], runs[0][j], err_msg=f"{name} 2 threads")
+                    np.testing.assert_array_equal(runs[2][j], runs[0][j], err_msg=f"{name} 3 threads")
+                    close(runs[0][j], e, BWD_RTOL, name, scale=1.0)
+    finally:
+        compiled.set_thread_limit(limit)
+
+
+def test_adamw_gives_the_same_bits_on_one_and_two_threads():
     if not BUILT:
         pytest.skip("compiled kernels are not built")
     _loader.load_compiled()
-    ext = compiled._ext
-    x = np.random.default_rng(7).standard_normal((1024, 96)).astype(np.float32)
-    work = ext.WORK_UNITS["exp"] * x.size                              # softmax exponentiates each element
-    stats = ext.threading_stats(work)
-    may_thread = ext.max_threads() > 1 and stats["serial_for_s"] == 0  # not backing off now
-    big = compiled.softmax_forward(x)                                   # 98304 elements: threaded
-    if may_thread:
-        assert ext.threading_stats(work)["parallel_loops"] == stats["parallel_loops"] + 1
-    rows = np.stack([compiled.softmax_forward(r) for r in x])
-    np.testing.assert_array_equal(big, rows)
+    r = np.random.default_rng(5)
+    p0, g, m0, v0 = (r.standard_normal(100_003).astype(np.float32) for _ in range(4))
+    v0 = np.abs(v0)
+    limit = compiled.set_thread_limit(1)
+    try:
+        out = []
+        for n in (1, 2):
+            compiled.set_thread_limit(n)
+            p, m, v = p0.copy(), m0.copy(), v0.copy()
+            compiled.adamw_update(p, g, m, v, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, t=3, weight_decay=0.1)
+            out.append((p, m, v))
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        compiled.set_thread_limit(limit)
 
 
-def test_after_a_serial_spell_the_first_parallel_loop_only_wakes_the_thread():
-    # a late loop sends loops of its size to one thread for a while; the first parallel loop
-    # after that spell is not judged (its thread slept through the spell), the next one is
+def test_set_thread_limit_returns_the_previous_limit():
+    before = kernels.BACKEND
+    try:
+        if BUILT:
+            kernels.use("cython")
+            first = kernels.set_thread_limit(3)
+            assert first >= 1
+            assert kernels.set_thread_limit(0) == 3                # 0 counts as 1 ...
+            assert kernels.set_thread_limit(2) == 1                # ... as the next call shows
+            assert kernels.set_thread_limit(np.int64(2)) == 2      # any integer type
+            with pytest.raises(TypeError, match="thread count"):
+                kernels.set_thread_limit(2.5)
+            assert kernels.set_thread_limit(first) == 2            # a refused value changed nothing
+        kernels.use("numpy")
+        assert kernels.set_thread_limit(4) == 1                    # the reference runs on one thread
+    finally:
+        kernels.use(before)
+
+
+def test_the_limit_decides_how_many_threads_the_kernels_start():
+    # OpenMP keeps the threads it starts: in a fresh process, large kernels on a limit of 1
+    # start none, small ones on a limit of 3 none either (too little work), large ones on 3
+    # start two helpers beside the calling thread
     if not BUILT:
         pytest.skip("compiled kernels are not built")
-    _loader.load_compiled()
-    ext = compiled._ext
-    if ext.max_threads() < 2:
-        pytest.skip("one OpenMP thread: nothing runs in parallel")
-    x = np.random.default_rng(3).standard_normal((1024, 96)).astype(np.float32)
-    work = ext.WORK_UNITS["exp"] * x.size
-    ext._as_if_late(work, 0.0)                                   # a spell that has already ended
-    before = ext.threading_stats(work)
-    assert before["serial_for_s"] == 0 and not before["judge_next"]
-    compiled.softmax_forward(x)                                  # the waking loop, not judged
-    after = ext.threading_stats(work)
-    assert after["parallel_loops"] == before["parallel_loops"] + 1
-    assert after["late_loops"] == before["late_loops"]
-    assert after["judge_next"]
-    ext._as_if_late(work, 60.0)                                  # during a spell: one thread
-    compiled.softmax_forward(x)
-    assert ext.threading_stats(work)["parallel_loops"] == after["parallel_loops"]
-    ext._as_if_late(work, 0.0)                                   # leave no spell behind
-    compiled.softmax_forward(x)
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc/self/task to count threads")
+    code = (
+        "import os, numpy as np\n"
+        "from pythia import kernels\n"
+        "n = lambda: len(os.listdir('/proc/self/task'))\n"
+        "big, small = np.ones((512, 256), np.float32), np.ones((8, 64), np.float32)\n"
+        "base = n(); kernels.set_thread_limit(1); kernels.gelu_forward(big); one = n()\n"
+        "kernels.set_thread_limit(3); kernels.gelu_forward(small); few = n()\n"
+        "kernels.gelu_forward(big); three = n()\n"
+        "print(one - base, few - base, three - base)\n")
+    p = run_python(code, OPENBLAS_NUM_THREADS="1")
+    assert p.returncode == 0, p.stderr
+    if p.stdout.split() == ["0", "0", "0"]:
+        pytest.skip("a serial build (no OpenMP): the limit has no threads to start")
+    assert p.stdout.split() == ["0", "0", "2"]

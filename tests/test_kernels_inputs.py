@@ -241,14 +241,14 @@ def test_extension_rechecks_buffers_it_is_handed(name):
     ext = _loader._import(name)
     x, y = np.ones((3, 4), np.float32), np.empty((3, 4), np.float32)
     with pytest.raises(ValueError):
-        ext.softmax_forward(x, y, 4, 4)                       # claims more rows than x has
+        ext.softmax_forward(x, y, 4, 4, 1)                       # claims more rows than x has
     with pytest.raises(ValueError):
-        ext.softmax_forward(x.astype(np.float64), y, 3, 4)
+        ext.softmax_forward(x.astype(np.float64), y, 3, 4, 1)
     ro = np.empty((3, 4), np.float32)
     ro.flags.writeable = False
     with pytest.raises(ValueError):
-        ext.softmax_forward(x, ro, 3, 4)
+        ext.softmax_forward(x, ro, 3, 4, 1)
     with pytest.raises(ValueError):
-        ext.crossentropy_backward(np.ones(3, np.float32), x, np.array([0, 1, 4]), y, 3, 4)  # class id 4 >= V
+        ext.crossentropy_backward(np.ones(3, np.float32), x, np.array([0, 1, 4]), y, 3, 4, 1)  # class id 4 >= V
     with pytest.raises(TypeError):
-        ext.gelu_forward(None, y, 12)
+        ext.gelu_forward(None, y, 12, 1)

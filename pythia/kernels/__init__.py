@@ -53,12 +53,13 @@ def use(name: str) -> str:
 
 
 def set_thread_limit(n: int) -> int:
-    """Threads the compiled kernels may use for loops started from the calling thread (OpenMP
-    keeps the limit per thread); returns the previous limit. The NumPy reference: always 1."""
-    from . import compiled
-    if BACKEND != "cython" or compiled._ext is None:
+    """Threads the compiled kernels use for every call made afterwards, from any thread of the
+    process (n < 1 counts as 1); returns the previous limit. Results do not depend on it.
+    A caller running kernels on several threads at once sets 1 first. The NumPy reference: 1."""
+    if BACKEND != "cython":
         return 1
-    return compiled._ext.set_thread_limit(n)
+    from . import compiled
+    return compiled.set_thread_limit(n)
 
 
 def _select_default() -> None:
