@@ -90,7 +90,7 @@ def extensions():
 
 
 setup(
-    packages=["pythia", "pythia.kernels", "pythia.corpora", "pythia.formats", "pythia.inspection", "pythia.system", "pythia.text", "pythia.training"],
+    packages=["pythia", "pythia.commands", "pythia.models", "pythia.kernels", "pythia.corpora", "pythia.formats", "pythia.inspection", "pythia.system", "pythia.text", "pythia.training"],
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -106,9 +106,12 @@ def build_trainer(s: TrainSettings, session, files: list[Path], *, out: Path, lo
             return prepare_trainer(files, resume=resume, check_memory=check_memory, **kwargs)
         from ..training.finetune import prepare_finetune
         return prepare_finetune(files, s.init_from, **kwargs)  # sizes and tokenizer come from SRC
-    return session.prepare(build, files, model=s.sizes, train=s.train, resume=Path(s.resume) if s.resume else None,
-                           out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested,
-                           check_memory=check_memory)
+    trainer = session.prepare(build, files, model=s.sizes, train=s.train, resume=Path(s.resume) if s.resume else None,
+                              out=out, log_file=log_file, on_progress=ui.progress, should_stop=stop.requested,
+                              check_memory=check_memory)
+    from ..system.sharding import ShardedModel
+    trainer.model = ShardedModel(trainer.model)     # threads and batch shards: the system layer's wrapper
+    return trainer
 
 
 def train_model(s: TrainSettings, ui, stop):
