@@ -57,8 +57,8 @@ def test_evaluation_does_not_perturb_the_training_stream(corpus):
 @pytest.mark.parametrize("k", [5, 8])             # mid-interval and on an evaluation step
 def test_interrupt_then_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path, how, k):
     # the trainer stops through its injected should_stop(); Ctrl-C reaches it as the commands
-    # wire it, through pythia.system.outputs.guard_signals
-    from pythia.system.outputs import guard_signals
+    # wire it, through pythia.system.signals.guard_signals
+    from pythia.system.signals import guard_signals
     straight_trainer, straight = run(corpus, out=tmp_path / "straight.npz")
     asked: list[bool] = []
 
