@@ -1,11 +1,12 @@
 """What comes in, through the real command line: input files and streams, checkpoint metadata, memory, messages.
 
-Each case runs `python -m pythia ...` in a subprocess, in a fresh folder holding the user's files,
-and asserts the standard of every bad input: a non-zero exit status, exactly one `error:` line on
-stderr that says what is wrong (checked by a phrase), no traceback, and every file of the user's
-still there, byte for byte, with nothing added. The child runs under an 8 GB address-space limit
-and a timeout, so a regression that reads /dev/zero or waits on a FIFO fails instead of eating
-the machine.
+Each case runs the command line in a fresh folder holding the user's files, and asserts the
+standard of every bad input: a non-zero exit status, exactly one `error:` line on stderr that says
+what is wrong (checked by a phrase), no traceback, and every file of the user's still there, byte
+for byte, with nothing added. Cases run in-process (`pythia.cli.main`) unless they need a process:
+a device or FIFO as input runs in a child under an 8 GB address-space limit and a timeout, so a
+regression that reads /dev/zero or waits on a FIFO fails instead of eating the machine; so do
+closed or endless standard streams, a kernel variable read at import, and stdout on a full disk.
 
 Commands are rows of tables (DATA_READERS, CHECKPOINT_READERS, GPT2_READERS, STREAM_NEEDS): a
 new command that reads one of these inputs is covered by adding its row.
@@ -23,24 +24,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pythia
+from helpers import GPT2 as FIXTURE, REPO, TEXT, TINY, run_cli as run, subprocess_env
 
-REPO = Path(pythia.__file__).resolve().parent.parent
-FIXTURE = REPO / "tests" / "fixtures" / "gpt2"
-TINY = ["--steps", "5", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8",
-        "--batch-size", "2", "--eval-interval", "5", "--eval-iters", "1"]
-TEXT = "User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\nThe sea is large and old.\n" * 12
 STATUS = ("pythia: ", "warning: fell back")                 # generate's status lines on stderr
+# Inputs that a regression could read without end or wait on for ever: tried in a child process.
+BLOCKING = ("device", "fifo", "symlink to a device")
 
 
 def _limits():
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
 
-def run(args, cwd, *, env=None, close=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=120):
-    """`python -m pythia *args` in cwd; close: standard descriptors (0, 1, 2) to start closed."""
-    full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    full.update(env or {})
+def run_child(args, cwd, *, env=None, close=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=120):
+    """`python -m pythia *args` in cwd, memory-limited; close: standard descriptors (0, 1, 2) to start closed."""
+    full = subprocess_env(env)
 
     def pre():
         _limits()
@@ -67,6 +64,11 @@ def snapshot(folder: Path) -> dict[str, bytes | str]:
         else:
             out[key] = p.read_bytes()
     return out
+
+
+def run_for(kind: str):
+    """How to run a case whose input is of this kind: in this process, or in a child."""
+    return run_child if kind in BLOCKING else run
 
 
 def assert_refused(r, *needles, status=1):
@@ -152,7 +154,7 @@ SPECIAL = {"device": "a character device", "fifo": "a FIFO", "folder": "a direct
 def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
     path = _special(home, kind)
     before = snapshot(home)
-    r = run(DATA_READERS[command](path), home)
+    r = run_for(kind)(DATA_READERS[command](path), home)
     assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
     assert snapshot(home) == before
 
@@ -161,7 +163,7 @@ def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
 def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
     path = _special(home, kind)
     before = snapshot(home)
-    r = run(CHECKPOINT_READERS[command](path), home)
+    r = run_for(kind)(CHECKPOINT_READERS[command](path), home)
     assert_refused(r, f"checkpoint {path!r} is {SPECIAL[kind]}", "not a regular file")
     assert snapshot(home) == before
 
@@ -180,7 +182,7 @@ def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, c
     else:
         os.symlink("/dev/zero", victim)
     before = snapshot(home)
-    r = run(GPT2_READERS[command]("gpt2"), home)
+    r = run_child(GPT2_READERS[command]("gpt2"), home)
     assert_refused(r, name, SPECIAL[kind], "not a regular file")
     assert snapshot(home) == before
 
@@ -189,7 +191,7 @@ def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, c
 def test_a_gpt2_folder_that_is_not_a_folder_says_what_it_is(home, command, kind):
     path = _special(home, kind)
     before = snapshot(home)
-    r = run(GPT2_READERS[command](path), home)
+    r = run_for(kind)(GPT2_READERS[command](path), home)
     assert_refused(r, f"GPT-2 directory {path!r} is {SPECIAL[kind]}", "not a folder")
     assert snapshot(home) == before
 
@@ -302,7 +304,7 @@ STREAM_NAMES = {0: "stdin", 1: "stdout"}
 def test_a_closed_stream_the_command_needs_is_one_line_and_one_it_does_not_need_is_no_matter(home, command, fd):
     args, needs = STREAM_NEEDS[command]
     before = snapshot(home)
-    r = run(args, home, close=(fd,), stdout=None if fd == 1 else subprocess.PIPE)
+    r = run_child(args, home, close=(fd,), stdout=None if fd == 1 else subprocess.PIPE)
     if fd in needs:
         assert_refused(r, f"{STREAM_NAMES[fd]} is closed", command)
         assert snapshot(home) == before
@@ -316,7 +318,7 @@ def test_an_endless_stdin_is_read_a_bounded_line_at_a_time(home, command):
     args, _ = STREAM_NEEDS[command]
     before = snapshot(home)
     with open("/dev/zero", "rb") as zero:
-        r = run(args, home, stdin=zero)
+        r = run_child(args, home, stdin=zero)
     assert_refused(r, "a line of input is longer than")
     if command == "chat":
         assert snapshot(home) == before
@@ -326,7 +328,7 @@ def test_an_endless_stdin_is_read_a_bounded_line_at_a_time(home, command):
 def test_with_every_standard_stream_closed_the_exit_status_still_says_no(home, command):
     args, _ = STREAM_NEEDS[command]
     before = snapshot(home)
-    r = run(args, home, close=(0, 1, 2), stdout=None)
+    r = run_child(args, home, close=(0, 1, 2), stdout=None)
     assert r.returncode == 1 and r.stderr == ""
     assert snapshot(home) == before
 
@@ -358,8 +360,8 @@ def test_the_library_refuses_a_kernel_variable_with_no_meaning_alike(variable, b
 
 
 def test_baseline_isa_is_accepted(home):
-    r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "3"], home,
-            env={"PYTHIA_KERNELS_ISA": "baseline"})
+    r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "3"], home,
+                  env={"PYTHIA_KERNELS_ISA": "baseline"})           # read when the kernels load: a fresh process
     assert r.returncode == 0, r.stderr
 
 
@@ -390,6 +392,6 @@ def test_a_full_disk_under_the_log_file_names_it(home, full_disk):
 
 def test_a_full_disk_under_stdout_names_the_file(home, full_disk):
     with open(full_disk / "out.txt", "wb") as out:
-        r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"], home,
-                stdout=out)
+        r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"],
+                      home, stdout=out)
     assert_refused(r, f"stdout ({full_disk / 'out.txt'})", "No space left on device")
