@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import pythia
-from helpers import GPT2, REPO, TEXT, TINY, assert_ok, assert_one_line_error, run_cli as run, run_subprocess
+from helpers import (GPT2, REPO, TEXT, TINY, assert_ok, assert_one_line_error, run_cli as run, run_subprocess,
+                     subprocess_env)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -120,7 +121,7 @@ def test_generate_drops_unknown_characters_with_a_notice(trained):
 
 
 def test_generate_into_a_closed_pipe_is_quiet(trained):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = subprocess_env()
     p = subprocess.Popen([sys.executable, "-m", "pythia", "generate", "--checkpoint", str(trained),
                           "--prompt", "Hello", "--max-new-tokens", "5000", "--seed", "1"],
                          cwd=trained.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
