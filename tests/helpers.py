@@ -7,16 +7,19 @@ fresh interpreter for each costs far more than the case itself. It puts back eve
 and the commands may change in the process: the working directory, sys.argv, the standard
 streams, the handlers of the stop signals, the environment, the BLAS thread count and every
 module-level variable of the pythia package (the kernel backend, the files saved, the state of
-an in-place progress bar).
+an in-place progress bar). Like the child process it replaces, a run has a deadline and a cap
+on the memory it may add, so a regression that waits on a FIFO or reads /dev/zero without end
+fails the case instead of hanging the suite or eating the machine.
 
 run_subprocess(args, cwd) runs `python -m pythia` in a fresh interpreter, for what needs a
 process of its own: signals sent to it, standard descriptors closed at start, a terminal,
-a lock held by another process, resource limits, MPI, a kernel backend chosen at import.
+a lock held by another process, MPI, a kernel backend chosen at import.
 """
 from __future__ import annotations
 
 import io
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -39,6 +42,16 @@ TEXT = ("User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\n"
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 STATUS = ("pythia: ", "warning: fell back", "dropped ")  # generate's status lines on stderr
+DEADLINE = 180.0                 # seconds an in-process run may take, as a child's timeout
+MEMORY_CAP = 4 << 30             # bytes of address space an in-process run may add
+
+
+class Hung(BaseException):
+    """An in-process run passed its deadline (a BaseException: no handler of Pythia's takes it)."""
+
+
+def _deadline(signum, frame):
+    raise Hung(f"the command did not finish within {DEADLINE:.0f} s")
 
 
 @dataclass
@@ -83,6 +96,10 @@ def run_cli(args, cwd, stdin: str | bytes = "", env: dict | None = None) -> Resu
     out, err = _stream(), _stream()
     saved = _ProcessState()
     try:
+        cap, hard = _address_space() + MEMORY_CAP, saved.rlimit_as[1]
+        resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+        signal.signal(signal.SIGALRM, _deadline)
+        signal.setitimer(signal.ITIMER_REAL, DEADLINE)
         os.chdir(cwd)
         os.environ.pop("NO_COLOR", None)
         os.environ.update(env or {})
@@ -93,10 +110,12 @@ def run_cli(args, cwd, stdin: str | bytes = "", env: dict | None = None) -> Resu
         except SystemExit as e:                  # --help and --version exit from argparse
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except BaseException:                    # noqa: B036 - a real process would print it and die
+            signal.setitimer(signal.ITIMER_REAL, 0)
             traceback.print_exc(file=err)
             status = 1
         text = [_text(s) for s in (out, err)]
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         saved.restore()
     return Result(status, *text)
 
@@ -123,7 +142,8 @@ class _ProcessState:
         self.environ = dict(os.environ)
         self.argv = list(sys.argv)
         self.streams = (sys.stdin, sys.stdout, sys.stderr)
-        self.handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        self.handlers = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, signal.SIGALRM)}
+        self.rlimit_as = resource.getrlimit(resource.RLIMIT_AS)
         self.blas = _blas_threads()
         self.modules = {name: _snapshot(m) for name, m in list(sys.modules.items())
                         if name == "pythia" or name.startswith("pythia.")}
@@ -136,6 +156,7 @@ class _ProcessState:
         os.environ.update(self.environ)
         for s, handler in self.handlers.items():
             signal.signal(s, handler)
+        resource.setrlimit(resource.RLIMIT_AS, self.rlimit_as)
         for name, saved in self.modules.items():
             _put_back(sys.modules[name], saved)
         if self.blas is not None and _blas_threads() != self.blas:
@@ -156,6 +177,12 @@ def _put_back(module, saved: dict) -> None:
             names[k] = value
         if items is not None:
             value[:] = items
+
+
+def _address_space() -> int:
+    """Bytes of address space this process has mapped now (VmSize)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
 
 
 def _blas_threads() -> int | None:

@@ -52,3 +52,19 @@ def test_stdin_is_piped_text_and_help_exits_0(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("usage: python -m pythia")   # named as `python -m pythia`
     r = run_cli(["chat", "--checkpoint", "missing.npz"], tmp_path, stdin="Hello\nquit\n")
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "missing.npz" in r.stderr
+
+
+def test_a_run_that_hangs_or_eats_memory_fails_instead(tmp_path, monkeypatch):
+    import pythia.cli
+    os.mkfifo(tmp_path / "pipe")
+    monkeypatch.setattr(helpers, "DEADLINE", 0.5)
+    monkeypatch.setattr(pythia.cli, "main", lambda argv: open(tmp_path / "pipe").read())   # no writer: blocks
+    r = run_cli(["x"], tmp_path)
+    assert r.returncode == 1 and "Hung: the command did not finish" in r.stderr, r.stderr
+    monkeypatch.setattr(helpers, "MEMORY_CAP", 256 << 20)
+    monkeypatch.setattr(pythia.cli, "main", lambda argv: len(bytearray(1 << 30)))
+    r = run_cli(["x"], tmp_path)
+    assert r.returncode == 1 and "MemoryError" in r.stderr, r.stderr
+    monkeypatch.undo()
+    assert run_cli(["--version"], tmp_path).returncode == 0       # the deadline and the cap are lifted after
+    assert len(bytearray(1 << 30)) == 1 << 30

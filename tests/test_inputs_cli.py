@@ -3,10 +3,11 @@
 Each case runs the command line in a fresh folder holding the user's files, and asserts the
 standard of every bad input: a non-zero exit status, exactly one `error:` line on stderr that says
 what is wrong (checked by a phrase), no traceback, and every file of the user's still there, byte
-for byte, with nothing added. Cases run in-process (`pythia.cli.main`) unless they need a process:
-a device or FIFO as input runs in a child under an 8 GB address-space limit and a timeout, so a
-regression that reads /dev/zero or waits on a FIFO fails instead of eating the machine; so do
-closed or endless standard streams, a kernel variable read at import, and stdout on a full disk.
+for byte, with nothing added. Cases run in-process (`pythia.cli.main`, under the helper's deadline
+and memory cap, so a regression that reads /dev/zero or waits on a FIFO fails instead of eating
+the machine) unless they need a process of their own: closed or endless standard streams, a
+kernel variable read at import, and stdout on a full disk run in a child under an 8 GB
+address-space limit and a timeout.
 
 Commands are rows of tables (DATA_READERS, CHECKPOINT_READERS, GPT2_READERS, STREAM_NEEDS): a
 new command that reads one of these inputs is covered by adding its row.
@@ -27,8 +28,6 @@ import pytest
 from helpers import GPT2 as FIXTURE, REPO, TEXT, TINY, run_cli as run, subprocess_env
 
 STATUS = ("pythia: ", "warning: fell back")                 # generate's status lines on stderr
-# Inputs that a regression could read without end or wait on for ever: tried in a child process.
-BLOCKING = ("device", "fifo", "symlink to a device")
 
 
 def _limits():
@@ -64,11 +63,6 @@ def snapshot(folder: Path) -> dict[str, bytes | str]:
         else:
             out[key] = p.read_bytes()
     return out
-
-
-def run_for(kind: str):
-    """How to run a case whose input is of this kind: in this process, or in a child."""
-    return run_child if kind in BLOCKING else run
 
 
 def assert_refused(r, *needles, status=1):
@@ -154,7 +148,7 @@ SPECIAL = {"device": "a character device", "fifo": "a FIFO", "folder": "a direct
 def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
     path = _special(home, kind)
     before = snapshot(home)
-    r = run_for(kind)(DATA_READERS[command](path), home)
+    r = run(DATA_READERS[command](path), home)
     assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
     assert snapshot(home) == before
 
@@ -163,7 +157,7 @@ def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
 def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
     path = _special(home, kind)
     before = snapshot(home)
-    r = run_for(kind)(CHECKPOINT_READERS[command](path), home)
+    r = run(CHECKPOINT_READERS[command](path), home)
     assert_refused(r, f"checkpoint {path!r} is {SPECIAL[kind]}", "not a regular file")
     assert snapshot(home) == before
 
@@ -182,7 +176,7 @@ def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, c
     else:
         os.symlink("/dev/zero", victim)
     before = snapshot(home)
-    r = run_child(GPT2_READERS[command]("gpt2"), home)
+    r = run(GPT2_READERS[command]("gpt2"), home)
     assert_refused(r, name, SPECIAL[kind], "not a regular file")
     assert snapshot(home) == before
 
@@ -191,7 +185,7 @@ def test_a_gpt2_folder_file_that_is_a_device_or_fifo_is_refused(home, command, c
 def test_a_gpt2_folder_that_is_not_a_folder_says_what_it_is(home, command, kind):
     path = _special(home, kind)
     before = snapshot(home)
-    r = run_for(kind)(GPT2_READERS[command](path), home)
+    r = run(GPT2_READERS[command](path), home)
     assert_refused(r, f"GPT-2 directory {path!r} is {SPECIAL[kind]}", "not a folder")
     assert snapshot(home) == before
 

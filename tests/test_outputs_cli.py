@@ -1,7 +1,7 @@
 """Nothing the user owns is lost or clobbered, whatever file, signal or pipe arrives.
 
 The real command line on a tiny model: in this process where a case needs no process of its own,
-in a subprocess where it does (signals, a closed pipe, a lock another process holds, a FIFO). Each case asserts the exit status, one
+in a subprocess where it does (signals, a closed pipe, a lock another process holds). Each case asserts the exit status, one
 clear `error:` line (or none), no traceback, that the file already there is byte-identical or
 the new checkpoint complete and loadable, that its mode is kept, and that no temporary or lock
 file is left. The tables WRITERS (commands that write a file the user keeps) and RUNNERS
@@ -24,16 +24,6 @@ from pythia.formats.checkpoint import load_checkpoint
 
 DEADLINE = 60.0
 LONG = ["--steps", "1000000", "--eval-interval", "1000000"]   # runs until a signal stops it
-# A device or FIFO as an output is tried in a process of its own: were a regression to open one,
-# it would block (FIFO) where a process can be timed out.
-BLOCKING = ("device", "fifo")
-
-
-def run_for(kind: str):
-    """How to run a case on a file of this kind: in this process, or in a child for a FIFO or device."""
-    return run_subprocess if kind in BLOCKING else run
-
-
 class Proc:
     """`python -m pythia *args` in the background, its stdout and stderr collected as they come."""
 
@@ -165,7 +155,7 @@ def test_force_never_replaces_what_is_not_a_regular_file(d, writer, kind):
     p = _special(d, kind)
     mode = os.lstat(p).st_mode
     args, stdin, _, _ = WRITERS[writer]
-    r = run_for(kind)([*args(p.name), "--force"], d, stdin)
+    r = run([*args(p.name), "--force"], d, stdin)
     assert_clean_error(r, "directory" if kind == "directory" else "not a regular file")
     assert os.lstat(p).st_mode == mode                  # still the same kind of file
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
@@ -251,7 +241,7 @@ def test_export_force_replaces_only_a_folder_and_never_its_input(d, kind):
     ckpt = d / "ck" / "m.npz" if kind == "folder holding the checkpoint" else d / "m.npz"
     before = {p: (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else None)
               for p in [ckpt, *d.rglob("*")] if not p.is_dir() or p.is_symlink()}
-    r = run_for(kind)(["export", str(ckpt.relative_to(d)), "--out", target.name, "--force"], d)
+    r = run(["export", str(ckpt.relative_to(d)), "--out", target.name, "--force"], d)
     assert_clean_error(r, "")
     assert {p: (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else None) for p in before} == before
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and leftovers(d) == []
