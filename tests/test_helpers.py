@@ -1,5 +1,6 @@
 """The test helper that runs Pythia in this process puts the process back as it found it, and
-reports what a real process would (status, output, a traceback for an uncaught exception)."""
+reports what a real process would (status, output, a traceback for an uncaught exception); a run
+that hangs or reads without end fails instead."""
 import os
 import signal
 import sys
