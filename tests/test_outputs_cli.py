@@ -1,11 +1,12 @@
 """Nothing the user owns is lost or clobbered, whatever file, signal or pipe arrives.
 
 The real command line on a tiny model: in this process where a case needs no process of its own,
-in a subprocess where it does (signals, a closed pipe, a lock another process holds). Each case asserts the exit status, one
-clear `error:` line (or none), no traceback, that the file already there is byte-identical or
-the new checkpoint complete and loadable, that its mode is kept, and that no temporary or lock
-file is left. The tables WRITERS (commands that write a file the user keeps) and RUNNERS
-(commands that run long enough to be signalled) are where a new command joins every case.
+in a subprocess where it does (signals, a closed pipe, a lock another process holds). Each case
+asserts the exit status, one clear `error:` line (or none), no traceback, that the file already
+there is byte-identical or the new checkpoint complete and loadable, that its mode is kept, and
+that no temporary or lock file is left. The tables WRITERS (commands that write a file the user
+keeps) and RUNNERS (commands that run long enough to be signalled) are where a new command joins
+every case.
 """
 import os
 import shutil

@@ -1,6 +1,7 @@
 """`prepare`, `train --data DIR` and `tokenize` as a user runs them: through `pythia.cli.main`
-in-process, and `python -m pythia` in a subprocess for a terminal, Ctrl-C and a worker pool. Bad input ends as one `error:` line, a non-zero exit, no traceback, and nothing of
-the user's lost or left half-written.
+in-process, and `python -m pythia` in a subprocess for a terminal, Ctrl-C and a worker pool.
+Bad input ends as one `error:` line, a non-zero exit, no traceback, and nothing of the user's
+lost or left half-written.
 """
 import json
 import os
