@@ -1,4 +1,6 @@
-"""The real command line, run as `python -m pythia ...` in a subprocess in a fresh directory.
+"""The command line end to end, in a fresh directory: `pythia.cli.main` in this process for
+most cases, `python -m pythia` in a subprocess where the process itself is under test (the entry
+point with a pipe on stdin, a reader that closes its pipe, the terminal's encoding).
 
 Every model here is tiny (d_model 16, one layer, context 8, a few steps) so the whole file runs in
 seconds; what is tested is the program around the model: flows, files, streams, exit status, and
@@ -8,54 +10,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pythia
-
-REPO = Path(pythia.__file__).resolve().parent.parent
-TINY = ["--steps", "5", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8",
-        "--batch-size", "2", "--eval-interval", "5", "--eval-iters", "1"]
-TEXT = ("User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\n"
-        "The sea is large and old, and the wind moves over it all day long.\n") * 12
-
-
-def run(args, cwd, stdin="", timeout=180, env=None, **kw):
-    """Run `python -m pythia *args` in cwd with the code under test first on the path.
-
-    stdin is text, or bytes to send exactly; output is decoded as UTF-8."""
-    full = dict(os.environ)
-    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
-    full.pop("NO_COLOR", None)
-    full.update(env or {})
-    if isinstance(stdin, str):
-        stdin = stdin.encode("utf-8")
-    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, input=stdin,
-                       capture_output=True, timeout=timeout, env=full, **kw)
-    r.stdout = r.stdout.decode("utf-8", errors="replace")
-    r.stderr = r.stderr.decode("utf-8", errors="replace")
-    return r
-
-
-def assert_ok(r):
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-
-
-STATUS = ("pythia: ", "warning: fell back", "dropped ")  # generate's status lines on stderr
-
-
-def assert_one_line_error(r, needle):
-    """Non-zero exit and exactly one `error:` line, last on stderr; nothing else but status lines."""
-    assert r.returncode != 0, r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), r.stderr
-    assert all(line.startswith(STATUS) for line in lines[:-1]), r.stderr
-    assert needle in lines[-1], lines[-1]
-    assert "Traceback" not in r.stdout + r.stderr
-
+from helpers import (GPT2, REPO, TEXT, TINY, assert_ok, assert_one_line_error, run_cli as run, run_subprocess,
+                     subprocess_env)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -70,7 +31,7 @@ def trained(tmp_path_factory):
 # ---- the flows ---------------------------------------------------------------------------------
 
 def test_train_chat_on_bundled_corpus_reaches_the_chat_and_quits(tmp_path):
-    r = run(["train-chat", *TINY], tmp_path, stdin="Hello\n/temp 0\nHow are you?\nquit\n")
+    r = run_subprocess(["train-chat", *TINY], tmp_path, stdin="Hello\n/temp 0\nHow are you?\nquit\n")
     assert_ok(r)
     out = r.stdout
     for needle in ("Pythia " + pythia.__version__, "kernels", "1 layer", "parameters", "[bundled]",
@@ -111,7 +72,7 @@ def test_chat_survives_undecodable_input_and_an_ascii_terminal(trained):
     assert "dropped 2 character(s)" in r.stdout          # the bad byte (as U+FFFD) and the e-acute
     assert "pythia> " in r.stdout and r.stdout.rstrip().endswith("Goodbye.")
     # an ASCII-only terminal: what it cannot show becomes '?', never an encoding crash
-    r = run(args, trained.parent, stdin=b"H\xc3\xa9llo\nquit\n", env={"PYTHONIOENCODING": "ascii"})
+    r = run_subprocess(args, trained.parent, stdin=b"H\xc3\xa9llo\nquit\n", env={"PYTHONIOENCODING": "ascii"})
     assert_ok(r)
     assert "you> H??llo" in r.stdout and "pythia> " in r.stdout and "Goodbye." in r.stdout
 
@@ -160,7 +121,7 @@ def test_generate_drops_unknown_characters_with_a_notice(trained):
 
 
 def test_generate_into_a_closed_pipe_is_quiet(trained):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = subprocess_env()
     p = subprocess.Popen([sys.executable, "-m", "pythia", "generate", "--checkpoint", str(trained),
                           "--prompt", "Hello", "--max-new-tokens", "5000", "--seed", "1"],
                          cwd=trained.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -214,9 +175,6 @@ def test_help_teaches(tmp_path):
 
 
 # ---- GPT-2 weights (the tiny fixture made with Hugging Face transformers) ------------------------
-
-GPT2 = REPO / "tests" / "fixtures" / "gpt2"
-
 
 def _transformers_greedy(k: int):
     """Prompt text and transformers' own greedy continuation, from the fixture's reference file."""

@@ -11,30 +11,23 @@ import re
 import select
 import signal
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import pythia
+from helpers import TINY_MODEL as TINY, assert_ok, run_cli, subprocess_env
 
 pty = pytest.importorskip("pty")
 if sys.platform == "win32":  # pragma: no cover
     pytest.skip("pseudo-terminals are POSIX only", allow_module_level=True)
 
-REPO = Path(pythia.__file__).resolve().parent.parent
-TINY = ["--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8", "--batch-size", "2",
-        "--eval-iters", "1"]
 DEADLINE = 120.0  # seconds: only reached when something hangs
 
 
 def _env(**extra):
-    env = dict(os.environ, TERM="xterm", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("NO_COLOR", None)
-    env.update(extra)
-    return env
+    return subprocess_env({"TERM": "xterm", **extra})
 
 
 SGR = re.compile(rb"\x1b\[[0-9;]*m")  # an ANSI colour/style code
@@ -147,11 +140,8 @@ def test_progress_is_redrawn_in_place_then_chat_and_quit(tmp_path, term):
 def test_ctrl_c_during_a_reply_returns_to_the_prompt(tmp_path, term):
     # A corpus without newlines or colons: the model can never end a turn, so only Ctrl-C can.
     (tmp_path / "c.txt").write_text("abc abd bca cab dab " * 300, encoding="utf-8")
-    env = _env()
-    r = subprocess.run([sys.executable, "-m", "pythia", "train", "--data", "c.txt", "--out", "m.npz",
-                        "--steps", "5", "--eval-interval", "5", *TINY], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=DEADLINE)
-    assert r.returncode == 0, r.stderr
+    assert_ok(run_cli(["train", "--data", "c.txt", "--out", "m.npz", "--steps", "5", "--eval-interval", "5", *TINY],
+                      tmp_path))
     t = term(["chat", "--checkpoint", "m.npz", "--max-new-tokens", "10000000", "--seed", "1"], tmp_path)
     at = t.expect(b"you> ")
     t.send(b"ab\n")

@@ -7,6 +7,8 @@
   new command is checked without touching this file).
 - README's commands are the ones CI runs: its set-up, run and test lines are checked here
   against what `.ci/run` executes.
+- README stays under 300 lines and links every page of docs/; every relative link of README and
+  docs/ reaches a file, and a #heading in it; "Reading the code" names files that exist.
 """
 from __future__ import annotations
 
@@ -137,3 +139,70 @@ def test_ci_runs_the_readme_commands_as_written():
     assert "pip install ." in ci and "pip install '.[test]'" in ci
     assert re.search(r"\|\s*python -m pythia train-chat", ci), "CI must run README's run command"
     assert "python -m pytest" in ci
+
+
+# ---- README speaks first to a user; the deep pages under docs/ are linked and their links hold -------
+
+DOC_PAGES = sorted((REPO / "docs").glob("*.md"))
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = page.read_text(encoding="utf-8")
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M)}
+
+
+def relative_links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)   # code is not a link
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", [REPO / "README.md", *DOC_PAGES], ids=lambda p: str(p.relative_to(REPO)))
+def test_every_link_of_the_documents_resolves(page):
+    for target in relative_links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name} links {target!r}: no such file"
+        if anchor:
+            assert anchor in anchors(dest), f"{page.name} links {target!r}: no such heading in {dest.name}"
+
+
+def test_the_check_of_links_catches_a_broken_one(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# Top\nsee [a](missing.md), [b](#top), [c](#nowhere), [d](https://example.org)\n"
+                    "```\n[not a link](inside-code.md)\n```\n", encoding="utf-8")
+    assert relative_links(page) == ["missing.md", "#top", "#nowhere"]
+    assert anchors(page) == {"top"} and slug("Big corpora, and `tokenizers`!") == "big-corpora-and-tokenizers"
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 300, "README speaks to a user first; move deep sections to docs/"
+    assert len(DOC_PAGES) >= 5
+    for page in DOC_PAGES:
+        assert f"](docs/{page.name})" in text, f"README does not link docs/{page.name}"
+
+
+def reading_order() -> list[str]:
+    """The files README's "Reading the code" names, in its order."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Reading the code\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return re.findall(r"^\d+\. `([^`]+)`", section, re.M)
+
+
+def test_reading_the_code_names_six_or_so_files_one_line_each():
+    files = reading_order()
+    assert 5 <= len(files) <= 8, files
+    for name in ("pythia/train.py", "pythia/engine.py", "pythia/sampling.py", "pythia/kernels/reference.py"):
+        assert name in files, name
+
+
+@pytest.mark.skipif(not (REPO / "pythia" / "layers.py").exists(), reason="the shared layers module is not here")
+def test_reading_the_code_names_files_that_exist():
+    missing = [name for name in reading_order() if not (REPO / name).is_file()]
+    assert not missing, f'README\'s "Reading the code" names files that do not exist: {missing}'

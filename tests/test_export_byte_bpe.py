@@ -1,6 +1,6 @@
 """Export of a model whose tokenizer is the byte-level BPE trained by `prepare --tokenizer bpe`.
 
-A user's flow, run as `python -m pythia ...`: prepare a varied corpus (scripts, emoji, whitespace
+A user's flow through the command line (`pythia.cli.main`, in-process): prepare a varied corpus (scripts, emoji, whitespace
 runs, digits, contractions, `<|endoftext|>`) with a trained BPE, train on the folder, export.
 Proven here: vocab.json spells every id's bytes through GPT-2's byte-to-unicode table (written out
 independently below); Pythia's GPT-2 loader (pythia.text.bpe, as `chat --gpt2` and `convert-gpt2` read
@@ -28,7 +28,7 @@ from pythia.model import Pythia, PythiaConfig
 from pythia.text import bpe_fast
 from pythia.text.bpe import GPT2Tokenizer
 from pythia.text.bpe_train import ByteBPETokenizer
-from test_cli import assert_ok, assert_one_line_error, run
+from helpers import assert_ok, assert_one_line_error, run_cli as run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ATOL = 1e-4   # float32 NumPy vs float32 torch logits of size ~10

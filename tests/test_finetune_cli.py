@@ -1,4 +1,4 @@
-"""The fine-tune and export commands as a user runs them (`python -m pythia ...` in a subprocess):
+"""The fine-tune and export commands as a user runs them (through `pythia.cli.main`, in-process):
 the flows work end to end, and every bad input is one `error:` line, a non-zero exit, no
 traceback, and no file of the user's changed."""
 from __future__ import annotations
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import TEXT, TINY, assert_ok, assert_one_line_error, run
+from helpers import GPT2, TEXT, TINY, assert_ok, assert_one_line_error, run_cli as run
 
-GPT2 = Path(__file__).parent / "fixtures" / "gpt2"
 FT = ["--steps", "2", "--batch-size", "2", "--block-size", "16", "--eval-interval", "2", "--eval-iters", "1"]
 
 

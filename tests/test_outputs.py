@@ -1,6 +1,6 @@
 """pythia.system.claims, atomic, signals and streams in-process: atomic replacement, modes, symlinks, claims, held signals, lost streams.
 
-The command-line behaviour built on these is proven in test_hardening_cli.py; here each piece is
+The command-line behaviour built on these is proven in test_outputs_cli.py; here each piece is
 checked on its own against what the operating system reports (stat, readlink, flock).
 """
 import io

@@ -1,24 +1,18 @@
-"""`prepare`, `train --data DIR` and `tokenize` as a user runs them: `python -m pythia ...` in a
-subprocess. Bad input ends as one `error:` line, a non-zero exit, no traceback, and nothing of
-the user's lost or left half-written.
+"""`prepare`, `train --data DIR` and `tokenize` as a user runs them: through `pythia.cli.main`
+in-process, and `python -m pythia` in a subprocess for a terminal, Ctrl-C and a worker pool.
+Bad input ends as one `error:` line, a non-zero exit, no traceback, and nothing of the user's
+lost or left half-written.
 """
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from test_cli import TINY, assert_one_line_error, run
+from helpers import TINY, assert_ok, assert_one_line_error, run_cli as run, run_subprocess, subprocess_env
 
 TEXT = "".join(f"The sea is large and old, line {i}; the wind moves over it all day long.\n" for i in range(80))
-
-
-def assert_ok(r):
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-
 
 @pytest.fixture
 def corpus(tmp_path):
@@ -41,7 +35,8 @@ def test_prepare_then_train_from_the_folder_gives_the_losses_of_the_files(corpus
 
 
 def test_trained_bpe_folder_trains_generates_and_resumes(corpus):
-    assert_ok(run(["prepare", "--data", "a.txt", "b.txt", "--out", "b.tok", "--tokenizer", "bpe",
+    # --workers 2 may start a pool of forked workers: never a fork of the test process
+    assert_ok(run_subprocess(["prepare", "--data", "a.txt", "b.txt", "--out", "b.tok", "--tokenizer", "bpe",
                    "--vocab-size", "300", "--workers", "2"], corpus))
     assert_ok(run(["train", *TINY, "--data", "b.tok", "--out", "m.npz"], corpus))
     r = run(["generate", "--checkpoint", "m.npz", "--prompt", "The sea", "--max-new-tokens", "5", "--seed", "1"],
@@ -82,9 +77,7 @@ def test_tokenize_colours_on_a_terminal_unless_no_color(corpus):
     assert_ok(run(["prepare", "--data", "a.txt", "--out", "c.tok"], corpus))
     for env, coloured in (({}, True), ({"NO_COLOR": "1"}, False)):
         master, slave = pty.openpty()
-        full = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TERM": "xterm", **env}
-        if not env:
-            full.pop("NO_COLOR", None)
+        full = subprocess_env({"TERM": "xterm", **env})
         p = subprocess.run([sys.executable, "-m", "pythia", "tokenize", "--data", "c.tok", "--text", "sea"],
                            cwd=corpus, stdout=slave, stderr=subprocess.PIPE, env=full, timeout=60)
         os.close(slave)
@@ -184,7 +177,7 @@ def test_gpt2_folder_that_is_not_one_is_one_error(corpus):
 def test_prepare_redraws_its_progress_in_place_on_a_terminal(corpus):
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TERM": "xterm"}
+    env = subprocess_env({"TERM": "xterm"})
     p = subprocess.run([sys.executable, "-m", "pythia", "prepare", "--data", "a.txt", "b.txt", "--out", "c.tok"],
                        cwd=corpus, stdout=slave, stderr=subprocess.PIPE, env=env, timeout=120)
     os.close(slave)
@@ -198,7 +191,7 @@ def test_prepare_redraws_its_progress_in_place_on_a_terminal(corpus):
 def test_ctrl_c_during_prepare_leaves_no_folder(corpus):
     big = corpus / "big.txt"
     big.write_text(TEXT * 4000, encoding="utf-8")                       # ~24 MB: seconds of work
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = subprocess_env()
     p = subprocess.Popen([sys.executable, "-m", "pythia", "prepare", "--data", "big.txt", "--out", "big.tok",
                           "--tokenizer", "bpe", "--vocab-size", "300"], cwd=corpus, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,42 +1,22 @@
-"""Presets, explain, plot and /probs through the real command line, and the preset values.
+"""Presets, explain, plot and /probs through the command line (`pythia.cli.main`), and the preset values.
 
 Models are tiny (a few steps) so the file runs in seconds; what is tested is the program around
 them: a preset fills in what the flags leave out, the banner names it, --plot draws the logged
 values, and each bad input is one `error:` line without a traceback.
 """
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 
-import pythia
+from helpers import TEXT, TINY_MODEL, assert_ok, run_cli as run
 from pythia.formats.checkpoint import load_checkpoint
 from pythia.model import PythiaConfig
 from pythia.training.presets import PRESETS, get_preset
 from pythia.train import TrainConfig
 
-REPO = Path(pythia.__file__).resolve().parent.parent
-TINY = ["--steps", "6", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8",
-        "--batch-size", "2", "--eval-interval", "3", "--eval-iters", "1"]
-TEXT = ("User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\n"
-        "The sea is large and old, and the wind moves over it all day long.\n") * 12
-
-
-def run(args, cwd, stdin="", env=None):
-    full = dict(os.environ)
-    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, input=stdin, text=True,
-                          capture_output=True, timeout=300, env=full, encoding="utf-8")
-
-
-def assert_ok(r):
-    assert r.returncode == 0 and "Traceback" not in r.stderr, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+TINY = ["--steps", "6", *TINY_MODEL, "--eval-interval", "3"]
 
 
 def assert_one_line_error(r, needle, status=None):

@@ -1,10 +1,12 @@
 """Nothing the user owns is lost or clobbered, whatever file, signal or pipe arrives.
 
-The real command line in subprocesses on a tiny model. Each case asserts the exit status, one
-clear `error:` line (or none), no traceback, that the file already there is byte-identical or
-the new checkpoint complete and loadable, that its mode is kept, and that no temporary or lock
-file is left. The tables WRITERS (commands that write a file the user keeps) and RUNNERS
-(commands that run long enough to be signalled) are where a new command joins every case.
+The real command line on a tiny model: in this process where a case needs no process of its own,
+in a subprocess where it does (signals, a closed pipe, a lock another process holds). Each case
+asserts the exit status, one clear `error:` line (or none), no traceback, that the file already
+there is byte-identical or the new checkpoint complete and loadable, that its mode is kept, and
+that no temporary or lock file is left. The tables WRITERS (commands that write a file the user
+keeps) and RUNNERS (commands that run long enough to be signalled) are where a new command joins
+every case.
 """
 import os
 import shutil
@@ -18,37 +20,16 @@ from pathlib import Path
 
 import pytest
 
-import pythia
+from helpers import GPT2, TEXT, TINY_MODEL as TINY, run_cli as run, run_subprocess, subprocess_env
 from pythia.formats.checkpoint import load_checkpoint
 
-REPO = Path(pythia.__file__).resolve().parent.parent
-GPT2 = REPO / "tests" / "fixtures" / "gpt2"
-TINY = ["--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8", "--batch-size", "2",
-        "--eval-iters", "1"]
-TEXT = "The sea is large and old, and the wind moves over it all day long.\n" * 20
 DEADLINE = 60.0
 LONG = ["--steps", "1000000", "--eval-interval", "1000000"]   # runs until a signal stops it
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e.pop("NO_COLOR", None)
-    return e
-
-
-def run(args, cwd, stdin=""):
-    r = subprocess.run([sys.executable, "-m", "pythia", *args], cwd=cwd, input=stdin.encode(),
-                       capture_output=True, timeout=180, env=env())
-    r.stdout, r.stderr = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-    return r
-
-
 class Proc:
     """`python -m pythia *args` in the background, its stdout and stderr collected as they come."""
 
     def __init__(self, args, cwd, stdin=subprocess.DEVNULL):
-        self.p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=cwd, env=env(), stdin=stdin,
+        self.p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=cwd, env=subprocess_env(), stdin=stdin,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.pid = self.p.pid
         self.chunks = {"out": [], "err": []}
@@ -274,8 +255,8 @@ def test_export_force_replaces_only_a_folder_and_never_its_input(d, kind):
 def test_an_output_claimed_by_a_live_process_is_refused_naming_it(d, writer):
     from pythia.system.claims import claim_output
     args, stdin, _, _ = WRITERS[writer]
-    with claim_output(d / "m.npz", replace=True):       # this test process holds it
-        r = run(args("m.npz"), d, stdin)
+    with claim_output(d / "m.npz", replace=True):       # this test process holds it: the run needs its own
+        r = run_subprocess(args("m.npz"), d, stdin)
     assert_clean_error(r, f"being written by another Pythia run (process {os.getpid()})")
     assert not (d / "m.npz").exists() and leftovers(d) == []
 
@@ -495,7 +476,7 @@ def test_two_ctrl_c_10_ms_apart_never_lose_the_save_silently(d):
 @pytest.mark.parametrize("stream", ["stdout", "stderr", "both"])
 def test_a_closed_pipe_does_not_stop_training_or_lose_the_checkpoint(d, runner, stream):
     args = [runner, "--data", "corpus.txt", *TINY, "--steps", "300", "--eval-interval", "100", "--out", "m.npz"]
-    p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=d, env=env(),
+    p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=d, env=subprocess_env(),
                          stdin=subprocess.PIPE if runner == "train-chat" else subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if stream in ("stdout", "both"):

@@ -1,11 +1,13 @@
 """What comes in, through the real command line: input files and streams, checkpoint metadata, memory, messages.
 
-Each case runs `python -m pythia ...` in a subprocess, in a fresh folder holding the user's files,
-and asserts the standard of every bad input: a non-zero exit status, exactly one `error:` line on
-stderr that says what is wrong (checked by a phrase), no traceback, and every file of the user's
-still there, byte for byte, with nothing added. The child runs under an 8 GB address-space limit
-and a timeout, so a regression that reads /dev/zero or waits on a FIFO fails instead of eating
-the machine.
+Each case runs the command line in a fresh folder holding the user's files, and asserts the
+standard of every bad input: a non-zero exit status, exactly one `error:` line on stderr that says
+what is wrong (checked by a phrase), no traceback, and every file of the user's still there, byte
+for byte, with nothing added. Cases run in-process (`pythia.cli.main`, under the helper's deadline
+and memory cap, so a regression that reads /dev/zero or waits on a FIFO fails instead of eating
+the machine) unless they need a process of their own: closed or endless standard streams, a
+kernel variable read at import, and stdout on a full disk run in a child under an 8 GB
+address-space limit and a timeout.
 
 Commands are rows of tables (DATA_READERS, CHECKPOINT_READERS, GPT2_READERS, STREAM_NEEDS): a
 new command that reads one of these inputs is covered by adding its row.
@@ -23,13 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pythia
+from helpers import GPT2 as FIXTURE, REPO, TEXT, TINY, run_cli as run, subprocess_env
 
-REPO = Path(pythia.__file__).resolve().parent.parent
-FIXTURE = REPO / "tests" / "fixtures" / "gpt2"
-TINY = ["--steps", "5", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--block-size", "8",
-        "--batch-size", "2", "--eval-interval", "5", "--eval-iters", "1"]
-TEXT = "User: Hello! Who are you?\nPythia: I am Pythia, a small model.\n\nThe sea is large and old.\n" * 12
 STATUS = ("pythia: ", "warning: fell back")                 # generate's status lines on stderr
 
 
@@ -37,10 +34,9 @@ def _limits():
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
 
-def run(args, cwd, *, env=None, close=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=120):
-    """`python -m pythia *args` in cwd; close: standard descriptors (0, 1, 2) to start closed."""
-    full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    full.update(env or {})
+def run_child(args, cwd, *, env=None, close=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=120):
+    """`python -m pythia *args` in cwd, memory-limited; close: standard descriptors (0, 1, 2) to start closed."""
+    full = subprocess_env(env)
 
     def pre():
         _limits()
@@ -302,7 +298,7 @@ STREAM_NAMES = {0: "stdin", 1: "stdout"}
 def test_a_closed_stream_the_command_needs_is_one_line_and_one_it_does_not_need_is_no_matter(home, command, fd):
     args, needs = STREAM_NEEDS[command]
     before = snapshot(home)
-    r = run(args, home, close=(fd,), stdout=None if fd == 1 else subprocess.PIPE)
+    r = run_child(args, home, close=(fd,), stdout=None if fd == 1 else subprocess.PIPE)
     if fd in needs:
         assert_refused(r, f"{STREAM_NAMES[fd]} is closed", command)
         assert snapshot(home) == before
@@ -316,7 +312,7 @@ def test_an_endless_stdin_is_read_a_bounded_line_at_a_time(home, command):
     args, _ = STREAM_NEEDS[command]
     before = snapshot(home)
     with open("/dev/zero", "rb") as zero:
-        r = run(args, home, stdin=zero)
+        r = run_child(args, home, stdin=zero)
     assert_refused(r, "a line of input is longer than")
     if command == "chat":
         assert snapshot(home) == before
@@ -326,7 +322,7 @@ def test_an_endless_stdin_is_read_a_bounded_line_at_a_time(home, command):
 def test_with_every_standard_stream_closed_the_exit_status_still_says_no(home, command):
     args, _ = STREAM_NEEDS[command]
     before = snapshot(home)
-    r = run(args, home, close=(0, 1, 2), stdout=None)
+    r = run_child(args, home, close=(0, 1, 2), stdout=None)
     assert r.returncode == 1 and r.stderr == ""
     assert snapshot(home) == before
 
@@ -358,8 +354,8 @@ def test_the_library_refuses_a_kernel_variable_with_no_meaning_alike(variable, b
 
 
 def test_baseline_isa_is_accepted(home):
-    r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "3"], home,
-            env={"PYTHIA_KERNELS_ISA": "baseline"})
+    r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "3"], home,
+                  env={"PYTHIA_KERNELS_ISA": "baseline"})           # read when the kernels load: a fresh process
     assert r.returncode == 0, r.stderr
 
 
@@ -390,6 +386,6 @@ def test_a_full_disk_under_the_log_file_names_it(home, full_disk):
 
 def test_a_full_disk_under_stdout_names_the_file(home, full_disk):
     with open(full_disk / "out.txt", "wb") as out:
-        r = run(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"], home,
-                stdout=out)
+        r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"],
+                      home, stdout=out)
     assert_refused(r, f"stdout ({full_disk / 'out.txt'})", "No space left on device")
