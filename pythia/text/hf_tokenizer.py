@@ -1,0 +1,335 @@
+"""A tokenizer read from `tokenizer.json`, the file format of Hugging Face's `tokenizers` library:
+byte-level BPE (GPT-2, SmolLM2, Qwen2) and BPE with byte fallback and "▁" for spaces (Llama-2,
+TinyLlama). Pure Python; it is the specification and gives the ids `tokenizers` gives.
+
+encode(text), as `tokenizers` does it:
+1. Added tokens (the file's "added_tokens", special or not) are cut out of the raw text first,
+   leftmost-longest, and map to their own ids (lstrip/rstrip take the whitespace beside them).
+2. The normalizer rewrites each remaining piece (NFC, or Llama's Prepend "▁" + Replace " " -> "▁").
+3. The pre-tokenizer splits pieces into words (its regex, Digits, ByteLevel's byte -> printable
+   character map, Metaspace); see pythia.text.hf_pretokenize.
+4. The BPE model spells each word as vocabulary symbols (a character missing from the vocabulary
+   becomes its UTF-8 bytes as <0xXX> tokens under byte_fallback, else the unknown token), then
+   joins the adjacent pair of lowest merge rank, leftmost first, until no ranked pair is left.
+   With ignore_merges, a word that is itself in the vocabulary is that one token.
+5. With add_special_tokens=True, the post-processor's single-sequence template adds e.g. <s>.
+
+decode(ids): ids -> token strings (special ones dropped with skip_special_tokens) -> the file's
+decoder chain (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import GPT2Error
+from .bpe import bytes_to_unicode
+from .hf_pretokenize import make_normalizer, make_pre_tokenizer
+
+_CACHE_LIMIT = 100_000     # words kept in the merge cache before it is cleared
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+MAX_TOKENIZER_JSON = 256 << 20
+
+
+class HFTokenizer:
+    """encode(str) -> list[int], decode(list[int]) -> str over a parsed tokenizer.json object."""
+
+    kind = "hf-bpe"
+
+    def __init__(self, obj: dict, where: str = "tokenizer.json") -> None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+            raise GPT2Error(f"{where} has no \"model\" object; it is not a tokenizers file")
+        self.where = where
+        model = obj["model"]
+        if model.get("type", "BPE") != "BPE":
+            raise GPT2Error(f"{where}: model type {model.get('type')!r} is not supported; Pythia reads BPE")
+        for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(key):
+                raise GPT2Error(f"{where}: BPE {key} {model[key]!r} is not supported")
+        if model.get("dropout"):
+            raise GPT2Error(f"{where}: BPE dropout {model['dropout']} is not supported for inference")
+        vocab = model.get("vocab")
+        if not isinstance(vocab, dict) or not all(type(i) is int and i >= 0 for i in vocab.values()):
+            raise GPT2Error(f"{where}: model.vocab must map token strings to non-negative integer ids")
+        self.vocab: dict[str, int] = dict(vocab)
+        self.byte_fallback = bool(model.get("byte_fallback"))
+        self.ignore_merges = bool(model.get("ignore_merges"))
+        self.unk_token = model.get("unk_token")
+        self.fuse_unk = bool(model.get("fuse_unk"))
+        self.ranks = self._merge_table(model.get("merges") or [], where)
+
+        # added tokens: vocabulary entries of their own, matched in the text before anything else
+        self.added: dict[str, dict] = {}
+        for t in obj.get("added_tokens") or []:
+            if not isinstance(t, dict) or not isinstance(t.get("content"), str) or type(t.get("id")) is not int:
+                raise GPT2Error(f"{where}: every added_tokens entry needs a string \"content\" and an integer \"id\"")
+            if t.get("single_word"):
+                raise GPT2Error(f"{where}: added token {t['content']!r} has single_word true, which Pythia does "
+                                "not support")
+            self.added[t["content"]] = t
+        self.id_to_token = {i: s for s, i in self.vocab.items()}
+        self.id_to_token.update({t["id"]: s for s, t in self.added.items()})
+        self.token_to_id = {**self.vocab, **{s: t["id"] for s, t in self.added.items()}}
+        self.special_ids = {t["id"] for t in self.added.values() if t.get("special")}
+        self.vocab_size = max(self.id_to_token) + 1
+        self._raw_split = self._added_pattern(normalized=False)
+        self._norm_split = self._added_pattern(normalized=True)
+
+        self.normalize = make_normalizer(obj.get("normalizer"))
+        self.pre_tokenize = make_pre_tokenizer(obj.get("pre_tokenizer"))
+        self._template = self._post_template(obj.get("post_processor"), where)
+        self._decoders = self._decoder_chain(obj.get("decoder"), where)
+        self._byte_ids = None
+        if self.byte_fallback:
+            self._byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)]
+        self._cache: dict[str, list[int]] = {}
+
+    # ---- loading -----------------------------------------------------------------------------
+    @staticmethod
+    def _merge_table(merges: list, where: str) -> dict[tuple[str, str], int]:
+        ranks: dict[tuple[str, str], int] = {}
+        for rank, m in enumerate(merges):
+            pair = m.split(" ") if isinstance(m, str) else m   # "a b" (older files) or ["a", "b"]
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise GPT2Error(f"{where}: merge {rank + 1} ({m!r}) is not two tokens")
+            ranks.setdefault((pair[0], pair[1]), rank)          # a repeated merge keeps its first rank
+        return ranks
+
+    def _added_pattern(self, *, normalized: bool) -> re.Pattern[str] | None:
+        """One regex over the added tokens matched on raw (normalized=False) or normalized text:
+        longest first, so at one position the longest token wins (leftmost-longest)."""
+        toks = sorted((t for s, t in self.added.items() if bool(t.get("normalized", not t.get("special"))) == normalized),
+                      key=lambda t: len(t["content"]), reverse=True)
+        alts = [("\\s*" if t.get("lstrip") else "") + re.escape(t["content"]) + ("\\s*" if t.get("rstrip") else "")
+                for t in toks]
+        return re.compile("(" + "|".join(alts) + ")") if alts else None
+
+    def _added_id(self, match: str) -> int:
+        return self.added[match.strip()]["id"] if match not in self.added else self.added[match]["id"]
+
+    @staticmethod
+    def _post_template(spec: dict | None, where: str) -> list[tuple[str, int | None]] | None:
+        """The single-sequence template as [("A", None) | (token, id), ...]; None adds nothing."""
+        if spec is None:
+            return None
+        kind = spec.get("type")
+        if kind == "ByteLevel":
+            return None                                         # changes offsets only, never ids
+        if kind == "Sequence":
+            parts = [HFTokenizer._post_template(p, where) for p in spec.get("processors", [])]
+            parts = [p for p in parts if p is not None]
+            if len(parts) > 1:
+                raise GPT2Error(f"{where}: a post_processor Sequence with several templates is not supported")
+            return parts[0] if parts else None
+        if kind == "TemplateProcessing":
+            out: list[tuple[str, int | None]] = []
+            for item in spec.get("single", []):
+                if "Sequence" in item:
+                    out.append(("A", None))
+                else:
+                    name = item["SpecialToken"]["id"]
+                    ids = spec.get("special_tokens", {}).get(name, {}).get("ids")
+                    if not ids:
+                        raise GPT2Error(f"{where}: post_processor names special token {name!r} without ids")
+                    out.extend((name, i) for i in ids)
+            return out
+        raise GPT2Error(f"{where}: post_processor {kind!r} is not supported; Pythia reads TemplateProcessing, "
+                        "ByteLevel and Sequence")
+
+    @staticmethod
+    def _decoder_chain(spec: dict | None, where: str) -> list[dict] | None:
+        if spec is None:
+            return None
+        if spec.get("type") == "Sequence":
+            return [d for s in spec.get("decoders", []) for d in (HFTokenizer._decoder_chain(s, where) or [])]
+        if spec.get("type") not in ("ByteLevel", "Replace", "ByteFallback", "Fuse", "Strip", "Metaspace"):
+            raise GPT2Error(f"{where}: decoder {spec.get('type')!r} is not supported; Pythia reads ByteLevel, "
+                            "Replace, ByteFallback, Fuse, Strip, Metaspace and Sequence")
+        return [spec]
+
+    # ---- encoding ----------------------------------------------------------------------------
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of text (tokenizers' encode(text, add_special_tokens=...).ids)."""
+        ids: list[int] = []
+        for i, piece in enumerate(self._raw_split.split(text) if self._raw_split else [text]):
+            if i % 2:
+                ids.append(self._added_id(piece))
+                continue
+            if not piece:
+                continue
+            at_start = i == 0
+            norm = self.normalize(piece)
+            for k, sub in enumerate(self._norm_split.split(norm) if self._norm_split else [norm]):
+                if k % 2:
+                    ids.append(self._added_id(sub))
+                elif sub:
+                    for word, _ in self.pre_tokenize([(sub, at_start and k == 0)]):
+                        ids.extend(self._word(word))
+        if add_special_tokens and self._template is not None:
+            ids = [j for name, tid in self._template for j in (ids if tid is None else [tid])]
+        return ids
+
+    def _word(self, word: str) -> list[int]:
+        """Ids of one pre-tokenized word: its characters as symbols, merged by rank."""
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        vocab = self.vocab
+        if self.ignore_merges and word in vocab:
+            ids = [vocab[word]]
+        else:
+            parts: list[str] = []
+            for ch in word:
+                if ch in vocab:
+                    parts.append(ch)
+                elif self.byte_fallback and all(self._byte_ids[b] is not None for b in ch.encode("utf-8")):
+                    parts.extend(f"<0x{b:02X}>" for b in ch.encode("utf-8"))
+                elif self.unk_token is not None and self.unk_token in vocab:
+                    if not (self.fuse_unk and parts and parts[-1] == self.unk_token):
+                        parts.append(self.unk_token)
+                # else: no way to spell the character; tokenizers drops it, and so do we
+            ids = [vocab[p] for p in self._merge(parts)]
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[word] = ids
+        return ids
+
+    def _merge(self, parts: list[str]) -> list[str]:
+        """Join the adjacent pair of lowest rank (every occurrence, left to right) until none is ranked."""
+        ranks = self.ranks
+        while len(parts) > 1:
+            best, best_rank = None, None
+            for pair in zip(parts, parts[1:]):
+                r = ranks.get(pair)
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = pair, r
+            if best is None:
+                break
+            a, b = best
+            merged, i, n = [], 0, len(parts)
+            while i < n:
+                if i + 1 < n and parts[i] == a and parts[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return parts
+
+    # ---- decoding ----------------------------------------------------------------------------
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = False) -> str:
+        """The text of ids (tokenizers' decode; an id outside the vocabulary is dropped, as there)."""
+        tokens = [self.id_to_token[i] for i in map(int, ids) if i in self.id_to_token
+                  and not (skip_special_tokens and i in self.special_ids)]
+        if self._decoders is None:
+            return " ".join(tokens)
+        for d in self._decoders:
+            tokens = _DECODERS[d["type"]](d, tokens)
+        return "".join(tokens)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a token string (vocabulary or added), or None."""
+        return self.token_to_id.get(token)
+
+    def filter(self, text: str) -> tuple[str, str]:
+        """Same interface as SimpleTokenizer.filter: nothing is dropped."""
+        return text, ""
+
+
+# ---- decoders: list of token strings -> list of token strings ---------------------------------
+_BYTE_DECODER = {c: b for b, c in bytes_to_unicode().items()}
+
+
+def _dec_byte_level(spec: dict, tokens: list[str]) -> list[str]:
+    # a token with a character outside the byte map (an added token) contributes its own UTF-8
+    raw = b"".join(bytes(_BYTE_DECODER[c] for c in t) if all(c in _BYTE_DECODER for c in t)
+                   else t.encode("utf-8") for t in tokens)
+    return [raw.decode("utf-8", errors="replace")]
+
+
+def _dec_replace(spec: dict, tokens: list[str]) -> list[str]:
+    pat = spec.get("pattern", {})
+    if "String" not in pat:
+        raise GPT2Error("tokenizer.json: a Replace decoder with a regex pattern is not supported")
+    return [t.replace(pat["String"], spec.get("content", "")) for t in tokens]
+
+
+def _dec_byte_fallback(spec: dict, tokens: list[str]) -> list[str]:
+    """Runs of <0xXX> tokens become the text their bytes spell; bytes that are not valid UTF-8
+    become one U+FFFD per byte, as tokenizers' ByteFallback does."""
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            try:
+                out.append(bytes(run).decode("utf-8"))
+            except UnicodeDecodeError:
+                out.extend("\ufffd" for _ in run)
+            run.clear()
+    for t in tokens:
+        m = _BYTE_TOKEN.fullmatch(t) if len(t) == 6 else None
+        if m:
+            run.append(int(m.group(1), 16))
+        else:
+            flush()
+            out.append(t)
+    flush()
+    return out
+
+
+def _dec_fuse(spec: dict, tokens: list[str]) -> list[str]:
+    return ["".join(tokens)]
+
+
+def _dec_strip(spec: dict, tokens: list[str]) -> list[str]:
+    c, start, stop = spec.get("content", " "), int(spec.get("start", 0)), int(spec.get("stop", 0))
+    out = []
+    for t in tokens:
+        i, j = 0, len(t)
+        while i < min(start, len(t)) and t[i] == c:
+            i += 1
+        k = 0
+        while k < stop and j > i and t[j - 1] == c:
+            j -= 1
+            k += 1
+        out.append(t[i:j])
+    return out
+
+
+def _dec_metaspace(spec: dict, tokens: list[str]) -> list[str]:
+    rep = spec.get("replacement", "\u2581")
+    scheme = spec.get("prepend_scheme") or ("always" if spec.get("add_prefix_space", True) else "never")
+    out = []
+    for i, t in enumerate(tokens):
+        if i == 0 and scheme != "never" and t.startswith(rep):
+            t = t[len(rep):]
+        out.append(t.replace(rep, " "))
+    return out
+
+
+_DECODERS = {"ByteLevel": _dec_byte_level, "Replace": _dec_replace, "ByteFallback": _dec_byte_fallback,
+             "Fuse": _dec_fuse, "Strip": _dec_strip, "Metaspace": _dec_metaspace}
+
+
+def load_hf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
+    """The tokenizer of a tokenizer.json file (or of a folder holding one); GPT2Error, one line,
+    when it is missing, not JSON, or uses a stage Pythia does not read."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise GPT2Error(f"{path} not found; a Llama-family folder needs the model's tokenizer.json")
+    if path.stat().st_size > MAX_TOKENIZER_JSON:
+        raise GPT2Error(f"{path} is larger than {MAX_TOKENIZER_JSON >> 20} MB; it is not a tokenizer.json")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GPT2Error(f"{path} is not readable JSON ({e}); download the model's tokenizer.json again") from None
+    try:
+        return HFTokenizer(obj, str(path))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise GPT2Error(f"{path} is malformed ({type(e).__name__}: {e}); download it again") from None
