@@ -88,12 +88,28 @@ def translate_regex(pattern: str) -> re.Pattern[str]:
 
 
 # ---- splitting ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _capturing(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """pattern as one capturing group, for re.split."""
+    return re.compile(f"({pattern.pattern})", pattern.flags)
+
+
 def split_pieces(pieces: list[Piece], pattern: re.Pattern[str], behavior: str) -> list[Piece]:
     """Split each piece at the matches of pattern, as tokenizers' SplitDelimiterBehavior does:
     Isolated (matches are pieces), Removed (dropped), MergedWithPrevious / MergedWithNext
     (joined to the text before / after), Contiguous (consecutive matches form one piece)."""
     out: list[Piece] = []
+    splitter = _capturing(pattern) if behavior == "Isolated" and pattern.groups == 0 else None
     for text, at_start in pieces:
+        if splitter is not None:
+            # Isolated in C: re.split with the whole pattern captured gives gap, match, gap, ...
+            parts = splitter.split(text)
+            if "" not in parts[1::2]:                       # (an empty match needs the loop below)
+                for part in parts:
+                    if part:
+                        out.append((part, at_start))       # the first non-empty part starts at 0
+                        at_start = False
+                continue
         spans: list[tuple[int, int, bool]] = []            # (begin, end, is_match)
         last = 0
         for m in pattern.finditer(text):
@@ -187,14 +203,15 @@ def make_pre_tokenizer(spec: dict | None):
     if kind == "ByteLevel":
         rx = translate_regex(GPT2_PATTERN) if spec.get("use_regex", True) else None
         prefix = bool(spec.get("add_prefix_space", True))
-        table = bytes_to_unicode()
+        # byte b -> GPT-2's printable character, as a str.translate table over the Latin-1 code points
+        table = {b: c for b, c in bytes_to_unicode().items()}
 
         def byte_level(pieces: list[Piece]) -> list[Piece]:
             if prefix:
                 pieces = [(t if t.startswith(" ") else " " + t, s) for t, s in pieces]
             if rx is not None:
                 pieces = split_pieces(pieces, rx, "Isolated")
-            return [("".join(table[b] for b in t.encode("utf-8", "surrogatepass")), s) for t, s in pieces]
+            return [(t.encode("utf-8", "surrogatepass").decode("latin-1").translate(table), s) for t, s in pieces]
         return byte_level
     if kind == "Metaspace":
         rep = spec.get("replacement", "\u2581")

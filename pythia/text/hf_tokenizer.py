@@ -19,6 +19,7 @@ decoder chain (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace).
 """
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
@@ -29,6 +30,8 @@ from .bpe import bytes_to_unicode
 from .hf_pretokenize import make_normalizer, make_pre_tokenizer
 
 _CACHE_LIMIT = 100_000     # words kept in the merge cache before it is cleared
+_CACHE_WORD = 256          # longest word (characters) the cache keeps
+_SHORT_WORD = 32           # words of more symbols merge with a heap
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 MAX_TOKENIZER_JSON = 256 << 20
 
@@ -85,6 +88,11 @@ class HFTokenizer:
         if self.byte_fallback:
             self._byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)]
         self._cache: dict[str, list[int]] = {}
+        # Cutting a word before each "▁" that follows another character changes no id when no
+        # merge makes a token holding such a pair: a merged symbol across the cut would hold it.
+        across = re.compile("[^\u2581]\u2581")
+        self._boundary = None if any(across.search(a + b) for a, b in self.ranks) else \
+            re.compile("(?<=[^\u2581])(?=\u2581)")
 
     # ---- loading -----------------------------------------------------------------------------
     @staticmethod
@@ -165,14 +173,22 @@ class HFTokenizer:
                 if k % 2:
                     ids.append(self._added_id(sub))
                 elif sub:
+                    cache = self._cache
                     for word, _ in self.pre_tokenize([(sub, at_start and k == 0)]):
-                        ids.extend(self._word(word))
+                        got = cache.get(word)
+                        ids.extend(got if got is not None else self._word(word))
         if add_special_tokens and self._template is not None:
             ids = [j for name, tid in self._template for j in (ids if tid is None else [tid])]
         return ids
 
     def _word(self, word: str) -> list[int]:
-        """Ids of one pre-tokenized word: its characters as symbols, merged by rank."""
+        """Ids of one pre-tokenized word: its characters as symbols, merged by rank. A long word
+        (a whole text, when there is no pre-tokenizer) is cut where no merge can reach across."""
+        if len(word) > _CACHE_WORD and self._boundary is not None:
+            return [i for sub in self._boundary.split(word) if sub for i in self._spell(sub)]
+        return self._spell(word)
+
+    def _spell(self, word: str) -> list[int]:
         cached = self._cache.get(word)
         if cached is not None:
             return cached
@@ -191,13 +207,47 @@ class HFTokenizer:
                         parts.append(self.unk_token)
                 # else: no way to spell the character; tokenizers drops it, and so do we
             ids = [vocab[p] for p in self._merge(parts)]
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[word] = ids
+        if len(word) <= _CACHE_WORD:           # a whole text (no pre-tokenizer) is not worth keeping
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[word] = ids
         return ids
 
     def _merge(self, parts: list[str]) -> list[str]:
-        """Join the adjacent pair of lowest rank (every occurrence, left to right) until none is ranked."""
+        """Join the adjacent pair of lowest rank, leftmost first, until no pair is ranked.
+
+        A heap holds (rank, slot) for adjacent pairs, so a whole text (Llama's tokenizers have no
+        pre-tokenizer: the text is one word) merges in O(n log n). Symbols live in the slots of a
+        doubly linked list; an entry is stale when its slot was absorbed or its pair changed.
+        """
+        ranks, n = self.ranks, len(parts)
+        if n <= _SHORT_WORD:
+            return self._merge_short(parts)
+        sym: list[str | None] = list(parts)
+        nxt = list(range(1, n + 1))            # slot after i (n = end)
+        prv = list(range(-1, n - 1))           # slot before i (-1 = start)
+        heap = [(r, i) for i in range(n - 1) if (r := ranks.get((parts[i], parts[i + 1]))) is not None]
+        heapq.heapify(heap)
+        while heap:
+            r, i = heapq.heappop(heap)
+            j = nxt[i]
+            if sym[i] is None or j >= n or ranks.get((sym[i], sym[j])) != r:
+                continue                       # stale entry
+            sym[i] = sym[i] + sym[j]           # merge slot j into slot i
+            sym[j] = None
+            nxt[i] = nxt[j]
+            if nxt[j] < n:
+                prv[nxt[j]] = i
+            p, k = prv[i], nxt[i]
+            if p >= 0 and (rp := ranks.get((sym[p], sym[i]))) is not None:
+                heapq.heappush(heap, (rp, p))
+            if k < n and (rk := ranks.get((sym[i], sym[k]))) is not None:
+                heapq.heappush(heap, (rk, i))
+        return [t for t in sym if t is not None]
+
+    def _merge_short(self, parts: list[str]) -> list[str]:
+        """The same merges for a short word: rescan for the lowest-ranked pair, join every
+        occurrence of it left to right (GPT-2's loop; no heap to build)."""
         ranks = self.ranks
         while len(parts) > 1:
             best, best_rank = None, None
