@@ -117,3 +117,25 @@ def test_unsupported_stages_are_refused_by_name(tmp_path, change, message):
     (tmp_path / "tokenizer.json").write_text(json.dumps(obj), "utf-8")
     with pytest.raises(GPT2Error, match=message):
         load_hf_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_bytes_spell_the_decoded_text(name):
+    """decode_bytes (token views) gives each token's bytes; joined, they are the decoded text
+    (up to the leading space a Llama decoder strips)."""
+    tok = load_hf_tokenizer(FIXTURES / name)
+    for c in cases(name):
+        text = tok.decode_bytes(c["ids"]).decode("utf-8")
+        assert text == c["decoded"] or (text.startswith(" ") and text[1:] == c["decoded"]), c["text"]
+
+
+def test_checkpoint_arrays_round_trip_and_refuse_corruption():
+    import numpy as np
+    tok = load_hf_tokenizer(FIXTURES / "tinyllama")
+    again = HFTokenizer.from_arrays(tok.to_arrays())
+    for c in cases("tinyllama"):
+        assert again.encode(c["text"]) == c["ids"]
+    with pytest.raises(ValueError, match="corrupt"):
+        HFTokenizer.from_arrays({"tokenizer_json": np.frombuffer(b'{"model": 1', dtype=np.uint8)})
+    with pytest.raises(ValueError, match="corrupt"):
+        HFTokenizer.from_arrays({})

@@ -25,6 +25,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import GPT2Error
 from .bpe import bytes_to_unicode
 from .hf_pretokenize import make_normalizer, make_pre_tokenizer
@@ -45,6 +47,7 @@ class HFTokenizer:
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
             raise GPT2Error(f"{where} has no \"model\" object; it is not a tokenizers file")
         self.where = where
+        self.source = obj                   # the parsed tokenizer.json, for checkpoints and export
         model = obj["model"]
         if model.get("type", "BPE") != "BPE":
             raise GPT2Error(f"{where}: model type {model.get('type')!r} is not supported; Pythia reads BPE")
@@ -84,6 +87,11 @@ class HFTokenizer:
         self.pre_tokenize = make_pre_tokenizer(obj.get("pre_tokenizer"))
         self._template = self._post_template(obj.get("post_processor"), where)
         self._decoders = self._decoder_chain(obj.get("decoder"), where)
+        steps = self._decoders or []
+        self._byte_level = any(d["type"] == "ByteLevel" for d in steps)
+        self._spaces = [(d["pattern"]["String"], d.get("content", "")) for d in steps
+                        if d["type"] == "Replace" and "String" in d.get("pattern", {})]
+        self._spaces += [(d.get("replacement", "\u2581"), " ") for d in steps if d["type"] == "Metaspace"]
         self._byte_ids = None
         if self.byte_fallback:
             self._byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)]
@@ -279,6 +287,39 @@ class HFTokenizer:
         for d in self._decoders:
             tokens = _DECODERS[d["type"]](d, tokens)
         return "".join(tokens)
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        """The bytes the tokens spell one after another, partial UTF-8 kept (token views): byte-level
+        symbols as their bytes, <0xXX> as that byte, "▁" as a space, no leading space stripped.
+        An id outside the vocabulary gives U+FFFD's bytes."""
+        out = []
+        for i in map(int, ids):
+            t = self.id_to_token.get(i)
+            if t is None:
+                out.append("\ufffd".encode("utf-8"))
+            elif self._byte_level and all(c in _BYTE_DECODER for c in t):
+                out.append(bytes(_BYTE_DECODER[c] for c in t))
+            elif self.byte_fallback and (m := _BYTE_TOKEN.fullmatch(t)):
+                out.append(bytes([int(m.group(1), 16)]))
+            else:
+                for old, new in self._spaces:
+                    t = t.replace(old, new)
+                out.append(t.encode("utf-8"))
+        return b"".join(out)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The tokenizer.json text as a uint8 UTF-8 array (a checkpoint holds it; no pickle)."""
+        text = json.dumps(self.source, ensure_ascii=False, separators=(",", ":"))
+        return {"tokenizer_json": np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> HFTokenizer:
+        """Inverse of to_arrays; ValueError when the arrays are missing or corrupt."""
+        try:
+            obj = json.loads(np.asarray(arrays["tokenizer_json"], dtype=np.uint8).tobytes().decode("utf-8"))
+            return cls(obj, "the checkpoint's tokenizer")
+        except (KeyError, UnicodeDecodeError, json.JSONDecodeError, GPT2Error, TypeError, AttributeError) as e:
+            raise ValueError(f"the checkpoint's tokenizer.json is corrupt ({e})") from None
 
     def token_id(self, token: str) -> int | None:
         """The id of a token string (vocabulary or added), or None."""
