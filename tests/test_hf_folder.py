@@ -180,3 +180,65 @@ def test_reading_bf16_weights_peaks_near_their_float32_size(tmp_path):
         tracemalloc.stop()
     assert peak <= 1.2 * fp32_bytes, f"peak {peak / fp32_bytes:.2f}x the float32 size"
     np.testing.assert_array_equal(loaded["a"].view(np.uint32), bits["a"].astype(np.uint32) << 16)
+
+
+# ---- a whole folder ------------------------------------------------------------------------------
+STATE_DICTS = json.loads((Path(__file__).parent / "fixtures" / "hf_folder" / "state_dicts.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_expected_tensors_equal_what_transformers_saves(name):
+    """Names and shapes from config.json alone equal save_pretrained's model.safetensors
+    (fixture made by tests/fixtures/make_hf_folder_fixtures.py from transformers' models)."""
+    from pythia.formats.hf_folder import expected_tensors
+    entry = STATE_DICTS[name]
+    got = expected_tensors(parse_hf_config(entry["config"]).model)
+    assert {k: list(v) for k, v in got.items()} == entry["shapes"]
+
+
+def make_folder(tmp_path, name="llama", *, template=None, drop=None, reshape=None) -> Path:
+    from pythia.formats.hf_folder import expected_tensors
+    from pythia.formats.safetensors import save_safetensors
+    entry = STATE_DICTS[name]
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(entry["config"]))
+    shapes = {k: tuple(v) for k, v in expected_tensors(parse_hf_config(entry["config"]).model).items()}
+    if reshape:
+        shapes[reshape] = tuple(s + 1 for s in shapes[reshape])
+    save_safetensors(d / "model.safetensors", {k: np.zeros(s, np.float32) for k, s in shapes.items() if k != drop})
+    tok_dir = Path(__file__).parent / "fixtures" / "hf_tokenizers" / ("tinyllama" if name == "llama" else "qwen2")
+    shutil.copy(tok_dir / "tokenizer.json", d / "tokenizer.json")
+    if template is not None:
+        (d / "tokenizer_config.json").write_text(json.dumps(template))
+    return d
+
+
+def test_folder_reads_config_weights_tokenizer_and_stop_ids(tmp_path):
+    import sys
+    from pythia.formats.hf_folder import check_weights, is_hf_llama_folder, read_hf_folder
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from hf_templates import QWEN25
+    d = make_folder(tmp_path, "qwen2", template={"chat_template": QWEN25, "eos_token": "<|im_end|>",
+                                                 "bos_token": None})
+    assert is_hf_llama_folder(d) and not is_hf_llama_folder(tmp_path)
+    f = read_hf_folder(d)
+    check_weights(f.weights, f.config.model)
+    t = f.chat_template()
+    assert t.format == "chatml" and t.default_system.startswith("You are Qwen")
+    assert f.stop_ids(t) == [f.tokenizer.token_id("<|im_end|>")]
+    ids = f.tokenizer.encode(t.render([{"role": "user", "content": "Hi"}]))
+    assert ids[0] == f.tokenizer.token_id("<|im_start|>")
+    with pytest.raises(ConfigError, match="--chat-format"):
+        read_hf_folder(make_folder(tmp_path, "llama")).chat_template()
+
+
+@pytest.mark.parametrize("drop, reshape, message", [
+    ("model.layers.1.mlp.up_proj.weight", None, "lack tensor 'model.layers.1.mlp.up_proj.weight'"),
+    (None, "model.layers.0.self_attn.k_proj.weight", r"has shape \[17, 49\] but config.json implies \[16, 48\]"),
+])
+def test_weights_disagreeing_with_config_are_named(tmp_path, drop, reshape, message):
+    from pythia.formats.hf_folder import check_weights, read_hf_folder
+    f = read_hf_folder(make_folder(tmp_path, "llama", drop=drop, reshape=reshape))
+    with pytest.raises(GPT2Error, match=message):
+        check_weights(f.weights, f.config.model)

@@ -139,3 +139,11 @@ def test_checkpoint_arrays_round_trip_and_refuse_corruption():
         HFTokenizer.from_arrays({"tokenizer_json": np.frombuffer(b'{"model": 1', dtype=np.uint8)})
     with pytest.raises(ValueError, match="corrupt"):
         HFTokenizer.from_arrays({})
+
+
+def test_special_tokens_can_be_spelled_as_text():
+    tok = load_hf_tokenizer(FIXTURES / "qwen2")
+    end = tok.token_id("<|im_end|>")
+    assert tok.encode("a<|im_end|>") == tok.encode("a") + [end]
+    spelled = tok.encode("a<|im_end|>", allow_special=False)
+    assert end not in spelled and tok.decode(spelled) == "a<|im_end|>"

@@ -166,10 +166,14 @@ class HFTokenizer:
         return [spec]
 
     # ---- encoding ----------------------------------------------------------------------------
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of text (tokenizers' encode(text, add_special_tokens=...).ids)."""
+    def encode(self, text: str, *, add_special_tokens: bool = False, allow_special: bool = True) -> list[int]:
+        """Token ids of text (tokenizers' encode(text, add_special_tokens=...).ids). With
+        allow_special=False, added tokens in the text are spelled as ordinary text (for what a
+        user types into a chat, so "<|im_end|>" typed there cannot end a turn)."""
         ids: list[int] = []
-        for i, piece in enumerate(self._raw_split.split(text) if self._raw_split else [text]):
+        raw_split = self._raw_split if allow_special else None
+        norm_split = self._norm_split if allow_special else None
+        for i, piece in enumerate(raw_split.split(text) if raw_split else [text]):
             if i % 2:
                 ids.append(self._added_id(piece))
                 continue
@@ -177,7 +181,7 @@ class HFTokenizer:
                 continue
             at_start = i == 0
             norm = self.normalize(piece)
-            for k, sub in enumerate(self._norm_split.split(norm) if self._norm_split else [norm]):
+            for k, sub in enumerate(norm_split.split(norm) if norm_split else [norm]):
                 if k % 2:
                     ids.append(self._added_id(sub))
                 elif sub:
