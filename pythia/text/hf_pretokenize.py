@@ -8,7 +8,9 @@ to a list of pieces, as `tokenizers` does, so a Sequence is a loop over its memb
 Regex translation: `re` has no \\p{..}; \\p{L}, \\p{N}, \\p{Lu}, ... become explicit character
 classes built from `unicodedata` general categories (as pythia.text.bpe does for GPT-2's pattern),
 and \\s / \\S become Unicode White_Space (the \\s of Oniguruma and of Rust's regex), not Python's.
-(?i:...), lookahead and possessive quantifiers mean the same in both engines.
+(?i:...), lookahead and possessive quantifiers mean the same in both engines. The classes follow
+the running Python's Unicode version: a character assigned in a later version (Rust's tables are
+usually newer) is "unassigned" here and may be split differently from `tokenizers`.
 """
 from __future__ import annotations
 
