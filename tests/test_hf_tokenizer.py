@@ -16,7 +16,7 @@ from pythia.text.hf_pretokenize import translate_regex
 from pythia.text.hf_tokenizer import HFTokenizer, load_hf_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_tokenizers"
-NAMES = ["smollm2", "qwen2", "tinyllama", "llama_metaspace", "variants"]
+NAMES = ["smollm2", "qwen2", "tinyllama", "llama_metaspace", "variants", "llama_added"]
 
 
 def cases(name: str) -> list[dict]:

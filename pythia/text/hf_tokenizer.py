@@ -80,10 +80,12 @@ class HFTokenizer:
         self.token_to_id = {**self.vocab, **{s: t["id"] for s, t in self.added.items()}}
         self.special_ids = {t["id"] for t in self.added.values() if t.get("special")}
         self.vocab_size = max(self.id_to_token) + 1
-        self._raw_split = self._added_pattern(normalized=False)
-        self._norm_split = self._added_pattern(normalized=True)
-
         self.normalize = make_normalizer(obj.get("normalizer"))
+        # a normalized added token decodes as the normalizer writes it, as in tokenizers
+        self.id_to_token.update({t["id"]: self.normalize(s) for s, t in self.added.items()
+                                 if t.get("normalized", not t.get("special"))})
+        self._raw_added = self._added_pattern(normalized=False)
+        self._norm_added = self._added_pattern(normalized=True)
         self.pre_tokenize = make_pre_tokenizer(obj.get("pre_tokenizer"))
         self._template = self._post_template(obj.get("post_processor"), where)
         self._decoders = self._decoder_chain(obj.get("decoder"), where)
@@ -113,17 +115,31 @@ class HFTokenizer:
             ranks.setdefault((pair[0], pair[1]), rank)          # a repeated merge keeps its first rank
         return ranks
 
-    def _added_pattern(self, *, normalized: bool) -> re.Pattern[str] | None:
-        """One regex over the added tokens matched on raw (normalized=False) or normalized text:
-        longest first, so at one position the longest token wins (leftmost-longest)."""
-        toks = sorted((t for s, t in self.added.items() if bool(t.get("normalized", not t.get("special"))) == normalized),
-                      key=lambda t: len(t["content"]), reverse=True)
-        alts = [("\\s*" if t.get("lstrip") else "") + re.escape(t["content"]) + ("\\s*" if t.get("rstrip") else "")
-                for t in toks]
-        return re.compile("(" + "|".join(alts) + ")") if alts else None
+    def _added_pattern(self, *, normalized: bool) -> tuple[re.Pattern[str] | None, list[int]]:
+        """One regex over the added tokens matched on raw (normalized=False) or normalized text, and
+        the id of each of its alternatives. A normalized token is matched as the normalizer writes it
+        (Llama's Prepend makes "world" "▁world"). Longest first, so at one position the longest token
+        wins (leftmost-longest); lstrip/rstrip take the whitespace beside the token with it."""
+        toks = [((self.normalize(t["content"]) if normalized else t["content"]), t) for t in self.added.values()
+                if bool(t.get("normalized", not t.get("special"))) == normalized]
+        toks.sort(key=lambda x: len(x[0]), reverse=True)
+        alts = [f"(?P<t{k}>" + ("\\s*" if t.get("lstrip") else "") + re.escape(text)
+                + ("\\s*" if t.get("rstrip") else "") + ")" for k, (text, t) in enumerate(toks)]
+        return (re.compile("|".join(alts)) if alts else None), [t["id"] for _, t in toks]
 
-    def _added_id(self, match: str) -> int:
-        return self.added[match.strip()]["id"] if match not in self.added else self.added[match]["id"]
+    @staticmethod
+    def _split_added(text: str, pattern: re.Pattern[str] | None, ids: list[int]) -> list[str | int]:
+        """text cut at the added tokens: its pieces (str) and the tokens' ids (int), in order."""
+        if pattern is None:
+            return [text]
+        out: list[str | int] = []
+        last = 0
+        for m in pattern.finditer(text):
+            out.append(text[last:m.start()])
+            out.append(ids[int(m.lastgroup[1:])])
+            last = m.end()
+        out.append(text[last:])
+        return out
 
     @staticmethod
     def _post_template(spec: dict | None, where: str) -> list[tuple[str, int | None]] | None:
@@ -171,21 +187,21 @@ class HFTokenizer:
         allow_special=False, added tokens in the text are spelled as ordinary text (for what a
         user types into a chat, so "<|im_end|>" typed there cannot end a turn)."""
         ids: list[int] = []
-        raw_split = self._raw_split if allow_special else None
-        norm_split = self._norm_split if allow_special else None
-        for i, piece in enumerate(raw_split.split(text) if raw_split else [text]):
-            if i % 2:
-                ids.append(self._added_id(piece))
+        none = (None, [])
+        raw_added, norm_added = (self._raw_added, self._norm_added) if allow_special else (none, none)
+        cache = self._cache
+        for i, piece in enumerate(self._split_added(text, *raw_added)):
+            if isinstance(piece, int):
+                ids.append(piece)
                 continue
             if not piece:
                 continue
             at_start = i == 0
             norm = self.normalize(piece)
-            for k, sub in enumerate(norm_split.split(norm) if norm_split else [norm]):
-                if k % 2:
-                    ids.append(self._added_id(sub))
+            for k, sub in enumerate(self._split_added(norm, *norm_added)):
+                if isinstance(sub, int):
+                    ids.append(sub)
                 elif sub:
-                    cache = self._cache
                     for word, _ in self.pre_tokenize([(sub, at_start and k == 0)]):
                         got = cache.get(word)
                         ids.extend(got if got is not None else self._word(word))
