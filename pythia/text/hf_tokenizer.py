@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GPT2Error
-from .bpe import bytes_to_unicode
+from .hf_decoders import BYTE_DECODER, BYTE_TOKEN, DECODERS
 from .hf_pretokenize import make_normalizer, make_pre_tokenizer
 
 _CACHE_LIMIT = 100_000     # words kept in the merge cache before it is cleared
 _CACHE_WORD = 256          # longest word (characters) the cache keeps
 _SHORT_WORD = 32           # words of more symbols merge with a heap
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 MAX_TOKENIZER_JSON = 256 << 20
 
 
@@ -176,7 +175,7 @@ class HFTokenizer:
             return None
         if spec.get("type") == "Sequence":
             return [d for s in spec.get("decoders", []) for d in (HFTokenizer._decoder_chain(s, where) or [])]
-        if spec.get("type") not in ("ByteLevel", "Replace", "ByteFallback", "Fuse", "Strip", "Metaspace"):
+        if spec.get("type") not in DECODERS:
             raise GPT2Error(f"{where}: decoder {spec.get('type')!r} is not supported; Pythia reads ByteLevel, "
                             "Replace, ByteFallback, Fuse, Strip, Metaspace and Sequence")
         return [spec]
@@ -305,7 +304,7 @@ class HFTokenizer:
         if self._decoders is None:
             return " ".join(tokens)
         for d in self._decoders:
-            tokens = _DECODERS[d["type"]](d, tokens)
+            tokens = DECODERS[d["type"]](d, tokens)
         return "".join(tokens)
 
     def decode_bytes(self, ids: list[int]) -> bytes:
@@ -317,9 +316,9 @@ class HFTokenizer:
             t = self.id_to_token.get(i)
             if t is None:
                 out.append("\ufffd".encode("utf-8"))
-            elif self._byte_level and all(c in _BYTE_DECODER for c in t):
-                out.append(bytes(_BYTE_DECODER[c] for c in t))
-            elif self.byte_fallback and (m := _BYTE_TOKEN.fullmatch(t)):
+            elif self._byte_level and all(c in BYTE_DECODER for c in t):
+                out.append(bytes(BYTE_DECODER[c] for c in t))
+            elif self.byte_fallback and (m := BYTE_TOKEN.fullmatch(t)):
                 out.append(bytes([int(m.group(1), 16)]))
             else:
                 for old, new in self._spaces:
@@ -348,82 +347,6 @@ class HFTokenizer:
     def filter(self, text: str) -> tuple[str, str]:
         """Same interface as SimpleTokenizer.filter: nothing is dropped."""
         return text, ""
-
-
-# ---- decoders: list of token strings -> list of token strings ---------------------------------
-_BYTE_DECODER = {c: b for b, c in bytes_to_unicode().items()}
-
-
-def _dec_byte_level(spec: dict, tokens: list[str]) -> list[str]:
-    # a token with a character outside the byte map (an added token) contributes its own UTF-8
-    raw = b"".join(bytes(_BYTE_DECODER[c] for c in t) if all(c in _BYTE_DECODER for c in t)
-                   else t.encode("utf-8") for t in tokens)
-    return [raw.decode("utf-8", errors="replace")]
-
-
-def _dec_replace(spec: dict, tokens: list[str]) -> list[str]:
-    pat = spec.get("pattern", {})
-    if "String" not in pat:
-        raise GPT2Error("tokenizer.json: a Replace decoder with a regex pattern is not supported")
-    return [t.replace(pat["String"], spec.get("content", "")) for t in tokens]
-
-
-def _dec_byte_fallback(spec: dict, tokens: list[str]) -> list[str]:
-    """Runs of <0xXX> tokens become the text their bytes spell; bytes that are not valid UTF-8
-    become one U+FFFD per byte, as tokenizers' ByteFallback does."""
-    out: list[str] = []
-    run: list[int] = []
-
-    def flush() -> None:
-        if run:
-            try:
-                out.append(bytes(run).decode("utf-8"))
-            except UnicodeDecodeError:
-                out.extend("\ufffd" for _ in run)
-            run.clear()
-    for t in tokens:
-        m = _BYTE_TOKEN.fullmatch(t) if len(t) == 6 else None
-        if m:
-            run.append(int(m.group(1), 16))
-        else:
-            flush()
-            out.append(t)
-    flush()
-    return out
-
-
-def _dec_fuse(spec: dict, tokens: list[str]) -> list[str]:
-    return ["".join(tokens)]
-
-
-def _dec_strip(spec: dict, tokens: list[str]) -> list[str]:
-    c, start, stop = spec.get("content", " "), int(spec.get("start", 0)), int(spec.get("stop", 0))
-    out = []
-    for t in tokens:
-        i, j = 0, len(t)
-        while i < min(start, len(t)) and t[i] == c:
-            i += 1
-        k = 0
-        while k < stop and j > i and t[j - 1] == c:
-            j -= 1
-            k += 1
-        out.append(t[i:j])
-    return out
-
-
-def _dec_metaspace(spec: dict, tokens: list[str]) -> list[str]:
-    rep = spec.get("replacement", "\u2581")
-    scheme = spec.get("prepend_scheme") or ("always" if spec.get("add_prefix_space", True) else "never")
-    out = []
-    for i, t in enumerate(tokens):
-        if i == 0 and scheme != "never" and t.startswith(rep):
-            t = t[len(rep):]
-        out.append(t.replace(rep, " "))
-    return out
-
-
-_DECODERS = {"ByteLevel": _dec_byte_level, "Replace": _dec_replace, "ByteFallback": _dec_byte_fallback,
-             "Fuse": _dec_fuse, "Strip": _dec_strip, "Metaspace": _dec_metaspace}
 
 
 def load_hf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
