@@ -126,8 +126,11 @@ class SafetensorsFile:
         elif dtype == "F16":
             out = raw.view("<f2").reshape(shape).astype(np.float32)   # exact: every f16 is an f32
         else:
-            # bf16 holds the high 16 bits of an f32: widen to u32 and shift into place (exact).
-            out = (raw.view("<u2").reshape(shape).astype(np.uint32) << 16).view(np.float32)
+            # bf16 holds the high 16 bits of an f32: widen to u32 and shift into place (exact),
+            # in place, so the only allocation is the float32 result itself.
+            out = raw.view("<u2").reshape(shape).astype(np.uint32)
+            out <<= 16
+            out = out.view(np.float32)
         return out
 
     def read_into(self, name: str, out: np.ndarray) -> None:
