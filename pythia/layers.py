@@ -1,0 +1,257 @@
+"""The layers every model family is built from: forward/backward pairs as plain functions.
+
+llm.c's convention: a forward returns its output (and what its backward needs); a backward
+takes the arrays it writes first (parameter gradients, preallocated, overwritten), then the
+upstream gradient and the forward's inputs, and returns the gradient of its input. The row- and
+element-wise maths runs in `pythia.kernels`, looked up at call time so `kernels.use("numpy")`
+takes effect; matrix products go to BLAS through `@`.
+
+Sizes: N rows (B * T tokens), Cin/Cout a linear layer's widths, V vocabulary, B batch, T time,
+H query heads, Hkv key/value heads (H % Hkv == 0; each kv head serves G = H // Hkv query heads;
+GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
+
+    linear_forward(x (N, Cin), w (Cin, Cout), b (Cout,) | None) -> (N, Cout)
+    linear_backward(dw, db | None, dout (N, Cout), x, w) -> dx (N, Cin)
+    embedding_forward(wte (V, C), idx (...)) -> (..., C)
+    embedding_backward(dwte, dx (N, C), idx (N,)) -> None            adds into dwte
+    layernorm_forward(x, w, b, eps=1e-5) -> (y, mean, rstd)
+    layernorm_backward(dy, x, w, mean, rstd) -> (dx, dw, db)
+    rmsnorm_forward(x (..., C), w (C,), eps=1e-6) -> (y, rstd (...,))
+    rmsnorm_backward(dy, x, w, rstd) -> (dx, dw)
+    gelu_forward(x) -> y;  gelu_backward(dy, x) -> dx
+    swiglu_forward(gate, up) -> silu(gate) * up;  swiglu_backward(dy, gate, up) -> (dgate, dup)
+    attention_forward(y, q, k, v, scale=None) -> probs
+        y (B, H, T, hs) written (a strided view into an (N, H * hs) array is fine);
+        q (B, H, T, hs), k, v (B, Hkv, T, hs), views allowed; probs: one (B, H, n, hi) array per
+        query block [lo, hi) of query_blocks(T)
+    attention_backward(dq, dk, dv, dy, q, k, v, probs, scale=None) -> None
+        dq like q, dk and dv like k and v (overwritten; views allowed), dy like y
+    attention_step(q (H, Tn, hs), k, v (Hkv, Tn, hs), k_cache, v_cache (Hkv, Tmax, hs), pos, scale=None)
+        -> y (H, Tn, hs); stores k, v at positions pos..pos+Tn-1 of the caches
+    full_attention(probs, T) -> (B, H, T, T)
+    crossentropy_forward(logits (N, V), targets (N,)) -> (losses (N,), probs (N, V))
+    crossentropy_backward(probs, targets, n_total) -> dlogits (N, V), the gradient of
+        sum(losses) / n_total
+
+`scale` defaults to 1 / sqrt(hs). A family that rotates q and k (rotary positions) does so on
+its own arrays before attention_forward and rotates dq, dk back after attention_backward.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import kernels
+
+# ============================================================================ linear, embedding
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    out = x @ w                                                  # (N, Cin) @ (Cin, Cout) -> (N, Cout)
+    if b is not None:
+        out += b                                                 # (N, Cout) + (Cout,)
+    return out
+
+
+def linear_backward(dw: np.ndarray, db: np.ndarray | None, dout: np.ndarray, x: np.ndarray,
+                    w: np.ndarray) -> np.ndarray:
+    # y = x W + b  =>  dW = x^T dy, db = sum_rows dy, dx = dy W^T
+    np.matmul(x.T, dout, out=dw)                                 # (Cin, N) @ (N, Cout) -> (Cin, Cout)
+    if db is not None:
+        ones = np.ones(dout.shape[0], dout.dtype)                # (N,)
+        np.matmul(ones, dout, out=db)                            # (N,) @ (N, Cout) -> (Cout,): the row sum as a gemv
+    return dout @ w.T                                            # (N, Cout) @ (Cout, Cin) -> (N, Cin)
+
+
+def embedding_forward(wte: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return wte[idx]                                              # (..., C), a copy
+
+
+def embedding_backward(dwte: np.ndarray, dx: np.ndarray, idx: np.ndarray) -> None:
+    """dwte[v] += the sum of the rows of dx (N, C) whose token idx (N,) is v: a scatter-add by
+    sorting rows by token and summing runs (np.add.at is several times slower; a one-hot
+    matmul would not scale to V = 50257)."""
+    order = np.argsort(idx, kind="stable")                       # (N,) rows grouped by token
+    tok = idx[order]                                             # (N,) sorted token ids
+    starts = np.flatnonzero(np.r_[True, tok[1:] != tok[:-1]])    # (U,) first row of each distinct token
+    dwte[tok[starts]] += np.add.reduceat(dx[order], starts, axis=0)  # (U, C) per-token sums
+
+
+# ============================================================================ norms, activations
+
+
+def layernorm_forward(x, w, b, eps: float = 1e-5):
+    return kernels.layernorm_forward(x, w, b, eps)               # (y (..., C), mean (...,), rstd (...,))
+
+
+def layernorm_backward(dy, x, w, mean, rstd):
+    return kernels.layernorm_backward(dy, x, w, mean, rstd)      # (dx (..., C), dw (C,), db (C,))
+
+
+def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis. Returns (y, rstd (...,))."""
+    ms = np.mean(x * x, axis=-1)                                 # (...,)
+    rstd = (1.0 / np.sqrt(ms + np.asarray(eps, x.dtype))).astype(x.dtype, copy=False)
+    return x * rstd[..., None] * w, rstd                         # (..., C)
+
+
+def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray):
+    """Returns (dx, dw): with xhat = x rstd and g = dy w, dx = rstd (g - xhat mean(g xhat))."""
+    xhat = x * rstd[..., None]                                   # (..., C)
+    dw = np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)    # (C,)
+    g = dy * w                                                   # (..., C)
+    dx = rstd[..., None] * (g - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    return dx, dw
+
+
+def gelu_forward(x):
+    return kernels.gelu_forward(x)
+
+
+def gelu_backward(dy, x):
+    return kernels.gelu_backward(dy, x)
+
+
+def swiglu_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up with silu(a) = a sigmoid(a): the gated MLP's hidden activation."""
+    return gate / (1.0 + np.exp(-gate)) * up                     # (N, F)
+
+
+def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray):
+    """Returns (dgate, dup): silu'(a) = s (1 + a (1 - s)) with s = sigmoid(a)."""
+    s = 1.0 / (1.0 + np.exp(-gate))                              # (N, F)
+    dup = dy * gate * s
+    dgate = dy * up * s * (1.0 + gate * (1.0 - s))
+    return dgate, dup
+
+
+# ============================================================================ causal attention
+
+SPLIT_MIN_T = 128  # from this block length on, attention skips the upper-right quarter of keys
+
+
+def query_blocks(T: int) -> list[tuple[int, int]]:
+    """Query rows [lo, hi) handled together; each block needs only keys [0, hi) (causality).
+
+    Two halves when T >= SPLIT_MIN_T: the first half never sees the second half's keys, so its
+    products skip that quarter of the (T, T) scores (25% fewer attention flops). Shorter blocks
+    stay whole: there the extra calls cost more than the skipped work.
+    """
+    if T < SPLIT_MIN_T:
+        return [(0, T)]
+    return [(0, T // 2), (T // 2, T)]
+
+
+def _grouped(a: np.ndarray, Hkv: int) -> np.ndarray:
+    """(B, H, n, x) -> (B, Hkv, G n, x): the G query heads of one kv head stacked as rows, so one
+    matmul serves them all; a no-op (the same view) when H == Hkv."""
+    B, H, n, x = a.shape
+    return a if H == Hkv else a.reshape(B, Hkv, (H // Hkv) * n, x)
+
+
+def _check_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"attention needs q (B, H, T, hs) and k, v (B, Hkv, T, hs) with H a multiple of "
+                         f"Hkv; got q {q.shape}, k {k.shape}, v {v.shape}")
+
+
+def attention_forward(y: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                      scale: float | None = None) -> list[np.ndarray]:
+    """Causal softmax(q k^T scale) v into y (B, H, T, hs); returns the probabilities per query block.
+
+    q, k, v and y may be strided views (each head's (T, hs) block of an (N, 3C) projection has
+    row stride 3C, which BLAS takes as its leading dimension): no transposed copies.
+    """
+    _check_heads(q, k, v)
+    B, H, T, hs = q.shape
+    Hkv = k.shape[1]
+    scale = 1.0 / math.sqrt(hs) if scale is None else scale
+    probs = []
+    for lo, hi in query_blocks(T):                               # n = hi - lo queries at positions lo..hi-1
+        n = hi - lo
+        qb = _grouped(q[:, :, lo:hi], Hkv)                       # (B, Hkv, G n, hs)
+        scores = qb @ k[:, :, :hi].swapaxes(-1, -2)              # (B, Hkv, G n, hs) @ (B, Hkv, hs, hi) -> (B, Hkv, G n, hi)
+        # causal softmax: the kernel puts query row i at position hi - n + i = lo + i
+        p = kernels.attention_softmax_forward(scores.reshape(B, H, n, hi), scale)  # (B, H, n, hi)
+        if H == Hkv:
+            np.matmul(p, v[:, :, :hi], out=y[:, :, lo:hi])       # y = P v: (B, H, n, hi) @ (B, H, hi, hs)
+        else:
+            y[:, :, lo:hi] = (_grouped(p, Hkv) @ v[:, :, :hi]).reshape(B, H, n, hs)
+        probs.append(p)
+    return probs
+
+
+def attention_backward(dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, dy: np.ndarray, q: np.ndarray,
+                       k: np.ndarray, v: np.ndarray, probs: list[np.ndarray], scale: float | None = None) -> None:
+    """Gradients wrt q, k, v of attention_forward, written into dq (B, H, T, hs), dk, dv (B, Hkv, T, hs)."""
+    _check_heads(q, k, v)
+    B, H, T, hs = q.shape
+    Hkv = k.shape[1]
+    scale = 1.0 / math.sqrt(hs) if scale is None else scale
+    # the last block sees every key: it writes dk, dv whole; earlier blocks add to their keys' rows
+    for (lo, hi), p in reversed(list(zip(query_blocks(T), probs))):
+        n, last = hi - lo, hi == T
+        dyb = _grouped(dy[:, :, lo:hi], Hkv)                     # (B, Hkv, G n, hs)
+        pg = _grouped(p, Hkv)                                    # (B, Hkv, G n, hi)
+        # y = P v  =>  dP = dy v^T, dv = P^T dy (summed over the G query heads of a kv head)
+        dprobs = dyb @ v[:, :, :hi].swapaxes(-1, -2)             # (B, Hkv, G n, hs) @ (B, Hkv, hs, hi) -> (B, Hkv, G n, hi)
+        if last:
+            np.matmul(pg.swapaxes(-1, -2), dyb, out=dv)          # (B, Hkv, hi, G n) @ (B, Hkv, G n, hs) -> (B, Hkv, T, hs)
+        else:
+            dv[:, :, :hi] += pg.swapaxes(-1, -2) @ dyb
+        dscores = kernels.attention_softmax_backward(dprobs.reshape(B, H, n, hi), p, scale)  # (B, H, n, hi)
+        dsg = _grouped(dscores, Hkv)                             # (B, Hkv, G n, hi)
+        # S = q k^T  =>  dq = dS k, dk = dS^T q
+        if H == Hkv:
+            np.matmul(dscores, k[:, :, :hi], out=dq[:, :, lo:hi])  # (B, H, n, hi) @ (B, H, hi, hs) -> (B, H, n, hs)
+        else:
+            dq[:, :, lo:hi] = (dsg @ k[:, :, :hi]).reshape(B, H, n, hs)
+        qb = _grouped(q[:, :, lo:hi], Hkv)                       # (B, Hkv, G n, hs)
+        if last:
+            np.matmul(dsg.swapaxes(-1, -2), qb, out=dk)          # (B, Hkv, hi, G n) @ (B, Hkv, G n, hs) -> (B, Hkv, T, hs)
+        else:
+            dk[:, :, :hi] += dsg.swapaxes(-1, -2) @ qb
+
+
+def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+                   pos: int, scale: float | None = None) -> np.ndarray:
+    """Attention for Tn new tokens at positions pos.. of one sequence; appends their k, v to the caches.
+
+    q (H, Tn, hs); k, v (Hkv, Tn, hs); caches (Hkv, Tmax, hs). Returns y (H, Tn, hs). Query i sits
+    at pos + i and sees keys 0..pos+i: the causal kernel's rule for Tq = Tn, Tk = pos + Tn.
+    """
+    H, Tn, hs = q.shape
+    Hkv = k.shape[0]
+    scale = 1.0 / math.sqrt(hs) if scale is None else scale
+    Tk = pos + Tn
+    k_cache[:, pos:Tk] = k                                       # (Hkv, Tn, hs)
+    v_cache[:, pos:Tk] = v
+    qg = q.reshape(Hkv, (H // Hkv) * Tn, hs)                     # (Hkv, G Tn, hs)
+    scores = qg @ k_cache[:, :Tk].swapaxes(-1, -2)               # (Hkv, G Tn, hs) @ (Hkv, hs, Tk) -> (Hkv, G Tn, Tk)
+    p = kernels.attention_softmax_forward(scores.reshape(H, Tn, Tk), scale)  # (H, Tn, Tk)
+    y = p.reshape(Hkv, -1, Tk) @ v_cache[:, :Tk]                 # (Hkv, G Tn, Tk) @ (Hkv, Tk, hs) -> (Hkv, G Tn, hs)
+    return y.reshape(H, Tn, hs)
+
+
+def full_attention(probs: list[np.ndarray], T: int) -> np.ndarray:
+    """The (B, H, T, T) attention matrix from attention_forward's per-query-block probs: a block
+    of queries [lo, hi) saw keys [0, hi); the keys it never saw get probability 0."""
+    B, H = probs[0].shape[:2]
+    full = np.zeros((B, H, T, T), probs[0].dtype)                # (B, H, T, T)
+    for (lo, hi), p in zip(query_blocks(T), probs):
+        full[:, :, lo:hi, :hi] = p                               # (B, H, hi - lo, hi)
+    return full
+
+
+# ============================================================================ loss
+
+
+def crossentropy_forward(logits: np.ndarray, targets: np.ndarray):
+    return kernels.crossentropy_forward(logits, targets)         # (losses (N,), probs (N, V))
+
+
+def crossentropy_backward(probs: np.ndarray, targets: np.ndarray, n_total: int) -> np.ndarray:
+    """Gradient of sum(losses) / n_total wrt the logits: (probs - onehot(targets)) / n_total."""
+    dlosses = np.full(probs.shape[0], 1.0 / n_total, dtype=probs.dtype)  # (N,)
+    return kernels.crossentropy_backward(dlosses, probs, targets)        # (N, V)

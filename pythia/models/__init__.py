@@ -1,0 +1,31 @@
+"""Model families. Each is one module composed from `pythia.layers`; every family offers the
+same small interface, so training, sampling, checkpoints and the system wrappers never ask
+which family they hold.
+
+A family module defines a config dataclass and a model class:
+
+    config.to_dict() -> dict;  Config.from_dict(d) -> Config          (validated; ConfigError)
+    config.vocab_size, config.block_size, config.n_layer              (what callers read)
+
+    model = Model(config, seed=0, *, init=True)
+    model.config
+    model.params: dict[str, ndarray]          by Hugging Face name; views into params_memory
+    model.grads:  dict[str, ndarray]          same names and shapes; views into grads_memory
+    model.params_memory: ndarray (P,)         float32, every parameter end to end
+    model.grads_memory:  ndarray (P,)         float32, the gradients laid out like params_memory
+    model.decay_mask() -> list[(lo, hi, decays)]   ranges of params_memory covering it in order,
+                                              with whether AdamW's weight decay applies there
+    model.forward(idx (B, T)) -> logits (B, T, V)               keeps no activations
+    model.loss(idx (B, T), targets (B, T)) -> float             mean cross-entropy; keeps activations
+    model.backward() -> None                  d(last loss)/d(params) into grads (overwritten)
+    model.new_kv_cache(zeros=np.zeros) -> cache                 cache.length: positions filled
+    model.forward_cached(tokens (Tn,), cache) -> logits (V,)    logits after the last new token
+    model.load_params(params: dict) -> None   copy in place; exact names and shapes (ValueError)
+    model.num_params() -> int
+
+Training passes may also be split by rows: `loss_rows(idx, targets, n_total, grads=None)` returns
+(per-row losses (b * T,), activations) and `backward_rows(acts, grads)` writes the gradient of
+sum(losses) / n_total into the dict `grads`; the system layer's batch sharding
+(pythia.system.threads.ShardedModel) uses them. The model itself starts no thread, sets no BLAS
+option and holds no memory policy: the commands wrap it.
+"""
