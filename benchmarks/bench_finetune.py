@@ -57,7 +57,7 @@ def child_pythia(shape: tuple, steps: int) -> dict:
     from pythia import DeltaOptimizer, Pythia, PythiaConfig
     L, C, H, V, P, B, T = shape
     model = Pythia(PythiaConfig(vocab_size=V, block_size=P, d_model=C, n_layer=L, n_head=H), seed=0)
-    opt = DeltaOptimizer(model.params, lr=1e-4, min_lr=1e-4, warmup_steps=0, total_steps=steps,
+    opt = DeltaOptimizer.for_model(model, lr=1e-4, min_lr=1e-4, warmup_steps=0, total_steps=steps,
                          weight_decay=0.1, grad_clip=1.0)
     x, y = batch(shape)
     times = []
@@ -65,7 +65,7 @@ def child_pythia(shape: tuple, steps: int) -> dict:
         t0 = time.perf_counter()
         model.loss(x, y)
         model.backward()
-        opt.step(model.grads)
+        opt.step()
         times.append(time.perf_counter() - t0)
     return {"times": times, "peak": peak_rss()}
 

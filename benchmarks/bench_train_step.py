@@ -118,13 +118,13 @@ def pythia_step(name: str):
     """One Pythia training step on config `name`, as a callable returning the loss."""
     cfg = CONFIGS[name]
     model = pythia_model(cfg)
-    opt = DeltaOptimizer(model.params, lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=1000)
+    opt = DeltaOptimizer.for_model(model, lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=1000)
     x, y = batch(cfg)
 
     def step():
         loss = model.loss(x, y)
         model.backward()
-        opt.step(model.grads)
+        opt.step()
         return loss
     step.model = model
     return step

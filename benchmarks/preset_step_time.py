@@ -69,7 +69,7 @@ def _step(tr) -> None:
     x, y = tr.dataset.get_batch("train", tr.cfg.batch_size, tr.rng)
     tr.model.loss(x, y)
     tr.model.backward()
-    tr.optimizer.step(tr.model.grads)
+    tr.optimizer.step()
 
 
 if __name__ == "__main__":

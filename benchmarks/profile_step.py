@@ -76,15 +76,15 @@ def instrument(model, opt: DeltaOptimizer) -> None:
 def profile(name: str, steps: int) -> None:
     cfg = CONFIGS[name]
     model = pythia_model(cfg)
-    opt = DeltaOptimizer(model.params, lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=1000)
+    opt = DeltaOptimizer.for_model(model, lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=1000)
     x, y = batch(cfg)
     for _ in range(2):                                   # warm up buffers and threads
-        model.loss(x, y); model.backward(); opt.step(model.grads)
+        model.loss(x, y); model.backward(); opt.step()
     # the untimed step time first, so the timers' cost is visible
     t = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        model.loss(x, y); model.backward(); opt.step(model.grads)
+        model.loss(x, y); model.backward(); opt.step()
         t.append(time.perf_counter() - t0)
     plain = float(np.median(t))
     saved = {n: getattr(model_mod, n) for n in MODEL_FUNCS if hasattr(model_mod, n)}
@@ -93,7 +93,7 @@ def profile(name: str, steps: int) -> None:
     instrument(model, opt)
     t0 = time.perf_counter()
     for _ in range(steps):
-        model.loss(x, y); model.backward(); opt.step(model.grads)
+        model.loss(x, y); model.backward(); opt.step()
     wall = (time.perf_counter() - t0) / steps
     for n, f in saved.items():
         setattr(model_mod, n, f)

@@ -198,8 +198,10 @@ def _train_model(args: argparse.Namespace, command: str, ui, stop, held: context
         from .training.finetune import prepare_finetune
         return prepare_finetune(files, init_from, **kwargs)    # sizes and tokenizer come from SRC
     trainer = session.prepare(build, files, model=sizes, train=train, resume=Path(resume) if resume else None,
-                              out=out, log_file=log_file, on_progress=ui.progress, stop_requested=stop.requested,
+                              out=out, log_file=log_file, on_progress=ui.progress, should_stop=stop.requested,
                               check_memory=check_memory)
+    from .system.sharding import ShardedModel
+    trainer.model = ShardedModel(trainer.model)  # threads and batch shards: the system layer's wrapper
     model, tokenizer, dataset, cfg = trainer.model, trainer.tokenizer, trainer.dataset, trainer.cfg
     start = trainer.start_step
 

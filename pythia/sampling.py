@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .errors import ConfigError
+from .system import memory, threads
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -92,10 +93,16 @@ def generate(model, prompt: list[int], max_new_tokens: int, *, temperature: floa
 
 def _loop(model, tokens, max_new_tokens, temperature, top_k, top_p, rng, use_cache, observe=None) -> Iterator[int]:
     bs = model.config.block_size
-    cache = model.new_kv_cache() if use_cache else None
+    # the cache's pages become resident only as positions fill (system.memory.lazy_zeros)
+    cache = model.new_kv_cache(zeros=memory.lazy_zeros) if use_cache else None
+    per_token = threads.widest_per_token(model)
 
     def logits_for_next() -> np.ndarray:
         ctx = tokens[-bs:]                                       # the model sees at most block_size tokens
+        with threads.for_pass(per_token * (len(ctx) if cache is None or cache.length != len(ctx) - 1 else 1)):
+            return step(ctx)
+
+    def step(ctx: list[int]) -> np.ndarray:
         if cache is None:
             return model.forward(np.array([ctx]))[0, -1]         # (V,) recompute everything
         if cache.length != len(ctx) - 1:                         # first step, or the window slid past block_size:

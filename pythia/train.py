@@ -1,10 +1,12 @@
 """The training loop: sample a batch, loss, backward, optimizer step; evaluate, log, checkpoint.
 
 The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `params` and
-`grads`, and that an optimizer has `step(grads) -> {"lr", "grad_norm"}`: it is the same loop for
-any model size. Between backward and the optimizer step a reducer sums the gradients of the
-processes of a data-parallel run (pythia.training.distributed; in one process it does nothing), and it
-averages their losses for evaluation and logging. B is the batch size and T the block size.
+`grads_memory`, and that an optimizer has `step(flat_grads) -> {"lr", "grad_norm"}`: it is the
+same loop for any model family and size. Between backward and the optimizer step a reducer sums
+the gradients of the processes of a data-parallel run (pythia.training.parallel; in one process
+it does nothing), and it averages their losses for evaluation and logging. It stops when the
+injected should_stop() turns true (the command layer owns the signals that set it). B is the
+batch size and T the block size.
 
 Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
 each drawn from the same training stream. Every micro-batch holds B * T tokens, so the mean loss
@@ -22,16 +24,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
-import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .training.distributed import LocalReducer
+from .training.parallel import LocalReducer
 from .errors import ConfigError, PythiaError
 
 EVAL_STREAM = 0xE7A1  # mixed into the seed of the evaluation generator, apart from the training stream
@@ -95,9 +96,9 @@ class TrainConfig:
 def make_optimizer(model, cfg: TrainConfig):
     """The DeltaOptimizer (AdamW + warmup/cosine) for model's parameters under cfg."""
     from .engine import DeltaOptimizer
-    return DeltaOptimizer(model.params, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                          total_steps=cfg.steps, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
-                          grad_clip=cfg.grad_clip)
+    return DeltaOptimizer.for_model(model, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                                    total_steps=cfg.steps, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
+                                    grad_clip=cfg.grad_clip)
 
 
 def make_rng(seed: int, state: dict | None = None) -> np.random.Generator:
@@ -151,7 +152,7 @@ class Trainer:
                  out: Path | None = None, log_file: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  start_step: int = 0, rng_state: dict | None = None,
-                 stop_requested: Callable[[], bool] | None = None, reducer=None):
+                 should_stop: Callable[[], bool] | None = None, reducer=None):
         cfg.validate()
         if start_step >= cfg.steps:
             raise ConfigError(f"the model has already trained {start_step} steps and --steps is {cfg.steps}; "
@@ -166,17 +167,13 @@ class Trainer:
         self.on_progress = on_progress
         self.start_step = start_step
         self.rng = make_rng(cfg.seed, rng_state)
+        self.should_stop = should_stop if should_stop is not None else (lambda: False)
         # sums gradients and losses over the processes of a data-parallel run; a no-op in one
         self.reducer = reducer if reducer is not None else LocalReducer()
-        self._stop = False  # set by the Ctrl-C handler; the loop stops at the next step boundary
-        self._stop_seen = False  # a stop was agreed (on any process of a data-parallel run)
-        # Polled with _stop at every step boundary (and between evaluation batches). When given, the
-        # caller owns the signals (pythia.system.outputs.guard_signals) and run() installs no Ctrl-C handler.
-        self.stop_requested = stop_requested
-        self._saved = False  # whether this Trainer has written out
-        self._saved_step: int | None = None  # the step of the state last written to out
+        self._stopped = False                   # a stop was agreed (on any process of a data-parallel run)
+        self._saved_step: int | None = None     # the step of the state last written to out
         self._log_fh = None
-        self._acc: dict[str, np.ndarray] | None = None  # gradient sum over micro-batches (grad_accum > 1)
+        self._acc: np.ndarray | None = None     # (P,) gradient sum over micro-batches (grad_accum > 1)
 
     @classmethod
     def resume(cls, ckpt, dataset, cfg: TrainConfig, **kwargs) -> "Trainer":
@@ -196,11 +193,98 @@ class Trainer:
         return cls(model, optimizer, dataset, cfg, tokenizer=ckpt.tokenizer, start_step=ckpt.step,
                    rng_state=rng_state, **kwargs)
 
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train from start_step to cfg.steps. When should_stop() turns true the run stops at the end
+        of the current step or evaluation, saves, and returns with interrupted=True. A NaN or
+        infinite loss raises PythiaError; the checkpoint at out then still holds the last good
+        state (it is only ever written with finite weights)."""
+        cfg, tokens_per_step = self.cfg, self.cfg.grad_accum * self.cfg.batch_size * self.dataset.block_size
+        result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step,
+                             planned_steps=cfg.steps)
+        self._stopped = False
+        t0, train_time, step = time.perf_counter(), 0.0, self.start_step
+        last_eval: tuple[float, float] | None = None
+        # non-finite values are reported below as one clear error; NumPy's warnings would be noise
+        with self._open_log(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while step < cfg.steps and not self._stopping():
+                ts = time.perf_counter()
+                loss, grads = self._gradients(step)              # batch -> loss -> backward -> reduce
+                try:
+                    info = self.optimizer.step(grads)
+                except PythiaError:                              # a non-finite gradient norm: nothing was updated
+                    raise PythiaError(self._diverged_message(float("nan"), step + 1, "gradient norm")) from None
+                step += 1
+                train_time += time.perf_counter() - ts
+                result.losses.append(loss)
+                evaluated = False
+                if step % cfg.eval_interval == 0 or step == cfg.steps:
+                    evaluated = self._evaluate_and_save(step, result)
+                    last_eval = result.evals[-1][1:] if evaluated else last_eval
+                elapsed = time.perf_counter() - t0
+                tps = (step - self.start_step) * tokens_per_step / train_time if train_time > 0 else 0.0
+                progress = Progress(step=step, steps=cfg.steps, train_loss=loss,
+                                    val_loss=last_eval[1] if last_eval else None,
+                                    lr=float(info.get("lr", float("nan"))), tokens_per_s=tps, elapsed_s=elapsed,
+                                    eta_s=(cfg.steps - step) * elapsed / (step - self.start_step),
+                                    evaluated=evaluated, eval_train_loss=last_eval[0] if last_eval else None,
+                                    grad_norm=_maybe_float(info.get("grad_norm")))
+                self._report(progress)
+        stopped = self._stopped or self.should_stop()            # no collective here: an error must not wait
+        self._stopped = False                                    # the stop ended this run only
+        result.steps = step
+        # a stop during the final evaluation still counts: that evaluation and its save were skipped
+        result.interrupted = step < cfg.steps or stopped
+        if step > self.start_step and self._saved_step != step and self._params_finite():
+            self.save(step)                                      # the state reached is always saved
+        if result.evals and result.evals[-1][0] == step:
+            result.train_loss, result.val_loss = result.evals[-1][1], result.evals[-1][2]
+        result.wall_time_s = time.perf_counter() - t0
+        result.tokens_per_s = (step - self.start_step) * tokens_per_step / train_time if train_time > 0 else 0.0
+        result.checkpoint = self.out if self._saved_step is not None else None
+        return result
+
     # -- pieces -------------------------------------------------------------------------------
+
+    def _gradients(self, step: int) -> tuple[float, np.ndarray]:
+        """Loss and flat gradient of one optimizer step: the mean over grad_accum micro-batches
+        (g = (1/K) sum_k g_k), then summed over the processes of a data-parallel run.
+
+        With K = 1 the model's own grads_memory is handed on (no copy); with K > 1 a sum buffer
+        of its size is kept across steps (backward() overwrites grads_memory)."""
+        K, B = self.cfg.grad_accum, self.cfg.batch_size
+        total = 0.0
+        grads = self.model.grads_memory                          # (P,)
+        for k in range(K):
+            x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
+            total += float(self.model.loss(x, y))
+            self.model.backward()
+            if K > 1:
+                if self._acc is None:
+                    self._acc = np.empty_like(grads)
+                if k == 0:
+                    np.copyto(self._acc, grads)
+                else:
+                    self._acc += grads
+        if K > 1:
+            self._acc *= np.float32(1.0 / K)
+            grads = self._acc
+        loss = self.reducer.mean_loss(total / K)                 # the same value on every process
+        if not math.isfinite(loss):
+            raise PythiaError(self._diverged_message(loss, step + 1))
+        self.reducer.reduce_gradients(grads)
+        return loss, grads
+
+    def _stopping(self) -> bool:
+        """A stop asked for here, or in a data-parallel run on any process: all stop after the same step."""
+        if self.reducer.any_stop(self.should_stop()):
+            self._stopped = True
+        return self._stopped
 
     def evaluate(self, iters: int | None = None) -> tuple[float, float] | None:
         """Mean loss over `iters` (default eval_iters) batches of each split, from a freshly seeded
-        generator. None when Ctrl-C arrives during it (the loop then stops without this result)."""
+        generator. None when a stop arrives during it (the loop then stops without this result)."""
         iters = self.cfg.eval_iters if iters is None else iters
         rng = np.random.Generator(np.random.PCG64([self.cfg.seed, EVAL_STREAM]))
         result = []
@@ -214,6 +298,19 @@ class Trainer:
             result.append(self.reducer.mean_loss(total) / iters)
         return result[0], result[1]
 
+    def _evaluate_and_save(self, step: int, result: TrainResult) -> bool:
+        """The scheduled evaluation and checkpoint; False when a stop cut the evaluation short."""
+        losses = self.evaluate()
+        if losses is None:
+            return False
+        result.evals.append((step, *losses))
+        if not math.isfinite(losses[1]):
+            raise PythiaError(self._diverged_message(losses[1], step, "val loss"))
+        if not self._params_finite():
+            raise PythiaError(self._diverged_message(float("nan"), step, "weights"))
+        self.save(step)
+        return True
+
     def save(self, step: int) -> None:
         """Checkpoint the state after `step` completed steps to out (when set)."""
         if self.out is None:
@@ -222,54 +319,18 @@ class Trainer:
         save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
                         rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict(),
                         corpus=getattr(self.dataset, "identity", None))  # a prepared corpus says what it is
-        self._saved, self._saved_step = True, step
-
-    def _stopping(self) -> bool:
-        """A stop asked for here (Ctrl-C, a signal the caller polls) or, in a data-parallel run, on
-        any process: all processes stop after the same step."""
-        local = self._stop or (self.stop_requested is not None and self.stop_requested())
-        if self.reducer.any_stop(local):
-            self._stop_seen = True
-        return self._stop_seen
-
-    def _accumulate(self, step: int) -> tuple[float, dict[str, np.ndarray]]:
-        """Loss and gradients of one optimizer step: the mean over grad_accum micro-batches, then
-        summed over the processes of a data-parallel run by the reducer (a no-op in one process).
-
-        With K = 1 the model's own gradient buffers are handed on untouched (no copy). With K > 1
-        a sum buffer of the gradients' size is kept across steps: acc = g_1, acc += g_k, then
-        acc *= 1/K (backward() overwrites the model's buffers, so they cannot hold the sum)."""
-        K, B = self.cfg.grad_accum, self.cfg.batch_size
-        total = 0.0
-        grads = self.model.grads
-        for k in range(K):
-            x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
-            total += float(self.model.loss(x, y))
-            self.model.backward()
-            if K == 1:
-                break
-            if self._acc is None:
-                self._acc = _like_layout(self.model.grads)
-            for n, g in self.model.grads.items():
-                if k == 0:
-                    np.copyto(self._acc[n], g)
-                else:
-                    self._acc[n] += g
-        if K > 1:
-            scale = np.float32(1.0 / K)
-            for a in self._acc.values():
-                a *= scale
-            grads = self._acc
-        loss = self.reducer.mean_loss(total / K)         # the same value on every process
-        if not math.isfinite(loss):
-            raise PythiaError(self._diverged_message(loss, step + 1))
-        self.reducer.reduce_gradients(grads)
-        return loss, grads
+        self._saved_step = step
 
     def _params_finite(self) -> bool:
-        return all(np.isfinite(p).all() for p in self.model.params.values())
+        return bool(np.isfinite(self.model.params_memory).all())
 
-    def _log(self, record: dict) -> None:
+    def _report(self, progress: Progress) -> None:
+        """One JSON line to the log file, then on_progress."""
+        record = {"step": progress.step, "train_loss": progress.train_loss, "lr": progress.lr,
+                  "tokens_per_s": progress.tokens_per_s, "elapsed_s": progress.elapsed_s,
+                  "grad_norm": progress.grad_norm}
+        if progress.evaluated:
+            record.update(eval_train_loss=progress.eval_train_loss, val_loss=progress.val_loss)
         if self._log_fh is not None:
             try:
                 self._log_fh.write(json.dumps(record) + "\n")
@@ -282,139 +343,30 @@ class Trainer:
                     pass
                 raise PythiaError(f"cannot write --log-file {str(self.log_file)!r}: {e.strerror or e}; free "
                                   f"space on its disk or choose another --log-file") from None
+        if self.on_progress is not None:
+            self.on_progress(progress)
 
-    # -- the loop -----------------------------------------------------------------------------
-
-    def run(self) -> TrainResult:
-        """Train from start_step to cfg.steps. Ctrl-C (or stop_requested() turning true) stops at the
-        end of the current step or evaluation, saves, and returns with interrupted=True. A NaN or
-        infinite loss raises PythiaError; the checkpoint at out then still holds the last good
-        state (it is only ever written with finite weights)."""
-        cfg, B, T, K = self.cfg, self.cfg.batch_size, self.dataset.block_size, self.cfg.grad_accum
-        result = TrainResult(steps=self.start_step, train_loss=None, val_loss=None, start_step=self.start_step,
-                             planned_steps=cfg.steps)
-        self._stop = self._stop_seen = False
-        self._log_fh = None
+    @contextmanager
+    def _open_log(self) -> Iterator[None]:
+        """The log file, opened for appending (never clobbering a user's file) for the run."""
         if self.log_file is not None:
             try:
-                self._log_fh = open(self.log_file, "a", encoding="utf-8")  # append: never clobber a user's file
+                self._log_fh = open(self.log_file, "a", encoding="utf-8")
             except OSError as e:
                 raise ConfigError(f"cannot open --log-file {str(self.log_file)!r}: {e.strerror or e}; "
                                   f"check the path") from None
-        previous_handler = self._install_sigint() if self.stop_requested is None else None
-        t0 = time.perf_counter()
-        train_time = 0.0        # seconds spent in training steps (not evaluation) this run
-        last_val: float | None = None
-        last_eval_train: float | None = None
-        step = self.start_step  # completed steps
-        # Non-finite values are detected and reported below as one clear error, so NumPy's
-        # overflow/invalid RuntimeWarnings would only be noise on the user's terminal.
-        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
-        errstate.__enter__()
         try:
-            while step < cfg.steps and not self._stopping():
-                ts = time.perf_counter()
-                loss, grads = self._accumulate(step)
-                try:
-                    info = self.optimizer.step(grads)
-                except PythiaError:  # a non-finite gradient norm: nothing was updated
-                    raise PythiaError(self._diverged_message(float("nan"), step + 1, "gradient norm")) from None
-                step += 1
-                train_time += time.perf_counter() - ts
-                result.losses.append(loss)
-
-                evaluated = False
-                if step % cfg.eval_interval == 0 or step == cfg.steps:
-                    losses = self.evaluate()
-                    if losses is not None:
-                        evaluated = True
-                        last_eval_train, last_val = losses
-                        result.evals.append((step, last_eval_train, last_val))
-                        if not math.isfinite(last_val):
-                            raise PythiaError(self._diverged_message(last_val, step, "val loss"))
-                        if not self._params_finite():
-                            raise PythiaError(self._diverged_message(float("nan"), step, "weights"))
-                        self.save(step)
-
-                done = step - self.start_step
-                elapsed = time.perf_counter() - t0
-                tps = done * K * B * T / train_time if train_time > 0 else 0.0
-                eta = (cfg.steps - step) * elapsed / done
-                progress = Progress(step=step, steps=cfg.steps, train_loss=loss, val_loss=last_val,
-                                    lr=float(info.get("lr", float("nan"))), tokens_per_s=tps, elapsed_s=elapsed,
-                                    eta_s=eta, evaluated=evaluated, eval_train_loss=last_eval_train,
-                                    grad_norm=_maybe_float(info.get("grad_norm")))
-                record = {"step": step, "train_loss": loss, "lr": progress.lr, "tokens_per_s": tps,
-                          "elapsed_s": elapsed, "grad_norm": progress.grad_norm}
-                if evaluated:
-                    record.update(eval_train_loss=last_eval_train, val_loss=last_val)
-                self._log(record)
-                try:
-                    if self.on_progress is not None:
-                        self.on_progress(progress)
-                except KeyboardInterrupt:  # raised between steps: the state is consistent, stop here
-                    self._stop = True
+            yield
         finally:
-            errstate.__exit__(None, None, None)
-            self._restore_sigint(previous_handler)
-            # no collective here: an exception on one process must not wait for the others
-            stopped = self._stop_seen or self._stop or (self.stop_requested is not None and self.stop_requested())
-            self._stop_seen = False
-            self._stop = False  # Ctrl-C ended this run only; evaluate() works again afterwards
             if self._log_fh is not None:
                 self._log_fh.close()
                 self._log_fh = None
 
-        result.steps = step
-        # A stop during the final evaluation still counts: that evaluation and its save were skipped.
-        result.interrupted = step < cfg.steps or stopped
-        if step > self.start_step and self._saved_step != step and self._params_finite():
-            self.save(step)                     # the state reached is always saved before returning
-        if result.evals and result.evals[-1][0] == step:
-            result.train_loss, result.val_loss = result.evals[-1][1], result.evals[-1][2]
-        result.wall_time_s = time.perf_counter() - t0
-        result.tokens_per_s = (step - self.start_step) * K * B * T / train_time if train_time > 0 else 0.0
-        result.checkpoint = self.out if self._saved else None
-        return result
-
     def _diverged_message(self, value: float, step: int, what: str = "loss") -> str:
-        kept = (f"the last good checkpoint in {str(self.out)!r} (with finite weights) is kept" if self._saved
-                else "no checkpoint was written")
+        kept = (f"the last good checkpoint in {str(self.out)!r} (with finite weights) is kept"
+                if self._saved_step is not None else "no checkpoint was written")
         return (f"training diverged: the {what} became {'non-finite' if what == 'weights' else value} at step {step}; {kept}; lower --lr (now {self.cfg.lr:g}) "
                 f"or --grad-clip, or raise --warmup-steps, and train again")
-
-    # -- Ctrl-C -------------------------------------------------------------------------------
-
-    def _install_sigint(self):
-        """Make Ctrl-C set a flag that the loop checks between steps, so it never stops halfway
-        through an update. Only the main thread can own signal handlers; elsewhere do nothing."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            if self._stop:                 # a second Ctrl-C: the user really means it
-                raise KeyboardInterrupt
-            self._stop = True
-        return signal.signal(signal.SIGINT, handler)
-
-    @staticmethod
-    def _restore_sigint(previous) -> None:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _like_layout(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Empty arrays of the same shapes laid end to end in one buffer in the same memory order as
-    `arrays`, so an optimizer that reads gradients as one flat buffer (DeltaOptimizer does, when
-    they tile one as Pythia's do) takes the sum without gathering it into another copy."""
-    order = sorted(arrays, key=lambda n: arrays[n].__array_interface__["data"][0])
-    first = arrays[order[0]]
-    flat = np.empty(sum(a.size for a in arrays.values()), first.dtype)
-    out, pos = {}, 0
-    for n in order:
-        out[n] = flat[pos:pos + arrays[n].size].reshape(arrays[n].shape)
-        pos += arrays[n].size
-    return {n: out[n] for n in arrays}
 
 
 def _maybe_float(v) -> float | None:

@@ -22,12 +22,12 @@ def trained():
     """A tiny model and an optimizer that has taken two steps, so every moment is non-zero."""
     tok = SimpleTokenizer.from_text(TEXT)
     model = Pythia(PythiaConfig(vocab_size=tok.vocab_size, block_size=8, d_model=16, n_layer=1, n_head=2), seed=3)
-    opt = DeltaOptimizer(model.params, lr=1e-2, warmup_steps=0, total_steps=10)
+    opt = DeltaOptimizer.for_model(model, lr=1e-2, warmup_steps=0, total_steps=10)
     ids = np.array(tok.encode(TEXT[:18]))
     for _ in range(2):
         model.loss(ids[None, :8], ids[None, 1:9])
         model.backward()
-        opt.step(model.grads)
+        opt.step()
     return model, tok, opt
 
 
@@ -91,10 +91,10 @@ def test_loaded_model_gives_the_same_logits(tmp_path, trained):
 def test_optimizer_state_restores_into_a_fresh_optimizer_and_steps_identically(tmp_path, trained):
     model, tok, opt = trained
     ck = load_checkpoint(save(tmp_path / "c.npz", trained))
-    opt2 = DeltaOptimizer(ck.model.params, lr=1e-2, warmup_steps=0, total_steps=10)
+    opt2 = DeltaOptimizer.for_model(ck.model, lr=1e-2, warmup_steps=0, total_steps=10)
     opt2.load_state_arrays(ck.optimizer_arrays)
     assert opt2.t == opt.t == 2
-    grads = {k: np.full_like(p, 0.01) for k, p in model.params.items()}
+    grads = np.full_like(model.params_memory, 0.01)               # (P,) one flat gradient for both
     opt.step(grads)
     opt2.step(grads)
     for k in model.params:

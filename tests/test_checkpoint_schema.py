@@ -39,7 +39,7 @@ def real(tmp_path_factory) -> Path:
     for _ in range(2):
         model.loss(ids[None, :8], ids[None, 1:9])
         model.backward()
-        opt.step(model.grads)
+        opt.step()
         rng.integers(0, 10, size=3)
     path = tmp_path_factory.mktemp("schema") / "real.npz"
     corpus = {"prepared": "notes.tok", "tokenizer": "char", "n_tokens": len(ids), "val_fraction": 0.1,

@@ -36,15 +36,15 @@ def pythia_steps(ref):
     model, _ = load_gpt2(GPT2)
     lr, min_lr, warmup, beta2, wd, clip = ref["settings"].tolist()
     steps = len(ref["loss"])
-    opt = DeltaOptimizer(model.params, lr=lr, min_lr=min_lr, warmup_steps=int(warmup), total_steps=steps,
-                         beta2=beta2, weight_decay=wd, grad_clip=clip)
+    opt = DeltaOptimizer.for_model(model, lr=lr, min_lr=min_lr, warmup_steps=int(warmup), total_steps=steps,
+                                   beta2=beta2, weight_decay=wd, grad_clip=clip)
     losses, norms, lrs = [], [], []
     for s in range(steps):
         losses.append(model.loss(ref["x"][s], ref["y"][s]))
         model.backward()
         for i in range(model.config.n_layer):                      # as the generator does (its exact_zero)
             model.grads[f"h.{i}.attn.c_attn.bias"][model.config.d_model:2 * model.config.d_model] = 0
-        info = opt.step(model.grads)
+        info = opt.step()
         norms.append(info["grad_norm"])
         lrs.append(info["lr"])
     return np.array(losses), np.array(norms), np.array(lrs), model.params
@@ -119,7 +119,7 @@ class Recorder:
         self.seen = []
 
     def step(self, grads):
-        self.seen.append({k: g.copy() for k, g in grads.items()})
+        self.seen.append(grads.copy())                                # (P,) the flat gradient
         return {"lr": 1e-3, "grad_norm": 0.0}
 
 
@@ -141,6 +141,9 @@ def test_grad_accum_equals_one_big_batch(tmp_path):
         assert data.calls == 2 * K and len(opt.seen) == 2           # K micro-batches per optimizer step
         assert [r["step"] for r in map(eval_json, log.read_text().splitlines())] == [1, 2]
         runs[K] = (res.losses, opt.seen)
+    layout = Pythia(cfg, init=False).layout                       # name -> (offset, shape) in the flat gradient
+    for K in runs:
+        runs[K] = (runs[K][0], [{k: g[lo:lo + int(np.prod(s))] for k, (lo, s) in layout.items()} for g in runs[K][1]])
     big_losses, big_grads = runs[1]
     for K in (3, 4):
         losses, grads = runs[K]
@@ -239,13 +242,23 @@ def test_finetune_defaults_and_a_given_rate_held_constant():
     assert (cfg.lr, cfg.min_lr, cfg.steps) == (3e-5, 3e-5, 9)
 
 
-def test_grad_accum_sum_buffer_is_read_by_the_optimizer_without_a_gather():
+def test_grad_accum_sum_buffer_is_one_flat_gradient_the_optimizer_reads():
+    # the micro-batches' sum lives in one (P,) buffer laid out like params_memory, and the
+    # optimizer step that follows reads it: the update equals one step on that gradient
+    from pythia.engine import DeltaOptimizer
     from pythia.model import Pythia, PythiaConfig
     from pythia.train import make_optimizer
     cfg = TrainConfig(steps=1, batch_size=2, grad_accum=2, eval_interval=100, eval_iters=1)
     model = Pythia(PythiaConfig(vocab_size=11, block_size=4, d_model=8, n_layer=1, n_head=2), seed=1)
+    before = model.params_memory.copy()
     x = np.random.default_rng(0).integers(0, 11, size=(4, 4))
     t = Trainer(model, make_optimizer(model, cfg), FixedBatches(x, x, 2), cfg)
     t.evaluate = lambda iters=None: (0.0, 0.0)
     t.run()
-    assert t._acc is not None and t.optimizer._flat_grads(t._acc) is not None   # one flat buffer, params' order
+    assert t._acc.shape == model.params_memory.shape and t._acc.dtype == np.float32
+    replay = Pythia(model.config, init=False)
+    replay.params_memory[...] = before
+    DeltaOptimizer.for_model(replay, **{k: getattr(t.optimizer, k) for k in (
+        "lr", "min_lr", "warmup_steps", "total_steps", "beta1", "beta2", "eps", "weight_decay",
+        "grad_clip")}).step(t._acc)
+    np.testing.assert_array_equal(replay.params_memory, model.params_memory)

@@ -53,7 +53,7 @@ opt = make_optimizer(model, TrainConfig(steps=10))
 for _ in range(3):
     model.loss(x, y)
     model.backward()
-    opt.step(model.grads)
+    opt.step()
 traced = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
 print(json.dumps({"traced": traced, "rss": status("VmHWM") - before if reset else None,

@@ -113,12 +113,12 @@ def test_split_query_blocks_give_the_whole_blocks_loss_and_gradients(float64_ker
     # quarter of keys; with the threshold lowered, this tiny model takes that path, and its loss
     # and every gradient must equal the single-block computation (proven by finite differences
     # above) to float64 rounding. T=7 splits unevenly (3 + 4 queries), T=2 into single rows.
-    import pythia.model as model_mod
+    from pythia import layers
     idx, targets = batch(TINY, B=3, T=T, seed=5)
     results = []
     for split_min in (10**9, 2):
-        monkeypatch.setattr(model_mod, "SPLIT_MIN_T", split_min)
-        assert len(model_mod.query_blocks(T)) == (1 if split_min > T else 2)
+        monkeypatch.setattr(layers, "SPLIT_MIN_T", split_min)
+        assert len(layers.query_blocks(T)) == (1 if split_min > T else 2)
         model = to_float64(randomized(TINY, seed=5))
         loss = model.loss(idx, targets)
         model.backward()
@@ -131,15 +131,17 @@ def test_split_query_blocks_give_the_whole_blocks_loss_and_gradients(float64_ker
 
 @pytest.mark.parametrize("shards", [2, 3])
 def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(float64_kernels, monkeypatch, shards):
-    # large models run a training pass as one shard of the batch per core, each on its own
-    # thread, and add the shards' gradients; forced here on a tiny model in float64, the loss and
-    # every gradient must equal the unsplit pass to float64 rounding (3 shards of B=4: 1 + 1 + 2 rows)
+    # the system layer's ShardedModel runs a large model's training pass as one shard of the batch
+    # per core, each on its own thread, and adds the shards' gradients; forced here on a tiny model
+    # in float64, the loss and every gradient must equal the unsplit pass to float64 rounding
+    # (3 shards of B=4: 1 + 1 + 2 rows)
     from pythia.system import threads
+    from pythia.system.sharding import ShardedModel
     idx, targets = batch(TINY, B=4, T=8, seed=9)
     results = []
     for n in (1, shards):
         monkeypatch.setattr(threads, "shards_for", lambda batch, mnk, n=n: n)
-        model = to_float64(randomized(TINY, seed=9))
+        model = ShardedModel(to_float64(randomized(TINY, seed=9)))
         for _ in range(2):                                        # twice: shard buffers are reused, not summed into
             loss = model.loss(idx, targets)
             model.backward()
@@ -158,7 +160,7 @@ def test_wte_gradient_holds_both_embedding_and_head_parts(float64_kernels):
     idx[idx == 10] = 0
     model.loss(idx, targets)
     model.backward()
-    a = model._acts[0]                                            # one shard: a tiny model is not split
+    a = model._acts                                               # the activations of the last loss()
     dlogits = a["probs"].copy()
     dlogits[np.arange(10), a["targets"]] -= 1
     dlogits /= 10                                                 # (N, V) d(mean CE)/dlogits
@@ -181,12 +183,12 @@ def test_both_backends_give_the_same_losses_over_training_steps():
         for backend in ("cython", "numpy"):
             kernels.use(backend)
             model = Pythia(cfg, seed=1)
-            opt = DeltaOptimizer(model.params, lr=1e-2, warmup_steps=2, total_steps=6)
+            opt = DeltaOptimizer.for_model(model, lr=1e-2, warmup_steps=2, total_steps=6)
             losses = []
             for _ in range(6):
                 losses.append(model.loss(idx, targets))
                 model.backward()
-                opt.step(model.grads)
+                opt.step()
             curves[backend] = losses
     finally:
         kernels.use(before)

@@ -10,7 +10,7 @@ with P parameters, B batch, T block, C d_model, H heads, L layers, V vocabulary,
     activations    L (16 N C + 4 N + B H A)    what each block keeps for backward:
                        x, ln_1, att, x_mid, ln_2 (N C each), qkv (3 N C), fc and gelu (4 N C each),
                        two LayerNorm means and rstds (N each), attention probabilities B H A,
-                       where A = T^2 (A = 3/4 T^2 from T = 128 on, model.query_blocks)
+                       where A = T^2 (A = 3/4 T^2 from T = 128 on, layers.query_blocks)
                    + 2 N C + 2 N V             final LayerNorm in and out; the head's logits and
                                                softmax (in backward: softmax and its gradient)
                    + 20 N C + max(4 N C, 2 B H A)  backward's gradients in flight: one block's
@@ -80,7 +80,7 @@ def n_params(config: PythiaConfig) -> int:
 
 def attention_area(T: int) -> int:
     """Score entries per (sequence, head) that attention keeps: the query blocks times their keys."""
-    from ..model import query_blocks
+    from ..layers import query_blocks
     return sum((hi - lo) * hi for lo, hi in query_blocks(T))
 
 

@@ -1,4 +1,6 @@
-"""Data-parallel training on MPI: rank info, the shared batch, the gradient reducer, fault handling.
+"""Data-parallel training on MPI, the process plumbing: session, start-up agreement, signals,
+watchdog, core pinning, fault handling. The math (row ranges, sharded batches, reducers) is in
+pythia.training.parallel.
 
 Under `mpiexec -n N python -m pythia train ...` every process (rank) holds the whole model and
 optimizer. One step on rank r of N, with B the global batch (--batch-size) and b_r its rows:
@@ -57,6 +59,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import ConfigError, PythiaError
+from .parallel import LocalReducer, MPIReducer, ShardedBatches, check_batch, row_range  # noqa: F401
 
 # what a launcher puts in its processes' environment: PMI (MPICH's Hydra; Slurm's srun --mpi=pmi2),
 # Open MPI's mpirun, PMIx (srun --mpi=pmix), which gives a rank but no count
@@ -64,138 +67,6 @@ SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 TIMEOUT_ENV = "PYTHIA_MPI_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
-# test-only fault injection, "RANK:STEP": that rank raises an exception in that step's
-# gradient reduction (nothing else can make one rank fail alone on demand)
-_RAISE_ENV = "PYTHIA_TEST_RAISE_AT"
-
-
-# ---------------------------------------------------------------------------- the shared batch
-
-def row_range(batch: int, rank: int, size: int) -> tuple[int, int]:
-    """Rows [lo, hi) of a global batch of `batch` sequences that `rank` of `size` computes."""
-    return rank * batch // size, (rank + 1) * batch // size
-
-
-def check_batch(batch: int, size: int) -> None:
-    """ConfigError unless every one of `size` processes gets at least one sequence."""
-    if batch < size:
-        raise ConfigError(f"--batch-size {batch} is smaller than the {size} processes, so some would have "
-                          f"no sequence to train on; use --batch-size {size} or more, or start fewer processes")
-
-
-class ShardedBatches:
-    """A batch source whose get_batch returns rank's rows of the source's batch.
-
-    The source draws the whole global batch from rng (so every rank's generator moves exactly as
-    one process's does) and this keeps rows row_range(B, rank, size). Other attributes (block_size,
-    tokenizer, files, train, val, ...) are the source's.
-    """
-
-    def __init__(self, source, rank: int, size: int):
-        self.source, self.rank, self.size = source, rank, size
-
-    def get_batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.source.get_batch(split, batch_size, rng)   # (B, T), (B, T): the single process's batch
-        lo, hi = row_range(batch_size, self.rank, self.size)
-        return x[lo:hi], y[lo:hi]                               # (b_r, T), (b_r, T)
-
-    def weight(self, batch_size: int) -> float:
-        """b_r / B: this rank's share of a batch's mean."""
-        lo, hi = row_range(batch_size, self.rank, self.size)
-        return (hi - lo) / batch_size
-
-    def __getattr__(self, name: str):
-        return getattr(self.source, name)
-
-
-# ---------------------------------------------------------------------------- reducers
-
-class LocalReducer:
-    """One process: the gradient and loss are already the batch's; stop when asked locally."""
-
-    def mean_loss(self, local: float) -> float:
-        return local
-
-    def reduce_gradients(self, grads: dict[str, np.ndarray]) -> None:
-        pass
-
-    def any_stop(self, local: bool) -> bool:
-        return bool(local)
-
-
-def flat_buffer(grads: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The one 1-d float32 buffer the arrays tile (Pythia allocates its gradients so), else None."""
-    from ..engine import _tiled_buffer
-    return _tiled_buffer(grads)
-
-
-class MPIReducer:
-    """Reduces across the ranks of comm: the weighted gradient sum, the mean loss, the stop flag.
-
-    weight is b_r / B. Each call is a collective: every rank makes the same calls in the same order
-    (the trainer's loop guarantees it), and a watchdog aborts the job when one waits too long.
-    """
-
-    def __init__(self, comm, weight: float, *, watchdog: "Watchdog | None" = None,
-                 stop_requested: Callable[[], bool] = lambda: False, mpi=None):
-        if mpi is None:                                         # tests pass a stand-in for mpi4py.MPI
-            from mpi4py import MPI as mpi
-        self._MPI, self.comm, self.weight = mpi, comm, float(weight)
-        self.watchdog, self._stop_requested = watchdog or _NoWatchdog(), stop_requested
-        self.reduce_calls = 0
-        self._raise_at = _injected_fault(comm.Get_rank())
-
-    def mean_loss(self, local: float) -> float:
-        """The mean loss over the whole batch: sum_r (b_r / B) loss_r, in float64."""
-        buf = np.array([self.weight * local], np.float64)
-        with self.watchdog.waiting():
-            self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
-        return float(buf[0])
-
-    def reduce_gradients(self, grads: dict[str, np.ndarray]) -> None:
-        """grads <- sum_r (b_r / B) grads_r, in place: one Allreduce of the flat float32 buffer."""
-        self.reduce_calls += 1
-        if self._raise_at is not None and self.reduce_calls == self._raise_at:
-            raise RuntimeError(f"injected failure at step {self.reduce_calls} ({_RAISE_ENV})")
-        flat = flat_buffer(grads)
-        if flat is None:                                        # separate arrays: gather, reduce, scatter
-            names = list(grads)
-            flat = np.concatenate([grads[k].reshape(-1) for k in names]).astype(np.float32)
-            self._allreduce(flat)
-            pos = 0
-            for k in names:
-                grads[k][...] = flat[pos:pos + grads[k].size].reshape(grads[k].shape)
-                pos += grads[k].size
-        else:
-            self._allreduce(flat)
-
-    def _allreduce(self, flat: np.ndarray) -> None:
-        if self.weight != 1.0:
-            flat *= np.float32(self.weight)                     # g_r * b_r / B
-        with self.watchdog.waiting():
-            self.comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
-
-    def any_stop(self, local: bool) -> bool:
-        """True on every rank when any rank has been asked to stop (local: Ctrl-C; or SIGTERM)."""
-        buf = np.array([1 if (local or self._stop_requested()) else 0], np.int32)
-        with self.watchdog.waiting():
-            self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)
-        return bool(buf[0])
-
-
-class _NoWatchdog:
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
-        yield
-
-
-def _injected_fault(rank: int) -> int | None:
-    spec = os.environ.get(_RAISE_ENV, "")
-    try:
-        r, step = (int(v) for v in spec.split(":"))
-    except ValueError:
-        return None
-    return step if r == rank else None
 
 
 class Watchdog:
@@ -283,7 +154,7 @@ class Session:
             signal.signal(signal.SIGTERM, on_sigterm)
         previous = sys.excepthook
 
-        def on_exception(kind, value, tb):                     # a bug or an injected fault: end the job
+        def on_exception(kind, value, tb):                     # a bug, or a test's injected fault: end the job
             previous(kind, value, tb)
             abort_after_error(f"{kind.__name__}: {value}", 1)
         sys.excepthook = on_exception
@@ -333,8 +204,9 @@ class Session:
             trainer.out = trainer.log_file = trainer.on_progress = None
         batches = ShardedBatches(trainer.dataset, self.rank, self.size)
         trainer.dataset = batches
-        self.reducer = MPIReducer(self.comm, batches.weight(trainer.cfg.batch_size), watchdog=self._watchdog,
-                                  stop_requested=lambda: self.stop_requested)
+        from mpi4py import MPI
+        self.reducer = MPIReducer(self.comm, batches.weight(trainer.cfg.batch_size), mpi=MPI,
+                                  watchdog=self._watchdog, stop_requested=lambda: self.stop_requested)
         trainer.reducer = self.reducer
         return trainer
 
@@ -362,14 +234,7 @@ class Session:
 
     def _broadcast_state(self, trainer) -> None:
         """Rank 0's weights, optimizer state and batch generator, everywhere."""
-        params = flat_buffer(trainer.model.params)
-        if params is not None:
-            self.comm.Bcast(params, root=0)
-        else:
-            for p in trainer.model.params.values():
-                buf = np.ascontiguousarray(p)
-                self.comm.Bcast(buf, root=0)
-                p[...] = buf
+        self.comm.Bcast(trainer.model.params_memory, root=0)
         state = self.comm.bcast(trainer.optimizer.state_arrays() if self.rank == 0 else None, root=0)
         if self.rank != 0:
             trainer.optimizer.load_state_arrays(state)
