@@ -72,14 +72,14 @@ def test_greedy_continuation_equals_transformers_cached_and_uncached(case):
 def test_adamw_steps_track_torch(case):
     model, f = case
     hp = json.loads(str(f["adamw"]))
-    opt = DeltaOptimizer(model.params, lr=hp["lr"], min_lr=hp["lr"], warmup_steps=0, total_steps=len(f["adamw_losses"]),
+    opt = DeltaOptimizer.for_model(model, lr=hp["lr"], min_lr=hp["lr"], warmup_steps=0, total_steps=len(f["adamw_losses"]),
                          beta1=hp["betas"][0], beta2=hp["betas"][1], eps=hp["eps"],
                          weight_decay=hp["weight_decay"], grad_clip=hp["grad_clip"])
     losses = []
     for _ in f["adamw_losses"]:
         losses.append(model.loss(f["idx"], f["targets"]))
         model.backward()
-        opt.step(model.grads)
+        opt.step()
     np.testing.assert_allclose(losses, f["adamw_losses"], rtol=0, atol=1e-4)
     assert losses[-1] < losses[0] - 0.1                          # the steps did train
 
@@ -131,7 +131,10 @@ def test_params_and_grads_are_views_of_two_flat_buffers_with_a_decay_mask():
     for lo, hi, d in mask:
         flags[lo:hi] = d
     for k, p in model.params.items():
-        off = (p.__array_interface__["data"][0] - model.params_memory.__array_interface__["data"][0]) // 4
+        off, shape = model.layout[k]
+        assert shape == p.shape
+        np.testing.assert_array_equal(model.params_memory[off:off + p.size].reshape(shape), p)
+        assert np.shares_memory(model.params_memory[off:off + p.size], p)
         assert flags[off:off + p.size].all() == (p.ndim == 2) and flags[off:off + p.size].any() == (p.ndim == 2), k
 
 
@@ -147,12 +150,28 @@ def test_initialisation_draws_normal_002_and_unit_norm_gains():
 
 def test_backward_into_a_separate_gradient_dict_equals_the_model_grads(case):
     model, f = case
-    losses, acts = model.loss_rows(f["idx"], f["targets"], f["idx"].size)
+    losses, acts = model.loss_rows(f["idx"], f["targets"])
     other = {k: np.zeros_like(g) for k, g in model.grads.items()}
-    model.backward_rows(acts, other)
-    model.backward_rows(acts, model.grads)
+    model.backward_rows(acts, other, f["idx"].size)
+    model.backward_rows(acts, model.grads, f["idx"].size)
     for k in other:
         np.testing.assert_array_equal(other[k], model.grads[k], err_msg=k)
+
+
+def test_row_shards_summed_equal_the_whole_batch(case):
+    # what the system layer's batch sharding does: per-row losses and gradients of two row ranges
+    model, f = case
+    idx, tgt = f["idx"], f["targets"]
+    full = model.loss(idx, tgt)
+    model.backward()
+    expected = {k: g.copy() for k, g in model.grads.items()}
+    parts = [model.loss_rows(idx[r], tgt[r]) for r in (slice(0, 1), slice(1, 2))]
+    shard = [{k: np.zeros_like(g) for k, g in model.grads.items()} for _ in parts]
+    for (_, acts), g in zip(parts, shard):
+        model.backward_rows(acts, g, idx.size)
+    assert abs(float(np.concatenate([l for l, _ in parts]).mean(dtype=np.float64)) - full) < 1e-6
+    for k, e in expected.items():
+        np.testing.assert_allclose(shard[0][k] + shard[1][k], e, rtol=0, atol=1e-6 * float(np.abs(e).max()), err_msg=k)
 
 
 def test_gradient_matches_a_finite_difference_along_a_random_direction():
@@ -230,7 +249,7 @@ def test_bad_token_ids_and_parameters_are_refused():
 # ----------------------------------------------------------------------------- live, when transformers is importable
 
 def test_live_against_transformers_with_fresh_weights():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
     spec = importlib.util.spec_from_file_location("make_llama_fixtures",
                                                   os.path.join(HERE, "fixtures", "make_llama_fixtures.py"))
@@ -249,4 +268,3 @@ def test_live_against_transformers_with_fresh_weights():
         assert abs(model.loss(idx, tgt) - loss.item()) < 1e-5, name
         model.backward()
         grads_close(model, {k: p.grad.numpy() for k, p in ref.named_parameters()})
-        del torch

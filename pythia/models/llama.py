@@ -155,9 +155,10 @@ def _hf_order(cfg: LlamaConfig) -> list[str]:
     return names
 
 
-def _carve(flat: np.ndarray, layout) -> tuple[dict, dict, list]:
-    """(params by name, blocks by name, decay ranges) as views into flat, following _blocks."""
-    named, blocks, ranges, pos = {}, {}, [], 0
+def _carve(flat: np.ndarray, layout) -> tuple[dict, dict, list, dict]:
+    """(params by name, blocks by name, decay ranges, name -> (offset, shape)) as views into
+    flat, following _blocks."""
+    named, blocks, ranges, offsets, pos = {}, {}, [], {}, 0
     for block, members in layout:
         rows = sum(s[0] for _, s in members)
         shape = (rows,) + members[0][1][1:]
@@ -166,6 +167,7 @@ def _carve(flat: np.ndarray, layout) -> tuple[dict, dict, list]:
         r = 0
         for name, s in members:
             named[name] = blocks[block][r:r + s[0]]
+            offsets[name] = (pos + r * math.prod(s[1:]), s)
             r += s[0]
         decays = len(shape) == 2                                 # matrices and embeddings decay
         if ranges and ranges[-1][2] == decays:
@@ -173,7 +175,7 @@ def _carve(flat: np.ndarray, layout) -> tuple[dict, dict, list]:
         else:
             ranges.append((pos, pos + n, decays))
         pos += n
-    return named, blocks, ranges
+    return named, blocks, ranges, offsets
 
 
 class KVCache:
@@ -198,8 +200,9 @@ class Llama:
         self._names = _hf_order(config)
         P = sum(math.prod((sum(s[0] for _, s in m),) + m[0][1][1:]) for _, m in self._layout)
         self.params_memory = np.zeros(P, np.float32)
-        named, self._pblocks, self._ranges = _carve(self.params_memory, self._layout)
+        named, self._pblocks, self._ranges, offsets = _carve(self.params_memory, self._layout)
         self.params = {k: named[k] for k in self._names}
+        self.layout = {k: offsets[k] for k in self._names}        # name -> (offset, shape) in params_memory
         self._grads_memory: np.ndarray | None = None             # made on first use: inference never needs it
         self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
         self._acts: dict | None = None
@@ -217,7 +220,7 @@ class Llama:
     def grads_memory(self) -> np.ndarray:
         if self._grads_memory is None:
             self._grads_memory = np.zeros_like(self.params_memory)
-            named, self._gblocks, _ = _carve(self._grads_memory, self._layout)
+            named, self._gblocks, _, _ = _carve(self._grads_memory, self._layout)
             self._grads = {k: named[k] for k in self._names}
         return self._grads_memory
 
@@ -247,7 +250,7 @@ class Llama:
         for k, p in self.params.items():
             p[...] = params[k]
 
-    def _check_idx(self, idx, name: str = "idx") -> np.ndarray:
+    def check_idx(self, idx, name: str = "idx") -> np.ndarray:
         a = np.asarray(idx)
         if not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"{name} must hold integer token ids, got dtype {a.dtype}")
@@ -276,7 +279,7 @@ class Llama:
     def forward(self, idx: np.ndarray, *, attention: bool = False):
         """Logits (B, T, V) for token ids idx (B, T); keeps no activations. With attention=True,
         returns (logits, attn), attn[l] (B, H, T, T) layer l's attention probabilities."""
-        idx = self._check_idx(idx)
+        idx = self.check_idx(idx)
         B, T = idx.shape
         attn: list | None = [] if attention else None
         logits = self._forward(idx, keep=None, attn=attn).reshape(B, T, -1)
@@ -284,23 +287,27 @@ class Llama:
 
     def loss(self, idx: np.ndarray, targets: np.ndarray) -> float:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T); keeps activations for backward()."""
-        idx = self._check_idx(idx)
-        targets = self._check_idx(targets, "targets")
+        idx, targets = self.check_pair(idx, targets)
+        self._acts = None                                        # free the last pass's activations first
+        losses, self._acts = self.loss_rows(idx, targets)        # (N,)
+        return float(losses.mean(dtype=np.float64))
+
+    def check_pair(self, idx, targets) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.check_idx(idx)
+        targets = self.check_idx(targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
-        self._acts = None                                        # free the last pass's activations first
-        losses, self._acts = self.loss_rows(idx, targets, idx.size)
-        return float(losses.mean(dtype=np.float64))
+        return idx, targets
 
     def backward(self) -> None:
         """Gradients of the last loss() wrt every parameter, written into self.grads."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
-        self.backward_rows(self._acts, self.grads)
+        self.backward_rows(self._acts, self.grads, self._acts["idx"].size)
 
-    def loss_rows(self, idx: np.ndarray, targets: np.ndarray, n_total: int, grads=None):
-        """(per-row losses (B T,), activations) of rows idx (B, T); backward_rows takes the activations."""
-        acts: dict = {"n_total": n_total}
+    def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Per-token losses (B T,) of rows idx (B, T) (checked) and the activations their backward needs."""
+        acts: dict = {}
         logits = self._forward(idx, keep=acts)                   # (N, V)
         losses, acts["probs"] = layers.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
         acts["targets"] = targets.reshape(-1)
@@ -342,7 +349,7 @@ class Llama:
             keep.update(idx=idx, layers=acts, x_f=x, hf=hf, rstd_f=rstd_f)
         return logits
 
-    def backward_rows(self, a: dict, G: dict) -> None:
+    def backward_rows(self, a: dict, G: dict, n_total: int) -> None:
         """Gradient of sum(losses) / n_total of loss_rows' rows wrt every parameter, into the dict G."""
         cfg, P = self.config, self.params
         idx = a["idx"]
@@ -351,7 +358,7 @@ class Llama:
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = (t[:T] for t in self._rope(T))
         own = G is self._grads                                   # then the fused q/k/v gradient blocks are G's views
-        dlogits = layers.crossentropy_backward(a["probs"], a["targets"], a["n_total"])  # (N, V)
+        dlogits = layers.crossentropy_backward(a["probs"], a["targets"], n_total)  # (N, V)
         # logits = hf W^T  =>  dW = dlogits^T hf, dhf = dlogits W
         head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
         np.matmul(dlogits.T, a["hf"], out=G[head])               # (V, N) @ (N, C) -> (V, C)
