@@ -11,7 +11,7 @@ N rows, C row length, T positions, hs head size (even; h = hs / 2 its half), n e
 """
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport sqrtf, expf
+from libc.math cimport sqrtf
 from libc.stdlib cimport calloc, free
 
 cnp.import_array()
@@ -26,6 +26,26 @@ cdef extern from *:
     #endif
     """
     int pythia_llama_max_threads() noexcept nogil
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline int32_t pythia_llama_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+    static inline float pythia_llama_from_bits(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+    /* compile-time constants (as C, not Cython globals) so that gcc vectorises the loops */
+    static const float LL_LOG2E = 1.44269504088896341f;
+    static const float LL_LN2_HI = 0.693359375f, LL_LN2_LO = -2.12194440e-4f;
+    static const float LL_ROUND = 12582912.0f, LL_EXP_LO = -87.33654475f;
+    static const float LL_P0 = 1.9875691500e-4f, LL_P1 = 1.3981999507e-3f, LL_P2 = 8.3334519073e-3f;
+    static const float LL_P3 = 4.1665795894e-2f, LL_P4 = 1.6666665459e-1f, LL_P5 = 5.0000001201e-1f;
+    """
+    int pythia_llama_bits(float) noexcept nogil
+    float pythia_llama_from_bits(int) noexcept nogil
+    # exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln2 (ln2 in two parts, Cody-Waite), exp(r)
+    # by Cephes' expf polynomial (~1 ulp); ROUND = 1.5 * 2^23 rounds a float to an integer; below
+    # EXP_LO = ln(2^-126) the result is 0. The same as `_exp_neg` in _kernels.pyx.
+    const float LL_LOG2E, LL_LN2_HI, LL_LN2_LO, LL_ROUND, LL_EXP_LO, LL_P0, LL_P1, LL_P2, LL_P3, LL_P4, LL_P5
 
 API_VERSION = 1  # must equal pythia.kernels.llama_compiled.API_VERSION
 cdef enum: BLOCK = 4096           # elements per parallel work item of the element-wise kernels
@@ -51,15 +71,46 @@ cdef float* _out(cnp.ndarray a, Py_ssize_t n) except NULL:
 
 
 # ----------------------------------------------------------------------------- RMSNorm
+# Sums keep LANES independent partial results (lane k takes the elements j = k mod LANES, folded
+# pairwise at the end): without -ffast-math the compiler may not reorder one float accumulator,
+# so a single running sum would stay scalar.
+
+cdef enum: LANES = 16
+
+
+cdef inline float _dot3(const float* a, const float* b, const float* c, Py_ssize_t n) noexcept nogil:
+    # sum(a b c); pass c = NULL for sum(a b)
+    cdef float acc[LANES]
+    cdef Py_ssize_t j, k
+    for k in range(LANES):
+        acc[k] = 0.0
+    j = 0
+    if c == NULL:
+        while j + LANES <= n:
+            for k in range(LANES):
+                acc[k] = acc[k] + a[j + k] * b[j + k]
+            j = j + LANES
+        for k in range(n - j):
+            acc[k] = acc[k] + a[j + k] * b[j + k]
+    else:
+        while j + LANES <= n:
+            for k in range(LANES):
+                acc[k] = acc[k] + a[j + k] * b[j + k] * c[j + k]
+            j = j + LANES
+        for k in range(n - j):
+            acc[k] = acc[k] + a[j + k] * b[j + k] * c[j + k]
+    for k in range(8):
+        acc[k] = acc[k] + acc[k + 8]
+    for k in range(4):
+        acc[k] = acc[k] + acc[k + 4]
+    return (acc[0] + acc[2]) + (acc[1] + acc[3])
+
 
 cdef inline void _rmsnorm_row(const float* x, const float* w, float* y, float* rstd, Py_ssize_t C,
                               float eps) noexcept nogil:
     # rstd = 1 / sqrt(mean(x^2) + eps); y = x rstd w
     cdef Py_ssize_t j
-    cdef float ss = 0.0
-    for j in range(C):
-        ss = ss + x[j] * x[j]
-    cdef float r = <float>1.0 / sqrtf(ss / C + eps)
+    cdef float r = <float>1.0 / sqrtf(_dot3(x, x, NULL, C) / C + eps)
     for j in range(C):
         y[j] = x[j] * r * w[j]
     rstd[0] = r
@@ -72,10 +123,7 @@ cdef inline void _rmsnorm_grad_rows(const float* dy, const float* x, const float
     cdef float r, sgx
     for i in range(N):
         r = rstd[i]
-        sgx = 0.0
-        for j in range(C):
-            sgx = sgx + dy[j] * w[j] * x[j]
-        sgx = sgx * r / C                                   # mean(g xhat)
+        sgx = _dot3(dy, w, x, C) * r / C                    # mean(g xhat)
         for j in range(C):
             dx[j] = r * (dy[j] * w[j] - x[j] * r * sgx)
             dw[j] = dw[j] + dy[j] * x[j] * r
@@ -174,13 +222,26 @@ def rope_apply(cnp.ndarray x not None, cnp.ndarray cos not None, cnp.ndarray sin
 # ----------------------------------------------------------------------------- SwiGLU
 # y = silu(g) u = g sigmoid(g) u;  dg = dy u (s + g s (1 - s)), du = dy g s,  s = sigmoid(g)
 
+cdef inline float _exp_neg(float x) noexcept nogil:
+    # exp(x) for x <= 0 (or NaN), written without calls or branches so that gcc vectorises the
+    # loops around it (libm's expf stays scalar: 3x slower on the MLP's (N, F) arrays)
+    cdef float xc, t, n, r, p
+    xc = LL_EXP_LO if x < LL_EXP_LO else x
+    t = xc * LL_LOG2E + LL_ROUND
+    n = t - LL_ROUND                                   # round(x / ln2), exactly
+    r = xc - n * LL_LN2_HI
+    r = r - n * LL_LN2_LO                              # x - n ln2, |r| <= ln2/2
+    p = ((((LL_P0 * r + LL_P1) * r + LL_P2) * r + LL_P3) * r + LL_P4) * r + LL_P5
+    p = p * (r * r) + r + <float>1.0                   # exp(r)
+    p = p * pythia_llama_from_bits((pythia_llama_bits(t) - pythia_llama_bits(LL_ROUND) + 127) << 23)  # * 2^n
+    return <float>0.0 if x < LL_EXP_LO else p
+
+
 cdef inline float _sigmoid(float z) noexcept nogil:
-    # 1 / (1 + exp(-z)): exp of a non-positive argument only, so no overflow for any z
-    cdef float e
-    if z >= 0:
-        return <float>1.0 / (<float>1.0 + expf(-z))
-    e = expf(z)
-    return e / (<float>1.0 + e)
+    # 1 / (1 + exp(-z)) from e = exp(-|z|) <= 1, so nothing overflows for any z:
+    # z >= 0: 1 / (1 + e);  z < 0: e / (1 + e)
+    cdef float e = _exp_neg(-z if z >= 0 else z)
+    return (<float>1.0 if z >= 0 else e) / (<float>1.0 + e)
 
 
 cdef inline void _swiglu_block(const float* g, const float* u, float* y, Py_ssize_t n) noexcept nogil:
