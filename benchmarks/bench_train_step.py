@@ -110,8 +110,10 @@ def batch(cfg, seed=0):
 
 
 def pythia_model(cfg):
+    from pythia.system.sharding import ShardedModel
     B, T, C, L, H, _ = cfg
-    return Pythia(PythiaConfig(vocab_size=V, block_size=T, d_model=C, n_layer=L, n_head=H), seed=0)
+    # as the train command runs it: wrapped in the system layer's thread rule and batch shards
+    return ShardedModel(Pythia(PythiaConfig(vocab_size=V, block_size=T, d_model=C, n_layer=L, n_head=H), seed=0))
 
 
 def pythia_step(name: str):
@@ -199,8 +201,9 @@ def test_step(benchmark, name, impl):
             step.close()
     assert np.isfinite(loss)
     if impl == "pythia":
-        choices = {f"{k[0]}": v for k, v in step.model._blas.choices().items()}
         shards = len(step.model._acts)
+        B, T = batch(cfg)[0].shape
+        choices = threads.blas_threads_for(B * T * threads.widest_per_token(step.model)) or threads.blas_get()
         benchmark.extra_info.update(blas_threads=choices, shards=shards)
         how = f"batch split in {shards} shards, 1 BLAS thread each" if shards > 1 else f"BLAS threads {choices}"
         NOTES["blas_choices"] = NOTES.get("blas_choices", "") + f"{name}: {how}; "

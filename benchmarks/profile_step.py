@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py            # configs S and M, 50 steps each
     python benchmarks/profile_step.py L --steps 3
 
-Every function of `pythia.model` that does a layer's work (linear_forward, attention_backward,
+Every function of `pythia.layers` that does a layer's work (linear_forward, attention_backward,
 ...), every kernel in `pythia.kernels` and the optimizer's step are wrapped in a timer; a
 wrapper's time excludes the wrapped calls inside it, so the rows add up to the step's thread
 time. "glue" is the passes' own NumPy (residual adds, embedding lookup, reshapes) and Python;
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train_step import CONFIGS, batch, pythia_model  # noqa: E402
-from pythia import DeltaOptimizer, kernels, model as model_mod  # noqa: E402
+from pythia import DeltaOptimizer, kernels, layers as model_mod  # noqa: E402
 from pythia.system import threads  # noqa: E402
 
 GLUE = "glue (model NumPy, Python)"
@@ -61,8 +61,9 @@ def _timed(name: str, fn):
 
 def instrument(model, opt: DeltaOptimizer) -> None:
     # a pass's own Python and NumPy (per shard), and the pass around the shards (hand-off, waiting)
-    model._loss_part = _timed(GLUE, model._loss_part)
-    model._backward = _timed(GLUE, model._backward)
+    inner = model.model                                  # the GPT-2 model inside the ShardedModel
+    inner.loss_rows = _timed(GLUE, inner.loss_rows)
+    inner.backward_rows = _timed(GLUE, inner.backward_rows)
     model.loss = _timed(PASS, model.loss)
     model.backward = _timed(PASS, model.backward)
     for n in MODEL_FUNCS:

@@ -31,8 +31,8 @@ def test_blas_threads_sets_and_restores(blas, monkeypatch):
 def test_small_products_get_one_thread_large_ones_the_default(monkeypatch):
     for k in threads.USER_ENV:
         monkeypatch.delenv(k, raising=False)
-    assert threads.threads_for(threads.SMALL_MNK - 1) == 1
-    assert threads.threads_for(threads.SMALL_MNK) is None
+    assert threads.blas_threads_for(threads.SMALL_MNK - 1) == 1
+    assert threads.blas_threads_for(threads.SMALL_MNK) is None
 
 
 @pytest.mark.parametrize("var", threads.USER_ENV)
@@ -41,49 +41,26 @@ def test_user_environment_wins(var, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv(var, "2")
     assert threads.user_chose()
-    assert threads.threads_for(1) is None                     # never overridden, however small
+    assert threads.blas_threads_for(1) is None                     # never overridden, however small
 
 
 def test_training_step_restores_the_thread_count(blas, monkeypatch):
     from pythia.model import Pythia, PythiaConfig
     for k in threads.USER_ENV:
         monkeypatch.delenv(k, raising=False)
-    model = Pythia(PythiaConfig(vocab_size=7, block_size=4, d_model=8, n_layer=1, n_head=2))
+    from pythia.system.sharding import ShardedModel
+    model = ShardedModel(Pythia(PythiaConfig(vocab_size=7, block_size=4, d_model=8, n_layer=1, n_head=2)))
     model.loss(np.zeros((2, 4), int), np.ones((2, 4), int))
     model.backward()
     assert threads.blas_get() == blas
 
 
-@pytest.mark.parametrize("guess, faster", [(None, 1), (1, "full")])
-def test_chooser_moves_to_the_faster_thread_count_and_stays(blas, guess, faster, monkeypatch):
-    # a pass that is 10x slower on the wrong count: after a trial the chooser switches and
-    # later trials of the slow count lose, so it stays; the count is restored after every pass
-    import time
-    for k in threads.USER_ENV:
-        monkeypatch.delenv(k, raising=False)
-    if blas < 2:
-        pytest.skip("one BLAS thread only: nothing to choose")
-    fast = blas if faster == "full" else 1
-    chooser = threads.BlasChooser()
-    chooser.RETRY_MIN = chooser.PASSES_MIN = chooser.PASSES_MAX = 0  # try the other count at every chance
-    seen = []
-    for _ in range(12):
-        with chooser.run("pass", guess):
-            seen.append(threads.blas_get())
-            time.sleep(0.001 if threads.blas_get() == fast else 0.01)
-        assert threads.blas_get() == blas
-    assert chooser.choices() == {"pass": fast}
-    assert chooser.switches == 1
-    assert seen[0] == (guess or blas)                          # starts from the guess
-
-
-def test_chooser_leaves_a_user_choice_alone(blas, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    chooser = threads.BlasChooser()
-    with chooser.run("pass", 1) as chosen:
-        assert threads.blas_get() == blas
-        assert chosen is None                                  # nothing chosen: kernels keep theirs
-    assert chooser.choices() == {}
+def test_the_rule_sizes_a_pass_by_its_widest_per_token_product():
+    # GPT-2's widest per-token matrix is the MLP's (C, 4C), whatever the vocabulary and block size
+    from pythia.model import Pythia, PythiaConfig
+    for cfg in (PythiaConfig(vocab_size=7, block_size=4, d_model=8, n_layer=1, n_head=2),
+                PythiaConfig(vocab_size=70, block_size=8, d_model=8, n_layer=1, n_head=2)):
+        assert threads.widest_per_token(Pythia(cfg, init=False)) == 4 * 8 * 8
 
 
 # ----------------------------------------------------------------------------- shards of a batch
@@ -139,10 +116,10 @@ def test_workers_raise_a_workers_error_after_all_items_finished(blas):
 
 
 @pytest.mark.parametrize("small_mnk, expect", [(10**12, 1), (0, 2)])
-def test_kernels_follow_the_blas_thread_count_the_chooser_runs(blas, small_mnk, expect, monkeypatch):
+def test_kernels_follow_the_blas_thread_count_of_the_pass(blas, small_mnk, expect, monkeypatch):
     # a pass run on one BLAS thread keeps the kernels' loops on the calling thread too; a pass
     # run on all BLAS threads leaves them the caller's limit; either way the caller gets its own
-    # thread limit back afterwards. small_mnk moves the line between the two starting guesses.
+    # thread limit back afterwards. small_mnk moves the line between the two.
     from pythia import kernels
     from pythia.model import Pythia, PythiaConfig
     for k in threads.USER_ENV:
@@ -164,7 +141,8 @@ def test_kernels_follow_the_blas_thread_count_the_chooser_runs(blas, small_mnk, 
         return gelu(x)
 
     monkeypatch.setattr(kernels, "gelu_forward", spy)
-    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=2, n_head=2))
+    from pythia.system.sharding import ShardedModel
+    model = ShardedModel(Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=2, n_head=2)))
     idx = np.random.default_rng(0).integers(0, 11, (2, 8))
     try:
         model.loss(idx, idx)
@@ -174,40 +152,27 @@ def test_kernels_follow_the_blas_thread_count_the_chooser_runs(blas, small_mnk, 
         kernels.set_thread_limit(limit)
 
 
-def test_a_pass_the_chooser_tries_on_one_blas_thread_keeps_its_kernels_serial(blas, monkeypatch):
-    # the chooser starts a pass on all BLAS threads and, on its third run, tries one thread:
-    # in every pass the kernels' thread limit matches the BLAS count the pass actually ran on
+def test_the_same_pass_runs_on_the_same_thread_counts_every_time(blas, monkeypatch):
+    # no run-time timing: every pass of one size gets the thread counts the rule gives it
     from pythia import kernels
     from pythia.model import Pythia, PythiaConfig
+    from pythia.system.sharding import ShardedModel
     for k in threads.USER_ENV:
         monkeypatch.delenv(k, raising=False)
-    if blas < 2:
-        pytest.skip("one BLAS thread only: nothing to choose")
-    monkeypatch.setattr(threads, "SMALL_MNK", 0)              # every pass starts on all threads
-    limit = kernels.set_thread_limit(2)
-    if kernels.BACKEND != "cython" or kernels.set_thread_limit(2) != 2:
-        kernels.set_thread_limit(limit)
-        pytest.skip("needs the compiled kernels built with OpenMP")
     seen = []
     gelu = kernels.gelu_forward
 
     def spy(x):
-        now = kernels.set_thread_limit(1)
-        kernels.set_thread_limit(now)
-        seen.append((threads.blas_get(), now))
+        seen.append(threads.blas_get())
         return gelu(x)
 
     monkeypatch.setattr(kernels, "gelu_forward", spy)
-    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))
-    model._blas.RETRY_MIN = model._blas.PASSES_MIN = 0         # try the other count at every chance
+    model = ShardedModel(Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2)))
     idx = np.random.default_rng(0).integers(0, 11, (2, 8))
-    try:
-        for _ in range(3):
-            model.loss(idx, idx)
-        assert seen[:2] == [(blas, 2), (blas, 2)]             # the guess: all BLAS threads
-        assert seen[2] == (1, 1)                              # the trial: one, kernels serial
-    finally:
-        kernels.set_thread_limit(limit)
+    for _ in range(6):
+        model.loss(idx, idx)
+    assert seen == [1] * 6                                     # a small pass: one BLAS thread, always
+    assert threads.blas_get() == blas
 
 
 def test_with_the_users_thread_setting_the_kernels_keep_their_threads(blas, monkeypatch):
@@ -233,7 +198,8 @@ def test_with_the_users_thread_setting_the_kernels_keep_their_threads(blas, monk
         return gelu(x)
 
     monkeypatch.setattr(kernels, "gelu_forward", spy)
-    model = Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))
+    from pythia.system.sharding import ShardedModel
+    model = ShardedModel(Pythia(PythiaConfig(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2)))
     idx = np.random.default_rng(0).integers(0, 11, (2, 8))
     try:
         model.loss(idx, idx)
