@@ -20,7 +20,7 @@ import pytest
 
 from pythia.engine import DeltaOptimizer
 from pythia.errors import ConfigError
-from pythia.models.llama import Llama, LlamaConfig
+from pythia.models.llama import Llama, LlamaConfig, load_hf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = ["llama_gqa_untied", "qwen2_tied_bias"]
@@ -29,9 +29,7 @@ CASES = ["llama_gqa_untied", "qwen2_tied_bias"]
 def load_case(name: str):
     """(model with the fixture's weights, the fixture's arrays)."""
     f = dict(np.load(os.path.join(HERE, "fixtures", f"{name}.npz")))
-    hf = {k[len("config/"):]: f[k].item() for k in f if k.startswith("config/")}
-    model = Llama(LlamaConfig.from_hf(hf), init=False)
-    model.load_params({k[len("param/"):]: v for k, v in f.items() if k.startswith("param/")})
+    model = load_hf(json.loads(str(f["config_json"])), {k[len("param/"):]: v for k, v in f.items() if k.startswith("param/")})
     return model, f
 
 
@@ -219,15 +217,35 @@ def test_from_hf_reads_smollm2s_shape_and_refuses_unsupported_options():
     assert cfg.tie_embeddings and not cfg.qkv_bias and cfg.block_size == 8192
     assert LlamaConfig.from_dict(cfg.to_dict()) == cfg
     assert LlamaConfig.from_hf({**HF_LLAMA, "model_type": "qwen2"}).qkv_bias
+    # transformers 5 writes rope_parameters instead of rope_theta
+    new_style = {k: v for k, v in HF_LLAMA.items() if k not in ("rope_theta", "rope_scaling")}
+    assert LlamaConfig.from_hf({**new_style, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
     for bad, message in [({"model_type": "gpt2"}, "model_type 'gpt2'"),
-                         ({"rope_scaling": {"type": "linear"}}, "rope_scaling"),
+                         ({"rope_scaling": {"type": "linear"}}, "rope scaling"),
+                         ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling"),
                          ({"model_type": "qwen2", "use_sliding_window": True}, "sliding-window"),
+                         ({"layer_types": ["full_attention", "sliding_attention"]}, "sliding-window"),
+                         ({"attention_bias": True}, "o_proj"),
+                         ({"num_local_experts": 8}, "mixture-of-experts"),
                          ({"hidden_act": "gelu"}, "hidden_act"),
                          ({"hidden_size": None}, "malformed")]:
         with pytest.raises(ConfigError, match=message):
             LlamaConfig.from_hf({**HF_LLAMA, **bad})
     with pytest.raises(ConfigError, match="lacks 'intermediate_size'"):
         LlamaConfig.from_hf({k: v for k, v in HF_LLAMA.items() if k != "intermediate_size"})
+
+
+def test_load_hf_drops_derived_tensors_and_refuses_an_untied_head_under_tie():
+    cfg = LlamaConfig(vocab_size=20, d_model=16, n_layer=1, n_head=2, n_kv_head=1, head_dim=8, d_ff=24)
+    src = Llama(cfg, seed=1)
+    tensors = {**src.params, "lm_head.weight": src.params["model.embed_tokens.weight"].copy(),
+               "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)}
+    model = load_hf(cfg.to_hf(), tensors)
+    np.testing.assert_array_equal(model.params_memory, src.params_memory)
+    assert LlamaConfig.from_hf(cfg.to_hf()) == cfg
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1
+    with pytest.raises(ConfigError, match="lm_head.weight differs"):
+        load_hf(cfg.to_hf(), tensors)
 
 
 def test_bad_token_ids_and_parameters_are_refused():
@@ -257,9 +275,14 @@ def test_live_against_transformers_with_fresh_weights():
     spec.loader.exec_module(gen)
     for i, (name, (cfg_cls, model_cls, fields)) in enumerate(gen.CASES.items()):
         ref = gen.build(cfg_cls, model_cls, fields, seed=99 + i)
-        hf = dict(fields, model_type=ref.config.model_type)
-        model = Llama(LlamaConfig.from_hf(hf), init=False)
-        model.load_params({k: p.detach().numpy() for k, p in ref.named_parameters()})
+        model = load_hf(ref.config.to_dict(), {k: p.detach().numpy() for k, p in ref.named_parameters()})
+        # the config Pythia writes builds the same model in transformers
+        again = model_cls(cfg_cls(**model.config.to_hf()))
+        assert {k: tuple(p.shape) for k, p in again.named_parameters()} == {k: p.shape for k, p in model.params.items()}
+        again.load_state_dict(ref.state_dict())
+        probe = np.arange(8)[None] % fields["vocab_size"]
+        logits_again, _ = gen.loss_of(again.eval(), probe, probe)
+        np.testing.assert_allclose(model.forward(probe), logits_again.detach().numpy(), rtol=0, atol=1e-4)
         rng = np.random.default_rng(i)
         idx, tgt = rng.integers(0, fields["vocab_size"], (3, 10)), rng.integers(0, fields["vocab_size"], (3, 10))
         logits, loss = gen.loss_of(ref, idx, tgt)

@@ -86,29 +86,68 @@ class LlamaConfig:
         mt = hf.get("model_type")
         if mt not in ("llama", "qwen2"):
             raise ConfigError(f"model_type {mt!r} is not supported; this family reads 'llama' and 'qwen2'")
-        if hf.get("rope_scaling") is not None:
-            raise ConfigError(f"rope_scaling {hf['rope_scaling']!r} is not supported; only rope_scaling null is")
-        if mt == "qwen2" and hf.get("use_sliding_window"):
-            raise ConfigError("use_sliding_window is true; sliding-window attention is not supported")
+        # rotary settings: older files write rope_theta (+ rope_scaling), transformers 5 writes
+        # rope_parameters {"rope_type", "rope_theta"}; only the plain ("default") rotation is read
+        rope = hf.get("rope_parameters") or {}
+        scaling = hf.get("rope_scaling")
+        if scaling is not None or rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"rope scaling {scaling or rope!r} is not supported; only unscaled rotary positions are")
+        if hf.get("use_sliding_window") or any(t != "full_attention" for t in hf.get("layer_types") or []):
+            raise ConfigError("sliding-window attention (use_sliding_window / layer_types) is not supported")
         if hf.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"hidden_act {hf['hidden_act']!r} is not supported; only 'silu' is")
         if hf.get("mlp_bias"):
             raise ConfigError("mlp_bias is true; biases on the MLP projections are not supported")
+        if mt == "llama" and hf.get("attention_bias"):
+            raise ConfigError("attention_bias is true; a bias on o_proj is not supported (Qwen2's q/k/v biases are)")
+        if hf.get("num_experts") or hf.get("num_local_experts"):
+            raise ConfigError("mixture-of-experts layers are not supported")
         try:
             C, H = int(hf["hidden_size"]), int(hf["num_attention_heads"])
             cfg = cls(vocab_size=int(hf["vocab_size"]), d_model=C, n_layer=int(hf["num_hidden_layers"]),
                       n_head=H, n_kv_head=int(hf.get("num_key_value_heads") or H),
                       head_dim=int(hf.get("head_dim") or C // H), d_ff=int(hf["intermediate_size"]),
-                      norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(hf.get("rope_theta", 10000.0)),
+                      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
                       block_size=int(hf.get("max_position_embeddings", 2048)),
-                      qkv_bias=True if mt == "qwen2" else bool(hf.get("attention_bias", False)),
-                      tie_embeddings=bool(hf.get("tie_word_embeddings", mt != "llama")))
+                      qkv_bias=mt == "qwen2", tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
         except KeyError as err:
             raise ConfigError(f"config.json lacks {err.args[0]!r}, which a {mt} model needs") from None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config.json has a malformed size: {err}") from None
         cfg.validate()
         return cfg
+
+    def to_hf(self) -> dict:
+        """config.json fields from which transformers builds this model (Qwen2 when q/k/v carry biases)."""
+        qwen = self.qkv_bias
+        d = {"architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
+             "model_type": "qwen2" if qwen else "llama", "vocab_size": self.vocab_size,
+             "hidden_size": self.d_model, "intermediate_size": self.d_ff, "num_hidden_layers": self.n_layer,
+             "num_attention_heads": self.n_head, "num_key_value_heads": self.n_kv_head, "head_dim": self.head_dim,
+             "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta, "rope_scaling": None,
+             "max_position_embeddings": self.block_size, "tie_word_embeddings": self.tie_embeddings,
+             "hidden_act": "silu", "torch_dtype": "float32"}
+        if not qwen:
+            d.update(attention_bias=False, mlp_bias=False)
+        return d
+
+
+def load_hf(config_fields: dict, tensors: dict) -> "Llama":
+    """A model from a Hugging Face config.json (as a dict) and its tensors by name (float32 arrays).
+
+    Tensors that are derived, not parameters, are dropped: rotary `inv_freq` buffers that older
+    checkpoints carry, and an `lm_head.weight` stored beside a tied embedding (it must equal it)."""
+    cfg = LlamaConfig.from_hf(config_fields)
+    params = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+    if cfg.tie_embeddings and "lm_head.weight" in params:
+        head = params.pop("lm_head.weight")
+        if not np.array_equal(head, params.get("model.embed_tokens.weight", head)):
+            raise ConfigError("tie_word_embeddings is true but lm_head.weight differs from the embedding; "
+                              "set tie_word_embeddings to false in config.json")
+    model = Llama(cfg, init=False)
+    model.load_params(params)
+    return model
 
 
 # ============================================================================ parameters
