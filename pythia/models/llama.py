@@ -235,21 +235,21 @@ class Llama:
         0, for a caller that loads them all next."""
         config.validate()
         self.config = config
-        self._layout = _blocks(config)
+        self._blocks = _blocks(config)                           # [(block, [(name, shape), ...])]
         self._names = _hf_order(config)
-        P = sum(math.prod((sum(s[0] for _, s in m),) + m[0][1][1:]) for _, m in self._layout)
-        self.params_memory = np.zeros(P, np.float32)
-        named, self._pblocks, self._ranges, offsets = _carve(self.params_memory, self._layout)
+        P = sum(math.prod(shape) for _, members in self._blocks for _, shape in members)
+        self.params_memory = np.zeros(P, np.float32)             # (P,) every parameter end to end
+        named, self._pblocks, self._ranges, offsets = _carve(self.params_memory, self._blocks)
         self.params = {k: named[k] for k in self._names}
         self.layout = {k: offsets[k] for k in self._names}        # name -> (offset, shape) in params_memory
         self._grads_memory: np.ndarray | None = None             # made on first use: inference never needs it
-        self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
+        self._tables = kernels.rope_tables(np.arange(0), config.head_dim, config.rope_theta)  # (cos, sin) (0, hs)
         self._acts: dict | None = None
         if init:
             rng = np.random.default_rng(seed)
             for block, a in self._pblocks.items():
                 if a.ndim == 2:
-                    a[...] = rng.normal(0.0, 0.02, a.shape)
+                    a[...] = rng.standard_normal(a.shape, dtype=np.float32) * np.float32(0.02)  # N(0, 0.02)
                 elif block.endswith("norm.weight"):
                     a[...] = 1.0                                 # RMSNorm gain 1; biases stay 0
 
@@ -259,7 +259,7 @@ class Llama:
     def grads_memory(self) -> np.ndarray:
         if self._grads_memory is None:
             self._grads_memory = np.zeros_like(self.params_memory)
-            named, self._gblocks, _, _ = _carve(self._grads_memory, self._layout)
+            named, self._gblocks, _, _ = _carve(self._grads_memory, self._blocks)
             self._grads = {k: named[k] for k in self._names}
         return self._grads_memory
 
@@ -304,11 +304,13 @@ class Llama:
         return a
 
     def _rope(self, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos, sin (>= hi, hs) tables for positions 0.., grown by doubling up to block_size."""
-        if self._cos.shape[0] < hi:
-            n = min(self.config.block_size, max(hi, 2 * self._cos.shape[0], 64))
-            self._cos, self._sin = kernels.rope_tables(np.arange(n), self.config.head_dim, self.config.rope_theta)
-        return self._cos, self._sin
+        """cos, sin (>= hi, hs) tables for positions 0.., grown by doubling up to block_size. One
+        attribute holds both, so a pass on another thread never sees a new cos with an old sin."""
+        tables = self._tables
+        if tables[0].shape[0] < hi:
+            n = min(self.config.block_size, max(hi, 2 * tables[0].shape[0], 64))
+            tables = self._tables = kernels.rope_tables(np.arange(n), self.config.head_dim, self.config.rope_theta)
+        return tables
 
     def _head(self) -> np.ndarray:
         return self.params["model.embed_tokens.weight" if self.config.tie_embeddings else "lm_head.weight"]
@@ -446,7 +448,7 @@ class Llama:
     def _split(self, G: dict, block: str, fused: np.ndarray) -> None:
         """Copy a fused block's rows into the gradient arrays of its members."""
         r = 0
-        for name, shape in dict(self._layout)[block]:
+        for name, shape in dict(self._blocks)[block]:
             G[name][...] = fused[r:r + shape[0]]
             r += shape[0]
 
