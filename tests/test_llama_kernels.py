@@ -227,3 +227,21 @@ def test_the_active_backend_exports_every_llama_kernel():
         assert impl.__module__ in ("pythia.kernels.reference_llama", "pythia.kernels.llama_compiled"), name
         if kernels.BACKEND == "numpy":
             assert impl.__module__ == "pythia.kernels.reference_llama", name
+
+
+def test_use_switches_the_llama_kernels_with_the_backend():
+    import pythia.kernels as kernels
+    before = kernels.BACKEND
+    try:
+        kernels.use("numpy")
+        assert kernels.rmsnorm_forward is ref.rmsnorm_forward and kernels.LLAMA_FALLBACK_REASON is None
+        try:
+            kernels.use("cython")
+        except RuntimeError:
+            pytest.skip("the compiled kernels are not built")
+        if kernels.LLAMA_FALLBACK_REASON is None:
+            assert kernels.swiglu_backward.__module__ == "pythia.kernels.llama_compiled"
+        else:
+            assert "build them" in kernels.LLAMA_FALLBACK_REASON
+    finally:
+        kernels.use(before)
