@@ -82,6 +82,18 @@ def test_adamw_steps_track_torch(case):
     assert losses[-1] < losses[0] - 0.1                          # the steps did train
 
 
+def test_forward_can_return_each_layers_causal_attention(case):
+    model, f = case
+    logits, attn = model.forward(f["idx"], attention=True)
+    np.testing.assert_array_equal(logits, model.forward(f["idx"]))
+    B, T = f["idx"].shape
+    assert len(attn) == model.config.n_layer
+    for a in attn:
+        assert a.shape == (B, model.config.n_head, T, T)
+        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=0, atol=1e-5)     # each query's keys
+        assert np.all(np.triu(a, k=1) == 0)                                # no query sees a later key
+
+
 # ----------------------------------------------------------------------------- the KV cache
 
 def test_cached_decode_equals_uncached_forward(case):
