@@ -100,7 +100,9 @@ def profile(name: str, steps: int) -> None:
         setattr(model_mod, n, f)
     for n, f in saved_k.items():
         setattr(kernels, n, f)
-    for attr in ("_loss_part", "_backward", "loss", "backward"):
+    for attr in ("loss_rows", "backward_rows"):
+        delattr(model.model, attr)
+    for attr in ("loss", "backward"):
         delattr(model, attr)
     del opt.step
     busy = sum(_total.values()) / steps               # thread time: more than wall when shards overlap

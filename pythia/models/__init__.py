@@ -13,19 +13,28 @@ A family module defines a config dataclass and a model class:
     model.grads:  dict[str, ndarray]          same names and shapes; views into grads_memory
     model.params_memory: ndarray (P,)         float32, every parameter end to end
     model.grads_memory:  ndarray (P,)         float32, the gradients laid out like params_memory
+    model.layout: dict[str, (offset, shape)]  where each named parameter sits in params_memory
+                                              (the optimizer names its checkpoint state by it)
     model.decay_mask() -> list[(lo, hi, decays)]   ranges of params_memory covering it in order,
                                               with whether AdamW's weight decay applies there
     model.forward(idx (B, T)) -> logits (B, T, V)               keeps no activations
     model.loss(idx (B, T), targets (B, T)) -> float             mean cross-entropy; keeps activations
     model.backward() -> None                  d(last loss)/d(params) into grads (overwritten)
-    model.new_kv_cache(zeros=np.zeros) -> cache                 cache.length: positions filled
+    model.new_kv_cache(zeros=np.zeros) -> cache                 cache.length: positions filled;
+                                              zeros(shape, dtype) allocates its arrays (the caller's
+                                              memory policy, e.g. pythia.system.memory.lazy_zeros)
     model.forward_cached(tokens (Tn,), cache) -> logits (V,)    logits after the last new token
     model.load_params(params: dict) -> None   copy in place; exact names and shapes (ValueError)
     model.num_params() -> int
 
-Training passes may also be split by rows: `loss_rows(idx, targets, n_total, grads=None)` returns
-(per-row losses (b * T,), activations) and `backward_rows(acts, grads)` writes the gradient of
-sum(losses) / n_total into the dict `grads`; the system layer's batch sharding
-(pythia.system.threads.ShardedModel) uses them. The model itself starts no thread, sets no BLAS
+Training passes may also be split by rows, for the system layer's batch sharding
+(pythia.system.sharding.ShardedModel):
+
+    model.check_pair(idx, targets) -> (idx, targets)            validated (ValueError naming the problem)
+    model.loss_rows(idx (b, T), targets (b, T)) -> (losses (b * T,), acts)   acts["idx"] is idx
+    model.backward_rows(acts, grads: dict, n_total: int) -> None
+        writes d(sum(losses) / n_total)/d(params) into `grads` (same names and shapes as params)
+
+loss() is loss_rows + the mean; backward() is backward_rows(acts, self.grads, B * T). The model itself starts no thread, sets no BLAS
 option and holds no memory policy: the commands wrap it.
 """
