@@ -83,6 +83,8 @@ def extensions():
             # the same source (it includes _kernels.pyx), built with SIMD_FLAGS by BuildExt
             Extension("pythia._kernels_avx2", ["kernels/_kernels_avx2.pyx"], define_macros=macros,
                       include_dirs=inc),
+            # the Llama-family kernels (RMSNorm, rotary embedding, SwiGLU); baseline flags only
+            Extension("pythia._llama_kernels", ["kernels/_llama.pyx"], define_macros=macros, include_dirs=inc),
             # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
             Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
                       language="c++")]

@@ -49,6 +49,7 @@ def use(name: str) -> str:
         BACKEND, FALLBACK_REASON = "cython", None
     for n in NAMES:
         globals()[n] = getattr(impl, n)
+    _bind_llama(BACKEND)
     return BACKEND
 
 
@@ -76,6 +77,39 @@ def _select_default() -> None:
     except RuntimeError as err:
         use("numpy")
         FALLBACK_REASON = str(err)
+
+
+# ----------------------------------------------------------------------------- Llama-family kernels
+# RMSNorm, rotary embedding and SwiGLU follow the backend chosen above; their extension
+# (pythia._llama_kernels) is found as the main one is. When the main backend is compiled but this
+# extension is not built or is stale, these names use their NumPy twins and LLAMA_FALLBACK_REASON
+# says why and how to build.
+from . import reference_llama  # noqa: E402
+
+LLAMA_NAMES = ("rmsnorm_forward", "rmsnorm_backward", "rope_forward", "rope_backward",
+               "swiglu_forward", "swiglu_backward")
+LLAMA_FALLBACK_REASON: str | None = None
+rope_tables = reference_llama.rope_tables
+
+
+def _bind_llama(backend: str) -> None:
+    global LLAMA_FALLBACK_REASON
+    impl, LLAMA_FALLBACK_REASON = reference_llama, None
+    if backend == "cython":
+        from . import _loader, llama_compiled
+        try:
+            ext = _loader._import("_llama_kernels")
+        except ImportError as err:
+            ext, LLAMA_FALLBACK_REASON = None, f"Llama kernels failed to load ({err}); {_loader.BUILD_HINT}"
+        if ext is not None and getattr(ext, "API_VERSION", None) != llama_compiled.API_VERSION:
+            ext, LLAMA_FALLBACK_REASON = None, f"Llama kernels are stale; {_loader.BUILD_HINT}"
+        elif ext is None and LLAMA_FALLBACK_REASON is None:
+            LLAMA_FALLBACK_REASON = f"Llama kernels are not built; {_loader.BUILD_HINT}"
+        if ext is not None:
+            llama_compiled.bind(ext)
+            impl = llama_compiled
+    for n in LLAMA_NAMES:
+        globals()[n] = getattr(impl, n)
 
 
 _select_default()

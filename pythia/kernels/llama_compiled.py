@@ -1,0 +1,79 @@
+"""The compiled backend of the Llama-family kernels: validate and allocate here, compute in
+`pythia._llama_kernels`.
+
+Every function has the name, signature and semantics of its twin in `reference_llama.py` and
+validates through the same `_check_llama` functions. The thread count is chosen here, by the
+size of the work alone (PARALLEL_MIN), and passed to the extension, so a result does not depend
+on timing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _check, _check_llama
+
+API_VERSION = 1  # bump together with API_VERSION in kernels/_llama.pyx
+PARALLEL_MIN = 32768  # elements from which a loop is split over the threads (as in _kernels.pyx)
+_ext = None
+
+
+def bind(ext) -> None:
+    """Route every kernel to the extension module `ext` (pythia._llama_kernels)."""
+    global _ext
+    _ext = ext
+
+
+def _threads(n_elements: int) -> int:
+    return 1 if n_elements < PARALLEL_MIN else _ext.max_threads()
+
+
+def rmsnorm_forward(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6):
+    x, weight = _check_llama.rmsnorm_inputs(x, weight)
+    eps = _check.positive_scalar("eps", eps)
+    y = np.empty_like(x)
+    rstd = np.empty(x.shape[:-1], np.float32)
+    C = x.shape[-1]
+    _ext.rmsnorm_forward(x, weight, y, rstd, x.size // C, C, eps, _threads(x.size))
+    return y, rstd
+
+
+def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, rstd: np.ndarray):
+    dy, x, weight, rstd = _check_llama.rmsnorm_grad_inputs(dy, x, weight, rstd)
+    dx = np.empty_like(x)
+    dweight = np.empty(x.shape[-1], np.float32)
+    C = x.shape[-1]
+    _ext.rmsnorm_backward(dy, x, weight, rstd, dx, dweight, x.size // C, C, _threads(x.size))
+    return dx, dweight
+
+
+def _rope(name, x, cos, sin, sign):
+    x, cos, sin = _check_llama.rope_inputs(name, x, cos, sin)
+    y = np.empty_like(x)
+    T, hs = x.shape[-2:]
+    _ext.rope_apply(x, cos, sin, y, x.size // hs, T, hs, sign, _threads(x.size))
+    return y
+
+
+def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    return _rope("x", x, cos, sin, 1)
+
+
+def rope_backward(dy: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    return _rope("dy", dy, cos, sin, -1)
+
+
+def swiglu_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    gate, up = _check_llama.pair_inputs("gate", gate, "up", up)
+    y = np.empty_like(gate)
+    _ext.swiglu_forward(gate, up, y, gate.size, _threads(2 * gate.size))
+    return y
+
+
+def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray):
+    gate, up = _check_llama.pair_inputs("gate", gate, "up", up)
+    dy = _check.float32_array("dy", dy)
+    _check.same_shape("dy", dy, "gate", gate)
+    dgate = np.empty_like(gate)
+    dup = np.empty_like(gate)
+    _ext.swiglu_backward(dy, gate, up, dgate, dup, gate.size, _threads(2 * gate.size))
+    return dgate, dup
