@@ -55,6 +55,21 @@ cdef extern from *:
         for (int k = 0; k < QK; k++) s += a[k] * (int16_t)w[k];
         return s;
     }
+    /* y[r] = sum_b s_rb (ad_b wd_rb) for R = 4 weight rows w + r C at once, each row's sum in
+       block order as in the reference: the four chains of float adds overlap (one chain waits
+       ~4 cycles an add), and the activation block is loaded once for four rows */
+    #define PYTHIA_R 4
+    static inline void pythia_rows_dot(const int16_t* __restrict a, const float* __restrict ad,
+                                       const int8_t* __restrict w, const float* __restrict wd,
+                                       Py_ssize_t C, Py_ssize_t nb, float* __restrict y) {
+        float acc[PYTHIA_R] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            int32_t s[PYTHIA_R];
+            for (int r = 0; r < PYTHIA_R; r++) s[r] = pythia_dot32(a + b * QK, w + r * C + b * QK);
+            for (int r = 0; r < PYTHIA_R; r++) acc[r] = acc[r] + (float)s[r] * (ad[b] * wd[r * nb + b]);
+        }
+        for (int r = 0; r < PYTHIA_R; r++) y[r] = acc[r];
+    }
     /* one row of C floats -> C int8 and C/QK scales; returns 1 if the row holds NaN or inf.
        |x| compared as the integer bits with the sign cleared: same order as the floats for
        finite values, and NaN/inf are the bit patterns >= 0x7f800000 */
@@ -90,6 +105,9 @@ cdef extern from *:
     int pythia_q_cpu_has_avx2() noexcept nogil
     const char* PYTHIA_Q_ISA
     int32_t pythia_dot32(const int16_t* a, const int8_t* w) noexcept nogil
+    enum: PYTHIA_R
+    void pythia_rows_dot(const int16_t* a, const float* ad, const int8_t* w, const float* wd,
+                         Py_ssize_t C, Py_ssize_t nb, float* y) noexcept nogil
     int pythia_quantize_row(const float* x, int16_t* q, float* d, Py_ssize_t C) noexcept nogil
 
 cdef enum: QK_ = 32
@@ -159,14 +177,27 @@ def q8_matmul(cnp.ndarray xq not None, cnp.ndarray xd not None, cnp.ndarray bad 
         pbias = <const float*>_buf(bias, cnp.NPY_FLOAT32, O, False)
     if threads < 1:
         raise ValueError("threads must be >= 1")
-    for o in prange(O, nogil=True, schedule="static", num_threads=threads):
+    cdef Py_ssize_t tiles = O // PYTHIA_R
+    cdef Py_ssize_t t, r
+    # whole tiles of PYTHIA_R weight rows, then the last O % PYTHIA_R rows one by one
+    for t in prange(tiles + O % PYTHIA_R, nogil=True, schedule="static", num_threads=threads):
         for n in range(N):
-            if pbad[n]:
-                py[n * O + o] = NAN
-            elif pbias != NULL:
-                py[n * O + o] = _row_dot(pxq + n * C, pxd + n * nb, pq + o * C, pwd + o * nb, nb) + pbias[o]
+            if t < tiles:
+                o = t * PYTHIA_R
+                pythia_rows_dot(pxq + n * C, pxd + n * nb, pq + o * C, pwd + o * nb, C, nb, py + n * O + o)
+                for r in range(PYTHIA_R):
+                    py[n * O + o + r] = _finish(py[n * O + o + r], pbias, o + r, pbad[n])
             else:
-                py[n * O + o] = _row_dot(pxq + n * C, pxd + n * nb, pq + o * C, pwd + o * nb, nb)
+                o = tiles * PYTHIA_R + (t - tiles)
+                py[n * O + o] = _finish(_row_dot(pxq + n * C, pxd + n * nb, pq + o * C, pwd + o * nb, nb),
+                                        pbias, o, pbad[n])
+
+
+cdef inline float _finish(float acc, const float* bias, Py_ssize_t o, unsigned char bad) noexcept nogil:
+    # the row's sum plus its bias; NaN for a row of x that held NaN or inf
+    if bad:
+        return NAN
+    return acc + bias[o] if bias != NULL else acc
 
 
 def q8_block_sums(cnp.ndarray xq not None, cnp.ndarray q not None, cnp.ndarray s not None,
