@@ -115,6 +115,18 @@ def test_quantized_weights_round_trip_through_npz_exactly(tmp_path):
     np.testing.assert_array_equal(lin.apply(x), back.apply(x))
 
 
+def test_a_model_of_quantized_layers_round_trips_through_one_npz(tmp_path):
+    layers = {"wte": quant.QuantLinear.from_out_in(rand(50, 64, seed=20)),
+              "h.0.attn.c_attn": quant.QuantLinear.from_in_out(rand(64, 96, seed=21), rand(96, seed=22))}
+    np.savez(tmp_path / "m.npz", **quant.pack(layers), **{"wpe": rand(8, 64)})
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        back = quant.unpack(z)
+    assert sorted(back) == sorted(layers) and back["wte"].bias is None
+    for name, layer in layers.items():
+        for a, b in zip(layer.arrays(name).values(), back[name].arrays(name).values()):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_corrupt_stored_weights_give_one_line():
     arrays = quant.QuantLinear.from_out_in(rand(8, 64)).arrays("w")
     with pytest.raises(ValueError, match="'w' lacks 'w.scales'"):

@@ -6,6 +6,7 @@ each; activations quantized per block at run time; int32 dot products, then scal
     w2 = quant.dequantize_q8_0(q, scales)       # |w - w2| <= scale / 2 per block
     y = quant.q8_matmul(x, q, scales, bias, threads=2)   # x (..., C) -> (..., O) = x W^T + bias
     lin = quant.QuantLinear.from_in_out(w_in_out, bias)  # GPT-2's (in, out) layout; lin.apply(x)
+    np.savez(f, **quant.pack({"h.0.mlp.c_fc": lin}))      # quant.unpack(np.load(f)) reads it back
     quant.BACKEND                               # "cython" or "numpy"
 
 reference.py is the specification (and the NumPy backend); compiled.py runs `pythia._quant`
@@ -87,7 +88,7 @@ def _select_default() -> None:
 
 _select_default()
 
-from .linear import QuantLinear  # noqa: E402  (it calls the backend chosen above)
+from .linear import QuantLinear, pack, unpack  # noqa: E402  (it calls the backend chosen above)
 
-__all__ = ["QK", "quantize_q8_0", "dequantize_q8_0", "q8_matmul", "q8_block_sums", "QuantLinear",
+__all__ = ["QK", "quantize_q8_0", "dequantize_q8_0", "q8_matmul", "q8_block_sums", "QuantLinear", "pack", "unpack",
            "use", "BACKEND", "default_threads"]

@@ -87,3 +87,17 @@ class QuantLinear:
             return cls(np.asarray(q), np.asarray(scales), None if bias is None else np.asarray(bias))
         except (TypeError, ValueError) as err:
             raise ValueError(f"quantized weight {prefix!r} is malformed: {err}") from None
+
+
+def pack(layers: dict[str, QuantLinear]) -> dict[str, np.ndarray]:
+    """Every layer's arrays under its name, for one np.savez: {name.q, name.scales[, name.bias]}."""
+    out: dict[str, np.ndarray] = {}
+    for name, layer in layers.items():
+        out.update(layer.arrays(name))
+    return out
+
+
+def unpack(arrays) -> dict[str, QuantLinear]:
+    """Inverse of pack(): a QuantLinear for each `name.q` key (np.load(..., allow_pickle=False)
+    result or dict); the other keys are left to the caller."""
+    return {k[:-2]: QuantLinear.from_arrays(arrays, k[:-2]) for k in arrays if k.endswith(".q")}
