@@ -96,8 +96,9 @@ cdef extern from *:
             }
         }
         if (worst < 0x7f800000u) return 0;
-        memset(q, 0, (size_t)C * sizeof(int16_t));                     /* a row with NaN or inf: all zero, as */
-        memset(d, 0, (size_t)(C / QK) * sizeof(float));  /* the reference stores it */
+        /* a row with NaN or inf is stored as zeros, as the reference stores it */
+        memset(q, 0, (size_t)C * sizeof(int16_t));
+        memset(d, 0, (size_t)(C / QK) * sizeof(float));
         return 1;
     }
     """
