@@ -32,8 +32,10 @@ def blocks(name: str, cols: int) -> int:
     return cols // QK
 
 
-def quantized(q: object, scales: object, name: str = "q") -> tuple[np.ndarray, np.ndarray]:
-    """A Q8_0 matrix: q int8 (O, C) and scales float32 (O, C // QK), both C-contiguous."""
+def quantized(q: object, scales: object, name: str = "q", *, values: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A Q8_0 matrix: q int8 (O, C) and scales float32 (O, C // QK), both C-contiguous. With
+    values=True the scales must also be finite and >= 0 (a pass over them: done when a weight
+    is built or loaded, not on every product)."""
     if not isinstance(q, np.ndarray) or q.dtype != np.int8:
         raise TypeError(f"{name} must be a numpy.ndarray of int8, got "
                         f"{getattr(q, 'dtype', type(q).__name__)}")
@@ -46,7 +48,7 @@ def quantized(q: object, scales: object, name: str = "q") -> tuple[np.ndarray, n
     if scales.shape != (q.shape[0], nb):
         raise ValueError(f"scales must have shape {(q.shape[0], nb)} (one per block of {QK} in each "
                          f"row of {name}), got {scales.shape}")
-    if not np.isfinite(scales).all() or (scales < 0).any():
+    if values and not (np.isfinite(scales).all() and (scales >= 0).all()):
         raise ValueError("scales must be finite and >= 0; the quantized weights are corrupt")
     return np.ascontiguousarray(q), np.ascontiguousarray(scales)
 

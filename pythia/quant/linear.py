@@ -25,7 +25,7 @@ class QuantLinear:
     __slots__ = ("q", "scales", "bias")
 
     def __init__(self, q: np.ndarray, scales: np.ndarray, bias: np.ndarray | None = None):
-        self.q, self.scales = _check.quantized(q, scales)
+        self.q, self.scales = _check.quantized(q, scales, values=True)
         if bias is not None:
             bias = np.ascontiguousarray(bias, dtype=np.float32)
             if bias.shape != (self.q.shape[0],):

@@ -53,7 +53,7 @@ def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def dequantize_q8_0(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """q int8 (O, C), scales (O, C // 32) -> W float32 (O, C), W = q * d per block."""
-    q, scales = _check.quantized(q, scales)
+    q, scales = _check.quantized(q, scales, values=True)
     O, C = q.shape
     w = q.reshape(O, C // QK, QK).astype(np.float32) * scales[..., None]  # (O, nb, QK)
     return w.reshape(O, C)
