@@ -54,6 +54,8 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             if unix:
                 ext.extra_compile_args += ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+            if unix and ext.name.startswith("pythia._quant"):
+                ext.extra_compile_args += ["-ffp-contract=off"]  # float32 steps as the reference rounds them
             if ext.name.endswith("_avx2"):
                 ext.extra_compile_args += SIMD_FLAGS
             if omp:
@@ -85,6 +87,11 @@ def extensions():
                       include_dirs=inc),
             # the Llama-family kernels (RMSNorm, rotary embedding, SwiGLU); baseline flags only
             Extension("pythia._llama_kernels", ["kernels/_llama.pyx"], define_macros=macros, include_dirs=inc),
+            # Q8_0 int8 matrix products (pythia.quant), baseline and AVX2 builds of one source
+            Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc),
+            Extension("pythia._quant_avx2", ["kernels/_quant_avx2.pyx"], define_macros=macros,
+                      include_dirs=inc),
+>>>>>>> quant
             # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
             Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
                       language="c++")]
@@ -92,7 +99,8 @@ def extensions():
 
 
 setup(
-    packages=["pythia", "pythia.commands", "pythia.models", "pythia.kernels", "pythia.corpora", "pythia.formats", "pythia.inspection", "pythia.system", "pythia.text", "pythia.training"],
+    packages=["pythia", "pythia.commands", "pythia.models", "pythia.kernels", "pythia.corpora", "pythia.formats", "pythia.inspection",
+              "pythia.quant", "pythia.system", "pythia.text", "pythia.training"],
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )
