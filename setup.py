@@ -91,7 +91,6 @@ def extensions():
             Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc),
             Extension("pythia._quant_avx2", ["kernels/_quant_avx2.pyx"], define_macros=macros,
                       include_dirs=inc),
->>>>>>> quant
             # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
             Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
                       language="c++")]
