@@ -1,6 +1,7 @@
-"""The chat REPL: talk to a trained model, one streamed reply at a time.
+"""The chat REPL: talk to a model, one streamed reply at a time.
 
-A conversation is kept as text in the bundled corpus's dialogue format (data/model.txt):
+A model Pythia trained keeps the conversation in the bundled corpus's dialogue format
+(data/model.txt):
 
     User: Hello! Who are you?
     Pythia: I am Pythia, a small language model ...
@@ -8,9 +9,12 @@ A conversation is kept as text in the bundled corpus's dialogue format (data/mod
 
 Each turn appends "User: <message>\\nPythia:" to the transcript, feeds the last block_size tokens
 of it to the model and streams what comes back until the model starts a new line (the end of a
-turn in that format) or writes a speaker tag, or the length limit is reached.
+turn in that format) or writes a speaker tag, or the length limit is reached. A chat model (SmolLM2,
+Qwen2.5, TinyLlama) gets its own chat template instead, and a reply ends at the template's
+end-of-turn token (pythia.conversation holds both formats).
 
-Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset, /probs.
+Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset, /probs,
+/system TEXT (chat models).
 Ctrl-C interrupts a reply and returns to the prompt; Ctrl-D (end of input) leaves.
 """
 from __future__ import annotations
@@ -27,8 +31,7 @@ from .inspection.explain import token_probs
 from .ui import ConsoleUI
 from .units import parse_number
 
-USER, BOT = "User", "Pythia"      # speaker names used by data/model.txt
-TURN_END = "\n\n"                 # the corpus separates exchanges with a blank line
+from .conversation import BOT, USER, Dialogue, Templated
 MAX_LINE = 1 << 20                 # longest line read from piped input, in characters (a bound, not a limit of use)
 
 HELP = """\
@@ -40,6 +43,7 @@ Type a message and press Enter. Commands:
   /seed N        reseed the sampler, so the same conversation gives the same replies
   /len N         longest reply, in tokens
   /probs         after each reply, show how sure the model was of each token (toggle)
+  /system TEXT   the system prompt of a chat model (empty: its default); the conversation is kept
   /reset         forget the conversation so far
   /clear         clear the screen
   exit, quit     leave (so do Ctrl-D and, twice in a row, Ctrl-C)
@@ -104,20 +108,27 @@ def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
     Byte-level BPE can split one character over several tokens; until its bytes complete, the
     decoded text ends in U+FFFD, so those tokens are held back rather than shown as garbage. A
     UTF-8 character has at most 4 bytes and every token at least one, so after 4 held tokens the
-    bytes are truly invalid and are shown as U+FFFD. Only the held tokens are decoded each step,
-    so streaming n tokens costs O(n), not O(n^2). Whatever is still held at the end is shown.
+    bytes are truly invalid and are shown as U+FFFD. The new tokens are decoded after the last
+    token already shown and that token's text is cut off again: a SentencePiece-style tokenizer
+    (Metaspace "▁") drops a word's leading space only at the start of what it decodes, so this
+    gives exactly the text of decoding the whole reply at once. Each step decodes a few tokens, so
+    streaming n tokens costs O(n), not O(n^2). Whatever is still held at the end is shown.
     """
+    prev: list[int] = []          # the last token shown: the context the next ones are decoded in
     held: list[int] = []
     for i in ids:
         held.append(int(i))
-        text = tokenizer.decode(held)
+        shown = tokenizer.decode(prev) if prev else ""
+        text = tokenizer.decode(prev + held)
         if text.endswith("\ufffd") and len(held) < 4:
             yield ""
             continue
-        held = []
-        yield text
+        prev, held = held[-1:], []
+        yield text[len(shown):] if text.startswith(shown) else text
     if held:
-        yield tokenizer.decode(held)
+        shown = tokenizer.decode(prev) if prev else ""
+        text = tokenizer.decode(prev + held)
+        yield text[len(shown):] if text.startswith(shown) else text
 
 
 class ChatSession:
@@ -125,13 +136,14 @@ class ChatSession:
 
     def __init__(self, model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,
                  settings: ChatSettings | None = None, stdin: TextIO | None = None,
-                 user: str = USER, bot: str = BOT) -> None:
+                 user: str = USER, bot: str = BOT, template: Any = None, stop_ids: list[int] = ()) -> None:
         self.model, self.tokenizer = model, tokenizer
+        # the conversation's format: the model's chat template, or the corpus's dialogue lines
+        self.format = Dialogue(tokenizer, user, bot) if template is None else Templated(tokenizer, template, stop_ids)
         self.ui = ui or ConsoleUI()
         self.settings = settings or ChatSettings()
         self.stdin = stdin if stdin is not None else sys.stdin
-        self.user, self.bot = user, bot
-        self.transcript = ""        # the conversation so far, in the corpus's dialogue format
+        self.user, self.bot = user, bot if template is None else "assistant"
         self.ended = False          # whether the last reply ended on its own (benchmarks count these)
         self.rng = np.random.default_rng(self.settings.seed)
         self.block_size = int(model.config.block_size)
@@ -146,6 +158,15 @@ class ChatSession:
                 self.readline = True
             except ImportError:
                 pass
+
+    @property
+    def transcript(self) -> str:
+        """The dialogue so far (a model Pythia trained; a chat model keeps format.messages)."""
+        return getattr(self.format, "transcript", "")
+
+    @transcript.setter
+    def transcript(self, text: str) -> None:
+        self.format.transcript = text
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -217,8 +238,14 @@ class ChatSession:
                 if ui.live:
                     ui.write("\033[2J\033[H")  # erase the screen, cursor to the top-left corner
             elif name == "/reset":
-                self.transcript = ""
+                self.format.reset()
                 ui.notice("(context forgotten)")
+            elif name == "/system":
+                if not self.format.supports_system:
+                    raise ValueError("/system needs a chat model with a chat template; this model "
+                                     "continues User:/Pythia: dialogue")
+                self.format.system = arg or None
+                ui.notice(f"(system prompt: {arg!r})" if arg else "(the model's default system prompt)")
             elif name == "/temp":
                 v = _number(arg, float, "/temp X needs a number >= 0, e.g. /temp 0.8")
                 if v < 0:
@@ -273,11 +300,6 @@ class ChatSession:
         kept, dropped = filt(text)
         return kept, sorted(set(dropped))
 
-    def context_ids(self, text: str) -> list[int]:
-        """The transcript plus text, encoded, cropped to the last block_size tokens."""
-        ids = self.tokenizer.encode(text)
-        return ids[-self.block_size:]
-
     def reply(self, message: str) -> str:
         """Generate and stream the model's answer to message; returns the text shown."""
         ui, s = self.ui, self.settings
@@ -289,24 +311,28 @@ class ChatSession:
         if not kept:
             ui.notice("(nothing left to say after dropping those characters; try other words)")
             return ""
-        turn = f"{self.user}: {kept}\n{self.bot}:"
-        prompt_text, _ = self.encode_known(self.transcript + turn)  # speaker tags may be unknown too
-        ids = self.context_ids(prompt_text)
+        # room for the prompt: the whole context for a small model (the window slides as it
+        # generates); a long-context chat model keeps room for the reply too
+        room = self.block_size if self.block_size <= 4 * s.max_new_tokens else self.block_size - s.max_new_tokens
+        ids = self.format.prompt_ids(kept, room)
         if not ids:
             ui.notice("(the model's vocabulary cannot encode this conversation)")
             return ""
-        stop = StopFilter(("\n", f"{self.user}:", f"{self.bot}:"))
+        stop = StopFilter(self.format.stop_strings)
         raw = ""       # the reply as generated (up to the stop), kept in the transcript
         started = False
         ui.write(ui.style(f"{self.bot.lower()}> ", "bold", "cyan"))
         seen: list = []      # (token, its probability, top 5 (token, probability)) per generated token
         watch = {"observe": lambda logits, tok: seen.append(token_probs(logits, tok))} if s.show_probs else {}
+        stopped: list[int] = []                   # the end-of-turn id the model chose, if it did
         gen = self.model.generate(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
                                   top_p=s.top_p, rng=self.rng, **watch)
+        self.last_ids = []                        # the reply's token ids (without the end-of-turn id)
+        ids_out = _until(gen, set(self.format.stop_ids), stopped, self.last_ids)
         interrupted = False
         done = False
         try:
-            for piece in stream_text(self.tokenizer, gen):
+            for piece in stream_text(self.tokenizer, ids_out):
                 out, done = stop.feed(piece)
                 raw += out
                 if not started:  # the corpus puts a space after "Pythia:"; do not show it
@@ -320,6 +346,7 @@ class ChatSession:
                 tail = stop.flush()
                 raw += tail
                 ui.write(tail if started else tail.lstrip())
+                done = bool(stopped)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -337,11 +364,19 @@ class ChatSession:
             for row in reply_probs_view(self.tokenizer, seen, raw, ended=done, color=ui.color,
                                         unicode=ui.unicode, width=ui.width):
                 ui.line(row)
-        self.transcript = (self.transcript + turn + raw.rstrip() + TURN_END)
-        # keep the transcript bounded: only its last block_size tokens can matter
-        if len(self.transcript) > 16 * self.block_size:
-            self.transcript = self.transcript[-8 * self.block_size:]
+        self.format.record(kept, raw)
         return raw.strip()
+
+
+def _until(ids: Iterator[int], stop_ids: set[int], stopped: list[int], seen: list[int]) -> Iterator[int]:
+    """ids up to the first of stop_ids, which is appended to stopped rather than yielded; each id
+    yielded is appended to seen."""
+    for i in ids:
+        if i in stop_ids:
+            stopped.append(i)
+            return
+        seen.append(int(i))
+        yield i
 
 
 def _number(arg: str, kind: Callable[[str], Any], message: str):
@@ -353,6 +388,7 @@ def _number(arg: str, kind: Callable[[str], Any], message: str):
 
 
 def run_chat(model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,
-             settings: ChatSettings | None = None, stdin: TextIO | None = None) -> None:
-    """Run the REPL until exit, quit or end of input."""
-    ChatSession(model, tokenizer, ui=ui, settings=settings, stdin=stdin).run()
+             settings: ChatSettings | None = None, stdin: TextIO | None = None,
+             template: Any = None, stop_ids: list[int] = ()) -> None:
+    """Run the REPL until exit, quit or end of input (with template: a chat model's own format)."""
+    ChatSession(model, tokenizer, ui=ui, settings=settings, stdin=stdin, template=template, stop_ids=stop_ids).run()

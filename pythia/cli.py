@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .commands import (chat, convert_gpt2, explain, export, generate, plot, prepare, tokenize, train,
+from .commands import (chat, convert, convert_gpt2, explain, export, generate, plot, prepare, tokenize, train,
                        train_chat)
 from .commands.kernel_choice import check_kernel_env
 from .errors import PythiaError
@@ -104,7 +104,7 @@ examples:
 Exit status: 0 done, 1 error, 2 bad command line, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
 
 
-COMMANDS = (train_chat, train, chat, generate, convert_gpt2, export, prepare, tokenize, explain, plot)
+COMMANDS = (train_chat, train, chat, generate, convert, convert_gpt2, export, prepare, tokenize, explain, plot)
 
 
 def build_parser() -> Parser:

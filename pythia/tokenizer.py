@@ -114,7 +114,7 @@ class SimpleTokenizer:
         return f"SimpleTokenizer(vocab_size={self.vocab_size})"
 
 
-TOKENIZER_KINDS = ("char", "gpt2-bpe", "byte-bpe")   # every kind a checkpoint may record
+TOKENIZER_KINDS = ("char", "gpt2-bpe", "byte-bpe", "hf-bpe")   # every kind a checkpoint may record
 
 
 def tokenizer_from_arrays(kind: str, arrays: dict[str, np.ndarray]):
@@ -127,4 +127,7 @@ def tokenizer_from_arrays(kind: str, arrays: dict[str, np.ndarray]):
     if kind == "byte-bpe":
         from .text.bpe_train import ByteBPETokenizer  # a BPE trained by `pythia prepare --tokenizer bpe`
         return ByteBPETokenizer.from_arrays(arrays)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char', 'gpt2-bpe' or 'byte-bpe'")
+    if kind == "hf-bpe":
+        from .text.hf_tokenizer import HFTokenizer    # a Hugging Face folder's tokenizer.json
+        return HFTokenizer.from_arrays(arrays)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}")

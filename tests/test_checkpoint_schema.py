@@ -45,7 +45,9 @@ def real(tmp_path_factory) -> Path:
     corpus = {"prepared": "notes.tok", "tokenizer": "char", "n_tokens": len(ids), "val_fraction": 0.1,
               "sources": [{"name": "notes.txt", "size": len(TEXT), "sha256": "0" * 64}]}  # as from a prepared folder
     save_checkpoint(path, model, tok, optimizer=opt, step=2, rng_state={"train": rng.bit_generator.state},
-                    train_config=cfg.to_dict(), corpus=corpus)
+                    train_config=cfg.to_dict(), corpus=corpus,
+                    chat={"template": {"format": "chatml", "bos_token": "a", "eos_token": "b", "default_system": "c",
+                                       "system_always": False}, "stop_ids": [1, 2]})  # as a converted chat model
     return path
 
 

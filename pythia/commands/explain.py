@@ -31,6 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inspection.explain import run_explain
     select_kernels(args.kernels)
-    model, tokenizer, _ = load_model(args)
-    run_explain(model, tokenizer, args.text, layer=args.layer, head=args.head, out=sys.stdout)
+    m = load_model(args)
+    run_explain(m.model, m.tokenizer, args.text, layer=args.layer, head=args.head, out=sys.stdout)
     return 0

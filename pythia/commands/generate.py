@@ -13,8 +13,9 @@ NAME = "generate"
 SUMMARY = "print one completion of a prompt"
 DESCRIPTION = ("Continue --prompt and write the prompt and its continuation to stdout (status and "
                "notices go to stderr), for scripts.")
-EPILOG = ("examples:\n  python -m pythia generate --checkpoint pythia-chat.npz --prompt 'User: Hi' --seed 7\n"
-          "  python -m pythia generate --gpt2 ./gpt2 --prompt 'The sea' --temperature 0")
+EPILOG = ("examples:\n  python -m pythia generate --model pythia-chat.npz --prompt 'User: Hi' --seed 7\n"
+          "  python -m pythia generate --model ./gpt2 --prompt 'The sea' --temperature 0\n"
+          "  python -m pythia generate --model ./smollm2 --prompt 'The capital of France is' --temperature 0")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p, length=200)
 
 
+def until_stop(ids, stop_ids):
+    """The ids up to (not including) the first one in stop_ids."""
+    stops = set(stop_ids)
+    for i in ids:
+        if i in stops:
+            return
+        yield i
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -31,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from ..ui import ConsoleUI
     err = ConsoleUI(sys.stderr)
     select_kernels(args.kernels)
-    model, tokenizer, source = load_model(args)
+    m = load_model(args)
+    model, tokenizer = m.model, m.tokenizer
     backend, fallback = kernel_status(args.kernels)
-    err.notice(f"pythia: {source}{err.dot}kernels {backend}")
+    err.notice(f"pythia: {m.description}{err.dot}kernels {backend}")
     if fallback:
         err.warn(f"fell back to the NumPy kernels, which are slower: {fallback}")
     prompt = args.prompt.encode("utf-8", "replace").decode("utf-8")  # undecodable argv bytes -> '?'
@@ -42,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         prompt, dropped = filt(prompt)
         if dropped:
             err.notice(f"dropped {len(dropped)} character(s) the vocabulary lacks: {''.join(dropped)!r}")
-    ids = tokenizer.encode(prompt)
+    ids = m.prompt_ids(prompt)
     if not ids:
         raise ConfigError("--prompt is empty (after dropping characters the vocabulary lacks); "
                           "give some text to continue")
@@ -54,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
     gen = model.generate(ids[-model.config.block_size:], s.max_new_tokens, temperature=s.temperature,
                          top_k=s.top_k, top_p=s.top_p, rng=rng)
+    gen = until_stop(gen, m.stop_ids)              # a Hugging Face model's eos ends the completion
     try:
         for piece in stream_text(tokenizer, gen):
             out.write(piece)

@@ -1,4 +1,5 @@
-"""The model a command runs: --checkpoint FILE or --gpt2 DIR (chat, generate, explain)."""
+"""The model a command runs: --model SRC (a Pythia checkpoint or a Hugging Face folder, told apart
+by looking), with --checkpoint FILE and --gpt2 DIR kept as its older spellings."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,18 @@ from pathlib import Path
 from ..errors import ConfigError
 
 
-def add_model_source(p: argparse.ArgumentParser) -> None:
+def add_model_source(p: argparse.ArgumentParser, *, chat_format: bool = False) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="FILE", help="a .npz written by train, train-chat or convert-gpt2")
-    src.add_argument("--gpt2", metavar="DIR",
-                     help="a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt)")
+    src.add_argument("--model", metavar="SRC",
+                     help="a Pythia checkpoint (.npz) or a Hugging Face model folder: GPT-2, Llama, SmolLM2, "
+                          "Qwen2.5, TinyLlama (config.json, model.safetensors, tokenizer files)")
+    src.add_argument("--checkpoint", metavar="FILE", help="the same as --model FILE")
+    src.add_argument("--gpt2", metavar="DIR", help="the same as --model DIR")
+    if chat_format:
+        from ..formats.chat_template import FORMATS
+        p.add_argument("--chat-format", choices=FORMATS, default=None,
+                       help="the chat template to use instead of the model's own (chatml: SmolLM2, Qwen2.5; "
+                            "zephyr: TinyLlama-Chat; llama2: [INST]; plain: User:/Pythia: lines)")
 
 
 def gpt2_support():
@@ -24,18 +32,11 @@ def gpt2_support():
 
 
 def load_model(args: argparse.Namespace):
-    """(model, tokenizer, description) from --checkpoint FILE or --gpt2 DIR."""
-    if args.gpt2:
-        model, tokenizer = gpt2_support().load_gpt2(args.gpt2)
-        return model, tokenizer, f"GPT-2 weights from {args.gpt2}"
-    if args.checkpoint:
-        from ..formats.checkpoint import load_checkpoint
-        ckpt = load_checkpoint(args.checkpoint, optimizer=False)
-        if ckpt.step:
-            what = f"trained {ckpt.step} steps"
-        else:
-            what = "converted GPT-2 weights" if ckpt.tokenizer.kind == "gpt2-bpe" else "untrained"
-        return ckpt.model, ckpt.tokenizer, f"{args.checkpoint} ({what})"
+    """The pythia.formats.source.LoadedModel that --model, --checkpoint or --gpt2 names."""
+    from ..formats.source import open_model
+    src = args.model or args.checkpoint or args.gpt2
+    if src:
+        return open_model(src, chat_format=getattr(args, "chat_format", None), folder=bool(args.gpt2))
     found = sorted(str(p) for p in Path(".").glob("*.npz"))
-    hint = f"; e.g. --checkpoint {found[0]}" if found else "; train one with `python -m pythia train`"
-    raise ConfigError(f"{args.command} needs a model: --checkpoint FILE or --gpt2 DIR{hint}")
+    hint = f"; e.g. --model {found[0]}" if found else "; train one with `python -m pythia train`"
+    raise ConfigError(f"{args.command} needs a model: --model SRC (a checkpoint or a Hugging Face folder){hint}")

@@ -126,7 +126,8 @@ def _token_text(v: object) -> str | None:
 
 
 def read_tokenizer_config(folder: str | os.PathLike) -> dict:
-    """folder/tokenizer_config.json as a dict ({} when absent); ConfigError when it is not JSON."""
+    """folder/tokenizer_config.json as a dict ({} when absent), with the text of chat_template.jinja
+    as its chat_template when the JSON has none; ConfigError when it is not JSON."""
     path = Path(folder) / "tokenizer_config.json"
     if not path.is_file():
         return {}
@@ -136,6 +137,12 @@ def read_tokenizer_config(folder: str | os.PathLike) -> dict:
         raise ConfigError(f"{path} is not readable JSON ({e}); download it again") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} must hold a JSON object")
+    jinja = Path(folder) / "chat_template.jinja"   # newer folders keep the template in a file of its own
+    if "chat_template" not in obj and jinja.is_file():
+        try:
+            obj["chat_template"] = jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{jinja} is not readable UTF-8 text ({e}); download it again") from None
     return obj
 
 

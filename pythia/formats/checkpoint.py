@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from ..models import family, family_of
 from .checkpoint_schema import FORMAT, FORMAT_VERSION
 
 
@@ -41,6 +42,7 @@ class Checkpoint:
     train_config: dict = field(default_factory=dict)
     path: Path | None = None
     corpus: dict | None = None                   # the prepared corpus trained on (pythia.corpora.prepared identity)
+    chat: dict | None = None                     # {"template": ChatTemplate fields, "stop_ids": [...]} or None
 
 
 def _meta_bytes(meta: dict) -> np.ndarray:
@@ -49,7 +51,7 @@ def _meta_bytes(meta: dict) -> np.ndarray:
 
 def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None, step: int = 0,
                     rng_state: dict | None = None, train_config: dict | None = None,
-                    corpus: dict | None = None) -> None:
+                    corpus: dict | None = None, chat: dict | None = None) -> None:
     """Write model, tokenizer and (optionally) optimizer, step, RNG state and train config to path.
 
     Atomic (pythia.system.atomic.atomic_write): the archive goes to a temporary file in the same
@@ -76,6 +78,7 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
+        "family": family_of(model),
         "model_config": dataclasses.asdict(model.config),
         "tokenizer_kind": tokenizer.kind,
         "step": int(step),
@@ -85,6 +88,8 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     }
     if corpus is not None:
         meta["corpus"] = corpus
+    if chat is not None:
+        meta["chat"] = chat                      # the chat template and stop ids of a converted chat model
     arrays["meta"] = _meta_bytes(meta)
 
     from ..system.atomic import atomic_write
@@ -184,7 +189,6 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
 
     optimizer=False leaves the optimizer state (twice the weights' size) unread, for a caller
     that only uses the model (chat, generate, export); optimizer_arrays is then None."""
-    from ..model import Pythia, PythiaConfig
     from ..tokenizer import tokenizer_from_arrays
 
     path = Path(path)
@@ -192,8 +196,9 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
     arrays = _read_archive(path, skip=None if optimizer else "opt/")
     meta = _read_meta(arrays, what)
 
+    Config, Model, param_shapes = family(meta.get("family", "gpt2"))
     try:
-        config = PythiaConfig.from_dict(dict(meta["model_config"]))
+        config = Config.from_dict(dict(meta["model_config"]))
     except Exception as e:
         raise CheckpointError(f"{what} has an invalid model config ({e}); it is corrupt, use another checkpoint") from None
 
@@ -204,8 +209,8 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         if not np.isfinite(a).all():
             raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
                                   f"use an earlier checkpoint")
-    _check_param_shapes(params, config, what)                   # before allocating the model
-    model = Pythia(config, init=False)                          # every weight is loaded next
+    _check_param_shapes(params, param_shapes(config), config, what)  # before allocating the model
+    model = Model(config, init=False)                          # every weight is loaded next
     model.load_params(params)
 
     kind = meta["tokenizer_kind"]
@@ -220,6 +225,11 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{what} has an unreadable tokenizer ({e}); it is corrupt, use another checkpoint") from None
     _check_tokenizer_fits(tokenizer, config.vocab_size, what)
+    chat = meta.get("chat") if isinstance(meta.get("chat"), dict) else None
+    bad = [i for i in (chat or {}).get("stop_ids", []) if i >= config.vocab_size]
+    if bad:
+        raise CheckpointError(f"{what}: field chat.stop_ids holds id {bad[0]}, outside the vocabulary of "
+                              f"{config.vocab_size}; it is corrupt, use another checkpoint")
 
     opt = None
     if meta.get("has_optimizer") and optimizer:
@@ -228,13 +238,12 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
 
     return Checkpoint(model=model, tokenizer=tokenizer, optimizer_arrays=opt, step=meta["step"],
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
-                      path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None)
+                      path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None,
+                      chat=chat)
 
 
-def _check_param_shapes(params: dict[str, np.ndarray], config, what: str) -> None:
+def _check_param_shapes(params: dict[str, np.ndarray], expected: dict, config, what: str) -> None:
     """The weights must be exactly those model_config implies, by name and shape."""
-    from ..model import _param_shapes
-    expected = _param_shapes(config)
     sizes = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config).items())
     for name, shape in expected.items():
         if name not in params:

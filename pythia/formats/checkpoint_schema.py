@@ -21,7 +21,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..models import FAMILIES
 from ..tokenizer import TOKENIZER_KINDS
+from .chat_template import FORMATS as CHAT_FORMATS
 
 FORMAT = "pythia-checkpoint"   # meta["format"] of every checkpoint
 FORMAT_VERSION = 1              # meta["version"]: raised when a change breaks older readers
@@ -120,6 +122,19 @@ class Sources:
 
 
 @dataclass(frozen=True)
+class IdList:
+    """A list of token ids: whole numbers >= 0."""
+    required: bool = True
+    need: str = "a list of whole numbers >= 0"
+
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
+
+    def bad_values(self) -> list:
+        return ["x", [-1], [1.5]]
+
+
+@dataclass(frozen=True)
 class Choice:
     """One of a few exact strings (or one exact integer, for the format version)."""
     choices: tuple
@@ -165,6 +180,23 @@ SCHEMA: dict[str, Any] = {
     "model_config.d_model": Int(lo=1),
     "model_config.n_layer": Int(lo=1),
     "model_config.n_head": Int(lo=1),
+    # the Llama family's further sizes (pythia.models.llama.LlamaConfig)
+    "model_config.n_kv_head": opt(Int(lo=1)),
+    "model_config.head_dim": opt(Int(lo=2)),
+    "model_config.d_ff": opt(Int(lo=1)),
+    "model_config.norm_eps": opt(Number(lo=0, lo_open=True)),
+    "model_config.rope_theta": opt(Number(lo=0, lo_open=True)),
+    "model_config.qkv_bias": opt(Bool()),
+    "model_config.tie_embeddings": opt(Bool()),
+    "family": opt(Choice(tuple(FAMILIES))),
+    "chat": Obj(required=False, nullable=True),           # a converted chat model's template
+    "chat.template": Obj(closed=True),
+    "chat.template.format": Choice(CHAT_FORMATS),
+    "chat.template.bos_token": opt(Text()),
+    "chat.template.eos_token": opt(Text()),
+    "chat.template.default_system": opt(Text()),
+    "chat.template.system_always": opt(Bool()),
+    "chat.stop_ids": opt(IdList()),
     "tokenizer_kind": Choice(TOKENIZER_KINDS),
     "step": Int(lo=0),
     "has_optimizer": opt(Bool()),
@@ -200,7 +232,8 @@ SCHEMA: dict[str, Any] = {
 # Checks across fields: (field named in the message, test on the whole meta, what it must be).
 # Each runs only when the fields it reads passed their own rules.
 CROSS = [
-    ("model_config.d_model", lambda m: m["model_config"]["d_model"] % m["model_config"]["n_head"] == 0,
+    ("model_config.d_model", lambda m: "head_dim" in m["model_config"]      # its own head size: no rule
+     or m["model_config"]["d_model"] % m["model_config"]["n_head"] == 0,
      lambda m: f"divisible by model_config.n_head ({m['model_config']['n_head']})"),
     ("train_config.min_lr",
      lambda m: m["train_config"].get("min_lr", 0) <= m["train_config"].get("lr", math.inf),

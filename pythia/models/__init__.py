@@ -38,3 +38,23 @@ Training passes may also be split by rows, for the system layer's batch sharding
 loss() is loss_rows + the mean; backward() is backward_rows(acts, self.grads, B * T). The model itself starts no thread, sets no BLAS
 option and holds no memory policy: the commands wrap it.
 """
+
+# name -> module path of each family; a checkpoint records the name (meta "family"), and a model
+# says its own through its FAMILY class attribute
+FAMILIES = {"gpt2": ("gpt2", "PythiaConfig", "Pythia"), "llama": ("llama", "LlamaConfig", "Llama")}
+
+
+def family(name: str):
+    """(Config class, Model class, param_shapes(config) -> {name: shape}) of the family `name`;
+    ValueError for an unknown one."""
+    import importlib
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; this Pythia knows {', '.join(sorted(FAMILIES))}")
+    module, config, model = FAMILIES[name]
+    m = importlib.import_module(f"{__name__}.{module}")
+    return getattr(m, config), getattr(m, model), m.param_shapes
+
+
+def family_of(model) -> str:
+    """The family name of a model object (its FAMILY attribute; GPT-2 when it has none)."""
+    return getattr(model, "FAMILY", "gpt2")

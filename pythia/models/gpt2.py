@@ -77,6 +77,11 @@ class KVCache:
         self.length = 0                                          # positions filled so far
 
 
+def param_shapes(cfg: PythiaConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, without allocating the model."""
+    return _param_shapes(cfg)
+
+
 def _param_shapes(cfg: PythiaConfig) -> dict[str, tuple[int, ...]]:
     V, C = cfg.vocab_size, cfg.d_model
     shapes = {"wte": (V, C), "wpe": (cfg.block_size, C)}
@@ -111,6 +116,8 @@ def _views(flat: np.ndarray, layout: dict) -> dict[str, np.ndarray]:
 
 class Pythia:
     """GPT-2 with a hand-written backward. params/grads are dicts of float32 arrays by HF GPT-2 name."""
+
+    FAMILY = "gpt2"                     # the name checkpoints record (pythia.models.FAMILIES)
 
     def __init__(self, config: PythiaConfig, seed: int = 0, *, init: bool = True):
         """GPT-2 initialisation from `seed`; with init=False every parameter is 0, for a caller

@@ -177,6 +177,11 @@ def _blocks(cfg: LlamaConfig) -> list[tuple[str, list[tuple[str, tuple[int, ...]
     return mats + vecs
 
 
+def param_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's Hugging Face name and shape, without allocating the model."""
+    return {name: shape for _, members in _blocks(cfg) for name, shape in members}
+
+
 def _hf_order(cfg: LlamaConfig) -> list[str]:
     """Parameter names in Hugging Face's state_dict order."""
     names = ["model.embed_tokens.weight"]
@@ -229,6 +234,8 @@ class KVCache:
 
 class Llama:
     """A Llama-family model; params/grads are dicts of float32 views by Hugging Face name."""
+
+    FAMILY = "llama"                     # the name checkpoints record (pythia.models.FAMILIES)
 
     def __init__(self, config: LlamaConfig, seed: int = 0, *, init: bool = True):
         """N(0, 0.02) matrices and RMSNorm gains 1 from `seed`; with init=False every parameter is
