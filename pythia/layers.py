@@ -32,6 +32,10 @@ GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
     crossentropy_forward(logits (N, V), targets (N,)) -> (losses (N,), probs (N, V))
     crossentropy_backward(probs, targets, n_total) -> dlogits (N, V), the gradient of
         sum(losses) / n_total
+        a target IGNORE (-1) is not scored: its loss is 0 and its row gets no gradient (a
+        conversation's user turns and padding); counted(targets) is how many rows are scored
+    adapter_forward(adapter, x, out, names), adapter_backward(adapter, dx, dout, x, names, grads)
+        the hook of a low-rank adapter (pythia.lora) on a linear layer; nothing when adapter is None
 
 `scale` defaults to 1 / sqrt(hs). A family that rotates q and k (rotary positions) does so on
 its own arrays before attention_forward and rotates dq, dk back after attention_backward.
@@ -54,14 +58,30 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) ->
     return out
 
 
-def linear_backward(dw: np.ndarray, db: np.ndarray | None, dout: np.ndarray, x: np.ndarray,
+def linear_backward(dw: np.ndarray | None, db: np.ndarray | None, dout: np.ndarray, x: np.ndarray,
                     w: np.ndarray) -> np.ndarray:
-    # y = x W + b  =>  dW = x^T dy, db = sum_rows dy, dx = dy W^T
-    np.matmul(x.T, dout, out=dw)                                 # (Cin, N) @ (N, Cout) -> (Cin, Cout)
+    # y = x W + b  =>  dW = x^T dy, db = sum_rows dy, dx = dy W^T; dw None: W is frozen, dW is skipped
+    if dw is not None:
+        np.matmul(x.T, dout, out=dw)                             # (Cin, N) @ (N, Cout) -> (Cin, Cout)
     if db is not None:
         ones = np.ones(dout.shape[0], dout.dtype)                # (N,)
         np.matmul(ones, dout, out=db)                            # (N,) @ (N, Cout) -> (Cout,): the row sum as a gemv
     return dout @ w.T                                            # (N, Cout) @ (Cout, Cin) -> (N, Cin)
+
+
+def adapter_forward(adapter, x: np.ndarray, out: np.ndarray, names: tuple[str, ...]) -> None:
+    """Add an adapter's term to out (N, sum of the widths), the outputs of the weights `names` side
+    by side (a fused block's members in order) computed from x (N, Cin); nothing without one."""
+    if adapter is not None:
+        adapter.forward(x, out, names)
+
+
+def adapter_backward(adapter, dx: np.ndarray, dout: np.ndarray, x: np.ndarray, names: tuple[str, ...],
+                     grads: dict) -> None:
+    """The adapter's share of a linear layer's backward: adds its path's input gradient into dx
+    (N, Cin) and writes its own parameters' gradients into grads; nothing without one."""
+    if adapter is not None:
+        adapter.backward(dx, dout, x, names, grads)
 
 
 def embedding_forward(wte: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -247,11 +267,28 @@ def full_attention(probs: list[np.ndarray], T: int) -> np.ndarray:
 # ============================================================================ loss
 
 
+IGNORE = -1  # a target that is not scored (padding, or what the model is not asked to say)
+
+
+def counted(targets: np.ndarray) -> int:
+    """How many targets are scored (not IGNORE): the denominator of the mean loss."""
+    return int(np.count_nonzero(np.asarray(targets) != IGNORE))
+
+
 def crossentropy_forward(logits: np.ndarray, targets: np.ndarray):
-    return kernels.crossentropy_forward(logits, targets)         # (losses (N,), probs (N, V))
+    """(losses (N,), probs (N, V)); a row whose target is IGNORE has loss 0 (its probs are kept)."""
+    skip = targets == IGNORE                                     # (N,)
+    if not skip.any():
+        return kernels.crossentropy_forward(logits, targets)     # (losses (N,), probs (N, V))
+    losses, probs = kernels.crossentropy_forward(logits, np.where(skip, 0, targets))  # any valid id stands in
+    losses[skip] = 0.0
+    return losses, probs
 
 
 def crossentropy_backward(probs: np.ndarray, targets: np.ndarray, n_total: int) -> np.ndarray:
-    """Gradient of sum(losses) / n_total wrt the logits: (probs - onehot(targets)) / n_total."""
-    dlosses = np.full(probs.shape[0], 1.0 / n_total, dtype=probs.dtype)  # (N,)
-    return kernels.crossentropy_backward(dlosses, probs, targets)        # (N, V)
+    """Gradient of sum(losses) / n_total wrt the logits: (probs - onehot(targets)) / n_total on
+    scored rows, 0 on IGNORE rows."""
+    skip = targets == IGNORE                                     # (N,)
+    dlosses = np.full(probs.shape[0], 1.0 / max(n_total, 1), dtype=probs.dtype)  # (N,)
+    dlosses[skip] = 0.0                                          # (probs - onehot) * 0 = 0
+    return kernels.crossentropy_backward(dlosses, probs, np.where(skip, 0, targets))  # (N, V)

@@ -118,6 +118,13 @@ class Pythia:
     """GPT-2 with a hand-written backward. params/grads are dicts of float32 arrays by HF GPT-2 name."""
 
     FAMILY = "gpt2"                     # the name checkpoints record (pythia.models.FAMILIES)
+    adapter = None                      # a low-rank adapter's hook on the projections (pythia.lora)
+
+    def lora_targets(self) -> dict[str, tuple[str, str]]:
+        """The projections an adapter may train: name -> (group "attn" | "mlp", orientation); GPT-2's
+        Conv1D weights are (in, out), computing x W: "in_out"."""
+        groups = {"attn.c_attn": "attn", "attn.c_proj": "attn", "mlp.c_fc": "mlp", "mlp.c_proj": "mlp"}
+        return {f"h.{i}.{k}.weight": (g, "in_out") for i in range(self.config.n_layer) for k, g in groups.items()}
 
     def __init__(self, config: PythiaConfig, seed: int = 0, *, init: bool = True):
         """GPT-2 initialisation from `seed`; with init=False every parameter is 0, for a caller
@@ -210,8 +217,10 @@ class Pythia:
         return a
 
     def check_pair(self, idx, targets) -> tuple[np.ndarray, np.ndarray]:
+        """Checked (idx, targets); a target may be layers.IGNORE (not scored)."""
         idx = self.check_idx(idx)
-        targets = self.check_idx(targets, "targets")
+        targets = np.asarray(targets)
+        self.check_idx(np.where(targets == nn.IGNORE, 0, targets) if targets.size else targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
         return idx, targets
@@ -235,14 +244,14 @@ class Pythia:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T); keeps activations for backward()."""
         idx, targets = self.check_pair(idx, targets)
         self._acts = None                                        # free the last pass's activations first
-        losses, self._acts = self.loss_rows(idx, targets)        # (N,)
-        return float(losses.mean(dtype=np.float64))
+        losses, self._acts = self.loss_rows(idx, targets)        # (N,), 0 where not scored
+        return float(losses.sum(dtype=np.float64) / max(nn.counted(targets), 1))
 
     def backward(self) -> None:
         """Gradients of the last loss() wrt every parameter, written into self.grads."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
-        self.backward_rows(self._acts, self.grads, self._acts["idx"].size)
+        self.backward_rows(self._acts, self.grads, nn.counted(self._acts["targets"]))
 
     def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
         """Per-token losses (b * T,) of rows idx (b, T) (checked) and the activations their backward needs."""
@@ -266,17 +275,17 @@ class Pythia:
             p = f"h.{i}."
             a = {"x": x}
             h, a["ln1_mean"], a["ln1_rstd"] = nn.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])
-            qkv = nn.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (N, 3C)
+            qkv = self._linear(h, p + "attn.c_attn")                                           # (N, 3C)
             att = np.empty((B * T, C), qkv.dtype)                                               # (N, C) heads side by side
             a["probs"] = nn.attention_forward(_heads(att, B, T, H), *_qkv_heads(qkv, B, T, H))
             if attn is not None:
                 attn.append(nn.full_attention(a["probs"], T))                                   # (B, H, T, T)
-            x = x + nn.linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (N, C)
+            x = x + self._linear(att, p + "attn.c_proj")                                       # (N, C)
             a.update(ln1=h, qkv=qkv, att=att, x_mid=x)
             h2, a["ln2_mean"], a["ln2_rstd"] = nn.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            fc = nn.linear_forward(h2, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"])           # (N, 4C)
+            fc = self._linear(h2, p + "mlp.c_fc")                                              # (N, 4C)
             g = nn.gelu_forward(fc)                                                              # (N, 4C)
-            x = x + nn.linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])     # (N, C)
+            x = x + self._linear(g, p + "mlp.c_proj")                                          # (N, C)
             a.update(ln2=h2, fc=fc, gelu=g)
             if keep is not None:                                 # inference drops each layer's activations
                 blocks.append(a)
@@ -294,37 +303,51 @@ class Pythia:
         N, H = B * T, cfg.n_head
         dlogits = nn.crossentropy_backward(a["probs"], a["targets"], n_total)  # (N, V)
         # logits = hf wte^T  =>  dwte (head part) = dlogits^T hf, dhf = dlogits wte
-        np.matmul(dlogits.T, a["lnf"], out=G["wte"])             # (V, N) @ (N, C) -> (V, C)
+        # a name absent from G is frozen (an adapter trains instead): its gradient is not computed
+        if "wte" in G:
+            np.matmul(dlogits.T, a["lnf"], out=G["wte"])         # (V, N) @ (N, C) -> (V, C)
         dhf = dlogits @ P["wte"]                                 # (N, V) @ (V, C) -> (N, C)
-        dx, G["ln_f.weight"][...], G["ln_f.bias"][...] = nn.layernorm_backward(
-            dhf, a["x_f"], P["ln_f.weight"], a["lnf_mean"], a["lnf_rstd"])                      # (N, C)
+        dx, *gs = nn.layernorm_backward(dhf, a["x_f"], P["ln_f.weight"], a["lnf_mean"], a["lnf_rstd"])  # (N, C)
+        _put(G, "ln_f", gs)
         for i in reversed(range(cfg.n_layer)):
             p, l = f"h.{i}.", a["layers"][i]
             # MLP branch: x = x_mid + c_proj(gelu(c_fc(ln_2(x_mid))))
-            dg = nn.linear_backward(G[p + "mlp.c_proj.weight"], G[p + "mlp.c_proj.bias"], dx, l["gelu"],
-                                    P[p + "mlp.c_proj.weight"])                                 # (N, 4C)
+            dg = self._linear_back(G, dx, l["gelu"], p + "mlp.c_proj")                         # (N, 4C)
             dfc = nn.gelu_backward(dg, l["fc"])                                                 # (N, 4C)
-            dh2 = nn.linear_backward(G[p + "mlp.c_fc.weight"], G[p + "mlp.c_fc.bias"], dfc, l["ln2"],
-                                     P[p + "mlp.c_fc.weight"])                                  # (N, C)
-            dxm, G[p + "ln_2.weight"][...], G[p + "ln_2.bias"][...] = nn.layernorm_backward(
-                dh2, l["x_mid"], P[p + "ln_2.weight"], l["ln2_mean"], l["ln2_rstd"])           # (N, C)
+            dh2 = self._linear_back(G, dfc, l["ln2"], p + "mlp.c_fc")                           # (N, C)
+            dxm, *gs = nn.layernorm_backward(dh2, l["x_mid"], P[p + "ln_2.weight"], l["ln2_mean"], l["ln2_rstd"])
+            _put(G, p + "ln_2", gs)
             dx += dxm                                            # residual: gradient flows both ways
             # attention branch: x_mid = x + c_proj(attn(c_attn(ln_1(x))))
-            datt = nn.linear_backward(G[p + "attn.c_proj.weight"], G[p + "attn.c_proj.bias"], dx, l["att"],
-                                      P[p + "attn.c_proj.weight"])                              # (N, C)
+            datt = self._linear_back(G, dx, l["att"], p + "attn.c_proj")                         # (N, C)
             dqkv = np.empty_like(l["qkv"])                                                      # (N, 3C), filled through views
             nn.attention_backward(*_qkv_heads(dqkv, B, T, H), _heads(datt, B, T, H),
                                   *_qkv_heads(l["qkv"], B, T, H), l["probs"])
-            dh1 = nn.linear_backward(G[p + "attn.c_attn.weight"], G[p + "attn.c_attn.bias"], dqkv, l["ln1"],
-                                     P[p + "attn.c_attn.weight"])                               # (N, C)
-            dxi, G[p + "ln_1.weight"][...], G[p + "ln_1.bias"][...] = nn.layernorm_backward(
-                dh1, l["x"], P[p + "ln_1.weight"], l["ln1_mean"], l["ln1_rstd"])               # (N, C)
+            dh1 = self._linear_back(G, dqkv, l["ln1"], p + "attn.c_attn")                       # (N, C)
+            dxi, *gs = nn.layernorm_backward(dh1, l["x"], P[p + "ln_1.weight"], l["ln1_mean"], l["ln1_rstd"])
+            _put(G, p + "ln_1", gs)
             dx += dxi
         # x = wte[idx] + wpe[:T]
         dx = dx.reshape(B, T, -1)                                # (B, T, C)
-        np.sum(dx, axis=0, out=G["wpe"][:T])                     # (T, C); positions >= T got no gradient
-        G["wpe"][T:] = 0
-        nn.embedding_backward(G["wte"], dx.reshape(N, -1), idx.reshape(-1))  # the embedding part of dwte
+        if "wpe" in G:
+            np.sum(dx, axis=0, out=G["wpe"][:T])                 # (T, C); positions >= T got no gradient
+            G["wpe"][T:] = 0
+        if "wte" in G:
+            nn.embedding_backward(G["wte"], dx.reshape(N, -1), idx.reshape(-1))  # the embedding part of dwte
+
+    def _linear(self, x: np.ndarray, layer: str) -> np.ndarray:
+        """x W + b of the Conv1D `layer` (weight (in, out)), plus its adapter's term when one is attached."""
+        w = layer + ".weight"
+        out = nn.linear_forward(x, self.params[w], self.params[layer + ".bias"])  # (N, out)
+        nn.adapter_forward(self.adapter, x, out, (w,))
+        return out
+
+    def _linear_back(self, G: dict, dout: np.ndarray, x: np.ndarray, layer: str) -> np.ndarray:
+        """dx of _linear; dW, db into G unless frozen (absent from G)."""
+        w = layer + ".weight"
+        dx = nn.linear_backward(G.get(w), G.get(layer + ".bias"), dout, x, self.params[w])  # (N, in)
+        nn.adapter_backward(self.adapter, dx, dout, x, (w,), G)
+        return dx
 
     # ------------------------------------------------------------------ inference with a KV cache
 
@@ -344,14 +367,14 @@ class Pythia:
         for i in range(cfg.n_layer):
             p = f"h.{i}."
             h, _, _ = nn.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])          # (Tn, C)
-            qkv = nn.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (Tn, 3C)
+            qkv = self._linear(h, p + "attn.c_attn")                                             # (Tn, 3C)
             q, k, v = qkv.reshape(Tn, 3, H, C // H).transpose(1, 2, 0, 3)                        # each (H, Tn, hs)
             y = nn.attention_step(q, k, v, cache.k[i], cache.v[i], pos)                          # (H, Tn, hs)
             att = y.transpose(1, 0, 2).reshape(Tn, C)                                            # (Tn, C)
-            x = x + nn.linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])
+            x = x + self._linear(att, p + "attn.c_proj")
             h, _, _ = nn.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            g = nn.gelu_forward(nn.linear_forward(h, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"]))  # (Tn, 4C)
-            x = x + nn.linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])
+            g = nn.gelu_forward(self._linear(h, p + "mlp.c_fc"))                                  # (Tn, 4C)
+            x = x + self._linear(g, p + "mlp.c_proj")
         cache.length = pos + Tn
         hf, _, _ = nn.layernorm_forward(x[-1:], P["ln_f.weight"], P["ln_f.bias"])              # (1, C) last position only
         return (hf @ P["wte"].T)[0]                              # (1, C) @ (C, V) -> (V,)
@@ -364,6 +387,13 @@ class Pythia:
         from ..sampling import generate
         return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, rng=rng, use_cache=use_cache, observe=observe)
+
+
+def _put(G: dict, layer: str, grads) -> None:
+    """A LayerNorm's (dw, db) into G in place, unless it is frozen (absent from G)."""
+    for suffix, g in zip((".weight", ".bias"), grads):
+        if layer + suffix in G:
+            G[layer + suffix][...] = g
 
 
 def _qkv_heads(qkv: np.ndarray, B: int, T: int, H: int):

@@ -222,6 +222,12 @@ def _carve(flat: np.ndarray, layout) -> tuple[dict, dict, list, dict]:
     return named, blocks, ranges, offsets
 
 
+def _put(G: dict, name: str, value: np.ndarray) -> None:
+    """G[name] = value in place, unless name is frozen (absent from G)."""
+    if name in G:
+        G[name][...] = value
+
+
 class KVCache:
     """Keys (rotated) and values of every layer for one sequence: k[l], v[l] are (Hkv, block_size, hs)."""
 
@@ -236,6 +242,15 @@ class Llama:
     """A Llama-family model; params/grads are dicts of float32 views by Hugging Face name."""
 
     FAMILY = "llama"                     # the name checkpoints record (pythia.models.FAMILIES)
+    adapter = None                       # a low-rank adapter's hook on the projections (pythia.lora)
+
+    def lora_targets(self) -> dict[str, tuple[str, str]]:
+        """The projections an adapter may train: name -> (group "attn" | "mlp", orientation); HF's
+        (out, in) weights computing x W^T are "out_in"."""
+        groups = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
+                  "self_attn.o_proj": "attn", "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp", "mlp.down_proj": "mlp"}
+        return {f"model.layers.{i}.{k}.weight": (g, "out_in") for i in range(self.config.n_layer)
+                for k, g in groups.items()}
 
     def __init__(self, config: LlamaConfig, seed: int = 0, *, init: bool = True):
         """N(0, 0.02) matrices and RMSNorm gains 1 from `seed`; with init=False every parameter is
@@ -244,6 +259,8 @@ class Llama:
         self.config = config
         self._blocks = _blocks(config)                           # [(block, [(name, shape), ...])]
         self._names = _hf_order(config)
+        self._qkv_names = [tuple(f"model.layers.{i}.self_attn.{k}_proj.weight" for k in "qkv")
+                           for i in range(config.n_layer)]       # the fused q, k, v block's members, in order
         P = sum(math.prod(shape) for _, members in self._blocks for _, shape in members)
         self.params_memory = np.zeros(P, np.float32)             # (P,) every parameter end to end
         named, self._pblocks, self._ranges, offsets = _carve(self.params_memory, self._blocks)
@@ -337,12 +354,14 @@ class Llama:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T); keeps activations for backward()."""
         idx, targets = self.check_pair(idx, targets)
         self._acts = None                                        # free the last pass's activations first
-        losses, self._acts = self.loss_rows(idx, targets)        # (N,)
-        return float(losses.mean(dtype=np.float64))
+        losses, self._acts = self.loss_rows(idx, targets)        # (N,), 0 where not scored
+        return float(losses.sum(dtype=np.float64) / max(layers.counted(targets), 1))
 
     def check_pair(self, idx, targets) -> tuple[np.ndarray, np.ndarray]:
+        """Checked (idx, targets); a target may be layers.IGNORE (not scored)."""
         idx = self.check_idx(idx)
-        targets = self.check_idx(targets, "targets")
+        targets = np.asarray(targets)
+        self.check_idx(np.where(targets == layers.IGNORE, 0, targets) if targets.size else targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {targets.shape} but idx has shape {idx.shape}; they must match")
         return idx, targets
@@ -351,7 +370,7 @@ class Llama:
         """Gradients of the last loss() wrt every parameter, written into self.grads."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
-        self.backward_rows(self._acts, self.grads, self._acts["idx"].size)
+        self.backward_rows(self._acts, self.grads, layers.counted(self._acts["targets"]))
 
     def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
         """Per-token losses (B T,) of rows idx (B, T) (checked) and the activations their backward needs."""
@@ -375,6 +394,7 @@ class Llama:
             a = {"x": x}
             h, a["rstd1"] = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (N, C)
             qkv = layers.linear_forward(h, PB[p + "qkv"].T, PB.get(p + "qkv_bias"))  # (N, Dq + 2 Dkv)
+            layers.adapter_forward(self.adapter, h, qkv, self._qkv_names[i])
             q = kernels.rope_forward(qkv[:, :Dq].reshape(B, T, H, hs).transpose(0, 2, 1, 3), cos, sin)  # (B, H, T, hs)
             k = kernels.rope_forward(qkv[:, Dq:Dq + Dkv].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3), cos, sin)
             v = qkv[:, Dq + Dkv:].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3)  # (B, Hkv, T, hs) view
@@ -382,13 +402,13 @@ class Llama:
             probs = layers.attention_forward(y.reshape(B, T, H, hs).transpose(0, 2, 1, 3), q, k, v)
             if attn is not None:
                 attn.append(layers.full_attention(probs, T))     # (B, H, T, T)
-            x = x + layers.linear_forward(y, P[p + "self_attn.o_proj.weight"].T)  # (N, C)
+            x = x + self._linear(y, p + "self_attn.o_proj.weight")  # (N, C)
             h2, a["rstd2"] = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-            gate = layers.linear_forward(h2, P[p + "mlp.gate_proj.weight"].T)  # (N, F)
-            up = layers.linear_forward(h2, P[p + "mlp.up_proj.weight"].T)      # (N, F)
+            gate = self._linear(h2, p + "mlp.gate_proj.weight")  # (N, F)
+            up = self._linear(h2, p + "mlp.up_proj.weight")      # (N, F)
             m = kernels.swiglu_forward(gate, up)                 # (N, F)
             a.update(h=h, qkv=qkv, q=q, k=k, probs=probs, y=y, x_mid=x, h2=h2, gate=gate, up=up, m=m)
-            x = x + layers.linear_forward(m, P[p + "mlp.down_proj.weight"].T)  # (N, C)
+            x = x + self._linear(m, p + "mlp.down_proj.weight")  # (N, C)
             if keep is not None:
                 acts.append(a)
         hf, rstd_f = kernels.rmsnorm_forward(x, P["model.norm.weight"], cfg.norm_eps)  # (N, C)
@@ -409,27 +429,26 @@ class Llama:
         dlogits = layers.crossentropy_backward(a["probs"], a["targets"], n_total)  # (N, V)
         # logits = hf W^T  =>  dW = dlogits^T hf, dhf = dlogits W
         head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
-        np.matmul(dlogits.T, a["hf"], out=G[head])               # (V, N) @ (N, C) -> (V, C)
-        if not cfg.tie_embeddings:
+        # a name absent from G is frozen (an adapter trains instead): its gradient is not computed
+        if head in G:
+            np.matmul(dlogits.T, a["hf"], out=G[head])           # (V, N) @ (N, C) -> (V, C)
+        if not cfg.tie_embeddings and "model.embed_tokens.weight" in G:
             G["model.embed_tokens.weight"][...] = 0              # only the embedding's scatter-add follows
         dhf = dlogits @ self._head()                             # (N, V) @ (V, C) -> (N, C)
-        dx, G["model.norm.weight"][...] = kernels.rmsnorm_backward(dhf, a["x_f"], P["model.norm.weight"], a["rstd_f"])
+        dx, gw = kernels.rmsnorm_backward(dhf, a["x_f"], P["model.norm.weight"], a["rstd_f"])
+        _put(G, "model.norm.weight", gw)
         for i in reversed(range(cfg.n_layer)):
             p, l = f"model.layers.{i}.", a["layers"][i]
             # MLP branch: x = x_mid + down(silu(gate(h2)) * up(h2)),  h2 = rmsnorm(x_mid)
-            dm = layers.linear_backward(G[p + "mlp.down_proj.weight"].T, None, dx, l["m"],
-                                        P[p + "mlp.down_proj.weight"].T)                       # (N, F)
-            dgate, dup = kernels.swiglu_backward(dm, l["gate"], l["up"])                      # (N, F) each
-            dh2 = layers.linear_backward(G[p + "mlp.gate_proj.weight"].T, None, dgate, l["h2"],
-                                         P[p + "mlp.gate_proj.weight"].T)                     # (N, C)
-            dh2 += layers.linear_backward(G[p + "mlp.up_proj.weight"].T, None, dup, l["h2"],
-                                          P[p + "mlp.up_proj.weight"].T)
-            dxm, G[p + "post_attention_layernorm.weight"][...] = kernels.rmsnorm_backward(
-                dh2, l["x_mid"], P[p + "post_attention_layernorm.weight"], l["rstd2"])
+            dm = self._linear_back(G, dx, l["m"], p + "mlp.down_proj.weight")       # (N, F)
+            dgate, dup = kernels.swiglu_backward(dm, l["gate"], l["up"])          # (N, F) each
+            dh2 = self._linear_back(G, dgate, l["h2"], p + "mlp.gate_proj.weight")  # (N, C)
+            dh2 += self._linear_back(G, dup, l["h2"], p + "mlp.up_proj.weight")
+            dxm, gw = kernels.rmsnorm_backward(dh2, l["x_mid"], P[p + "post_attention_layernorm.weight"], l["rstd2"])
+            _put(G, p + "post_attention_layernorm.weight", gw)
             dx += dxm                                            # the residual passes dx through too
             # attention branch: x_mid = x + o(attn(rope(q(h)), rope(k(h)), v(h))),  h = rmsnorm(x)
-            dy = layers.linear_backward(G[p + "self_attn.o_proj.weight"].T, None, dx, l["y"],
-                                        P[p + "self_attn.o_proj.weight"].T)                    # (N, Dq)
+            dy = self._linear_back(G, dx, l["y"], p + "self_attn.o_proj.weight")   # (N, Dq)
             dqkv = np.empty((N, Dq + 2 * Dkv), np.float32)
             dq = np.empty((B, H, T, hs), np.float32)             # wrt the rotated q, k
             dk = np.empty((B, Hkv, T, hs), np.float32)
@@ -440,17 +459,34 @@ class Llama:
             # rotate the gradients back (the transpose of each rotation) into dqkv's q and k columns
             dqkv[:, :Dq].reshape(B, T, H, hs)[...] = kernels.rope_backward(dq, cos, sin).transpose(0, 2, 1, 3)
             dqkv[:, Dq:Dq + Dkv].reshape(B, T, Hkv, hs)[...] = kernels.rope_backward(dk, cos, sin).transpose(0, 2, 1, 3)
-            dw = self._gblocks[p + "qkv"] if own else np.empty((Dq + 2 * Dkv, cfg.d_model), np.float32)
-            db = (self._gblocks[p + "qkv_bias"] if own else np.empty(Dq + 2 * Dkv, np.float32)) if cfg.qkv_bias else None
-            dh = layers.linear_backward(dw.T, db, dqkv, l["h"], self._pblocks[p + "qkv"].T)  # (N, C)
-            if not own:                                          # a separate gradient dict: copy the rows out
+            frozen = self._qkv_names[i][0] not in G
+            dw = None if frozen else self._gblocks[p + "qkv"] if own else np.empty((Dq + 2 * Dkv, cfg.d_model), np.float32)
+            db = None if frozen or not cfg.qkv_bias else \
+                self._gblocks[p + "qkv_bias"] if own else np.empty(Dq + 2 * Dkv, np.float32)
+            dh = layers.linear_backward(None if dw is None else dw.T, db, dqkv, l["h"], self._pblocks[p + "qkv"].T)  # (N, C)
+            layers.adapter_backward(self.adapter, dh, dqkv, l["h"], self._qkv_names[i], G)
+            if not own and dw is not None:                       # a separate gradient dict: copy the rows out
                 self._split(G, p + "qkv", dw)
                 if db is not None:
                     self._split(G, p + "qkv_bias", db)
-            dxi, G[p + "input_layernorm.weight"][...] = kernels.rmsnorm_backward(
-                dh, l["x"], P[p + "input_layernorm.weight"], l["rstd1"])
+            dxi, gw = kernels.rmsnorm_backward(dh, l["x"], P[p + "input_layernorm.weight"], l["rstd1"])
+            _put(G, p + "input_layernorm.weight", gw)
             dx += dxi
-        layers.embedding_backward(G["model.embed_tokens.weight"], dx, idx.reshape(-1))  # x = E[idx]
+        if "model.embed_tokens.weight" in G:
+            layers.embedding_backward(G["model.embed_tokens.weight"], dx, idx.reshape(-1))  # x = E[idx]
+
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x W^T for the (out, in) weight `name`, plus its adapter's term when one is attached."""
+        out = layers.linear_forward(x, self.params[name].T)      # (N, out)
+        layers.adapter_forward(self.adapter, x, out, (name,))
+        return out
+
+    def _linear_back(self, G: dict, dout: np.ndarray, x: np.ndarray, name: str) -> np.ndarray:
+        """dx of _linear; dW into G[name] unless the weight is frozen (absent from G)."""
+        dw = G.get(name)
+        dx = layers.linear_backward(None if dw is None else dw.T, None, dout, x, self.params[name].T)  # (N, in)
+        layers.adapter_backward(self.adapter, dx, dout, x, (name,), G)
+        return dx
 
     def _split(self, G: dict, block: str, fused: np.ndarray) -> None:
         """Copy a fused block's rows into the gradient arrays of its members."""
@@ -483,14 +519,16 @@ class Llama:
             qkv = h @ PB[p + "qkv"].T                            # (Tn, C) @ (C, Dq + 2 Dkv)
             if cfg.qkv_bias:
                 qkv += PB[p + "qkv_bias"]
+            layers.adapter_forward(self.adapter, h, qkv, self._qkv_names[i])
             # q and k heads side by side: (Tn, H + Hkv, hs) -> (H + Hkv, Tn, hs), rotated at once
             qk = kernels.rope_forward(qkv[:, :Dq + Dkv].reshape(Tn, H + Hkv, hs).transpose(1, 0, 2), cos, sin)
             v = qkv[:, Dq + Dkv:].reshape(Tn, Hkv, hs).transpose(1, 0, 2)  # (Hkv, Tn, hs)
             y = layers.attention_step(qk[:H], qk[H:], v, cache.k[i], cache.v[i], pos)  # (H, Tn, hs)
-            x = x + y.transpose(1, 0, 2).reshape(Tn, Dq) @ P[p + "self_attn.o_proj.weight"].T  # (Tn, C)
+            x = x + self._linear(y.transpose(1, 0, 2).reshape(Tn, Dq), p + "self_attn.o_proj.weight")  # (Tn, C)
             h, _ = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
             gu = h @ PB[p + "gate_up"].T                         # (Tn, 2F): gate, then up
-            x = x + kernels.swiglu_forward(gu[:, :F], gu[:, F:]) @ P[p + "mlp.down_proj.weight"].T
+            layers.adapter_forward(self.adapter, h, gu, (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
+            x = x + self._linear(kernels.swiglu_forward(gu[:, :F], gu[:, F:]), p + "mlp.down_proj.weight")
         cache.length = pos + Tn
         hf, _ = kernels.rmsnorm_forward(x[-1:], P["model.norm.weight"], cfg.norm_eps)  # (1, C) last position only
         return (hf @ self._head().T)[0]                          # (1, C) @ (C, V) -> (V,)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layers import counted
 from . import memory, threads
 
 
@@ -62,14 +63,14 @@ class ShardedModel:
         else:
             parts = self._workers.map(lambda r: self.model.loss_rows(idx[r[0]:r[1]], targets[r[0]:r[1]]), shards)
         self._acts = [acts for _, acts in parts]
-        losses = np.concatenate([losses for losses, _ in parts])  # (N,) in batch order
-        return float(losses.mean(dtype=np.float64))
+        losses = np.concatenate([losses for losses, _ in parts])  # (N,) in batch order, 0 where not scored
+        return float(losses.sum(dtype=np.float64) / max(counted(targets), 1))
 
     def backward(self) -> None:
         """Gradients of the last loss() into the model's grads: each shard's, summed in shard order."""
         if self._acts is None:
             raise RuntimeError("backward() needs activations: call loss(idx, targets) first")
-        n = sum(a["idx"].size for a in self._acts)              # tokens over all shards
+        n = sum(counted(a["targets"]) for a in self._acts)      # scored tokens over all shards
         grads = self.model.grads
         if len(self._acts) == 1:
             with threads.for_pass(n * self._per_token):
