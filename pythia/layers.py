@@ -73,7 +73,7 @@ def adapter_forward(adapter, x: np.ndarray, out: np.ndarray, names: tuple[str, .
     """Add an adapter's term to out (N, sum of the widths), the outputs of the weights `names` side
     by side (a fused block's members in order) computed from x (N, Cin); nothing without one."""
     if adapter is not None:
-        adapter.forward(x, out, names)
+        adapter.adapt_forward(x, out, names)
 
 
 def adapter_backward(adapter, dx: np.ndarray, dout: np.ndarray, x: np.ndarray, names: tuple[str, ...],
@@ -81,7 +81,7 @@ def adapter_backward(adapter, dx: np.ndarray, dout: np.ndarray, x: np.ndarray, n
     """The adapter's share of a linear layer's backward: adds its path's input gradient into dx
     (N, Cin) and writes its own parameters' gradients into grads; nothing without one."""
     if adapter is not None:
-        adapter.backward(dx, dout, x, names, grads)
+        adapter.adapt_backward(dx, dout, x, names, grads)
 
 
 def embedding_forward(wte: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -425,7 +425,7 @@ class Llama:
         N, H, Hkv, hs = B * T, cfg.n_head, cfg.n_kv_head, cfg.head_dim
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = (t[:T] for t in self._rope(T))
-        own = G is self._grads                                   # then the fused q/k/v gradient blocks are G's views
+        own = G is getattr(self, "_grads", None)                 # then the fused q/k/v gradient blocks are G's views
         dlogits = layers.crossentropy_backward(a["probs"], a["targets"], n_total)  # (N, V)
         # logits = hf W^T  =>  dW = dlogits^T hf, dhf = dlogits W
         head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"

@@ -127,6 +127,7 @@ def shards_for(batch: int, mnk: int) -> int:
 def widest_per_token(model) -> int:
     """Multiply-adds per token of the model's widest matrix: the largest 2-d parameter that is
     not an embedding table (no axis of the vocabulary's size, not one row per position)."""
+    model = getattr(model, "base", model)                        # an adapted model runs its frozen base's products
     cfg = model.config
     sizes = [p.size for p in model.params.values()
              if p.ndim == 2 and cfg.vocab_size not in p.shape and p.shape[0] != cfg.block_size]
