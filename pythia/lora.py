@@ -89,6 +89,57 @@ def adapter_names(name: str) -> tuple[str, str]:
     return stem + ".lora_A.weight", stem + ".lora_B.weight"
 
 
+def weights_hash(model) -> str:
+    """SHA-256 over every parameter's name, shape and float32 bytes, in name order: the identity
+    of a base model's weights, wherever they are read from (a folder or a checkpoint)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in sorted(model.params):
+        p = np.ascontiguousarray(model.params[name], np.float32)
+        h.update(f"{name}{p.shape}".encode())
+        h.update(p.data)
+    return h.hexdigest()
+
+
+def attach(base, config: LoRAConfig, source, seed: int = 0) -> "LoRAModel":
+    """Adapters on base, recording source (a path) and the hash of base's weights."""
+    import os
+    if getattr(base, "adapter_meta", None) is not None:
+        raise ConfigError(f"{str(source)!r} is a LoRA checkpoint already; export it merged first "
+                          f"(python -m pythia export {source} --out DIR) and train adapters on that")
+    model = LoRAModel(base, config, seed=seed)
+    model.base_ref = {"path": os.path.abspath(str(source)), "sha256": weights_hash(base)}
+    return model
+
+
+def open_adapted(meta: dict, adapters: dict, what: str) -> "LoRAModel":
+    """The LoRA model a checkpoint describes: its base opened from meta["base"]["path"], checked
+    against the recorded hash (CheckpointError in one line when it differs), and its adapters."""
+    from .errors import CheckpointError
+    from .formats.source import open_model
+    base_ref = meta.get("base") or {}
+    path = base_ref.get("path")
+    if not isinstance(path, str) or not isinstance(base_ref.get("sha256"), str):
+        raise CheckpointError(f"{what} is a LoRA adapter without a reference to its base model; it is corrupt")
+    import os
+    if not os.path.exists(path):
+        raise CheckpointError(f"{what} is a LoRA adapter on {path!r}, which is not there any more; put the base "
+                              f"model back at that path")
+    loaded = open_model(path)
+    base = loaded.model
+    if weights_hash(base) != base_ref["sha256"]:
+        raise CheckpointError(f"{what} was trained on other weights than those now at {path!r} (their content "
+                              f"hash differs); put the original base model back at that path")
+    try:
+        model = LoRAModel(base, LoRAConfig.from_dict(meta), init=False)
+        model.load_params(adapters)
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{what}: its adapters do not fit the base model ({e}); it is corrupt") from None
+    model.base_ref = dict(base_ref)
+    model.base_chat = loaded.chat_meta()                          # the base's chat template, if it has one
+    return model
+
+
 class LoRAModel:
     """Low-rank adapters on a frozen base model, with the family interface of the adapters alone."""
 
@@ -245,6 +296,15 @@ class LoRAModel:
                 np.matmul(v.T, x, out=grads[ab[0]])              # dA = s v^T x: (r, N) @ (N, in)
                 dx += v @ a                                      # (N, r) @ (r, in) -> (N, in)
             col += width
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def adapter_meta(self) -> dict:
+        """What a checkpoint records (meta "lora"): the settings and the base's reference."""
+        return {**self.lora.to_dict(), "base": dict(self.base_ref or {})}
+
+    base_ref: dict | None = None          # {"path", "sha256"} of the base this adapter was trained on
+    base_chat: dict | None = None         # the base's chat template and stop ids (a checkpoint's meta "chat")
 
     # ------------------------------------------------------------------ merging
 

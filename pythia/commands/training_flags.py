@@ -47,6 +47,18 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                         "folder or a Pythia checkpoint, with a fresh optimizer; settings you do not give take "
                         "fine-tuning defaults (constant --lr 1e-4, --warmup-steps 10, --weight-decay 0, "
                         "--steps 200, --block-size min(256, SRC's context))")
+    g = p.add_argument_group("LoRA adapters (with --init-from)")
+    g.add_argument("--lora", type=positive_int, default=None, action=Store, metavar="R",
+                   help="freeze SRC's weights and train rank-R adapters on its projections instead (LoRA): no "
+                        "gradients or optimizer state for the base, a checkpoint of a few MB that refers to "
+                        "SRC; e.g. --lora 8. No adapter dropout: on a short run over a small set it only slows "
+                        "learning, and without it the training loss is the one the merged model gives")
+    g.add_argument("--lora-alpha", type=positive_float, default=None, action=Store, metavar="A",
+                   help="the adapters' update is scaled by A / R (default: 2 x R)")
+    g.add_argument("--lora-targets", default=None, action=Store, metavar="NAMES",
+                   help="comma-separated projections to adapt: attn (the attention projections, the default), "
+                        "mlp, or names such as q_proj,v_proj (Llama family) or c_attn,c_fc (GPT-2)")
+    g = p.add_argument_group("data and output")
     g.add_argument("--plot", metavar="FILE.svg",
                    help="after training, draw the train and val loss curves into this SVG file")
     g.add_argument("--log-file", metavar="FILE", action=Store,

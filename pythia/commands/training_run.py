@@ -105,7 +105,7 @@ def build_trainer(s: TrainSettings, session, files: list[Path], *, out: Path, lo
         if s.init_from is None:
             return prepare_trainer(files, resume=resume, check_memory=check_memory, **kwargs)
         from ..training.finetune import prepare_finetune
-        return prepare_finetune(files, s.init_from, **kwargs)  # sizes and tokenizer come from SRC
+        return prepare_finetune(files, s.init_from, lora=s.lora, **kwargs)  # sizes and tokenizer come from SRC
     trainer = session.prepare(build, files, model=s.sizes, train=s.train, resume=Path(s.resume) if s.resume else None,
                               out=out, log_file=log_file, on_progress=ui.progress, should_stop=stop.requested,
                               check_memory=check_memory)
@@ -157,8 +157,9 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
     model, tokenizer, steps = trainer.model, trainer.tokenizer, trainer.cfg.steps
     notes = [n for n in (claim.note if claim else None, out_note) if n]
     _banner(s, ui, trainer, session, out, notes, memory)
-    if note:
-        ui.notice(note)
+    for n in [note] + list(getattr(trainer.dataset, "notes", [])):   # a chat set says what it cut or skipped
+        if n:
+            ui.notice(n)
     ui.notice("Training... (Ctrl-C stops early and saves)")
     with stop.polled():
         result = trainer.run()
@@ -178,6 +179,10 @@ def _banner(s: TrainSettings, ui, trainer, session, out: Path, notes: list[str],
                                                    if s.resume else ""))]
     if s.init_from is not None:
         rows.append(("from", f"{s.init_from} (fine-tuning: fresh optimizer, block {dataset.block_size})"))
+    if getattr(model, "adapter_meta", None) is not None:
+        lora = model.adapter_meta()
+        rows.append(("LoRA", f"rank {lora['rank']}{ui.dot}alpha {lora['alpha']:g}{ui.dot}{', '.join(lora['targets'])}"
+                             f"{ui.dot}{model.num_params():,} trained of {model.base.num_params():,} (base frozen)"))
     if cfg.grad_accum > 1:
         rows.append(("batch", f"{cfg.grad_accum} x {cfg.batch_size} sequences per step"))
     rows.append(("saving to", str(out) + (f"  ({'; '.join(notes)})" if notes else "")))
@@ -191,7 +196,8 @@ def _banner(s: TrainSettings, ui, trainer, session, out: Path, notes: list[str],
         rows.insert(0, ("preset", s.preset + (f"  (your flags set {flags})" if flags else "")))
     ui.banner(version=__version__, backend=backend, fallback_reason=fallback, config=model.config,
               n_params=model.num_params(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.kind,
-              corpus=_corpus_info(dataset.files, len(dataset.train) + len(dataset.val)), rows=rows)
+              corpus=_corpus_info(dataset.files, getattr(dataset, "n_tokens", 0) or len(dataset.train) + len(dataset.val)),
+              rows=rows)
 
 
 def _summary(ui, steps: int, result, stop) -> None:

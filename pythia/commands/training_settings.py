@@ -34,6 +34,7 @@ class TrainSettings:
     plot: str | None = None
     no_memory_check: bool = False
     kernels: str | None = None
+    lora: dict | None = None       # {"rank", "alpha", "targets"} of --lora (with --init-from)
 
 
 def resolve(args: argparse.Namespace, command: str) -> TrainSettings:
@@ -58,6 +59,7 @@ def resolve(args: argparse.Namespace, command: str) -> TrainSettings:
     elif getattr(args, "preset", None):
         raise ConfigError("--preset starts a new model; a resumed run keeps its checkpoint's settings and "
                           "--init-from takes SRC's (drop --preset, or give single flags such as --steps)")
+    lora = _lora(args, resume, init_from)
     sizes = {k: values[k] if k in given else None for k in MODEL_FLAGS}
     train = {k: values[k] if k in given else None for k in train_fields}
     if init_from is not None:
@@ -70,4 +72,23 @@ def resolve(args: argparse.Namespace, command: str) -> TrainSettings:
         command=command, sizes=sizes, train=train, preset=preset, overridden=overridden, seed=values["seed"],
         resume=resume, init_from=init_from, data=tuple(args.data) if args.data else None, out=args.out,
         force=args.force, log_file=args.log_file, plot=getattr(args, "plot", None),
-        no_memory_check=getattr(args, "no_memory_check", False), kernels=args.kernels)
+        no_memory_check=getattr(args, "no_memory_check", False), kernels=args.kernels, lora=lora)
+
+
+def _lora(args: argparse.Namespace, resume, init_from) -> dict | None:
+    """The --lora settings, or None; ConfigError for one given where it cannot apply."""
+    rank, alpha, targets = (getattr(args, k, None) for k in ("lora", "lora_alpha", "lora_targets"))
+    if rank is None:
+        if alpha is not None or targets is not None:
+            raise ConfigError("--lora-alpha and --lora-targets set up LoRA adapters; add --lora R (e.g. --lora 8)")
+        return None
+    if resume is not None:
+        raise ConfigError("--resume continues a run with its checkpoint's own settings (a LoRA run stays one, a "
+                          "full fine-tune stays one); drop --lora, --lora-alpha and --lora-targets")
+    if init_from is None:
+        raise ConfigError("--lora adapts a pretrained model; give it with --init-from SRC (a Hugging Face folder "
+                          "or a Pythia checkpoint)")
+    names = tuple(t.strip() for t in (targets or "attn").split(",") if t.strip())
+    if not names:
+        raise ConfigError("--lora-targets is empty; give e.g. attn, mlp or q_proj,v_proj")
+    return {"rank": rank, "alpha": float(alpha if alpha is not None else 2 * rank), "targets": names}

@@ -2,7 +2,8 @@
 
 Layout of the archive (every entry a plain NumPy array, so `allow_pickle=False` loads it):
 
-    param/<name>   model weights, float32, Hugging Face GPT-2 names
+    param/<name>   model weights, float32, Hugging Face names; for LoRA adapters (meta "lora": rank,
+                   alpha, targets, base {path, sha256}) the adapters alone, PEFT's names
     opt/<key>      optimizer state ("m/<name>", "v/<name>", "t"), when saved with an optimizer
     tok/<key>      the tokenizer's arrays (tokenizer.to_arrays())
     meta           uint8 bytes of a JSON object: format name and version, model config,
@@ -88,6 +89,8 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     }
     if corpus is not None:
         meta["corpus"] = corpus
+    if getattr(model, "adapter_meta", None) is not None:
+        meta["lora"] = model.adapter_meta()      # param/ holds the adapters; the base is referenced
     if chat is not None:
         meta["chat"] = chat                      # the chat template and stop ids of a converted chat model
     arrays["meta"] = _meta_bytes(meta)
@@ -209,9 +212,13 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         if not np.isfinite(a).all():
             raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
                                   f"use an earlier checkpoint")
-    _check_param_shapes(params, param_shapes(config), config, what)  # before allocating the model
-    model = Model(config, init=False)                          # every weight is loaded next
-    model.load_params(params)
+    if isinstance(meta.get("lora"), dict):                     # LoRA adapters on a base read from its path
+        from ..lora import open_adapted
+        model = open_adapted(meta["lora"], params, what)
+    else:
+        _check_param_shapes(params, param_shapes(config), config, what)  # before allocating the model
+        model = Model(config, init=False)                      # every weight is loaded next
+        model.load_params(params)
 
     kind = meta["tokenizer_kind"]
     from ..tokenizer import TOKENIZER_KINDS
@@ -226,6 +233,7 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
         raise CheckpointError(f"{what} has an unreadable tokenizer ({e}); it is corrupt, use another checkpoint") from None
     _check_tokenizer_fits(tokenizer, config.vocab_size, what)
     chat = meta.get("chat") if isinstance(meta.get("chat"), dict) else None
+    chat = chat or getattr(model, "base_chat", None)           # an adapter chats as its base does
     bad = [i for i in (chat or {}).get("stop_ids", []) if i >= config.vocab_size]
     if bad:
         raise CheckpointError(f"{what}: field chat.stop_ids holds id {bad[0]}, outside the vocabulary of "

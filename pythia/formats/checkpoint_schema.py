@@ -197,6 +197,12 @@ SCHEMA: dict[str, Any] = {
     "chat.template.default_system": opt(Text()),
     "chat.template.system_always": opt(Bool()),
     "chat.stop_ids": opt(IdList()),
+    "lora": Obj(required=False, nullable=True),           # LoRA adapters (pythia.lora): settings, base reference
+    "lora.rank": Int(lo=1),
+    "lora.alpha": Number(lo=0, lo_open=True),
+    "lora.base": Obj(closed=True),
+    "lora.base.path": Text(),
+    "lora.base.sha256": Text(),
     "tokenizer_kind": Choice(TOKENIZER_KINDS),
     "step": Int(lo=0),
     "has_optimizer": opt(Bool()),

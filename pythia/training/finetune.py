@@ -45,8 +45,9 @@ def load_source(src: str | Path):
     """(model, tokenizer) of SRC: a GPT-2 folder or a Pythia checkpoint; PythiaError if neither."""
     path = Path(src)
     if path.is_dir():
-        from ..formats.gpt2 import load_gpt2
-        return load_gpt2(path)
+        from ..formats.source import open_model             # GPT-2 or Llama-family folder
+        m = open_model(path)
+        return m.model, m.tokenizer
     if not path.exists():
         raise ConfigError(f"--init-from {str(src)!r} does not exist; give a Hugging Face GPT-2 folder "
                           f"(config.json, model.safetensors, vocab.json, merges.txt) or a Pythia checkpoint (.npz)")
@@ -55,11 +56,22 @@ def load_source(src: str | Path):
     return ckpt.model, ckpt.tokenizer
 
 
+def _load_with_template(src: str | Path):
+    """(model, tokenizer, chat template or None) of SRC; the template renders --data conversations."""
+    path = Path(src)
+    if not path.exists():
+        load_source(src)                        # says what SRC should be
+    from ..formats.source import open_model
+    m = open_model(path)
+    return m.model, m.tokenizer, m.template
+
+
 def source_config(src: str | Path):
     """SRC's PythiaConfig, read cheaply first for a GPT-2 folder (config.json alone), so size flags
     that contradict it fail before any weights are read; None for a checkpoint."""
     path = Path(src)
-    if path.is_dir():
+    from ..formats.hf_folder import is_hf_llama_folder
+    if path.is_dir() and not is_hf_llama_folder(path):
         from ..formats.gpt2 import read_gpt2_config
         return read_gpt2_config(path / "config.json")
     return None
@@ -96,10 +108,11 @@ def finetune_config(train: dict):
 
 
 def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None = None,
-                     train: dict | None = None, **trainer_kwargs):
+                     train: dict | None = None, lora: dict | None = None, **trainer_kwargs):
     """A Trainer that fine-tunes SRC's weights on the files at paths (see module docstring).
 
     model: the size flags the user gave (None = not given); train: TrainConfig fields likewise;
+    lora: {"rank", "alpha", "targets"} to train LoRA adapters on frozen SRC weights (pythia.lora);
     trainer_kwargs go to Trainer (out, log_file, on_progress)."""
     from ..text.bpe import EOT
     from ..corpora.data import build_dataset
@@ -110,8 +123,15 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
     early = source_config(src)
     if early is not None:
         check_sizes(early, sizes, src)
-    net, tokenizer = load_source(src)
+    net, tokenizer, template = _load_with_template(src)
     block = check_sizes(net.config, sizes, src)
-    joiner = EOT if tokenizer.kind == "gpt2-bpe" else ""
-    dataset = build_dataset(paths, block, tokenizer=tokenizer, joiner=joiner)
+    if lora is not None:
+        from ..lora import LoRAConfig, attach
+        net = attach(net, LoRAConfig(lora["rank"], lora["alpha"], tuple(lora["targets"])), src, seed=cfg.seed)
+    from .chats import build_chat_dataset, is_chat_data
+    if is_chat_data(paths):                     # conversations: the loss on the assistant's turns only
+        dataset = build_chat_dataset(paths, block, tokenizer, template)
+    else:
+        joiner = EOT if tokenizer.kind == "gpt2-bpe" else ""
+        dataset = build_dataset(paths, block, tokenizer=tokenizer, joiner=joiner)
     return Trainer(net, make_optimizer(net, cfg), dataset, cfg, tokenizer=tokenizer, **trainer_kwargs)
