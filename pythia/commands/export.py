@@ -9,6 +9,7 @@ DESCRIPTION = ("Write CKPT as a Hugging Face GPT-2 folder DIR (config.json, mode
                "vocab.json + merges.txt or, for a character model, tokenizer.json) that transformers "
                "loads with GPT2LMHeadModel.from_pretrained(DIR) and Pythia with --gpt2 DIR.")
 EPILOG = ("examples:\n  python -m pythia export notes-ft.npz --out ./notes-hf\n"
+          "  python -m pythia export mybot.npz --out mybot-adapter --adapter-only   # a LoRA run's adapter\n"
           "  python -m pythia chat --gpt2 ./notes-hf")
 
 
@@ -16,13 +17,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a .npz written by train, train-chat or convert-gpt2")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="for a LoRA checkpoint: write the adapter alone in PEFT's layout (adapter_config.json, "
+                        "adapter_model.safetensors) for PeftModel.from_pretrained(base, DIR); without it the "
+                        "adapter is merged into a plain Hugging Face model")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..formats.export import describe, export
     from ..system.signals import guard_signals
     with guard_signals():          # a signal raises, so the half-written temporary folder is removed
-        out = export(args.checkpoint, args.out, force=args.force)
+        out = export(args.checkpoint, args.out, force=args.force, adapter_only=args.adapter_only)
     print(describe(out))
-    print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
+    if args.adapter_only:
+        print(f"load it: PeftModel.from_pretrained(base, {str(out)!r}) on the base model it was trained on")
+    else:
+        print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
     return 0

@@ -105,8 +105,9 @@ def check_export_target(out: str | Path, force: bool) -> Path:
     return out
 
 
-def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Write the checkpoint as a Hugging Face GPT-2 folder at out (see module docstring)."""
+def export(checkpoint: str | Path, out: str | Path, *, force: bool = False, adapter_only: bool = False) -> Path:
+    """Write the checkpoint as a Hugging Face GPT-2 folder at out (see module docstring); a LoRA
+    checkpoint merged, or with adapter_only its adapter in PEFT's layout (pythia.formats.lora_export)."""
     from .checkpoint import load_checkpoint
     out = check_export_target(out, force)
     src = Path(checkpoint).resolve()
@@ -114,6 +115,12 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> P
         raise ConfigError(f"--out {str(out)!r} holds the checkpoint being exported, {str(checkpoint)!r}, and "
                           f"replacing the folder would delete it; choose another folder")
     ckpt = load_checkpoint(checkpoint, optimizer=False)
+    if getattr(ckpt.model, "adapter_meta", None) is not None:
+        from .lora_export import export_lora
+        return export_lora(ckpt, out, adapter_only=adapter_only, force=force)
+    if adapter_only:
+        raise ConfigError(f"--adapter-only writes a LoRA adapter, but {str(checkpoint)!r} is a full model (trained "
+                          f"without --lora); drop --adapter-only to export the whole model")
     return save_hf(out, ckpt.model, ckpt.tokenizer, force=force)
 
 
