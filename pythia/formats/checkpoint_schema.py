@@ -197,6 +197,7 @@ SCHEMA: dict[str, Any] = {
     "chat.template.default_system": opt(Text()),
     "chat.template.system_always": opt(Bool()),
     "chat.stop_ids": opt(IdList()),
+    "chat.jinja": opt(Text()),                            # the folder's template text, for export
     "tokenizer_kind": Choice(TOKENIZER_KINDS),
     "step": Int(lo=0),
     "has_optimizer": opt(Bool()),
