@@ -226,3 +226,12 @@ def test_transformers_loads_the_export_with_equal_logits(finetuned, tmp_path):
     chat = [{"role": "user", "content": "Hi"}]
     assert tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
         open_model(out).template.render(chat)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenize_reads_a_folders_tokenizer_and_counts_as_it_encodes(name):
+    text = "Hello world, 12345 <|im_end|>"
+    r = run_cli(["tokenize", "--model", str(FIXTURES / name), "--text", text])
+    assert r.returncode == 0, r.stderr
+    n = len(open_model(FIXTURES / name).tokenizer.encode(text))
+    assert f"{n} tokens for {len(text)} characters (hf-bpe tokenizer" in r.stdout
