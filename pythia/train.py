@@ -152,7 +152,7 @@ class Trainer:
                  out: Path | None = None, log_file: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  start_step: int = 0, rng_state: dict | None = None,
-                 should_stop: Callable[[], bool] | None = None, reducer=None):
+                 should_stop: Callable[[], bool] | None = None, reducer=None, chat: dict | None = None):
         cfg.validate()
         if start_step >= cfg.steps:
             raise ConfigError(f"the model has already trained {start_step} steps and --steps is {cfg.steps}; "
@@ -161,6 +161,7 @@ class Trainer:
             raise ConfigError(f"the data's block size {dataset.block_size} exceeds the model's "
                               f"{model.config.block_size}; use --block-size {model.config.block_size} or less")
         self.model, self.optimizer, self.dataset, self.cfg = model, optimizer, dataset, cfg
+        self.chat = chat                      # a chat model's template and stop ids, kept in its checkpoints
         self.tokenizer = tokenizer if tokenizer is not None else dataset.tokenizer
         self.out = Path(out) if out is not None else None
         self.log_file = Path(log_file) if log_file is not None else None
@@ -191,7 +192,7 @@ class Trainer:
                                   f"model ({e}); it is corrupt, use another checkpoint") from None
         rng_state = (ckpt.rng_state or {}).get("train")
         return cls(model, optimizer, dataset, cfg, tokenizer=ckpt.tokenizer, start_step=ckpt.step,
-                   rng_state=rng_state, **kwargs)
+                   rng_state=rng_state, chat=ckpt.chat, **kwargs)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -318,7 +319,8 @@ class Trainer:
         from .formats.checkpoint import save_checkpoint
         save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
                         rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict(),
-                        corpus=getattr(self.dataset, "identity", None))  # a prepared corpus says what it is
+                        corpus=getattr(self.dataset, "identity", None),  # a prepared corpus says what it is
+                        chat=self.chat)
         self._saved_step = step
 
     def _params_finite(self) -> bool:

@@ -273,7 +273,7 @@ BAD = [
     (["train", "--data", "c.txt", "--resume", "garbage.npz"], "not a Pythia checkpoint"),
     (["trian"], "invalid choice"),
     (["PYTHIA_KERNELS=bogus", "train", "--data", "c.txt"], "PYTHIA_KERNELS"),
-    (["chat"], "--checkpoint"),
+    (["chat"], "--model SRC"),
     (["chat", "--checkpoint", "missing.npz"], "does not exist"),
     (["chat", "--checkpoint", "garbage.npz"], "not a Pythia checkpoint"),
     (["chat", "--checkpoint", "truncated.npz"], "checkpoint"),

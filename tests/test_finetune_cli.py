@@ -98,8 +98,8 @@ def _unknown_tokenizer_ckpt(d: Path) -> Path:
 
 BAD = {
     "missing SRC": (["train", "--init-from", "nowhere", "--data", "notes.txt", "--out", "x.npz"], "does not exist"),
-    "another model_type": (["train", "--init-from", "llama", "--data", "notes.txt", "--out", "x.npz"],
-                           "model_type is 'llama'"),
+    "another model_type": (["train", "--init-from", "bert", "--data", "notes.txt", "--out", "x.npz"],
+                           "model_type 'bert' is not supported"),
     "an option Pythia lacks": (["train", "--init-from", "scaled", "--data", "notes.txt", "--out", "x.npz"],
                                "scale_attn_by_inverse_layer_idx"),
     "block above context": (["train", "--init-from", str(GPT2), "--data", "notes.txt", "--block-size", "65",
@@ -124,7 +124,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_and_changes_nothing(work, case):
-    _gpt2_variant(work, "llama", model_type="llama")
+    _gpt2_variant(work, "bert", model_type="bert")
     _gpt2_variant(work, "scaled", scale_attn_by_inverse_layer_idx=True)
     _unknown_tokenizer_ckpt(work)
     (work / "short.txt").write_text("The sea is old. " * 6, encoding="utf-8")

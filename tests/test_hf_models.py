@@ -171,4 +171,67 @@ def test_a_folder_without_config_and_a_missing_path_say_what_model_takes(tmp_pat
     r = run_cli(["generate", "--model", str(tmp_path), "--prompt", "hi"])
     assert_one_line_error(r, "without config.json")
     r = run_cli(["generate", "--model", str(tmp_path / "nope"), "--prompt", "hi"])
-    assert_one_line_error(r, "not found")
+    assert_one_line_error(r, "does not exist")
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """SmolLM2-shaped folder fine-tuned 6 steps on the bundled corpus, as `train --init-from` does."""
+    home = tmp_path_factory.mktemp("ft")
+    data = Path(__file__).resolve().parents[1] / "data" / "model.txt"
+    r = helpers.run_cli(["train", "--init-from", str(FIXTURES / "smollm2"), "--data", str(data), "--steps", "6",
+                         "--block-size", "32", "--eval-interval", "3", "--lr", "1e-3", "--out", "ft.npz"], home)
+    assert r.returncode == 0, r.stderr
+    return home
+
+
+def test_finetuning_a_folder_moves_the_weights_and_keeps_the_chat_template(finetuned):
+    base, ft = open_model(FIXTURES / "smollm2"), open_model(finetuned / "ft.npz")
+    assert ft.checkpoint.step == 6 and ft.model.FAMILY == "llama" and ft.model.config == base.model.config
+    assert ft.template == base.template and ft.stop_ids == base.stop_ids and ft.jinja == base.jinja
+    moved = np.abs(ft.model.params_memory - base.model.params_memory)
+    assert moved.max() > 1e-4 and np.isfinite(ft.model.params_memory).all()
+
+
+def test_finetuning_refuses_a_size_that_contradicts_the_folder(tmp_path):
+    (tmp_path / "x.txt").write_text("some text to train on\n" * 50)
+    r = helpers.run_cli(["train", "--init-from", str(FIXTURES / "smollm2"), "--data", "x.txt", "--d-model", "32"],
+                        tmp_path)
+    assert_one_line_error(r, "--d-model 32 contradicts")
+
+
+def test_export_of_a_finetuned_llama_reads_back_identically(finetuned, tmp_path):
+    out = tmp_path / "hf"
+    r = helpers.run_cli(["export", str(finetuned / "ft.npz"), "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"] is True and cfg["eos_token_id"] == 2
+    a, b = open_model(finetuned / "ft.npz"), open_model(out)
+    assert np.array_equal(a.model.params_memory, b.model.params_memory) and b.template == a.template
+    assert b.stop_ids == a.stop_ids and b.prompt_ids("Hi there") == a.prompt_ids("Hi there")
+
+
+def test_transformers_loads_the_export_with_equal_logits(finetuned, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    assert helpers.run_cli(["export", str(finetuned / "ft.npz"), "--out", str(out)], tmp_path).returncode == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = [5, 77, 300, 12, 9, 640]
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0].numpy()
+    got = open_model(finetuned / "ft.npz").model.forward(np.array([ids]))[0]
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
+        open_model(out).template.render(chat)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenize_reads_a_folders_tokenizer_and_counts_as_it_encodes(name):
+    text = "Hello world, 12345 <|im_end|>"
+    r = run_cli(["tokenize", "--model", str(FIXTURES / name), "--text", text])
+    assert r.returncode == 0, r.stderr
+    n = len(open_model(FIXTURES / name).tokenizer.encode(text))
+    assert f"{n} tokens for {len(text)} characters (hf-bpe tokenizer" in r.stdout

@@ -12,12 +12,12 @@ NAME = "chat"
 SUMMARY = "chat with a saved model"
 DESCRIPTION = ("Chat with a checkpoint or a Hugging Face model folder (GPT-2, or a chat model such as "
                "SmolLM2-Instruct, Qwen2.5-Instruct or TinyLlama-Chat, through its own chat template). Replies "
-               "stream as they are generated; type /help in the chat for its commands.")
+               "stream as they are generated; type /help in the chat for its commands. Pythia never downloads: fetch a model folder yourself, "
+               "e.g. huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct --local-dir smollm2")
 EPILOG = ("chat commands: /help /temp X /topk K /topp P /seed N /len N /system TEXT /probs /reset /clear,\n"
           "exit or quit. Ctrl-C stops a reply; Ctrl-D (or the end of piped input) leaves.\n\n"
           "examples:\n  python -m pythia chat --model pythia-chat.npz\n"
           "  printf 'Hello\\nquit\\n' | python -m pythia chat --model pythia-chat.npz\n"
-          "  huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct --local-dir smollm2   # your step\n"
           "  python -m pythia chat --model smollm2")
 
 

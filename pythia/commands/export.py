@@ -1,16 +1,18 @@
-"""`python -m pythia export`: a checkpoint as a Hugging Face GPT-2 folder (pythia.formats.export)."""
+"""`python -m pythia export`: a checkpoint as a Hugging Face folder (pythia.formats.export)."""
 from __future__ import annotations
 
 import argparse
 
 NAME = "export"
-SUMMARY = "write a checkpoint as a Hugging Face GPT-2 folder"
-DESCRIPTION = ("Write CKPT as a Hugging Face GPT-2 folder DIR (config.json, model.safetensors, and "
-               "vocab.json + merges.txt or, for a character model, tokenizer.json) that transformers "
-               "loads with GPT2LMHeadModel.from_pretrained(DIR) and Pythia with --gpt2 DIR.")
+SUMMARY = "write a checkpoint as a Hugging Face model folder"
+DESCRIPTION = ("Write CKPT as a Hugging Face folder DIR that transformers loads with "
+               "AutoModelForCausalLM.from_pretrained(DIR) and Pythia with --model DIR: GPT-2's layout "
+               "(config.json, model.safetensors, and vocab.json + merges.txt or, for a character model, "
+               "tokenizer.json) or, for a Llama-family model (SmolLM2, Qwen2.5, TinyLlama fine-tuned), "
+               "Llama's or Qwen2's with the tokenizer.json and chat template it came with.")
 EPILOG = ("examples:\n  python -m pythia export notes-ft.npz --out ./notes-hf\n"
           "  python -m pythia export mybot.npz --out mybot-adapter --adapter-only   # a LoRA run's adapter\n"
-          "  python -m pythia chat --gpt2 ./notes-hf")
+          "  python -m pythia chat --model ./notes-hf")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter_only:
         print(f"load it: PeftModel.from_pretrained(base, {str(out)!r}) on the base model it was trained on")
     else:
-        print(f"load it: GPT2LMHeadModel.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --gpt2 {out}")
+        print(f"load it: AutoModelForCausalLM.from_pretrained({str(out)!r}); in Pythia: python -m pythia chat --model {out}")
     return 0

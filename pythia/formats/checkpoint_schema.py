@@ -197,6 +197,7 @@ SCHEMA: dict[str, Any] = {
     "chat.template.default_system": opt(Text()),
     "chat.template.system_always": opt(Bool()),
     "chat.stop_ids": opt(IdList()),
+    "chat.jinja": opt(Text()),                            # the folder's template text, for export
     "lora": Obj(required=False, nullable=True),           # LoRA adapters (pythia.lora): settings, base reference
     "lora.rank": Int(lo=1),
     "lora.alpha": Number(lo=0, lo_open=True),

@@ -1,4 +1,5 @@
-"""Export a Pythia checkpoint as a Hugging Face GPT-2 folder that `transformers` loads.
+"""Export a Pythia checkpoint as a Hugging Face folder that `transformers` loads: GPT-2's layout
+for a GPT-2-family model (below), Llama's or Qwen2's for a Llama-family one (pythia.formats.hf_export).
 
     config.json        GPT-2's config: model_type "gpt2", n_embd, n_layer, n_head, n_positions,
                        vocab_size, activation_function "gelu_new" (GPT-2's tanh GELU, Pythia's),
@@ -52,7 +53,15 @@ def hf_name(name: str) -> str:
     return "transformer." + {"wte": "wte.weight", "wpe": "wpe.weight"}.get(name, name)
 
 
-def write_hf_folder(folder: Path, model, tokenizer) -> None:
+def write_hf_folder(folder: Path, model, tokenizer, chat: dict | None = None) -> None:
+    """Write the model's Hugging Face layout into an existing empty folder."""
+    from ..models import family_of
+    from .hf_export import write_llama_folder
+    writers = {"gpt2": write_gpt2_folder, "llama": write_llama_folder}   # by pythia.models family name
+    writers[family_of(model)](folder, model, tokenizer, chat)
+
+
+def write_gpt2_folder(folder: Path, model, tokenizer, chat: dict | None = None) -> None:
     """Write the GPT-2 layout into an existing empty folder."""
     from .safetensors import save_safetensors
     from ..text.tokenizer_json import char_tokenizer_config, char_tokenizer_json
@@ -121,16 +130,16 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False, adap
     if adapter_only:
         raise ConfigError(f"--adapter-only writes a LoRA adapter, but {str(checkpoint)!r} is a full model (trained "
                           f"without --lora); drop --adapter-only to export the whole model")
-    return save_hf(out, ckpt.model, ckpt.tokenizer, force=force)
+    return save_hf(out, ckpt.model, ckpt.tokenizer, force=force, chat=ckpt.chat)
 
 
-def save_hf(out: str | Path, model, tokenizer, *, force: bool = False) -> Path:
-    """Write model and tokenizer as a GPT-2 folder at out, atomically (module docstring)."""
+def save_hf(out: str | Path, model, tokenizer, *, force: bool = False, chat: dict | None = None) -> Path:
+    """Write model and tokenizer as a Hugging Face folder at out, atomically (module docstring)."""
     from ..system.atomic import install_directory, new_directory
     out = check_export_target(out, force)
     tmp = new_directory(out)
     try:
-        write_hf_folder(tmp, model, tokenizer)
+        write_hf_folder(tmp, model, tokenizer, chat)
         install_directory(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

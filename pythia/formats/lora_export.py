@@ -2,11 +2,8 @@
 alone in PEFT's layout.
 
 Merged (`export mybot.npz --out DIR`): every adapted weight becomes W + (alpha / r) B A and the
-model is written as the folder it came from: for a base read from a Hugging Face folder, that
-folder's files (config.json, tokenizer and chat template files) with model.safetensors replaced
-by the merged weights under transformers' keys (model.hf_tensors()); for a base read from a
-Pythia checkpoint, the GPT-2 folder pythia.formats.export writes. transformers loads it with
-no PEFT.
+merged model is written as any model of its family is (pythia.formats.export: GPT-2's layout, or
+Llama's / Qwen2's with the base's tokenizer and chat template). transformers loads it with no PEFT.
 
 Adapter only (`--adapter-only`): PEFT's files, which `PeftModel.from_pretrained(base, DIR)` loads
 on the base model:
@@ -21,14 +18,10 @@ Both are written whole or not at all (a temporary sibling folder renamed into pl
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
-
-WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
-
 
 def target_modules(model) -> list[str]:
     """PEFT target_modules: each adapted projection's last name part, or its last two where the
@@ -64,23 +57,10 @@ def write_adapter(folder: Path, model) -> None:
                      metadata={"format": "pt"})
 
 
-def write_merged(folder: Path, model, tokenizer) -> None:
-    """The merged model as a folder (see module docstring)."""
+def write_merged(folder: Path, model, tokenizer, chat: dict | None = None) -> None:
+    """The merged model as the Hugging Face folder of its family (pythia.formats.export)."""
     from .export import write_hf_folder
-    from .safetensors import save_safetensors
-    merged = model.merged()
-    src = Path((model.base_ref or {}).get("path") or "")
-    if not src.is_dir():
-        write_hf_folder(folder, merged, tokenizer)             # a base from a checkpoint: the GPT-2 layout
-        return
-    for f in sorted(src.iterdir()):                            # config, tokenizer, chat template: as they were
-        if f.is_file() and not f.name.endswith(WEIGHT_FILES):
-            shutil.copyfile(f, folder / f.name)
-    cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["torch_dtype"] = cfg["dtype"] = "float32"               # the merged weights are written in float32
-    cfg_path.write_text(json.dumps(cfg, indent=1) + "\n", encoding="utf-8")
-    save_safetensors(folder / "model.safetensors", merged.hf_tensors(), metadata={"format": "pt"})
+    write_hf_folder(folder, model.merged(), tokenizer, chat)
 
 
 def export_lora(ckpt, out: str | Path, *, adapter_only: bool, force: bool = False) -> Path:
@@ -93,7 +73,7 @@ def export_lora(ckpt, out: str | Path, *, adapter_only: bool, force: bool = Fals
         if adapter_only:
             write_adapter(tmp, ckpt.model)
         else:
-            write_merged(tmp, ckpt.model, ckpt.tokenizer)
+            write_merged(tmp, ckpt.model, ckpt.tokenizer, ckpt.chat)
         install_directory(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

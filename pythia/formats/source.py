@@ -30,6 +30,7 @@ class LoadedModel:
     template: ChatTemplate | None = None
     stop_ids: list[int] = field(default_factory=list)
     template_error: str | None = None  # why a folder that should have a chat template has none
+    jinja: str | None = None           # the folder's chat template text (export writes it back)
     checkpoint: Any = None             # the pythia.formats.checkpoint.Checkpoint, when read from one
 
     def prompt_ids(self, text: str) -> list[int]:
@@ -44,7 +45,10 @@ class LoadedModel:
         if self.template is None:
             return None
         fields = {k: v for k, v in dataclasses.asdict(self.template).items() if v is not None}
-        return {"template": fields, "stop_ids": [int(i) for i in self.stop_ids]}
+        out = {"template": fields, "stop_ids": [int(i) for i in self.stop_ids]}
+        if self.jinja:
+            out["jinja"] = self.jinja
+        return out
 
 
 def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder: bool = False) -> LoadedModel:
@@ -60,16 +64,14 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
         if is_hf_llama_folder(path):
             return _llama_folder(path, chat_format)
         if os.path.lexists(path / "config.json"):
-            if (path / "config.json").is_file() and _model_type(path) != "gpt2":  # never open a FIFO
-                from .hf_config import read_hf_config       # names the model types Pythia reads
-                read_hf_config(path)
+            refuse_unknown_model_type(path)
             from .gpt2 import load_gpt2                     # a GPT-2 folder (it names what else it lacks)
             model, tokenizer = load_gpt2(path)
             return _with_template(LoadedModel(model, tokenizer, f"GPT-2 weights from {path}"), None, chat_format)
         raise ConfigError(f"{str(path)!r} is a folder without config.json; give a Pythia checkpoint (.npz) or a "
                           f"Hugging Face model folder (config.json, model.safetensors, tokenizer files)")
     if not path.exists():
-        raise ConfigError(f"{str(path)!r} not found; give a Pythia checkpoint (.npz) or a Hugging Face model "
+        raise ConfigError(f"{str(path)!r} does not exist; give a Pythia checkpoint (.npz) or a Hugging Face model "
                           f"folder you downloaded (Pythia never downloads)")
     from .checkpoint import load_checkpoint
     ckpt = load_checkpoint(path, optimizer=False)
@@ -80,6 +82,13 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
         what = kinds.get(ckpt.tokenizer.kind, "untrained")
     loaded = LoadedModel(ckpt.model, ckpt.tokenizer, f"{path} ({what})", checkpoint=ckpt)
     return _with_template(loaded, ckpt.chat, chat_format)
+
+
+def refuse_unknown_model_type(path: Path) -> None:
+    """ConfigError naming the model types Pythia reads when path/config.json names another."""
+    if (path / "config.json").is_file() and _model_type(path) != "gpt2":   # never open a FIFO
+        from .hf_config import read_hf_config
+        read_hf_config(path)
 
 
 def _model_type(path: Path) -> object:
@@ -95,6 +104,7 @@ def _with_template(m: LoadedModel, chat: dict | None, chat_format: str | None) -
     if chat is not None:
         m.template = ChatTemplate(**chat["template"])
         m.stop_ids = list(chat.get("stop_ids", []))
+        m.jinja = chat.get("jinja")
     if chat_format is not None:
         config = {} if m.template is None else {"bos_token": m.template.bos_token, "eos_token": m.template.eos_token}
         m.template = chat_template_from_config(config, chat_format)
@@ -119,6 +129,8 @@ def _llama_folder(path: Path, chat_format: str | None) -> LoadedModel:
     n = model.num_params()
     m = LoadedModel(model, folder.tokenizer, f"{folder.config.model_type} weights from {path} "
                     f"({n / 1e6:.0f}M parameters)" if n >= 1e6 else f"{folder.config.model_type} weights from {path}")
+    jinja = folder.tokenizer_config.get("chat_template")
+    m.jinja = jinja if isinstance(jinja, str) and chat_format is None else None
     try:
         m.template = folder.chat_template(chat_format)
         m.stop_ids = folder.stop_ids(m.template)

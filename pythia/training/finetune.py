@@ -1,7 +1,8 @@
 """Fine-tuning: train on your own text starting from a pretrained model (`--init-from SRC`).
 
-SRC is a Hugging Face GPT-2 folder (what `chat --gpt2` takes) or a Pythia checkpoint (char or
-BPE). The model's sizes and tokenizer come from SRC, its weights are the starting point, and the
+SRC is anything `--model` takes: a Hugging Face folder (GPT-2, or a Llama-family model such as
+SmolLM2, Qwen2.5 or TinyLlama) or a Pythia checkpoint (char, BPE or converted). A chat model's
+template and stop ids go on into the fine-tuned checkpoints. The model's sizes and tokenizer come from SRC, its weights are the starting point, and the
 optimizer starts fresh (this is not `--resume`, which continues a run with its optimizer state).
 The corpus is encoded with SRC's tokenizer; for a BPE model the files are joined with
 `<|endoftext|>` between them, as GPT-2's training documents were, so no window pretends that
@@ -42,36 +43,28 @@ SIZE_FLAGS = ("d_model", "n_layer", "n_head")
 
 
 def load_source(src: str | Path):
-    """(model, tokenizer) of SRC: a GPT-2 folder or a Pythia checkpoint; PythiaError if neither."""
-    path = Path(src)
-    if path.is_dir():
-        from ..formats.source import open_model             # GPT-2 or Llama-family folder
-        m = open_model(path)
-        return m.model, m.tokenizer
-    if not path.exists():
-        raise ConfigError(f"--init-from {str(src)!r} does not exist; give a Hugging Face GPT-2 folder "
-                          f"(config.json, model.safetensors, vocab.json, merges.txt) or a Pythia checkpoint (.npz)")
-    from ..formats.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path)
-    return ckpt.model, ckpt.tokenizer
-
-
-def _load_with_template(src: str | Path):
-    """(model, tokenizer, chat template or None) of SRC; the template renders --data conversations."""
+    """The pythia.formats.source.LoadedModel of SRC: a Hugging Face folder or a Pythia checkpoint;
+    PythiaError if neither."""
     path = Path(src)
     if not path.exists():
-        load_source(src)                        # says what SRC should be
+        raise ConfigError(f"--init-from {str(src)!r} does not exist; give a Hugging Face model folder "
+                          f"(GPT-2 or Llama family, downloaded by you) or a Pythia checkpoint (.npz)")
     from ..formats.source import open_model
-    m = open_model(path)
-    return m.model, m.tokenizer, m.template
+    return open_model(path)
 
 
 def source_config(src: str | Path):
     """SRC's PythiaConfig, read cheaply first for a GPT-2 folder (config.json alone), so size flags
     that contradict it fail before any weights are read; None for a checkpoint."""
     path = Path(src)
-    from ..formats.hf_folder import is_hf_llama_folder
-    if path.is_dir() and not is_hf_llama_folder(path):
+    if path.is_dir():
+        from ..formats.hf_folder import is_hf_llama_folder
+        if is_hf_llama_folder(path):
+            from ..formats.hf_config import read_hf_config
+            from ..models.llama import LlamaConfig
+            return LlamaConfig.from_dict(dict(read_hf_config(path).model))
+        from ..formats.source import refuse_unknown_model_type
+        refuse_unknown_model_type(path)
         from ..formats.gpt2 import read_gpt2_config
         return read_gpt2_config(path / "config.json")
     return None
@@ -123,15 +116,20 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
     early = source_config(src)
     if early is not None:
         check_sizes(early, sizes, src)
-    net, tokenizer, template = _load_with_template(src)
+    loaded = load_source(src)
+    net, tokenizer = loaded.model, loaded.tokenizer
     block = check_sizes(net.config, sizes, src)
     if lora is not None:
         from ..lora import LoRAConfig, attach
         net = attach(net, LoRAConfig(lora["rank"], lora["alpha"], tuple(lora["targets"])), src, seed=cfg.seed)
+    # files are joined by an end-of-document token where the model has one: GPT-2's <|endoftext|>,
+    # a chat model's eos
+    eos = loaded.template.eos_token if loaded.template is not None else None
+    joiner = EOT if tokenizer.kind == "gpt2-bpe" else eos if tokenizer.kind == "hf-bpe" and eos else ""
     from .chats import build_chat_dataset, is_chat_data
     if is_chat_data(paths):                     # conversations: the loss on the assistant's turns only
-        dataset = build_chat_dataset(paths, block, tokenizer, template)
+        dataset = build_chat_dataset(paths, block, tokenizer, loaded.template)
     else:
-        joiner = EOT if tokenizer.kind == "gpt2-bpe" else ""
         dataset = build_dataset(paths, block, tokenizer=tokenizer, joiner=joiner)
-    return Trainer(net, make_optimizer(net, cfg), dataset, cfg, tokenizer=tokenizer, **trainer_kwargs)
+    return Trainer(net, make_optimizer(net, cfg), dataset, cfg, tokenizer=tokenizer, chat=loaded.chat_meta(),
+                   **trainer_kwargs)
