@@ -169,10 +169,6 @@ class Pythia:
             self.grads_memory
         return self._grads
 
-    def hf_tensors(self) -> dict[str, np.ndarray]:
-        """The parameters by the keys transformers' GPT2LMHeadModel saves (the tied head not stored)."""
-        return {"transformer." + {"wte": "wte.weight", "wpe": "wpe.weight"}.get(k, k): p for k, p in self.params.items()}
-
     def decay_mask(self) -> list[tuple[int, int, bool]]:
         """(lo, hi, decays) ranges of params_memory: matrices and embeddings decay, biases and
         LayerNorm gains and shifts do not."""

@@ -293,10 +293,6 @@ class Llama:
         self.grads_memory
         return self._grads
 
-    def hf_tensors(self) -> dict[str, np.ndarray]:
-        """The parameters by the keys transformers saves (already their names; a tied head not stored)."""
-        return dict(self.params)
-
     def decay_mask(self) -> list[tuple[int, int, bool]]:
         """(lo, hi, decays) ranges of params_memory: weight decay on matrices and embeddings only."""
         return list(self._ranges)
