@@ -51,6 +51,23 @@ def real(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def real_lora(real, tmp_path_factory) -> Path:
+    """A LoRA checkpoint as `train --lora` writes it: adapters on `real`, referenced by path and hash."""
+    from pythia.lora import LoRAConfig, attach
+    ckpt = load_checkpoint(real)
+    model = attach(ckpt.model, LoRAConfig(2, 4.0, ("attn", "mlp")), real)
+    path = tmp_path_factory.mktemp("schema_lora") / "lora.npz"
+    save_checkpoint(path, model, ckpt.tokenizer, optimizer=make_optimizer(model, TrainConfig()), step=1)
+    return path
+
+
+@pytest.fixture
+def source(real, real_lora):
+    """The real checkpoint that holds a field: the LoRA one for lora.*, else the full one."""
+    return lambda field: real_lora if field.startswith("lora") else real
+
+
 def read_meta(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as f:
         return json.loads(f["meta"].tobytes())
@@ -87,14 +104,17 @@ def expect_field_error(path: Path, field: str) -> str:
 CASES = [(field, bad) for field, rule in SCHEMA.items() for bad in rule.bad_values()]
 
 
-def test_the_real_checkpoint_loads_and_passes_the_schema(real):
+def test_the_real_checkpoint_loads_and_passes_the_schema(real, real_lora):
     validate_meta(read_meta(real))
     ckpt = load_checkpoint(real)
     assert ckpt.step == 2 and ckpt.rng_state["train"]["bit_generator"] == "PCG64"
+    validate_meta(read_meta(real_lora))
+    assert load_checkpoint(real_lora).model.base_ref["path"] == str(real)
 
 
 @pytest.mark.parametrize("field, bad", CASES, ids=[f"{f}={json.dumps(b)}" for f, b in CASES])
-def test_each_field_with_a_wrong_value_is_named_in_one_line(tmp_path, real, field, bad):
+def test_each_field_with_a_wrong_value_is_named_in_one_line(tmp_path, source, field, bad):
+    real = source(field)
     meta = set_path(read_meta(real), field, bad)
     msg = expect_field_error(with_meta(real, tmp_path / "bad.npz", meta), field)
     if field not in ("format", "version"):          # those two have messages of their own (not ours / too new)
@@ -109,7 +129,8 @@ def test_the_message_reads_as_one_plain_line(tmp_path, real):
 
 
 @pytest.mark.parametrize("field", [f for f, rule in SCHEMA.items() if rule.required])
-def test_each_required_field_that_is_missing_is_named(tmp_path, real, field):
+def test_each_required_field_that_is_missing_is_named(tmp_path, source, field):
+    real = source(field)
     meta = copy.deepcopy(read_meta(real))
     *parents, last = field.split(".")
     node = meta
@@ -120,7 +141,8 @@ def test_each_required_field_that_is_missing_is_named(tmp_path, real, field):
 
 
 @pytest.mark.parametrize("field", [f for f, rule in SCHEMA.items() if isinstance(rule, Obj) and rule.closed])
-def test_an_unknown_key_in_a_closed_object_is_named(tmp_path, real, field):
+def test_an_unknown_key_in_a_closed_object_is_named(tmp_path, source, field):
+    real = source(field)
     meta = set_path(read_meta(real), f"{field}.surprise", 1)
     expect_field_error(with_meta(real, tmp_path / "bad.npz", meta), f"{field}.surprise")
 
