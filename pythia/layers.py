@@ -36,6 +36,7 @@ GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
         conversation's user turns and padding); counted(targets) is how many rows are scored
     adapter_forward(adapter, x, out, names), adapter_backward(adapter, dx, dout, x, names, grads)
         the hook of a low-rank adapter (pythia.lora) on a linear layer; nothing when adapter is None
+    drop_frozen_inputs(adapter, acts, {key: weight names}): frees kept inputs a frozen base never reads
 
 `scale` defaults to 1 / sqrt(hs). A family that rotates q and k (rotary positions) does so on
 its own arrays before attention_forward and rotates dq, dk back after attention_backward.
@@ -82,6 +83,16 @@ def adapter_backward(adapter, dx: np.ndarray, dout: np.ndarray, x: np.ndarray, n
     (N, Cin) and writes its own parameters' gradients into grads; nothing without one."""
     if adapter is not None:
         adapter.adapt_backward(dx, dout, x, names, grads)
+
+
+def drop_frozen_inputs(adapter, acts: dict, inputs: dict[str, tuple[str, ...]]) -> None:
+    """With an adapter attached the base is frozen, and a linear layer's input (kept for dW = x^T dy)
+    is needed only where the adapter trains one of its weights: set acts[key] to None for each
+    input key none of whose weights `inputs[key]` is adapted (the memory of a LoRA run)."""
+    if adapter is not None:
+        for key, names in inputs.items():
+            if not any(adapter.adapts(n) for n in names):
+                acts[key] = None
 
 
 def embedding_forward(wte: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -270,6 +270,10 @@ class LoRAModel:
 
     # ------------------------------------------------------------------ the hook the base calls
 
+    def adapts(self, name: str) -> bool:
+        """Whether the weight `name` carries an adapter."""
+        return name in self._by_weight
+
     def adapt_forward(self, x: np.ndarray, out: np.ndarray, names) -> None:
         """out (N, sum of widths) += s (x A^T) B^T in the columns of each adapted weight of names."""
         s, col = np.float32(self.lora.scale), 0

@@ -198,3 +198,15 @@ def test_model_loss_with_ignored_targets_is_the_mean_over_the_scored(kind):
     assert abs(base.loss(x, y2) - want) < 1e-6
     with pytest.raises(ValueError, match="targets"):
         base.loss(x, np.full_like(y, -2))
+
+
+@pytest.mark.parametrize("kind, kept, dropped", [("llama", ["h", "y"], ["h2", "m"]), ("gpt2", ["ln1", "att"], ["ln2", "gelu"])])
+def test_a_frozen_base_keeps_only_the_inputs_its_adapters_need(kind, kept, dropped):
+    m = adapted(kind, ("attn",))
+    x, y = batch(8)
+    m.loss(x, y)
+    for layer in m._acts["layers"]:
+        assert all(layer[k] is not None for k in kept) and all(layer[k] is None for k in dropped)
+    plain = make_base(kind)
+    plain.loss(x, y)                                              # without an adapter everything is kept
+    assert all(plain._acts["layers"][0][k] is not None for k in kept + dropped)

@@ -288,6 +288,8 @@ class Pythia:
             g = nn.gelu_forward(fc)                                                              # (N, 4C)
             x = x + self._linear(g, p + "mlp.c_proj")                                          # (N, C)
             a.update(ln2=h2, fc=fc, gelu=g)
+            nn.drop_frozen_inputs(self.adapter, a, {k: (p + w + ".weight",) for k, w in (
+                ("ln1", "attn.c_attn"), ("att", "attn.c_proj"), ("ln2", "mlp.c_fc"), ("gelu", "mlp.c_proj"))})
             if keep is not None:                                 # inference drops each layer's activations
                 blocks.append(a)
         hf, mean_f, rstd_f = nn.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])          # (N, C)

@@ -409,6 +409,9 @@ class Llama:
             up = self._linear(h2, p + "mlp.up_proj.weight")      # (N, F)
             m = kernels.swiglu_forward(gate, up)                 # (N, F)
             a.update(h=h, qkv=qkv, q=q, k=k, probs=probs, y=y, x_mid=x, h2=h2, gate=gate, up=up, m=m)
+            layers.drop_frozen_inputs(self.adapter, a, {"h": self._qkv_names[i], "y": (p + "self_attn.o_proj.weight",),
+                                                        "h2": (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                                                        "m": (p + "mlp.down_proj.weight",)})
             x = x + self._linear(m, p + "mlp.down_proj.weight")  # (N, C)
             if keep is not None:
                 acts.append(a)
