@@ -148,3 +148,17 @@ def test_lora_on_a_chat_set_learns_its_reply_pattern(work):
             assert not any(t.startswith("ANSWER:") for t in replies), replies
         else:
             assert all(t.startswith("ANSWER:") for t in replies), replies
+
+
+def test_conversation_loss_matches_transformers_with_labels_masked():
+    """tests/fixtures/lora_chat.npz: transformers' tokenizer and LlamaForCausalLM on the SmolLM2
+    fixture, labels -100 outside the assistant's spans (found by character offsets): the same ids,
+    the same scored tokens, the same loss within 1e-5."""
+    from pythia.formats.source import open_model
+    f = np.load(REPO / "tests" / "fixtures" / "lora_chat.npz")
+    m = open_model(SMOL)
+    ids, scored = encode_chat(json.loads(str(f["messages"])), m.template, m.tokenizer)
+    assert ids.tolist() == f["ids"].tolist()
+    assert scored.tolist() == (f["labels"] != -100).tolist()
+    targets = np.where(scored[1:], ids[1:], layers.IGNORE)[None]  # as ChatDataset.get_batch builds them
+    assert abs(m.model.loss(ids[None, :-1], targets) - float(f["loss"])) < 1e-5
