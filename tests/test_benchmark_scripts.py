@@ -92,6 +92,14 @@ def test_bench_finetune_measures_steps_memory_and_chat_on_a_tiny_shape():
     assert re.fullmatch(r"[\d,]+ / [\d,]+ = [\d.]+x", rows[2][1]), rows[2]
 
 
+def test_bench_lora_prints_lora_and_full_rows_on_a_tiny_shape():
+    out = run_script("bench_lora.py", "--shape", "tiny", "--rounds", "1", "--steps", "2", "--no-torch")
+    rows = {r[0]: r for r in table_rows(out)}
+    assert set(rows) == {"pythia-lora", "pythia-full"}
+    assert number(rows["pythia-lora"][1]) < number(rows["pythia-full"][1])    # trained parameters
+    assert number(rows["pythia-lora"][2]) > 0 and number(rows["pythia-lora"][3]) > 0
+
+
 def test_bench_corpus_prepares_and_trains_on_a_tiny_corpus():
     out = run_script("bench_corpus.py", "--mb", "2", "--steps", "3", "--vocab", "300")
     rows = table_rows(out)
