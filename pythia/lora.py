@@ -27,7 +27,9 @@ adapted model's training loss is exactly what evaluation and the merged export c
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +94,6 @@ def adapter_names(name: str) -> tuple[str, str]:
 def weights_hash(model) -> str:
     """SHA-256 over every parameter's name, shape and float32 bytes, in name order: the identity
     of a base model's weights, wherever they are read from (a folder or a checkpoint)."""
-    import hashlib
     h = hashlib.sha256()
     for name in sorted(model.params):
         p = np.ascontiguousarray(model.params[name], np.float32)
@@ -103,7 +104,6 @@ def weights_hash(model) -> str:
 
 def attach(base, config: LoRAConfig, source, seed: int = 0) -> "LoRAModel":
     """Adapters on base, recording source (a path) and the hash of base's weights."""
-    import os
     if getattr(base, "adapter_meta", None) is not None:
         raise ConfigError(f"{str(source)!r} is a LoRA checkpoint already; export it merged first "
                           f"(python -m pythia export {source} --out DIR) and train adapters on that")
@@ -121,7 +121,6 @@ def open_adapted(meta: dict, adapters: dict, what: str) -> "LoRAModel":
     path = base_ref.get("path")
     if not isinstance(path, str) or not isinstance(base_ref.get("sha256"), str):
         raise CheckpointError(f"{what} is a LoRA adapter without a reference to its base model; it is corrupt")
-    import os
     if not os.path.exists(path):
         raise CheckpointError(f"{what} is a LoRA adapter on {path!r}, which is not there any more; put the base "
                               f"model back at that path")
@@ -142,6 +141,9 @@ def open_adapted(meta: dict, adapters: dict, what: str) -> "LoRAModel":
 
 class LoRAModel:
     """Low-rank adapters on a frozen base model, with the family interface of the adapters alone."""
+
+    base_ref: dict | None = None          # {"path", "sha256"} of the base this adapter was trained on
+    base_chat: dict | None = None         # the base's chat template and stop ids (a checkpoint's meta "chat")
 
     def __init__(self, base, config: LoRAConfig, seed: int = 0, *, init: bool = True):
         """Adapters on base's projections chosen by config.targets; A Kaiming-uniform from seed and
@@ -307,8 +309,6 @@ class LoRAModel:
         """What a checkpoint records (meta "lora"): the settings and the base's reference."""
         return {**self.lora.to_dict(), "base": dict(self.base_ref or {})}
 
-    base_ref: dict | None = None          # {"path", "sha256"} of the base this adapter was trained on
-    base_chat: dict | None = None         # the base's chat template and stop ids (a checkpoint's meta "chat")
 
     # ------------------------------------------------------------------ merging
 
