@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
-# batch, block, d_model, layers, heads (DESIGN.md's configs); warm-up and timed steps per run
+# batch, block, d_model, layers, heads (bench_train_step.py's CONFIGS); warm-up and timed steps per run
 CONFIGS = {"S": (8, 32, 48, 3, 4, 3, 20), "M": (12, 64, 128, 4, 4, 5, 30), "L": (16, 256, 384, 6, 6, 2, 6)}
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 NS_A, NS_B, DEV_A, DEV_B, NET = "pybench-a", "pybench-b", "pybva", "pybvb", "10.235.7"
