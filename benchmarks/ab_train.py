@@ -4,9 +4,9 @@
     python benchmarks/ab_train.py --a ../old --b . --configs M --rounds 5
 
 Each round runs, per config and in alternating order, `python -m pythia train` on Tiny
-Shakespeare with the config's sizes in checkout A and in checkout B (PYTHONPATH set to the
-checkout, compiled kernels as built there), and reads the tokens/s of the run's summary line
-("Trained N steps in T s · R tok/s"). The table gives each side's median tokens/s over the
+Shakespeare (--data FILE, else the file $PYTHIA_SHAKESPEARE names; corpus_path.py) with the
+config's sizes in checkout A and in checkout B (PYTHONPATH set to the checkout, compiled kernels
+as built there), and reads the tokens/s of the run's summary line ("Trained N steps in T s · R tok/s"). The table gives each side's median tokens/s over the
 rounds with the range, B/A as the median of the rounds' ratios with their range, and each side's
 final validation loss (the same seed: equal losses mean the change kept the arithmetic).
 """
@@ -21,8 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from corpus_path import shakespeare  # beside this script
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, steps), as bench_train_step.py's sizes
     "S": (8, 32, 48, 3, 4, 400),
     "M": (12, 64, 128, 4, 4, 150),
@@ -51,8 +52,9 @@ def main() -> None:
     ap.add_argument("--b", type=Path, default=REPO, help="the checkout under test (default: this one)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=None, help="Tiny Shakespeare (default: $PYTHIA_SHAKESPEARE)")
     args = ap.parse_args()
+    args.data = shakespeare(args.data)
     results = {(n, side): [] for n in args.configs for side in "ab"}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.rounds):
