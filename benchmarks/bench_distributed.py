@@ -3,8 +3,8 @@
     python benchmarks/bench_distributed.py                    # configs M and L, 3 interleaved repeats
     python benchmarks/bench_distributed.py --configs M --repeats 1 --no-hosts
 
-Training throughput of `python -m pythia train` on Tiny Shakespeare (read in place from
-../shared/data/tinyshakespeare.txt beside the repository, or --data), three ways, in turn within
+Training throughput of `python -m pythia train` on Tiny Shakespeare (read in place: --data FILE,
+else the file $PYTHIA_SHAKESPEARE names; corpus_path.py), three ways, in turn within
 each repeat so that a busy period of the machine hits all of them:
 
   1 process         the plain program: on 2 cores it splits each batch into two shards (threads.py)
@@ -38,9 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
-# batch, block, d_model, layers, heads (DESIGN.md's configs); warm-up and timed steps per run
+from corpus_path import shakespeare  # beside this script
+
+# batch, block, d_model, layers, heads (bench_train_step.py's CONFIGS); warm-up and timed steps per run
 CONFIGS = {"S": (8, 32, 48, 3, 4, 3, 20), "M": (12, 64, 128, 4, 4, 5, 30), "L": (16, 256, 384, 6, 6, 2, 6)}
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 NS_A, NS_B, DEV_A, DEV_B, NET = "pybench-a", "pybench-b", "pybva", "pybvb", "10.235.7"
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["M", "L"], choices=sorted(CONFIGS))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=None, help="Tiny Shakespeare (default: $PYTHIA_SHAKESPEARE)")
     ap.add_argument("--no-hosts", action="store_true", help="skip the run across two network namespaces")
     ap.add_argument("--allreduce", type=int, help=argparse.SUPPRESS)   # worker mode, under mpiexec
     ap.add_argument("--reps", type=int, default=20, help=argparse.SUPPRESS)
@@ -170,8 +170,7 @@ def main(argv=None) -> int:
     if args.allreduce:
         allreduce_worker(args.allreduce, args.reps)
         return 0
-    if not args.data.is_file():
-        sys.exit(f"error: {args.data} not found; pass --data FILE")
+    args.data = shakespeare(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         hosts = None if args.no_hosts else make_hosts(work)

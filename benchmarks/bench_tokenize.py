@@ -4,8 +4,8 @@ BPE training against tokenizers' BpeTrainer.
     python benchmarks/bench_tokenize.py [--data FILE] [--vocab 50000] [--encode-mb 5]
                                         [--train-mb 100] [--train-vocab 8192] [--repeats 3]
 
-Encoding. tokenizers' ByteLevelBPETokenizer is trained on --data (Tiny Shakespeare next to the
-repository by default) with --vocab tokens (fewer when the text runs out of pairs) and saved as
+Encoding. tokenizers' ByteLevelBPETokenizer is trained on --data (default: the Tiny Shakespeare
+file $PYTHIA_SHAKESPEARE names; corpus_path.py) with --vocab tokens (fewer when the text runs out of pairs) and saved as
 vocab.json + merges.txt; Pythia loads those files (GPT2Tokenizer) and encodes with its compiled
 encoder (pythia.text.bpe_fast). The text encoded is --data repeated to --encode-mb MB, so both sides'
 word caches are warm. Rows: one call on the whole text (one core); a batch of ~64 KB pieces cut
@@ -44,12 +44,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from corpus_path import shakespeare  # noqa: E402
 
 from pythia.text.bpe import GPT2Tokenizer  # noqa: E402
 from pythia.text.bpe_fast import BACKEND, count_words, encoder_for, train_merges  # noqa: E402
 from pythia.corpora.textstream import last_safe_cut, read_chunks  # noqa: E402
 
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None, work: Path) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="text to train the vocabulary on and to encode")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="text to train the vocabulary on and to encode (default: $PYTHIA_SHAKESPEARE)")
     ap.add_argument("--vocab", type=int, default=50000, help="tokens of the vocabulary tokenizers trains for encoding")
     ap.add_argument("--encode-mb", type=float, default=5.0, help="MB of text encoded per measurement")
     ap.add_argument("--train-mb", type=float, default=100.0, help="MB of synthetic text both trainers learn from")
@@ -102,6 +103,7 @@ def run(argv: list[str] | None, work: Path) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="Pythia's encoding processes in the batch row")
     a = ap.parse_args(argv)
+    a.data = shakespeare(a.data)
     if BACKEND != "cython":
         sys.exit("the compiled BPE (pythia._bpe) is not built or PYTHIA_KERNELS=numpy; build with pip install -e .")
     try:

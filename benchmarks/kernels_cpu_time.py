@@ -6,9 +6,10 @@ Wall-clock benchmarks (bench_kernels.py) on 2 cores shared with other jobs measu
 scheduler as much as the code. Here Cython, NumPy and PyTorch all run on one thread
 (OMP_NUM_THREADS=1, torch.set_num_threads(1)) and each call is timed with the calling
 thread's CPU clock (time.thread_time), minimum over repeated calls (about --budget seconds of
-them, default 0.3, per kernel and library). Same cases as bench_kernels.py; prints a markdown
-table of microseconds and ratios. With every library on one thread, PyTorch can share this
-process (the OpenMP wait policy that bench_kernels.py keeps apart does not matter on one thread).
+them, default 0.3, per kernel and library). Same cases as bench_kernels.py (kernel_cases.py);
+prints a markdown table of microseconds and ratios. With every library on one thread, PyTorch can
+share this process (the OpenMP wait policy that bench_kernels.py keeps apart does not matter on
+one thread).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import time
 os.environ["OMP_NUM_THREADS"] = "1"  # before any OpenMP runtime loads
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_kernels as B  # noqa: E402
+import kernel_cases as K  # noqa: E402
+
+from pythia.kernels import _loader, reference  # noqa: E402
 
 
 def cpu_min(fn, budget: float = 0.3) -> float:
@@ -42,25 +45,26 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.3, help="seconds of calls per kernel and library")
     args_ = ap.parse_args()
     sizes = args_.sizes.split(",")
-    unknown = [z for z in sizes if z not in B.SHAPES]
+    unknown = [z for z in sizes if z not in K.SHAPES]
     if unknown:
-        ap.error(f"unknown config {unknown[0]!r}; choose from {','.join(B.SHAPES)}")
-    if B.compiled is None:
-        sys.exit(f"compiled kernels unavailable: {B._why}")
+        ap.error(f"unknown config {unknown[0]!r}; choose from {','.join(K.SHAPES)}")
+    compiled, why = _loader.load_compiled()
+    if compiled is None:
+        sys.exit(f"compiled kernels unavailable: {why}")
     torch = None
     if importlib.util.find_spec("torch") is not None:
         import torch
         torch.set_num_threads(1)
     print("| kernel-shape | cython us | numpy us | torch us | copy us | numpy/cython | torch/cython | cython/copy |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for kernel in B.KERNELS:
+    for kernel in K.KERNELS:
         for size in sizes:
-            args, nbytes = B._case(kernel, size)
-            fc, fr = getattr(B.compiled, kernel), getattr(B.reference, kernel)
+            args, nbytes = K.case(kernel, size)
+            fc, fr = getattr(compiled, kernel), getattr(reference, kernel)
             c = cpu_min(lambda: fc(*args), args_.budget)
             r = cpu_min(lambda: fr(*args), args_.budget)
-            t = cpu_min(B._torch_thunk(kernel, args), args_.budget) if torch is not None else None
-            cp = cpu_min(B._copy_thunk(nbytes), args_.budget) if kernel in B.MEMORY_BOUND else None
+            t = cpu_min(K.torch_thunk(kernel, args), args_.budget) if torch is not None else None
+            cp = cpu_min(K.copy_thunk(nbytes), args_.budget) if kernel in K.MEMORY_BOUND else None
             cells = [f"{v * 1e6:,.1f}" if v else "" for v in (c, r, t, cp)]
             ratios = [f"{r / c:.2f}", f"{t / c:.2f}" if t else "", f"{c / cp:.2f}" if cp else ""]
             print(f"| {kernel}-{size} | " + " | ".join(cells + ratios) + " |", flush=True)

@@ -9,7 +9,7 @@ training steps per preset in turn, --rounds times (interleaved, so a busy spell 
 slows every preset alike), and reports each preset's median ms/step with its range, and its
 ratio to the last one named (the reference). On a shared machine the ratio is the
 figure to trust: a preset's time on an idle machine is its ratio times the reference's idle
-time (DESIGN.md: the seed's config S takes 3.1 ms/step on 2 idle cores).
+time (the seed's config S, bench_train_step.py's CONFIGS, takes 3.1 ms/step on 2 idle cores).
 """
 from __future__ import annotations
 

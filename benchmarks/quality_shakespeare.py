@@ -12,8 +12,8 @@ number.
 
 With --torch, the PyTorch model of benchmarks/torch_gpt.py starts from Pythia's initial weights
 and trains on the very same batches, and both are scored on the same evaluation batches, so the
-two losses differ only by the implementations. Tiny Shakespeare is read in place (default
-../shared/data/tinyshakespeare.txt next to the repository; --data to point elsewhere), never copied.
+two losses differ only by the implementations. Tiny Shakespeare is read in place, never copied:
+--data FILE, else the file $PYTHIA_SHAKESPEARE names (corpus_path.py).
 A benchmark, not a test: it takes minutes and is not collected by pytest.
 
 Results, with the machine they were measured on: benchmarks/README.md.
@@ -29,16 +29,18 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # torch_gpt.py lives beside this script
+sys.path.insert(0, str(HERE))  # torch_gpt.py and corpus_path.py live beside this script
 
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
+from corpus_path import shakespeare  # noqa: E402
+
 TARGET = 1.88
-REFERENCE = "PyTorch reference (DESIGN.md): val 1.883 in 107 s"
+# nanoGPT's recipe in PyTorch on this machine, measured with this script's --torch
+REFERENCE = "PyTorch reference (nanoGPT recipe, quality_shakespeare.py --torch): val 1.883 in 107 s"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=None, help="Tiny Shakespeare (default: $PYTHIA_SHAKESPEARE)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--eval-interval", type=int, default=250)
     ap.add_argument("--eval-iters", type=int, default=20)
@@ -47,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--kernels", choices=("cython", "numpy"), default=None)
     ap.add_argument("--log-file", type=Path, default=None)
     ap.add_argument("--torch", action="store_true", help="also train the PyTorch reference on the same batches")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.data = shakespeare(args.data)
+    return args
 
 
 def main(argv=None) -> int:

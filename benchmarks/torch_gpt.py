@@ -150,13 +150,13 @@ def serve_steps(conn, V: int, T: int, C: int, L: int, H: int, params: dict, x: n
 def serve_kernels(conn) -> None:
     """Child-process loop for bench_kernels.py: time PyTorch's ops at torch's own OpenMP defaults.
 
-    ("setup", kernel, size): build the op on bench_kernels' inputs and reply with k, the number
+    ("setup", kernel, size): build the op on kernel_cases' inputs and reply with k, the number
     of ops per "run" (enough for ~3 ms, so the pipe's ~0.1 ms round trip is a few percent);
     "run": do the op k times, reply; anything else ends the loop.
     """
     import time
 
-    from bench_kernels import _case, _torch_thunk
+    from kernel_cases import case, torch_thunk
 
     torch.set_num_threads(2)
     conn.send(("ready", torch.get_num_threads()))
@@ -168,7 +168,7 @@ def serve_kernels(conn) -> None:
                 thunk()
             conn.send(None)
         elif isinstance(msg, tuple) and msg[0] == "setup":
-            thunk = _torch_thunk(msg[1], _case(msg[1], msg[2])[0])
+            thunk = torch_thunk(msg[1], case(msg[1], msg[2])[0])
             thunk()
             t0 = time.perf_counter()
             for _ in range(10):

@@ -78,6 +78,28 @@ def test_quality_run_trains_and_reports_a_val_loss(tmp_path):
     assert "pythia: val loss" in out and "target <= 1.88: NOT met" in out, out[-2000:]
 
 
+NO_CORPUS = ("error: pass --data FILE (Tiny Shakespeare: nanoGPT's data/shakespeare_char/input.txt) "
+             "or set PYTHIA_SHAKESPEARE")
+
+
+@pytest.mark.parametrize("script", [["quality_shakespeare.py"], ["bench_tokenize.py"],
+                                    ["bench_distributed.py"], ["ab_train.py", "--a", "."]])
+def test_a_script_without_the_corpus_says_how_to_name_it(script):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHIA_SHAKESPEARE", "PYTHIA_KERNELS")}
+    p = subprocess.run([sys.executable, str(BENCH / script[0]), *script[1:]], capture_output=True,
+                       text=True, timeout=120, cwd=BENCH, env=env)
+    assert p.returncode == 2 and p.stderr.strip() == NO_CORPUS, p.stderr[-2000:]
+
+
+def test_the_corpus_comes_from_pythia_shakespeare_when_there_is_no_data_flag(tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    env = {**os.environ, "PYTHIA_SHAKESPEARE": str(missing)}
+    p = subprocess.run([sys.executable, str(BENCH / "bench_distributed.py")], capture_output=True,
+                       text=True, timeout=120, cwd=BENCH, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.startswith(f"error: {missing} (PYTHIA_SHAKESPEARE) is not a file; pass --data FILE"), p.stderr
+
+
 def test_number_reads_the_scripts_thousands_separators():
     assert number("2,177.1") == 2177.1 and number("12.50") == 12.5 and number("1,000,000") == 1e6
     with pytest.raises(AssertionError):
