@@ -112,11 +112,11 @@ def attach(base, config: LoRAConfig, source, seed: int = 0) -> "LoRAModel":
     return model
 
 
-def open_adapted(meta: dict, adapters: dict, what: str) -> "LoRAModel":
-    """The LoRA model a checkpoint describes: its base opened from meta["base"]["path"], checked
-    against the recorded hash (CheckpointError in one line when it differs), and its adapters."""
+def open_adapted(meta: dict, adapters: dict, what: str, open_base) -> "LoRAModel":
+    """The LoRA model a checkpoint describes: its base opened from meta["base"]["path"] by
+    open_base(path) -> pythia.formats.source.LoadedModel, checked against the recorded hash
+    (CheckpointError in one line when it differs), and its adapters."""
     from .errors import CheckpointError
-    from .formats.source import open_model
     base_ref = meta.get("base") or {}
     path = base_ref.get("path")
     if not isinstance(path, str) or not isinstance(base_ref.get("sha256"), str):
@@ -124,7 +124,7 @@ def open_adapted(meta: dict, adapters: dict, what: str) -> "LoRAModel":
     if not os.path.exists(path):
         raise CheckpointError(f"{what} is a LoRA adapter on {path!r}, which is not there any more; put the base "
                               f"model back at that path")
-    loaded = open_model(path)
+    loaded = open_base(path)
     base = loaded.model
     if weights_hash(base) != base_ref["sha256"]:
         raise CheckpointError(f"{what} was trained on other weights than those now at {path!r} (their content "

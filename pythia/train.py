@@ -409,7 +409,8 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
             check_memory(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), cfg, _tokens_in_memory(dataset))
         net = Pythia(PythiaConfig(vocab_size=dataset.tokenizer.vocab_size, **sizes), seed=cfg.seed)
         return Trainer(net, make_optimizer(net, cfg), dataset, cfg, **trainer_kwargs)
-    ckpt = load_checkpoint(resume)
+    from .formats.source import open_model
+    ckpt = load_checkpoint(resume, open_base=open_model)        # a LoRA run opens its base as well
     check_resume_sizes(ckpt, **sizes)
     cfg = TrainConfig.from_dict({**ckpt.train_config, **given})
     cfg.validate()

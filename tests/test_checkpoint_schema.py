@@ -109,7 +109,10 @@ def test_the_real_checkpoint_loads_and_passes_the_schema(real, real_lora):
     ckpt = load_checkpoint(real)
     assert ckpt.step == 2 and ckpt.rng_state["train"]["bit_generator"] == "PCG64"
     validate_meta(read_meta(real_lora))
-    assert load_checkpoint(real_lora).model.base_ref["path"] == str(real)
+    from pythia.formats.source import open_model
+    assert load_checkpoint(real_lora, open_base=open_model).model.base_ref["path"] == str(real)
+    with pytest.raises(CheckpointError, match="holds LoRA adapters, which need their base model"):
+        load_checkpoint(real_lora)
 
 
 @pytest.mark.parametrize("field, bad", CASES, ids=[f"{f}={json.dumps(b)}" for f, b in CASES])

@@ -13,11 +13,16 @@ from helpers import GPT2, REPO, assert_ok, assert_one_line_error, run_cli as run
 
 from pythia import layers
 from pythia.formats.chat_template import ChatTemplate
-from pythia.formats.checkpoint import load_checkpoint
+from pythia.formats.checkpoint import load_checkpoint as load_raw
+from pythia.formats.source import open_model
 from pythia.training.chats import build_chat_dataset, encode_chat
 
 SMOL = REPO / "tests" / "fixtures" / "hf_models" / "smollm2"
 FT = ["--steps", "2", "--batch-size", "2", "--block-size", "32", "--eval-interval", "2", "--eval-iters", "1"]
+
+
+def load_checkpoint(path):
+    return load_raw(path, open_base=open_model)
 
 
 def chat_line(q: str, a: str) -> str:
@@ -99,7 +104,6 @@ def test_bad_lora_and_chat_input_is_one_line(work, args, needle):
 
 def test_conversation_masks_score_the_assistant_turns_only():
     """Against a hand-made reference: the ChatML text of each turn, encoded piece by piece."""
-    from pythia.formats.source import open_model
     m = open_model(SMOL)
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
@@ -114,7 +118,6 @@ def test_conversation_masks_score_the_assistant_turns_only():
 
 
 def test_batches_pad_to_the_longest_and_truncate_from_the_left(tmp_path):
-    from pythia.formats.source import open_model
     m = open_model(GPT2)
     (tmp_path / "c.jsonl").write_text(chat_line("hi", "yes") + "\n" + chat_line("a " * 40, "no " * 3) + "\n"
                                       + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
@@ -154,7 +157,6 @@ def test_conversation_loss_matches_transformers_with_labels_masked():
     """tests/fixtures/lora_chat.npz: transformers' tokenizer and LlamaForCausalLM on the SmolLM2
     fixture, labels -100 outside the assistant's spans (found by character offsets): the same ids,
     the same scored tokens, the same loss within 1e-5."""
-    from pythia.formats.source import open_model
     f = np.load(REPO / "tests" / "fixtures" / "lora_chat.npz")
     m = open_model(SMOL)
     ids, scored = encode_chat(json.loads(str(f["messages"])), m.template, m.tokenizer)

@@ -39,7 +39,8 @@ def load_tokenizer(checkpoint: str | None, data: str | None):
         return read_tokenizer(Path(checkpoint))
     if checkpoint:
         from ..formats.checkpoint import load_checkpoint
-        return load_checkpoint(checkpoint).tokenizer
+        from ..formats.source import open_model
+        return load_checkpoint(checkpoint, open_base=open_model).tokenizer
     if data:
         from ..corpora.prepared import REPREPARE, read_meta, tokenizer_from_json
         meta = read_meta(Path(data))

@@ -187,11 +187,14 @@ def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_base=None) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; CheckpointError on anything wrong.
 
     optimizer=False leaves the optimizer state (twice the weights' size) unread, for a caller
-    that only uses the model (chat, generate, export); optimizer_arrays is then None."""
+    that only uses the model (chat, generate, export); optimizer_arrays is then None.
+    open_base(path) -> LoadedModel opens the base model of a LoRA checkpoint (the caller passes
+    pythia.formats.source.open_model, which itself reads checkpoints); without it such a
+    checkpoint is refused."""
     from ..tokenizer import tokenizer_from_arrays
 
     path = Path(path)
@@ -213,8 +216,11 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True) -> Check
             raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; "
                                   f"use an earlier checkpoint")
     if isinstance(meta.get("lora"), dict):                     # LoRA adapters on a base read from its path
+        if open_base is None:
+            raise CheckpointError(f"{what} holds LoRA adapters, which need their base model; open it with "
+                                  f"--model {str(path)!r}")
         from ..lora import open_adapted
-        model = open_adapted(meta["lora"], params, what)
+        model = open_adapted(meta["lora"], params, what, open_base)
     else:
         _check_param_shapes(params, param_shapes(config), config, what)  # before allocating the model
         model = Model(config, init=False)                      # every weight is loaded next

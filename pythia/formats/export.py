@@ -115,7 +115,7 @@ def check_export_target(out: str | Path, force: bool) -> Path:
 
 
 def export(checkpoint: str | Path, out: str | Path, *, force: bool = False, adapter_only: bool = False) -> Path:
-    """Write the checkpoint as a Hugging Face GPT-2 folder at out (see module docstring); a LoRA
+    """Write the checkpoint as a Hugging Face folder at out (see module docstring); a LoRA
     checkpoint merged, or with adapter_only its adapter in PEFT's layout (pythia.formats.lora_export)."""
     from .checkpoint import load_checkpoint
     out = check_export_target(out, force)
@@ -123,23 +123,31 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False, adap
     if out.is_dir() and (out.resolve() == src or out.resolve() in src.parents):
         raise ConfigError(f"--out {str(out)!r} holds the checkpoint being exported, {str(checkpoint)!r}, and "
                           f"replacing the folder would delete it; choose another folder")
-    ckpt = load_checkpoint(checkpoint, optimizer=False)
-    if getattr(ckpt.model, "adapter_meta", None) is not None:
-        from .lora_export import export_lora
-        return export_lora(ckpt, out, adapter_only=adapter_only, force=force)
+    from .source import open_model
+    ckpt = load_checkpoint(checkpoint, optimizer=False, open_base=open_model)  # a LoRA checkpoint opens its base
+    adapted = getattr(ckpt.model, "adapter_meta", None) is not None
     if adapter_only:
-        raise ConfigError(f"--adapter-only writes a LoRA adapter, but {str(checkpoint)!r} is a full model (trained "
-                          f"without --lora); drop --adapter-only to export the whole model")
-    return save_hf(out, ckpt.model, ckpt.tokenizer, force=force, chat=ckpt.chat)
+        if not adapted:
+            raise ConfigError(f"--adapter-only writes a LoRA adapter, but {str(checkpoint)!r} is a full model "
+                              f"(trained without --lora); drop --adapter-only to export the whole model")
+        from .lora_export import write_adapter
+        return write_folder(out, lambda tmp: write_adapter(tmp, ckpt.model), force=force)
+    model = ckpt.model.merged() if adapted else ckpt.model   # W + (alpha/r) B A: a plain model of the family
+    return save_hf(out, model, ckpt.tokenizer, force=force, chat=ckpt.chat)
 
 
 def save_hf(out: str | Path, model, tokenizer, *, force: bool = False, chat: dict | None = None) -> Path:
     """Write model and tokenizer as a Hugging Face folder at out, atomically (module docstring)."""
+    return write_folder(out, lambda tmp: write_hf_folder(tmp, model, tokenizer, chat), force=force)
+
+
+def write_folder(out: str | Path, write, *, force: bool = False) -> Path:
+    """Run write(tmp) on a new temporary sibling folder of out, then rename it to out (whole or not at all)."""
     from ..system.atomic import install_directory, new_directory
     out = check_export_target(out, force)
     tmp = new_directory(out)
     try:
-        write_hf_folder(tmp, model, tokenizer, chat)
+        write(tmp)
         install_directory(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

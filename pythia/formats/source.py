@@ -74,7 +74,7 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
         raise ConfigError(f"{str(path)!r} does not exist; give a Pythia checkpoint (.npz) or a Hugging Face model "
                           f"folder you downloaded (Pythia never downloads)")
     from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path, optimizer=False)
+    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model)  # a LoRA checkpoint's base, too
     if ckpt.step:
         what = f"trained {ckpt.step} steps"
     else:
