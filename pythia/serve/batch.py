@@ -30,6 +30,9 @@ from ..sampling import sample_token
 from ..system import memory, threads
 
 
+WAKE = 0.25                 # seconds an idle decoder sleeps before looking at the closing flag again
+
+
 class QueueFull(Exception):
     """Every slot is busy and max_queue sequences already wait; the client should retry later."""
 
@@ -125,6 +128,11 @@ class BatchDecoder:
         with self._cond:
             return len(self.active), len(self.waiting)
 
+    def request_close(self) -> None:
+        """close() without waiting and without the lock: safe inside a signal handler (the thread
+        sees the flag within WAKE seconds)."""
+        self._closing = True
+
     def close(self, timeout: float = 5.0) -> None:
         """End every sequence (in flight: reason "length", after the step under way) and stop the thread."""
         with self._cond:
@@ -138,7 +146,7 @@ class BatchDecoder:
         while True:
             with self._cond:
                 while not self._closing and not self.active and not self.waiting:
-                    self._cond.wait()
+                    self._cond.wait(WAKE)
                 if self._closing:
                     for seq in [*self.active, *self.waiting]:
                         self._end(seq, ("end", "length"))
