@@ -152,6 +152,8 @@ class BatchDecoder:
                         self._end(seq, ("end", "length"))
                     self.active, self.waiting = [], collections.deque()
                     return
+                for seq in [s for s in [*self.active, *self.waiting] if s.cancelled]:
+                    seq.done, seq.cache = True, None                # nobody listens: no event
                 self.active = [s for s in self.active if not s.cancelled]
                 self.waiting = collections.deque(s for s in self.waiting if not s.cancelled)
                 while self.waiting and len(self.active) < self.max_batch:
