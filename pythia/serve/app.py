@@ -158,7 +158,8 @@ class _State:
     async def health(self, request: Request) -> JSONResponse:
         active, waiting = self.decoder.load()
         return JSONResponse({"status": "ok", "model": self.settings.model_id, "active": active, "waiting": waiting,
-                             "max_batch": self.decoder.max_batch, "context": self.block_size})
+                             "max_batch": self.decoder.max_batch, "context": self.block_size,
+                             "steps": self.decoder.steps, "widest_batch": self.decoder.widest})
 
     def _card(self) -> dict:
         return {"id": self.settings.model_id, "object": "model", "created": self.created, "owned_by": "pythia"}
