@@ -376,3 +376,22 @@ def test_serving_does_not_import_the_web_stack_into_pythia():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).parent.parent)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_a_failing_forward_pass_ends_the_stream_with_an_error_event_and_the_server_goes_on():
+    m = char_model()
+    real = m.model.forward_cached_batch
+    calls = {"n": 0}
+
+    def flaky(tokens, caches):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise FloatingPointError("overflow in a test")
+        return real(tokens, caches)
+    m.model.forward_cached_batch = flaky
+    body = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5, "temperature": 0}
+    with client(m) as c:
+        events = sse(c.post("/v1/chat/completions", json={**body, "stream": True}).text)
+        assert events[-1] == "[DONE]" and "overflow in a test" in events[-2]["error"]["message"]
+        assert events[-2]["error"]["type"] == "server_error"
+        assert c.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] >= 1

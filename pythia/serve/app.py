@@ -324,12 +324,16 @@ class _EventStream:
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                    (b"x-accel-buffering", b"no")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async def event(data: str, more: bool = True) -> None:
+            await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": more})
         try:
-            async for chunk in self.chunks:
-                if chunk is not None:
-                    data = json.dumps(chunk, ensure_ascii=False)
-                    await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            try:
+                async for chunk in self.chunks:
+                    if chunk is not None:
+                        await event(json.dumps(chunk, ensure_ascii=False))
+            except APIError as e:                # after the status went out: the error is the last event
+                await event(json.dumps(e.body(), ensure_ascii=False))
+            await event("[DONE]", more=False)
         except OSError:                          # the client went away mid-stream
             pass
         finally:
