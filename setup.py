@@ -99,7 +99,8 @@ def extensions():
 
 setup(
     packages=["pythia", "pythia.commands", "pythia.models", "pythia.kernels", "pythia.corpora", "pythia.formats", "pythia.inspection",
-              "pythia.quant", "pythia.system", "pythia.text", "pythia.training"],
+              "pythia.quant", "pythia.serve", "pythia.system", "pythia.text", "pythia.training"],
+    package_data={"pythia.serve": ["static/*.html"]},   # the web chat page, served as a file
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -4,6 +4,7 @@
     train        train (or --resume) and save a checkpoint
     chat         chat with a checkpoint or a GPT-2 directory
     generate     one completion of --prompt to stdout, for scripts
+    serve        the OpenAI HTTP API and a web chat over one model (the serve extra)
     convert-gpt2 turn a Hugging Face GPT-2 directory into a Pythia checkpoint
     export       write a checkpoint as a Hugging Face GPT-2 folder
     prepare      tokenize text files once into a folder that training memory-maps
@@ -29,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .commands import (chat, convert, convert_gpt2, explain, export, generate, plot, prepare, tokenize, train,
-                       train_chat)
+from .commands import (chat, convert, convert_gpt2, explain, export, generate, plot, prepare, serve, tokenize,
+                       train, train_chat)
 from .commands.kernel_choice import check_kernel_env
 from .errors import PythiaError
 from .system.atomic import written_files
@@ -104,7 +105,7 @@ examples:
 Exit status: 0 done, 1 error, 2 bad command line, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
 
 
-COMMANDS = (train_chat, train, chat, generate, convert, convert_gpt2, export, prepare, tokenize, explain, plot)
+COMMANDS = (train_chat, train, chat, generate, serve, convert, convert_gpt2, export, prepare, tokenize, explain, plot)
 
 
 def build_parser() -> Parser:

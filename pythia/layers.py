@@ -265,6 +265,24 @@ def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndar
     return y.reshape(H, Tn, hs)
 
 
+def cached_spans(tokens: list, caches: list, block_size: int) -> list[tuple[int, int, int]]:
+    """(lo, hi, pos) per sequence: its rows [lo, hi) of the stacked new tokens and its cache's first
+    free position; ValueError when a sequence would overflow its cache or brings no token."""
+    if len(tokens) != len(caches) or not tokens:
+        raise ValueError(f"need one cache per sequence and at least one sequence, got {len(tokens)} token "
+                         f"lists and {len(caches)} caches")
+    spans, lo = [], 0
+    for t, cache in zip(tokens, caches):
+        Tn, pos = len(t), cache.length
+        if Tn < 1:
+            raise ValueError("every sequence needs at least one new token")
+        if pos + Tn > block_size:
+            raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={block_size}")
+        spans.append((lo, lo + Tn, pos))
+        lo += Tn
+    return spans
+
+
 def full_attention(probs: list[np.ndarray], T: int) -> np.ndarray:
     """The (B, H, T, T) attention matrix from attention_forward's per-query-block probs: a block
     of queries [lo, hi) saw keys [0, hi); the keys it never saw get probability 0."""

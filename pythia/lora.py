@@ -266,6 +266,9 @@ class LoRAModel:
     def forward_cached(self, tokens, cache):
         return self.base.forward_cached(tokens, cache)
 
+    def forward_cached_batch(self, tokens, caches):
+        return self.base.forward_cached_batch(tokens, caches)
+
     def generate(self, prompt, max_new_tokens, **kw):
         from .sampling import generate
         return generate(self, prompt, max_new_tokens, **kw)

@@ -24,6 +24,8 @@ A family module defines a config dataclass and a model class:
                                               zeros(shape, dtype) allocates its arrays (the caller's
                                               memory policy, e.g. pythia.system.memory.lazy_zeros)
     model.forward_cached(tokens (Tn,), cache) -> logits (V,)    logits after the last new token
+    model.forward_cached_batch([tokens_b (Tn_b,)], [cache_b]) -> logits (B, V)
+                                              several sequences in one pass, each against its own cache
     model.load_params(params: dict) -> None   copy in place; exact names and shapes (ValueError)
     model.num_params() -> int
 

@@ -361,26 +361,36 @@ class Pythia:
 
     def forward_cached(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Logits (V,) after feeding tokens (Tn,) at positions cache.length..; appends them to the cache."""
+        return self.forward_cached_batch([tokens], [cache])[0]
+
+    def forward_cached_batch(self, tokens: list, caches: list) -> np.ndarray:
+        """Logits (B, V) after feeding sequence b its tokens[b] (Tn_b,) at positions caches[b].length..;
+        appends them to each cache. The rows of every sequence go through each matrix product
+        together (one read of each weight per step, whatever B); attention alone runs per sequence,
+        against that sequence's cache."""
         cfg, P = self.config, self.params
-        Tn, pos = len(tokens), cache.length
-        if pos + Tn > cfg.block_size:
-            raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={cfg.block_size}")
+        spans = nn.cached_spans(tokens, caches, cfg.block_size)     # (lo, hi, pos) rows of each sequence
         H, C = cfg.n_head, cfg.d_model
-        x = P["wte"][tokens] + P["wpe"][pos:pos + Tn]            # (Tn, C)
+        x = np.concatenate([P["wte"][np.asarray(t)] + P["wpe"][pos:pos + hi - lo]
+                            for t, (lo, hi, pos) in zip(tokens, spans)])               # (N, C)
         for i in range(cfg.n_layer):
             p = f"h.{i}."
-            h, _, _ = nn.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])          # (Tn, C)
-            qkv = self._linear(h, p + "attn.c_attn")                                             # (Tn, 3C)
-            q, k, v = qkv.reshape(Tn, 3, H, C // H).transpose(1, 2, 0, 3)                        # each (H, Tn, hs)
-            y = nn.attention_step(q, k, v, cache.k[i], cache.v[i], pos)                          # (H, Tn, hs)
-            att = y.transpose(1, 0, 2).reshape(Tn, C)                                            # (Tn, C)
+            h, _, _ = nn.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])          # (N, C)
+            qkv = self._linear(h, p + "attn.c_attn")                                             # (N, 3C)
+            att = np.empty_like(h)                                                               # (N, C)
+            for (lo, hi, pos), cache in zip(spans, caches):
+                q, k, v = qkv[lo:hi].reshape(hi - lo, 3, H, C // H).transpose(1, 2, 0, 3)        # each (H, Tn, hs)
+                y = nn.attention_step(q, k, v, cache.k[i], cache.v[i], pos)                      # (H, Tn, hs)
+                att[lo:hi] = y.transpose(1, 0, 2).reshape(hi - lo, C)                            # (Tn, C)
             x = x + self._linear(att, p + "attn.c_proj")
             h, _, _ = nn.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            g = nn.gelu_forward(self._linear(h, p + "mlp.c_fc"))                                  # (Tn, 4C)
+            g = nn.gelu_forward(self._linear(h, p + "mlp.c_fc"))                                  # (N, 4C)
             x = x + self._linear(g, p + "mlp.c_proj")
-        cache.length = pos + Tn
-        hf, _, _ = nn.layernorm_forward(x[-1:], P["ln_f.weight"], P["ln_f.bias"])              # (1, C) last position only
-        return (hf @ P["wte"].T)[0]                              # (1, C) @ (C, V) -> (V,)
+        for (lo, hi, pos), cache in zip(spans, caches):
+            cache.length = pos + hi - lo
+        last = [hi - 1 for _, hi, _ in spans]                                                    # each sequence's last row
+        hf, _, _ = nn.layernorm_forward(x[last], P["ln_f.weight"], P["ln_f.bias"])             # (B, C)
+        return hf @ P["wte"].T                                   # (B, C) @ (C, V) -> (B, V)
 
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,

@@ -505,37 +505,48 @@ class Llama:
         return KVCache(self.config, zeros)
 
     def forward_cached(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Logits (V,) after feeding tokens (Tn,) at positions cache.length..; appends them to the cache.
+        """Logits (V,) after feeding tokens (Tn,) at positions cache.length..; appends them to the cache."""
+        return self.forward_cached_batch([tokens], [cache])[0]
 
-        Per layer: one RMSNorm, one product for q, k, v together, one rotation of q and k together,
-        the cached attention, and one product for gate and up together."""
+    def forward_cached_batch(self, tokens: list, caches: list) -> np.ndarray:
+        """Logits (B, V) after feeding sequence b its tokens[b] (Tn_b,) at positions caches[b].length..;
+        appends them to each cache. The rows of every sequence share each matrix product (one read of
+        each weight per step, whatever B); rotation and attention run per sequence at its positions.
+
+        Per layer: one RMSNorm, one product for q, k, v together, one rotation of q and k together
+        per sequence, the cached attention, and one product for gate and up together."""
         cfg, P, PB = self.config, self.params, self._pblocks
-        Tn, pos = len(tokens), cache.length
-        if pos + Tn > cfg.block_size:
-            raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={cfg.block_size}")
+        spans = layers.cached_spans(tokens, caches, cfg.block_size)  # (lo, hi, pos) rows of each sequence
         H, Hkv, hs, F = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff
         Dq, Dkv = H * hs, Hkv * hs
-        cos, sin = (t[pos:pos + Tn] for t in self._rope(pos + Tn))  # (Tn, hs)
-        x = P["model.embed_tokens.weight"][np.asarray(tokens)]   # (Tn, C)
+        cos, sin = self._rope(max(pos + hi - lo for lo, hi, pos in spans))  # (>= longest, hs)
+        x = P["model.embed_tokens.weight"][np.concatenate([np.asarray(t).reshape(-1) for t in tokens])]  # (N, C)
         for i in range(cfg.n_layer):
             p = f"model.layers.{i}."
-            h, _ = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (Tn, C)
-            qkv = h @ PB[p + "qkv"].T                            # (Tn, C) @ (C, Dq + 2 Dkv)
+            h, _ = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (N, C)
+            qkv = h @ PB[p + "qkv"].T                            # (N, C) @ (C, Dq + 2 Dkv)
             if cfg.qkv_bias:
                 qkv += PB[p + "qkv_bias"]
             layers.adapter_forward(self.adapter, h, qkv, self._qkv_names[i])
-            # q and k heads side by side: (Tn, H + Hkv, hs) -> (H + Hkv, Tn, hs), rotated at once
-            qk = kernels.rope_forward(qkv[:, :Dq + Dkv].reshape(Tn, H + Hkv, hs).transpose(1, 0, 2), cos, sin)
-            v = qkv[:, Dq + Dkv:].reshape(Tn, Hkv, hs).transpose(1, 0, 2)  # (Hkv, Tn, hs)
-            y = layers.attention_step(qk[:H], qk[H:], v, cache.k[i], cache.v[i], pos)  # (H, Tn, hs)
-            x = x + self._linear(y.transpose(1, 0, 2).reshape(Tn, Dq), p + "self_attn.o_proj.weight")  # (Tn, C)
+            y = np.empty((len(x), Dq), np.float32)               # (N, Dq) heads side by side
+            for (lo, hi, pos), cache in zip(spans, caches):
+                Tn = hi - lo
+                # q and k heads side by side: (Tn, H + Hkv, hs) -> (H + Hkv, Tn, hs), rotated at once
+                qk = kernels.rope_forward(qkv[lo:hi, :Dq + Dkv].reshape(Tn, H + Hkv, hs).transpose(1, 0, 2),
+                                          cos[pos:pos + Tn], sin[pos:pos + Tn])
+                v = qkv[lo:hi, Dq + Dkv:].reshape(Tn, Hkv, hs).transpose(1, 0, 2)  # (Hkv, Tn, hs)
+                att = layers.attention_step(qk[:H], qk[H:], v, cache.k[i], cache.v[i], pos)  # (H, Tn, hs)
+                y[lo:hi] = att.transpose(1, 0, 2).reshape(Tn, Dq)
+            x = x + self._linear(y, p + "self_attn.o_proj.weight")  # (N, Dq) @ (Dq, C)
             h, _ = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-            gu = h @ PB[p + "gate_up"].T                         # (Tn, 2F): gate, then up
+            gu = h @ PB[p + "gate_up"].T                         # (N, 2F): gate, then up
             layers.adapter_forward(self.adapter, h, gu, (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
             x = x + self._linear(kernels.swiglu_forward(gu[:, :F], gu[:, F:]), p + "mlp.down_proj.weight")
-        cache.length = pos + Tn
-        hf, _ = kernels.rmsnorm_forward(x[-1:], P["model.norm.weight"], cfg.norm_eps)  # (1, C) last position only
-        return (hf @ self._head().T)[0]                          # (1, C) @ (C, V) -> (V,)
+        for (lo, hi, pos), cache in zip(spans, caches):
+            cache.length = pos + hi - lo
+        last = [hi - 1 for _, hi, _ in spans]                    # each sequence's last row
+        hf, _ = kernels.rmsnorm_forward(x[last], P["model.norm.weight"], cfg.norm_eps)  # (B, C)
+        return hf @ self._head().T                               # (B, C) @ (C, V) -> (B, V)
 
     def generate(self, prompt: list[int], max_new_tokens: int, **kw):
         """Yield max_new_tokens sampled token ids one at a time; see pythia.sampling.generate."""
