@@ -51,8 +51,9 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--lora", type=positive_int, default=None, action=Store, metavar="R",
                    help="freeze SRC's weights and train rank-R adapters on its projections instead (LoRA): no "
                         "gradients or optimizer state for the base, a checkpoint of a few MB that refers to "
-                        "SRC; e.g. --lora 8. No adapter dropout: on a short run over a small set it only slows "
-                        "learning, and without it the training loss is the one the merged model gives")
+                        "SRC; e.g. --lora 8. --lr then defaults to a constant 1e-3. No adapter dropout: on a "
+                        "short run over a small set it only slows learning, and without it the training loss "
+                        "is the one the merged model gives")
     g.add_argument("--lora-alpha", type=positive_float, default=None, action=Store, metavar="A",
                    help="the adapters' update is scaled by A / R (default: 2 x R)")
     g.add_argument("--lora-targets", default=None, action=Store, metavar="NAMES",

@@ -112,7 +112,11 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
     from ..train import Trainer, make_optimizer
 
     sizes = dict(model or {})
-    cfg = finetune_config(dict(train or {}))
+    train = dict(train or {})
+    if lora is not None and train.get("lr") is None:
+        from ..lora import DEFAULT_LR
+        train["lr"] = DEFAULT_LR                # adapters start at 0: larger steps (pythia.lora.DEFAULT_LR)
+    cfg = finetune_config(train)
     early = source_config(src)
     if early is not None:
         check_sizes(early, sizes, src)
