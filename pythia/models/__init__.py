@@ -37,6 +37,18 @@ Training passes may also be split by rows, for the system layer's batch sharding
     model.backward_rows(acts, grads: dict, n_total: int) -> None
         writes d(sum(losses) / n_total)/d(params) into `grads` (same names and shapes as params)
 
+A target may be layers.IGNORE (-1): not scored; the mean and n_total count the scored targets only
+(layers.counted). backward_rows writes only the names `grads` holds: a name absent from it is frozen
+and its gradient is not computed (a LoRA run passes the adapters' gradients alone).
+
+Low-rank adapters (pythia.lora) work on any family through three more members:
+
+    model.lora_targets() -> {weight name: (group "attn" | "mlp", orientation "out_in" | "in_out")}
+                                              the projections an adapter may train
+    model.adapter                             None, or the hook its linear layers call
+                                              (layers.adapter_forward / adapter_backward)
+    model.HF_PREFIX                           what transformers' state-dict keys add before a name
+
 loss() is loss_rows + the mean; backward() is backward_rows(acts, self.grads, B * T). The model itself starts no thread, sets no BLAS
 option and holds no memory policy: the commands wrap it.
 """

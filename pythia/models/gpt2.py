@@ -118,7 +118,7 @@ class Pythia:
     """GPT-2 with a hand-written backward. params/grads are dicts of float32 arrays by HF GPT-2 name."""
 
     FAMILY = "gpt2"                     # the name checkpoints record (pythia.models.FAMILIES)
-    HF_PREFIX = "transformer."    # Hugging Face state-dict keys are this + the name (projections)
+    HF_PREFIX = "transformer."          # Hugging Face state-dict keys are this + the name (projections)
     adapter = None                      # a low-rank adapter's hook on the projections (pythia.lora)
 
     def lora_targets(self) -> dict[str, tuple[str, str]]:

@@ -242,7 +242,7 @@ class Llama:
     """A Llama-family model; params/grads are dicts of float32 views by Hugging Face name."""
 
     FAMILY = "llama"                     # the name checkpoints record (pythia.models.FAMILIES)
-    HF_PREFIX = ""                # the names are Hugging Face state-dict keys already
+    HF_PREFIX = ""                       # the names are Hugging Face state-dict keys already
     adapter = None                       # a low-rank adapter's hook on the projections (pythia.lora)
 
     def lora_targets(self) -> dict[str, tuple[str, str]]:
