@@ -39,6 +39,7 @@ from ..errors import CheckpointError, DataError
 FORMAT = "pythia-prepared"
 FORMAT_VERSION = 1
 META, TRAIN_BIN, VAL_BIN = "meta.json", "train.bin", "val.bin"
+PREPARED_FILES = (META, TRAIN_BIN, VAL_BIN)        # all a prepared folder holds: all --force may replace
 REPREPARE = "run `python -m pythia prepare` again"
 RELEASE_ABOVE = 32 << 20      # bins larger than this in all are unmapped after each batch
 
