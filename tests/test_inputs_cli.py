@@ -100,6 +100,8 @@ DATA_READERS = {
     "train": lambda p: ["train", "--data", p, *TINY, "--out", "new.npz"],
     "train-chat": lambda p: ["train-chat", "--data", p, *TINY, "--out", "new.npz"],
     "train (second file)": lambda p: ["train", "--data", "c.txt", p, *TINY, "--out", "new.npz"],
+    "prepare": lambda p: ["prepare", "--data", p, "--out", "new.tok"],
+    "prepare (second file)": lambda p: ["prepare", "--data", "c.txt", p, "--out", "new.tok"],
 }
 CHECKPOINT_READERS = {
     "chat": lambda p: ["chat", "--checkpoint", p],
@@ -151,6 +153,67 @@ def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
     r = run(DATA_READERS[command](path), home)
     assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
     assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_prepare_refuses_a_device_or_fifo_before_claiming_its_out(home, kind):
+    path = _special(home, kind)
+    before = snapshot(home)
+    r = run(["prepare", "--data", path, "--out", "new.tok"], home)
+    assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
+    assert snapshot(home) == before                     # no folder, no lock, no temporary folder
+
+
+def test_prepare_refuses_stdin_on_a_pipe_at_once(home):
+    before = snapshot(home)
+    r = run_child(["prepare", "--data", "/dev/stdin", "--out", "new.tok"], home, stdin=subprocess.PIPE, timeout=60)
+    assert_refused(r, "'/dev/stdin' is a FIFO", "not a regular file")
+    assert snapshot(home) == before
+
+
+GROW = {"between the two reads": "_build_tokenizer", "during the first read": "on_bytes",
+        "truncated during a read": "truncate"}
+
+
+@pytest.mark.parametrize("when", GROW)
+def test_a_file_that_changes_during_prepare_is_refused(home, monkeypatch, when):
+    from pythia.corpora import prepare, textstream
+    grow = home / "grow.txt"
+    grow.write_text(TEXT * 40, encoding="utf-8")
+    chunks = []
+
+    def change():
+        if GROW[when] == "truncate":
+            with open(grow, "r+b") as f:
+                f.truncate(100)
+        else:
+            with open(grow, "a", encoding="utf-8") as f:
+                f.write("appended: Ω")
+    if GROW[when] == "_build_tokenizer":
+        real = prepare._build_tokenizer
+
+        def build(*a, **kw):
+            change()
+            return real(*a, **kw)
+        monkeypatch.setattr(prepare, "_build_tokenizer", build)
+    else:
+        real = textstream.read_chunks
+
+        def chunked(path, chunk_bytes, **kw):
+            outer = kw.pop("on_bytes", None)
+
+            def on_bytes(raw):
+                chunks.append(len(raw))
+                if len(chunks) == 1:
+                    change()
+                if outer:
+                    outer(raw)
+            return real(path, 4096, on_bytes=on_bytes, **kw)
+        monkeypatch.setattr(prepare, "read_chunks", chunked)
+    r = run(["prepare", "--data", "grow.txt", "--out", "new.tok"], home)
+    assert_refused(r, "data file 'grow.txt' changed", "run prepare again")
+    assert not (home / "new.tok").exists()
+    assert not [p for p in home.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("command, kind", spread(CHECKPOINT_READERS, SPECIAL))

@@ -6,7 +6,8 @@ asserts the exit status, one clear `error:` line (or none), no traceback, that t
 there is byte-identical or the new checkpoint complete and loadable, that its mode is kept, and
 that no temporary or lock file is left. The tables WRITERS (commands that write a file the user
 keeps) and RUNNERS (commands that run long enough to be signalled) are where a new command joins
-every case.
+every case; DIR_WRITERS (commands that write a folder: prepare, export) join the cases that
+apply to a folder.
 """
 import os
 import shutil
@@ -107,7 +108,7 @@ RUNNERS = {
 
 def leftovers(folder: Path) -> list[str]:
     """Temporary and lock files Pythia may have left in folder (there must be none)."""
-    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".lock", ".probe")))
+    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".lock", ".probe", ".old")))
 
 
 def assert_clean_error(r, needle: str, status: int = 1):
@@ -497,4 +498,154 @@ def test_a_closed_pipe_does_not_stop_training_or_lose_the_checkpoint(d, runner, 
     assert code == 0, (code, rest, err)
     assert b"Traceback" not in rest + err and err == b""
     assert_complete(d / "m.npz", step=300)
+    assert leftovers(d) == []
+
+
+# ---- folder writers: prepare and export ---------------------------------------------------------
+
+# name -> (command line writing the folder `out`, the files such a folder holds)
+DIR_WRITERS = {
+    "prepare": (lambda out: ["prepare", "--data", "corpus.txt", "--out", out], ["meta.json", "train.bin", "val.bin"]),
+    "export": (lambda out: ["export", "m.npz", "--out", out], ["config.json", "model.safetensors", "tokenizer.json",
+                                                               "tokenizer_config.json"]),
+}
+BIG = ["prepare", "--data", "big.txt", "--out", "big.tok", "--tokenizer", "bpe", "--vocab-size", "300"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("ckpt")
+    (home / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    assert run(WRITERS["train"][0]("m.npz"), home).returncode == 0
+    return home / "m.npz"
+
+
+@pytest.fixture
+def dd(d, checkpoint):
+    """d with a checkpoint to export."""
+    shutil.copy(checkpoint, d / "m.npz")
+    return d
+
+
+def big_corpus(d: Path) -> None:
+    (d / "big.txt").write_text(TEXT * 4000, encoding="utf-8")            # ~7 MB: seconds of BPE work
+
+
+def snapshot(folder: Path) -> dict:
+    """Every entry under folder: a file's bytes, where a symlink points, a folder by kind."""
+    return {str(p.relative_to(folder)): ("-> " + os.readlink(p) if p.is_symlink() else
+                                         "dir" if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def assert_folder(writer: str, folder: Path) -> None:
+    names = sorted(p.name for p in folder.iterdir())
+    assert set(DIR_WRITERS[writer][1]) <= set(names), names
+
+
+@pytest.mark.parametrize("writer", DIR_WRITERS)
+def test_a_folder_claimed_by_a_live_process_is_refused_naming_it(dd, writer):
+    from pythia.system.claims import claim_output
+    with claim_output(dd / "out", directory=True):     # flock: a second descriptor conflicts, even in one process
+        r = run(DIR_WRITERS[writer][0]("out"), dd)
+        assert_clean_error(r, f"being written by another Pythia run (process {os.getpid()})")
+    assert not (dd / "out").exists() and leftovers(dd) == []
+
+
+def test_two_prepares_racing_for_one_out_refuse_the_second(d):
+    big_corpus(d)
+    first = Proc(BIG, d)
+    first.wait_for("scanning")
+    r = run([*BIG, "--force"], d)
+    assert_clean_error(r, f"(process {first.pid})")
+    assert first.wait() == 0, first.err
+    assert sorted(p.name for p in (d / "big.tok").iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert leftovers(d) == []
+
+
+@pytest.mark.parametrize("writer", DIR_WRITERS)
+def test_a_stale_temporary_folder_of_a_dead_process_is_removed(dd, writer):
+    pid = dead_pid()
+    stale = dd / f".out.{pid}.abcd1234.tmp"
+    stale.mkdir()
+    (stale / "tokens.bin").write_bytes(b"half")
+    r = run(DIR_WRITERS[writer][0]("out"), dd)
+    assert r.returncode == 0, r.stderr
+    assert_folder(writer, dd / "out")
+    assert not stale.exists() and leftovers(dd) == []
+
+
+def _target(d: Path, kind: str, writer: str, monkeypatch) -> str:
+    """An --out that --force must refuse to replace, untouched."""
+    if kind == ".":
+        monkeypatch.chdir(d)
+        return "."
+    if kind == "the working directory's parent":
+        (d / "sub").mkdir()
+        monkeypatch.chdir(d / "sub")
+        return ".."
+    if kind == "a mount point":
+        (d / "mnt").mkdir()
+        real = os.path.ismount
+        monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(d / "mnt") or real(p))
+        return "mnt"
+    if kind == "a symlink to its own earlier folder":
+        assert run(DIR_WRITERS[writer][0]("real"), d).returncode == 0
+        (d / "link").symlink_to(d / "real")
+        return "link"
+    if kind == "a folder holding a file it did not write":
+        assert run(DIR_WRITERS[writer][0]("mine"), d).returncode == 0
+        (d / "mine" / "notes.txt").write_text("mine", encoding="utf-8")
+        return "mine"
+    raise ValueError(kind)
+
+
+PLACES = {".": "the current folder", "the working directory's parent": "the current folder",
+          "a mount point": "a mount point", "a symlink to its own earlier folder": "is a symbolic link",
+          "a folder holding a file it did not write": "'notes.txt', which this command did not write"}
+
+
+@pytest.mark.parametrize("writer", DIR_WRITERS)
+@pytest.mark.parametrize("kind", PLACES)
+def test_force_refuses_a_folder_it_cannot_or_must_not_replace_and_touches_nothing(dd, writer, kind, monkeypatch):
+    monkeypatch.chdir(dd)
+    out = _target(dd, kind, writer, monkeypatch)
+    before = snapshot(dd)
+    args = DIR_WRITERS[writer][0](out)
+    if os.getcwd() != str(dd):                          # the inputs, as seen from the working directory
+        args = [os.path.relpath(dd / a, os.getcwd()) if (dd / a).exists() and a != out else a for a in args]
+    r = run([*args, "--force"], os.getcwd())
+    assert_clean_error(r, PLACES[kind])
+    assert snapshot(dd) == before and leftovers(dd) == []
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signal_during_prepare_stops_it_says_which_and_leaves_nothing(d, sig):
+    signum, status, name = SIGNALS[sig]
+    big_corpus(d)
+    p = Proc(BIG, d)
+    p.wait_for("scanning")
+    p.p.send_signal(signum)
+    code = p.wait()
+    if code == 0:
+        pytest.skip("prepare finished before the signal arrived")
+    assert code == status, (code, p.err)
+    assert p.err.strip().splitlines() == [f"error: stopped by {name} before anything was saved; existing files "
+                                          f"are unchanged"], p.err
+    assert sorted(x.name for x in d.iterdir()) == ["big.txt", "corpus.txt", "gpt2", "run.jsonl"]
+
+
+def test_a_closed_stdout_does_not_stop_prepare(d):
+    big_corpus(d)
+    p = subprocess.Popen([sys.executable, "-m", "pythia", *BIG], cwd=d, env=subprocess_env(),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()                                 # `| head -n 1`
+    p.stdout.close()
+    try:
+        code = p.wait(timeout=DEADLINE * 2)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = p.stderr.read()
+    assert code == 0 and err == b"", (code, err)
+    assert sorted(x.name for x in (d / "big.tok").iterdir()) == ["meta.json", "train.bin", "val.bin"]
     assert leftovers(d) == []

@@ -86,14 +86,15 @@ def check_options(o: PrepareOptions) -> None:
     out = o.out
     if not out.parent.is_dir():
         raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist; create it first")
-    if out.exists():
+    check_replaceable_directory(out, "--out")          # a symlink, '.', the working directory, a mount point
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):   # an empty folder holds nothing to lose
         if not o.force:
             raise ConfigError(f"--out {str(out)!r} already exists and would be replaced; choose another --out, "
                               f"or add --force to replace it")
         if not (out.is_dir() and (out / META).is_file()):
             raise ConfigError(f"--out {str(out)!r} exists and is not a prepared corpus, so even --force will not "
                               f"replace it; choose another --out")
-    check_replaceable_directory(out, "--out", replace=o.force, owned=PREPARED_FILES)
+    check_replaceable_directory(out, "--out", replace=o.force, owned=PREPARED_FILES)   # files it did not write
 
 
 # ---- the two passes ----------------------------------------------------------------------------
