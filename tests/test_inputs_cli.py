@@ -452,3 +452,43 @@ def test_a_full_disk_under_stdout_names_the_file(home, full_disk):
         r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"],
                       home, stdout=out)
     assert_refused(r, f"stdout ({full_disk / 'out.txt'})", "No space left on device")
+
+
+# ---- a prepared corpus whose header or ids do not fit its tokenizer -------------------------------
+
+def _prepared(home: Path) -> Path:
+    assert run(["prepare", "--data", "c.txt", "--out", "c.tok"], home).returncode == 0
+    return home / "c.tok"
+
+
+def _bad_id(folder: Path, name: str, at: int, value: int) -> None:
+    ids = np.fromfile(folder / name, dtype="<u2")
+    ids[at] = value
+    ids.astype("<u2").tofile(folder / name)
+
+
+@pytest.mark.parametrize("name, at", [("train.bin", 0), ("train.bin", 700), ("val.bin", 5)])
+def test_an_id_outside_the_vocabulary_names_the_file_and_the_first_bad_token(home, name, at, monkeypatch):
+    from pythia.corpora import prepared
+    monkeypatch.setattr(prepared, "CHECK_CHUNK", 256)  # several chunks, so the offset is found across them
+    folder = _prepared(home)
+    vocab = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["vocab_size"]
+    _bad_id(folder, name, at, vocab)
+    _bad_id(folder, name, at + 3, 65535)                # a later one: the first is named
+    r = run(["train", "--data", "c.tok", *TINY, "--out", "new.npz"], home)
+    assert_refused(r, f"c.tok/{name}' holds token id {vocab} at token {at:,} (byte offset {2 * at:,})",
+                   f"outside the tokenizer's {vocab} tokens")
+    assert not (home / "new.npz").exists()
+
+
+@pytest.mark.parametrize("key, value, needle", [("byte_order", "big", "byte_order 'big'"),
+                                                ("vocab_size", 3, "vocab_size 3 but its tokenizer has")])
+def test_a_meta_json_disagreeing_with_its_tokenizer_is_refused(home, key, value, needle):
+    folder = _prepared(home)
+    text = (folder / "meta.json").read_text(encoding="utf-8")
+    meta = json.loads(text)
+    old = f'"{key}": {json.dumps(meta[key])}'
+    assert old in text
+    (folder / "meta.json").write_text(text.replace(old, f'"{key}": {json.dumps(value)}'), encoding="utf-8")
+    r = run(["train", "--data", "c.tok", *TINY, "--out", "new.npz"], home)
+    assert_refused(r, needle)
