@@ -454,6 +454,21 @@ def test_a_full_disk_under_stdout_names_the_file(home, full_disk):
     assert_refused(r, f"stdout ({full_disk / 'out.txt'})", "No space left on device")
 
 
+def test_plot_onto_a_full_disk_is_one_line_and_leaves_no_lock(home, full_disk):
+    (home / "run.jsonl").write_text('{"step": 1, "train_loss": 2.0}\n', encoding="utf-8")
+    before = sorted(p.name for p in full_disk.iterdir())
+    r = run(["plot", "run.jsonl", "--out", str(full_disk / "loss.svg")], home)
+    assert_refused(r, "No space left on device")
+    assert sorted(p.name for p in full_disk.iterdir()) == before      # no lock, no temporary file
+
+
+def test_stdout_on_dev_full_names_it(home):
+    with open("/dev/full", "wb") as out:
+        r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "20"],
+                      home, stdout=out)
+    assert_refused(r, "cannot write stdout (/dev/full): No space left on device")
+
+
 # ---- a prepared corpus whose header or ids do not fit its tokenizer -------------------------------
 
 def _prepared(home: Path) -> Path:

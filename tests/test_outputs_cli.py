@@ -649,3 +649,78 @@ def test_a_closed_stdout_does_not_stop_prepare(d):
     assert code == 0 and err == b"", (code, err)
     assert sorted(x.name for x in (d / "big.tok").iterdir()) == ["meta.json", "train.bin", "val.bin"]
     assert leftovers(d) == []
+
+
+# ---- a closed stdout never fails a writer whose product is a file ----------------------------------
+
+PIPED = {"export": (["export", "m.npz", "--out", "hf"], "hf/config.json"),
+         "plot": (["plot", "run.jsonl", "--out", "loss.svg"], "loss.svg"),
+         "convert-gpt2": (["convert-gpt2", "gpt2", "--out", "c.npz"], "c.npz")}
+
+
+@pytest.mark.parametrize("writer", PIPED)
+def test_a_stdout_closed_by_head_0_does_not_fail_the_writer(dd, writer):
+    args, product = PIPED[writer]
+    p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=dd, env=subprocess_env(),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                                    # `| head -c 0`: the reader is gone at once
+    code = p.wait(timeout=DEADLINE)
+    err = p.stderr.read()
+    assert code == 0 and err == b"", (code, err)
+    assert (dd / product).is_file() and leftovers(dd) == []
+
+
+# ---- messages that point the right way ----------------------------------------------------------
+
+def test_plot_of_a_folder_says_it_is_a_folder(d):
+    (d / "logs").mkdir()
+    r = run(["plot", "logs", "--out", "loss.svg"], d)
+    assert_clean_error(r, "log file 'logs' is a directory")
+    assert not (d / "loss.svg").exists() and leftovers(d) == []
+
+
+def test_plot_and_out_the_same_file_is_refused_as_such(d):
+    r = run(["train", "--data", "corpus.txt", *TINY, "--steps", "2", "--plot", "x.npz", "--out", "x.npz"], d)
+    assert_clean_error(r, "is the same file as")
+    assert not (d / "x.npz").exists() and leftovers(d) == []
+
+
+@pytest.mark.parametrize("name", ["loss.png", "loss.PDF"])
+def test_plot_refuses_an_out_whose_suffix_is_not_svg(d, name):
+    r = run(["plot", "run.jsonl", "--out", name], d)
+    assert_clean_error(r, "plot writes an SVG picture")
+    assert not (d / name).exists() and leftovers(d) == []
+
+
+def test_plot_skips_a_torn_last_line_with_a_note_and_accepts_a_bom(d):
+    (d / "run.jsonl").write_bytes(b"\xef\xbb\xbf" + (d / "run.jsonl").read_bytes() + b'{"step": 6, "train_lo')
+    r = run(["plot", "run.jsonl", "--out", "loss.svg"], d)
+    assert r.returncode == 0, r.stderr
+    assert "skipped line 6 of 'run.jsonl': it is incomplete" in r.stdout and "(5 train" in r.stdout
+    assert_svg(d / "loss.svg")
+    (d / "run.jsonl").write_text('{"step": 1, "train_loss": 2}\nnot json\n{"step": 3, "train_loss": 1}\n')
+    r = run(["plot", "run.jsonl", "--out", "loss2.svg"], d)          # a bad line that is not the last: refused
+    assert_clean_error(r, "line 2 of 'run.jsonl' is not a training log record")
+
+
+def test_a_long_log_is_drawn_with_a_bounded_number_of_points_keeping_every_extreme(d):
+    import math
+    import re
+    from pythia.inspection.plot import MAX_POINTS
+    n = 50_000
+    loss = [3.0 + math.sin(i / 700.0) for i in range(1, n + 1)]
+    loss[12_345], loss[40_001] = 9.0, 0.5                             # one spike, one dip
+    (d / "long.jsonl").write_text("".join(f'{{"step": {i + 1}, "train_loss": {v}}}\n' for i, v in enumerate(loss)))
+    r = run(["plot", "long.jsonl", "--out", "long.svg"], d)
+    assert r.returncode == 0, r.stderr
+    svg = (d / "long.svg").read_text(encoding="utf-8")
+    pts = re.search(r'class="train" points="([^"]*)"', svg).group(1).split()
+    assert len(pts) <= MAX_POINTS and len(svg) < 200_000
+    ys = [float(p.split(",")[1]) for p in pts]
+    xs = [float(p.split(",")[0]) for p in pts]
+    assert xs == sorted(xs) and xs[0] == 70.0 and xs[-1] == pytest.approx(740.0)   # the whole step range
+    # the spike (loss 9.0) is the topmost pixel, the dip (0.5) the lowest: extremes survive the thinning
+    assert min(ys) == pytest.approx(40.0, abs=1.0) and max(ys) > 350
+    from pythia.inspection.plot import downsample
+    kept = downsample([(i + 1, v) for i, v in enumerate(loss)])
+    assert (12_346, 9.0) in kept and (40_002, 0.5) in kept and len(kept) <= MAX_POINTS

@@ -21,11 +21,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inspection.plot import loss_svg, read_log
+    from ..system.streams import keep_running_without_streams
+    keep_running_without_streams()              # the summary is a report: the file is the product
     from ..system.atomic import atomic_write
     from ..system.claims import claim_output
+    from ..errors import ConfigError
+    suffix = Path(args.out).suffix
+    if suffix.lower() not in ("", ".svg"):
+        raise ConfigError(f"--out {args.out!r} ends in {suffix} but plot writes an SVG picture; name it "
+                          f"{str(Path(args.out).with_suffix('.svg'))!r}")
     with claim_output(args.out, flag="--out", replace=args.force, inputs={"LOG.jsonl": [Path(args.log)]}) as claim:
         out = claim.path
-        train, val = read_log(args.log)
+        train, val = read_log(args.log, notice=lambda text: print(f"note: {text}"))
         svg = loss_svg(train, val, log_y=args.log_y, title=f"Loss: {Path(args.log).name}")
         atomic_write(out, lambda f: f.write(svg.encode("utf-8")))
     print(f"wrote {out} ({len(train)} train and {len(val)} val points); open it in a browser")

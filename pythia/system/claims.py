@@ -228,8 +228,15 @@ def _take_lock(dest: Path, flag: str, shown) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as e:                # a full disk: no lock file may stay behind
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+                os.close(fd)
+                raise ConfigError(f"{flag} {_shown(shown)}: cannot write the lock {_shown(lock)} "
+                                  f"({e.strerror}); free space on that disk or choose another {flag}") from None
             return fd
         os.close(fd)                            # the holder released and removed it meanwhile: retry
     raise OutputBusy(f"{flag} {_shown(shown)} is being claimed and released repeatedly by other runs; "
