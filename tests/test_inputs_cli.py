@@ -507,3 +507,23 @@ def test_a_meta_json_disagreeing_with_its_tokenizer_is_refused(home, key, value,
     (folder / "meta.json").write_text(text.replace(old, f'"{key}": {json.dumps(value)}'), encoding="utf-8")
     r = run(["train", "--data", "c.tok", *TINY, "--out", "new.npz"], home)
     assert_refused(r, needle)
+
+
+# ---- control characters are shown, never obeyed ---------------------------------------------------
+
+def test_chat_echoes_the_users_control_characters_escaped(home):
+    r = run(["chat", "--checkpoint", "model.npz", "--max-new-tokens", "2"], home,
+            stdin="hi \x1b[2J\x1b]0;title\x07 \u009b31m \u202eevil\nquit\n")
+    assert r.returncode == 0, r.stderr
+    assert "hi \\x1b[2J\\x1b]0;title\\x07 \\x9b31m \\u202eevil" in r.stdout
+    echoed = next(line for line in r.stdout.splitlines() if "title" in line)
+    assert not any(c in echoed for c in "\x1b\x07\u009b\u202e"), echoed
+
+
+def test_explains_token_labels_hold_no_control_character():
+    from pythia.inspection.explain import show_token
+    from pythia.text.tokenview import is_control
+    for text in ["\x1b[2J", "\x9b", "\u202e", "\u2066x", "\x07\x7f", "a\x00"]:
+        label = show_token(text)
+        assert not any(is_control(c) for c in label) and len(label) == len(text), (text, label)
+    assert show_token(" \n\t") == "␣↵⇥" and show_token("é") == "é"
