@@ -12,6 +12,9 @@ EPILOG = ("examples:\n  python -m pythia plot run.jsonl --out loss.svg\n"
           "  python -m pythia plot run.jsonl --out loss-log.svg --log-y")
 
 
+OTHER_PICTURES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".pdf", ".eps", ".ps")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("log", metavar="LOG.jsonl", help="the file written by --log-file")
     p.add_argument("--out", required=True, metavar="FILE.svg", help="the SVG to write")
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..system.claims import claim_output
     from ..errors import ConfigError
     suffix = Path(args.out).suffix
-    if suffix.lower() not in ("", ".svg"):
+    if suffix.lower() in OTHER_PICTURES:         # a viewer would find SVG text where it expects that format
         raise ConfigError(f"--out {args.out!r} ends in {suffix} but plot writes an SVG picture; name it "
                           f"{str(Path(args.out).with_suffix('.svg'))!r}")
     with claim_output(args.out, flag="--out", replace=args.force, inputs={"LOG.jsonl": [Path(args.log)]}) as claim:
