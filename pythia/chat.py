@@ -222,7 +222,9 @@ class ChatSession:
             raise PythiaError(f"a line of input is longer than {MAX_LINE:,} characters (is stdin a device or a "
                               f"binary file?); pipe text with one message per line")
         line = line.rstrip("\r\n")
-        self.ui.write(line + "\n")  # echo piped input so the transcript reads like a conversation
+        from .text.tokenview import escape_controls
+        # echo piped input so the transcript reads like a conversation; controls escaped, not obeyed
+        self.ui.write(escape_controls(line) + "\n")
         return line
 
     # ---- commands ------------------------------------------------------------------------------

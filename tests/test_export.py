@@ -127,8 +127,12 @@ def test_existing_folder_or_file_is_refused_and_kept(tmp_path, char_model):
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep" and (tmp_path / "afile").read_text() == "keep"
     (tmp_path / "empty").mkdir()
     export(src, tmp_path / "empty")                            # an empty folder is fine
-    export(src, tmp_path / "full", force=True)                 # --force replaces
-    assert not (tmp_path / "full" / "mine.txt").exists() and (tmp_path / "full" / "config.json").exists()
+    with pytest.raises(ConfigError, match="'mine.txt', which this command did not write"):
+        export(src, tmp_path / "full", force=True)             # --force never deletes what export did not write
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
+    (tmp_path / "empty" / "config.json").write_text("{}")       # an earlier export, edited
+    export(src, tmp_path / "empty", force=True)                # --force replaces an export
+    assert json.loads((tmp_path / "empty" / "config.json").read_text())["model_type"] == "gpt2"
     with pytest.raises(ConfigError, match="is a file"):               # --force replaces only a folder
         export(src, tmp_path / "afile", force=True)
     assert (tmp_path / "afile").read_text() == "keep"
@@ -147,10 +151,10 @@ def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, char
         save_hf(tmp_path / "out", model, tok)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "x").write_text("keep")
+    (tmp_path / "old" / "config.json").write_text("keep")
     with pytest.raises(KeyboardInterrupt):
         save_hf(tmp_path / "old", model, tok, force=True)
-    assert (tmp_path / "old" / "x").read_text() == "keep"       # replaced only once complete
+    assert (tmp_path / "old" / "config.json").read_text() == "keep"       # replaced only once complete
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 

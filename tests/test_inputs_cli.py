@@ -100,6 +100,8 @@ DATA_READERS = {
     "train": lambda p: ["train", "--data", p, *TINY, "--out", "new.npz"],
     "train-chat": lambda p: ["train-chat", "--data", p, *TINY, "--out", "new.npz"],
     "train (second file)": lambda p: ["train", "--data", "c.txt", p, *TINY, "--out", "new.npz"],
+    "prepare": lambda p: ["prepare", "--data", p, "--out", "new.tok"],
+    "prepare (second file)": lambda p: ["prepare", "--data", "c.txt", p, "--out", "new.tok"],
 }
 CHECKPOINT_READERS = {
     "chat": lambda p: ["chat", "--checkpoint", p],
@@ -151,6 +153,67 @@ def test_data_that_is_not_a_regular_file_is_refused_unread(home, command, kind):
     r = run(DATA_READERS[command](path), home)
     assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
     assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_prepare_refuses_a_device_or_fifo_before_claiming_its_out(home, kind):
+    path = _special(home, kind)
+    before = snapshot(home)
+    r = run(["prepare", "--data", path, "--out", "new.tok"], home)
+    assert_refused(r, f"data file {path!r} is {SPECIAL[kind]}", "not a regular file")
+    assert snapshot(home) == before                     # no folder, no lock, no temporary folder
+
+
+def test_prepare_refuses_stdin_on_a_pipe_at_once(home):
+    before = snapshot(home)
+    r = run_child(["prepare", "--data", "/dev/stdin", "--out", "new.tok"], home, stdin=subprocess.PIPE, timeout=60)
+    assert_refused(r, "'/dev/stdin' is a FIFO", "not a regular file")
+    assert snapshot(home) == before
+
+
+GROW = {"between the two reads": "_build_tokenizer", "during the first read": "on_bytes",
+        "truncated during a read": "truncate"}
+
+
+@pytest.mark.parametrize("when", GROW)
+def test_a_file_that_changes_during_prepare_is_refused(home, monkeypatch, when):
+    from pythia.corpora import prepare, textstream
+    grow = home / "grow.txt"
+    grow.write_text(TEXT * 40, encoding="utf-8")
+    chunks = []
+
+    def change():
+        if GROW[when] == "truncate":
+            with open(grow, "r+b") as f:
+                f.truncate(100)
+        else:
+            with open(grow, "a", encoding="utf-8") as f:
+                f.write("appended: Ω")
+    if GROW[when] == "_build_tokenizer":
+        real = prepare._build_tokenizer
+
+        def build(*a, **kw):
+            change()
+            return real(*a, **kw)
+        monkeypatch.setattr(prepare, "_build_tokenizer", build)
+    else:
+        real = textstream.read_chunks
+
+        def chunked(path, chunk_bytes, **kw):
+            outer = kw.pop("on_bytes", None)
+
+            def on_bytes(raw):
+                chunks.append(len(raw))
+                if len(chunks) == 1:
+                    change()
+                if outer:
+                    outer(raw)
+            return real(path, 4096, on_bytes=on_bytes, **kw)
+        monkeypatch.setattr(prepare, "read_chunks", chunked)
+    r = run(["prepare", "--data", "grow.txt", "--out", "new.tok"], home)
+    assert_refused(r, "data file 'grow.txt' changed", "run prepare again")
+    assert not (home / "new.tok").exists()
+    assert not [p for p in home.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("command, kind", spread(CHECKPOINT_READERS, SPECIAL))
@@ -389,3 +452,78 @@ def test_a_full_disk_under_stdout_names_the_file(home, full_disk):
         r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "2000"],
                       home, stdout=out)
     assert_refused(r, f"stdout ({full_disk / 'out.txt'})", "No space left on device")
+
+
+def test_plot_onto_a_full_disk_is_one_line_and_leaves_no_lock(home, full_disk):
+    (home / "run.jsonl").write_text('{"step": 1, "train_loss": 2.0}\n', encoding="utf-8")
+    before = sorted(p.name for p in full_disk.iterdir())
+    r = run(["plot", "run.jsonl", "--out", str(full_disk / "loss.svg")], home)
+    assert_refused(r, "No space left on device")
+    assert sorted(p.name for p in full_disk.iterdir()) == before      # no lock, no temporary file
+
+
+def test_stdout_on_dev_full_names_it(home):
+    with open("/dev/full", "wb") as out:
+        r = run_child(["generate", "--checkpoint", "model.npz", "--prompt", "Hi", "--max-new-tokens", "20"],
+                      home, stdout=out)
+    assert_refused(r, "cannot write stdout (/dev/full): No space left on device")
+
+
+# ---- a prepared corpus whose header or ids do not fit its tokenizer -------------------------------
+
+def _prepared(home: Path) -> Path:
+    assert run(["prepare", "--data", "c.txt", "--out", "c.tok"], home).returncode == 0
+    return home / "c.tok"
+
+
+def _bad_id(folder: Path, name: str, at: int, value: int) -> None:
+    ids = np.fromfile(folder / name, dtype="<u2")
+    ids[at] = value
+    ids.astype("<u2").tofile(folder / name)
+
+
+@pytest.mark.parametrize("name, at", [("train.bin", 0), ("train.bin", 700), ("val.bin", 5)])
+def test_an_id_outside_the_vocabulary_names_the_file_and_the_first_bad_token(home, name, at, monkeypatch):
+    from pythia.corpora import prepared
+    monkeypatch.setattr(prepared, "CHECK_CHUNK", 256)  # several chunks, so the offset is found across them
+    folder = _prepared(home)
+    vocab = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["vocab_size"]
+    _bad_id(folder, name, at, vocab)
+    _bad_id(folder, name, at + 3, 65535)                # a later one: the first is named
+    r = run(["train", "--data", "c.tok", *TINY, "--out", "new.npz"], home)
+    assert_refused(r, f"c.tok/{name}' holds token id {vocab} at token {at:,} (byte offset {2 * at:,})",
+                   f"outside the tokenizer's {vocab} tokens")
+    assert not (home / "new.npz").exists()
+
+
+@pytest.mark.parametrize("key, value, needle", [("byte_order", "big", "byte_order 'big'"),
+                                                ("vocab_size", 3, "vocab_size 3 but its tokenizer has")])
+def test_a_meta_json_disagreeing_with_its_tokenizer_is_refused(home, key, value, needle):
+    folder = _prepared(home)
+    text = (folder / "meta.json").read_text(encoding="utf-8")
+    meta = json.loads(text)
+    old = f'"{key}": {json.dumps(meta[key])}'
+    assert old in text
+    (folder / "meta.json").write_text(text.replace(old, f'"{key}": {json.dumps(value)}'), encoding="utf-8")
+    r = run(["train", "--data", "c.tok", *TINY, "--out", "new.npz"], home)
+    assert_refused(r, needle)
+
+
+# ---- control characters are shown, never obeyed ---------------------------------------------------
+
+def test_chat_echoes_the_users_control_characters_escaped(home):
+    r = run(["chat", "--checkpoint", "model.npz", "--max-new-tokens", "2"], home,
+            stdin="hi \x1b[2J\x1b]0;title\x07 \u009b31m \u202eevil\nquit\n")
+    assert r.returncode == 0, r.stderr
+    assert "hi \\x1b[2J\\x1b]0;title\\x07 \\x9b31m \\u202eevil" in r.stdout
+    echoed = next(line for line in r.stdout.splitlines() if "title" in line)
+    assert not any(c in echoed for c in "\x1b\x07\u009b\u202e"), echoed
+
+
+def test_explains_token_labels_hold_no_control_character():
+    from pythia.inspection.explain import show_token
+    from pythia.text.tokenview import is_control
+    for text in ["\x1b[2J", "\x9b", "\u202e", "\u2066x", "\x07\x7f", "a\x00"]:
+        label = show_token(text)
+        assert not any(is_control(c) for c in label) and len(label) == len(text), (text, label)
+    assert show_token(" \n\t") == "␣↵⇥" and show_token("é") == "é"

@@ -6,7 +6,8 @@ asserts the exit status, one clear `error:` line (or none), no traceback, that t
 there is byte-identical or the new checkpoint complete and loadable, that its mode is kept, and
 that no temporary or lock file is left. The tables WRITERS (commands that write a file the user
 keeps) and RUNNERS (commands that run long enough to be signalled) are where a new command joins
-every case.
+every case; DIR_WRITERS (commands that write a folder: prepare, export) join the cases that
+apply to a folder.
 """
 import os
 import shutil
@@ -107,7 +108,7 @@ RUNNERS = {
 
 def leftovers(folder: Path) -> list[str]:
     """Temporary and lock files Pythia may have left in folder (there must be none)."""
-    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".lock", ".probe")))
+    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".lock", ".probe", ".old")))
 
 
 def assert_clean_error(r, needle: str, status: int = 1):
@@ -498,3 +499,228 @@ def test_a_closed_pipe_does_not_stop_training_or_lose_the_checkpoint(d, runner, 
     assert b"Traceback" not in rest + err and err == b""
     assert_complete(d / "m.npz", step=300)
     assert leftovers(d) == []
+
+
+# ---- folder writers: prepare and export ---------------------------------------------------------
+
+# name -> (command line writing the folder `out`, the files such a folder holds)
+DIR_WRITERS = {
+    "prepare": (lambda out: ["prepare", "--data", "corpus.txt", "--out", out], ["meta.json", "train.bin", "val.bin"]),
+    "export": (lambda out: ["export", "m.npz", "--out", out], ["config.json", "model.safetensors", "tokenizer.json",
+                                                               "tokenizer_config.json"]),
+}
+BIG = ["prepare", "--data", "big.txt", "--out", "big.tok", "--tokenizer", "bpe", "--vocab-size", "300"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("ckpt")
+    (home / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    assert run(WRITERS["train"][0]("m.npz"), home).returncode == 0
+    return home / "m.npz"
+
+
+@pytest.fixture
+def dd(d, checkpoint):
+    """d with a checkpoint to export."""
+    shutil.copy(checkpoint, d / "m.npz")
+    return d
+
+
+def big_corpus(d: Path) -> None:
+    (d / "big.txt").write_text(TEXT * 4000, encoding="utf-8")            # ~7 MB: seconds of BPE work
+
+
+def snapshot(folder: Path) -> dict:
+    """Every entry under folder: a file's bytes, where a symlink points, a folder by kind."""
+    return {str(p.relative_to(folder)): ("-> " + os.readlink(p) if p.is_symlink() else
+                                         "dir" if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def assert_folder(writer: str, folder: Path) -> None:
+    names = sorted(p.name for p in folder.iterdir())
+    assert set(DIR_WRITERS[writer][1]) <= set(names), names
+
+
+@pytest.mark.parametrize("writer", DIR_WRITERS)
+def test_a_folder_claimed_by_a_live_process_is_refused_naming_it(dd, writer):
+    from pythia.system.claims import claim_output
+    with claim_output(dd / "out", directory=True):     # flock: a second descriptor conflicts, even in one process
+        r = run(DIR_WRITERS[writer][0]("out"), dd)
+        assert_clean_error(r, f"being written by another Pythia run (process {os.getpid()})")
+    assert not (dd / "out").exists() and leftovers(dd) == []
+
+
+def test_two_prepares_racing_for_one_out_refuse_the_second(d):
+    big_corpus(d)
+    first = Proc(BIG, d)
+    first.wait_for("scanning")
+    r = run([*BIG, "--force"], d)
+    assert_clean_error(r, f"(process {first.pid})")
+    assert first.wait() == 0, first.err
+    assert sorted(p.name for p in (d / "big.tok").iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert leftovers(d) == []
+
+
+@pytest.mark.parametrize("writer", DIR_WRITERS)
+def test_a_stale_temporary_folder_of_a_dead_process_is_removed(dd, writer):
+    pid = dead_pid()
+    stale = dd / f".out.{pid}.abcd1234.tmp"
+    stale.mkdir()
+    (stale / "tokens.bin").write_bytes(b"half")
+    r = run(DIR_WRITERS[writer][0]("out"), dd)
+    assert r.returncode == 0, r.stderr
+    assert_folder(writer, dd / "out")
+    assert not stale.exists() and leftovers(dd) == []
+
+
+def _target(d: Path, kind: str, writer: str, monkeypatch) -> str:
+    """An --out that --force must refuse to replace, untouched."""
+    if kind == ".":
+        monkeypatch.chdir(d)
+        return "."
+    if kind == "the working directory's parent":
+        (d / "sub").mkdir()
+        monkeypatch.chdir(d / "sub")
+        return ".."
+    if kind == "a mount point":
+        (d / "mnt").mkdir()
+        real = os.path.ismount
+        monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(d / "mnt") or real(p))
+        return "mnt"
+    if kind == "a symlink to its own earlier folder":
+        assert run(DIR_WRITERS[writer][0]("real"), d).returncode == 0
+        (d / "link").symlink_to(d / "real")
+        return "link"
+    if kind == "a folder holding a file it did not write":
+        assert run(DIR_WRITERS[writer][0]("mine"), d).returncode == 0
+        (d / "mine" / "notes.txt").write_text("mine", encoding="utf-8")
+        return "mine"
+    raise ValueError(kind)
+
+
+PLACES = {".": "the current folder", "the working directory's parent": "the current folder",
+          "a mount point": "a mount point", "a symlink to its own earlier folder": "is a symbolic link",
+          "a folder holding a file it did not write": "'notes.txt', which this command did not write"}
+
+
+@pytest.mark.parametrize("writer", DIR_WRITERS)
+@pytest.mark.parametrize("kind", PLACES)
+def test_force_refuses_a_folder_it_cannot_or_must_not_replace_and_touches_nothing(dd, writer, kind, monkeypatch):
+    monkeypatch.chdir(dd)
+    out = _target(dd, kind, writer, monkeypatch)
+    before = snapshot(dd)
+    args = DIR_WRITERS[writer][0](out)
+    if os.getcwd() != str(dd):                          # the inputs, as seen from the working directory
+        args = [os.path.relpath(dd / a, os.getcwd()) if (dd / a).exists() and a != out else a for a in args]
+    r = run([*args, "--force"], os.getcwd())
+    assert_clean_error(r, PLACES[kind])
+    assert snapshot(dd) == before and leftovers(dd) == []
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signal_during_prepare_stops_it_says_which_and_leaves_nothing(d, sig):
+    signum, status, name = SIGNALS[sig]
+    big_corpus(d)
+    p = Proc(BIG, d)
+    p.wait_for("scanning")
+    p.p.send_signal(signum)
+    code = p.wait()
+    if code == 0:
+        pytest.skip("prepare finished before the signal arrived")
+    assert code == status, (code, p.err)
+    assert p.err.strip().splitlines() == [f"error: stopped by {name} before anything was saved; existing files "
+                                          f"are unchanged"], p.err
+    assert sorted(x.name for x in d.iterdir()) == ["big.txt", "corpus.txt", "gpt2", "run.jsonl"]
+
+
+def test_a_closed_stdout_does_not_stop_prepare(d):
+    big_corpus(d)
+    p = subprocess.Popen([sys.executable, "-m", "pythia", *BIG], cwd=d, env=subprocess_env(),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()                                 # `| head -n 1`
+    p.stdout.close()
+    try:
+        code = p.wait(timeout=DEADLINE * 2)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = p.stderr.read()
+    assert code == 0 and err == b"", (code, err)
+    assert sorted(x.name for x in (d / "big.tok").iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert leftovers(d) == []
+
+
+# ---- a closed stdout never fails a writer whose product is a file ----------------------------------
+
+PIPED = {"export": (["export", "m.npz", "--out", "hf"], "hf/config.json"),
+         "plot": (["plot", "run.jsonl", "--out", "loss.svg"], "loss.svg"),
+         "convert-gpt2": (["convert-gpt2", "gpt2", "--out", "c.npz"], "c.npz")}
+
+
+@pytest.mark.parametrize("writer", PIPED)
+def test_a_stdout_closed_by_head_0_does_not_fail_the_writer(dd, writer):
+    args, product = PIPED[writer]
+    p = subprocess.Popen([sys.executable, "-m", "pythia", *args], cwd=dd, env=subprocess_env(),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                                    # `| head -c 0`: the reader is gone at once
+    code = p.wait(timeout=DEADLINE)
+    err = p.stderr.read()
+    assert code == 0 and err == b"", (code, err)
+    assert (dd / product).is_file() and leftovers(dd) == []
+
+
+# ---- messages that point the right way ----------------------------------------------------------
+
+def test_plot_of_a_folder_says_it_is_a_folder(d):
+    (d / "logs").mkdir()
+    r = run(["plot", "logs", "--out", "loss.svg"], d)
+    assert_clean_error(r, "log file 'logs' is a directory")
+    assert not (d / "loss.svg").exists() and leftovers(d) == []
+
+
+def test_plot_and_out_the_same_file_is_refused_as_such(d):
+    r = run(["train", "--data", "corpus.txt", *TINY, "--steps", "2", "--plot", "x.npz", "--out", "x.npz"], d)
+    assert_clean_error(r, "is the same file as")
+    assert not (d / "x.npz").exists() and leftovers(d) == []
+
+
+@pytest.mark.parametrize("name", ["loss.png", "loss.PDF"])
+def test_plot_refuses_an_out_whose_suffix_is_not_svg(d, name):
+    r = run(["plot", "run.jsonl", "--out", name], d)
+    assert_clean_error(r, "plot writes an SVG picture")
+    assert not (d / name).exists() and leftovers(d) == []
+
+
+def test_plot_skips_a_torn_last_line_with_a_note_and_accepts_a_bom(d):
+    (d / "run.jsonl").write_bytes(b"\xef\xbb\xbf" + (d / "run.jsonl").read_bytes() + b'{"step": 6, "train_lo')
+    r = run(["plot", "run.jsonl", "--out", "loss.svg"], d)
+    assert r.returncode == 0, r.stderr
+    assert "skipped line 6 of 'run.jsonl': it is incomplete" in r.stdout and "(5 train" in r.stdout
+    assert_svg(d / "loss.svg")
+    (d / "run.jsonl").write_text('{"step": 1, "train_loss": 2}\nnot json\n{"step": 3, "train_loss": 1}\n')
+    r = run(["plot", "run.jsonl", "--out", "loss2.svg"], d)          # a bad line that is not the last: refused
+    assert_clean_error(r, "line 2 of 'run.jsonl' is not a training log record")
+
+
+def test_a_long_log_is_drawn_with_a_bounded_number_of_points_keeping_every_extreme(d):
+    import math
+    import re
+    from pythia.inspection.plot import MAX_POINTS
+    n = 50_000
+    loss = [3.0 + math.sin(i / 700.0) for i in range(1, n + 1)]
+    loss[12_345], loss[40_001] = 9.0, 0.5                             # one spike, one dip
+    (d / "long.jsonl").write_text("".join(f'{{"step": {i + 1}, "train_loss": {v}}}\n' for i, v in enumerate(loss)))
+    r = run(["plot", "long.jsonl", "--out", "long.svg"], d)
+    assert r.returncode == 0, r.stderr
+    svg = (d / "long.svg").read_text(encoding="utf-8")
+    pts = re.search(r'class="train" points="([^"]*)"', svg).group(1).split()
+    assert len(pts) <= MAX_POINTS and len(svg) < 200_000
+    ys = [float(p.split(",")[1]) for p in pts]
+    xs = [float(p.split(",")[0]) for p in pts]
+    assert xs == sorted(xs) and xs[0] == 70.0 and xs[-1] == pytest.approx(740.0)   # the whole step range
+    # the spike (loss 9.0) is the topmost pixel, the dip (0.5) the lowest: extremes survive the thinning
+    assert min(ys) == pytest.approx(40.0, abs=1.0) and max(ys) > 350
+    from pythia.inspection.plot import downsample
+    kept = downsample([(i + 1, v) for i, v in enumerate(loss)])
+    assert (12_346, 9.0) in kept and (40_002, 0.5) in kept and len(kept) <= MAX_POINTS

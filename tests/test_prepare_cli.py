@@ -201,7 +201,8 @@ def test_ctrl_c_during_prepare_leaves_no_folder(corpus):
     out, err = p.communicate(timeout=120)
     if p.returncode == 0:
         pytest.skip("prepare finished before Ctrl-C arrived")
-    assert p.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted by Ctrl-C", err
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == \
+        "error: stopped by Ctrl-C before anything was saved; existing files are unchanged", err
     assert "Traceback" not in err
     assert sorted(x.name for x in corpus.iterdir()) == ["a.txt", "b.txt", "big.txt"]
 

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..system.claims import claim_output
+    from ..system.streams import keep_running_without_streams
+    keep_running_without_streams()              # the summary is a report: the file is the product
     from ..system.signals import guard_signals
     source = Path(args.dir)
     inputs = {"DIR": [p for p in source.iterdir() if p.is_file()] if source.is_dir() else []}

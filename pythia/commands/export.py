@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..formats.export import describe, export
+    from ..system.streams import keep_running_without_streams
+    keep_running_without_streams()              # the summary is a report: the file is the product
     from ..system.signals import guard_signals
     with guard_signals():          # a signal raises, so the half-written temporary folder is removed
         out = export(args.checkpoint, args.out, force=args.force, adapter_only=args.adapter_only)

@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
                        vocab_size=args.vocab_size, gpt2_dir=Path(args.gpt2) if args.gpt2 else None,
                        val_fraction=args.val_fraction, bpe_sample_mb=args.bpe_sample, workers=workers,
                        force=args.force)
+    from ..system.signals import guard_signals
+    from ..system.streams import keep_running_without_streams
     t0 = time.perf_counter()
-    meta = prepare(o)
+    keep_running_without_streams()             # progress is a report: the corpus outlives its reader
+    with guard_signals():                      # any stop signal raises: the temporary folder is removed
+        meta = prepare(o)
     print(f"wrote {o.out}: {meta['n_tokens']:,} tokens ({meta['n_train']:,} train, {meta['n_val']:,} val), "
           f"{meta['tokenizer']['kind']} tokenizer of {meta['vocab_size']:,}, {meta['dtype']}, "
           f"{time.perf_counter() - t0:.1f}s")

@@ -132,6 +132,8 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
 
     session = distributed.session()             # under mpiexec: this process's rank (else one process)
     plot = None
+    if s.plot:                                  # before either is claimed: the second claim would be our own
+        check_distinct({"--out": s.out or s.resume, "--plot": s.plot})
     if s.plot and session.rank == 0:
         plot = held.enter_context(claim_output(s.plot, flag="--plot", replace=s.force)).path
     if session.rank == 0:                       # rank 0 alone writes, so it alone claims the checkpoint

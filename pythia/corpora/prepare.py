@@ -14,7 +14,10 @@ whole. Two passes:
 Chunk boundaries and progress: pythia.corpora.textstream.
 
 Everything is written into a temporary sibling folder that is renamed to --out at the end; an
-error, a full disk or Ctrl-C removes it, and an existing --out is only replaced with --force.
+error, a full disk or a stop signal removes it, and an existing --out is only replaced with
+--force, and only when it holds nothing but a prepared corpus's files. --out is claimed (locked,
+pythia.system.claims) for the whole run, so a second prepare onto it is refused; a file that
+changes while it is read is refused (pythia.corpora.textstream.read_chunks).
 """
 from __future__ import annotations
 
@@ -33,7 +36,10 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..system.atomic import install_directory, new_directory
-from .prepared import FORMAT, FORMAT_VERSION, META, TRAIN_BIN, VAL_BIN, dtype_for, is_prepared, tokenizer_to_json
+from ..system.claims import check_replaceable_directory, claim_output
+from ..system.inputs import require_regular
+from .prepared import (FORMAT, FORMAT_VERSION, META, PREPARED_FILES, TRAIN_BIN, VAL_BIN, dtype_for, is_prepared,
+                       tokenizer_to_json)
 from .textstream import Progress, read_chunks
 
 CHUNK_BYTES = 1 << 20          # bytes read at a time: bounds memory per chunk in flight
@@ -70,6 +76,8 @@ def check_options(o: PrepareOptions) -> None:
             raise DataError(f"data file {str(p)!r} does not exist; check the path or pass another with --data")
         if p.is_dir():
             raise DataError(f"data path {str(p)!r} is a directory; pass the text files inside it with --data")
+        # a FIFO, /dev/stdin on a pipe or /dev/zero: refused unread (one that never ends, or blocks)
+        require_regular(p, "data file", DataError, hint="give a text file (save a pipe's text to a file first)")
     if o.tokenizer == "bpe" and not MIN_VOCAB <= o.vocab_size <= MAX_VOCAB:
         raise ConfigError(f"--vocab-size must be between {MIN_VOCAB} (256 bytes + <|endoftext|>) and {MAX_VOCAB:,} "
                           f"(ids are stored as uint32 and handled as int32), got {o.vocab_size}")
@@ -78,19 +86,22 @@ def check_options(o: PrepareOptions) -> None:
     out = o.out
     if not out.parent.is_dir():
         raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist; create it first")
-    if out.exists():
+    check_replaceable_directory(out, "--out")          # a symlink, '.', the working directory, a mount point
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):   # an empty folder holds nothing to lose
         if not o.force:
             raise ConfigError(f"--out {str(out)!r} already exists and would be replaced; choose another --out, "
                               f"or add --force to replace it")
         if not (out.is_dir() and (out / META).is_file()):
             raise ConfigError(f"--out {str(out)!r} exists and is not a prepared corpus, so even --force will not "
                               f"replace it; choose another --out")
+    check_replaceable_directory(out, "--out", replace=o.force, owned=PREPARED_FILES)   # files it did not write
 
 
 # ---- the two passes ----------------------------------------------------------------------------
 
-def _scan(o: PrepareOptions, progress: Progress) -> tuple[list[dict], set[str], dict[str, int], int]:
-    """(sources, characters, sampled word counts, characters of text) from one read of every file."""
+def _scan(o: PrepareOptions, progress: Progress, stamps: dict) -> tuple[list[dict], set[str], dict[str, int], int]:
+    """(sources, characters, sampled word counts, characters of text) from one read of every file
+    (stamps: each file's size and mtime as read, which the encoding pass must find unchanged)."""
     from ..text.bpe_fast import count_words
     sources, chars, counts, n_chars = [], set(), {}, 0
     total = sum(p.stat().st_size for p in o.files)
@@ -106,7 +117,7 @@ def _scan(o: PrepareOptions, progress: Progress) -> tuple[list[dict], set[str], 
             size += len(raw)
             progress.advance(len(raw))
         n_file = 0
-        for text in read_chunks(p, o.chunk_bytes, cut=o.tokenizer == "bpe", on_bytes=seen):
+        for text in read_chunks(p, o.chunk_bytes, cut=o.tokenizer == "bpe", on_bytes=seen, stamps=stamps):
             n_file += len(text)
             if o.tokenizer == "char":
                 chars.update(text)
@@ -146,6 +157,12 @@ def _worker_init(tokenizer_json: dict | None) -> None:
     """Build the worker's encoder: forked workers inherit the parent's (and its Unicode class
     table); spawned ones rebuild the tokenizer from its JSON."""
     global _WORKER_ENCODER
+    import signal
+    # the parent handles stop signals and ends the pool: Ctrl-C to the process group is the
+    # parent's alone, and the parent's SIGTERM ends a worker as the default action would
+    for name, action in (("SIGINT", signal.SIG_IGN), ("SIGTERM", signal.SIG_DFL), ("SIGHUP", signal.SIG_DFL)):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), action)
     if tokenizer_json is None and _WORKER_ENCODER is not None:
         return
     from ..text.bpe_fast import encoder_for
@@ -157,7 +174,7 @@ def _worker_encode(text: str) -> np.ndarray:
     return _WORKER_ENCODER.encode_array(text)
 
 
-def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress) -> int:
+def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress, stamps: dict) -> int:
     """Write the ids of every file, in order, to f; returns how many were written."""
     n = 0
     eot = getattr(tok, "eot_id", None)
@@ -176,7 +193,8 @@ def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress) ->
         table = np.zeros(int(codes.max()) + 1, dtype=dtype)
         table[codes] = np.arange(len(codes))
         for p in o.files:
-            for text in read_chunks(p, o.chunk_bytes, cut=False, on_bytes=lambda raw: progress.advance(len(raw))):
+            for text in read_chunks(p, o.chunk_bytes, cut=False, on_bytes=lambda raw: progress.advance(len(raw)),
+                                   stamps=stamps):
                 write(table[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)])
         return n
     global _WORKER_ENCODER
@@ -198,7 +216,7 @@ def _encode_stream(o: PrepareOptions, tok, f, dtype: str, progress: Progress) ->
 
             def on_bytes(raw: bytes) -> None:
                 sizes.append(len(raw))
-            for text in read_chunks(p, o.chunk_bytes, cut=True, on_bytes=on_bytes):
+            for text in read_chunks(p, o.chunk_bytes, cut=True, on_bytes=on_bytes, stamps=stamps):
                 if pool is None:
                     write(encode(text))
                     while sizes:
@@ -257,18 +275,26 @@ def prepare(o: PrepareOptions, out=None) -> dict:
         out.write("BPE: compiled (pythia._bpe)\n" if bpe_fast.BACKEND == "cython" else
                   "BPE: the pure-Python reference, which is slow; build the compiled one with `pip install -e .`\n")
     progress = Progress(sum(p.stat().st_size for p in o.files), out)
+    # claimed (locked) for the whole run: a second prepare onto the same --out is refused naming us
+    with claim_output(o.out, flag="--out", replace=o.force, directory=True, owned=PREPARED_FILES):
+        return _write(o, progress, out)
+
+
+def _write(o: PrepareOptions, progress: Progress, out) -> dict:
+    """Both passes into a temporary folder, installed as o.out only once complete."""
     try:
         tmp = new_directory(o.out)
     except OSError as e:
         raise DataError(f"cannot write {str(o.out)!r}: {e.strerror or e}; check that its folder is writable "
                         f"and has free space") from None
     try:
-        sources, chars, counts, n_chars = _scan(o, progress)
+        stamps: dict = {}
+        sources, chars, counts, n_chars = _scan(o, progress, stamps)
         tok = _build_tokenizer(o, chars, counts, out)
         del chars, counts
         dtype = dtype_for(tok.vocab_size)
         with open(tmp / "tokens.bin", "wb") as f:
-            n = _encode_stream(o, tok, f, dtype, progress)
+            n = _encode_stream(o, tok, f, dtype, progress, stamps)
             f.flush()
             os.fsync(f.fileno())
         need = 2 * MIN_SPLIT_TOKENS

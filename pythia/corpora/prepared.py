@@ -39,6 +39,7 @@ from ..errors import CheckpointError, DataError
 FORMAT = "pythia-prepared"
 FORMAT_VERSION = 1
 META, TRAIN_BIN, VAL_BIN = "meta.json", "train.bin", "val.bin"
+PREPARED_FILES = (META, TRAIN_BIN, VAL_BIN)        # all a prepared folder holds: all --force may replace
 REPREPARE = "run `python -m pythia prepare` again"
 RELEASE_ABOVE = 32 << 20      # bins larger than this in all are unmapped after each batch
 
@@ -181,8 +182,41 @@ def _map(path: Path, name: str, n: int, dtype: str, maps: list) -> np.ndarray:
     return np.frombuffer(m, dtype=np.dtype(dtype).newbyteorder("<"), count=n)  # (n,) read-only
 
 
+CHECK_CHUNK = 1 << 22          # ids scanned at a time when validating a bin (8-16 MB of the map)
+
+
+def check_header(path: Path, meta: dict, tokenizer) -> None:
+    """DataError unless meta.json's byte_order is little-endian and its vocab_size is the tokenizer's."""
+    where = repr(str(path / META))
+    order = meta.get("byte_order", "little")
+    if order != "little":
+        raise DataError(f"{where} says byte_order {order!r} but Pythia writes and reads little-endian ids; "
+                        f"{REPREPARE}")
+    size = meta.get("vocab_size", tokenizer.vocab_size)
+    if size != tokenizer.vocab_size:
+        raise DataError(f"{where} says vocab_size {size!r} but its tokenizer has {tokenizer.vocab_size} tokens; "
+                        f"it is corrupt, {REPREPARE}")
+    if tokenizer.vocab_size > 1 << 16 and meta["dtype"] == "uint16":
+        raise DataError(f"{where} stores ids as uint16, too narrow for {tokenizer.vocab_size} tokens; {REPREPARE}")
+
+
+def check_ids(file: Path, ids: np.ndarray, vocab_size: int) -> None:
+    """DataError naming file and the first offending token when an id is >= vocab_size.
+
+    A max per chunk of CHECK_CHUNK ids over the memory map: one pass at memory speed, and only
+    one chunk's pages are brought in at a time (memory stays flat whatever the corpus size)."""
+    for start in range(0, len(ids), CHECK_CHUNK):
+        part = ids[start:start + CHECK_CHUNK]                     # (<= CHECK_CHUNK,) view of the map
+        if int(part.max()) >= vocab_size:
+            bad = start + int(np.argmax(part >= vocab_size))
+            raise DataError(f"{str(file)!r} holds token id {int(ids[bad])} at token {bad:,} (byte offset "
+                            f"{bad * ids.itemsize:,}), outside the tokenizer's {vocab_size} tokens; it is corrupt "
+                            f"or from another corpus, {REPREPARE}")
+
+
 def load_prepared(path: str | Path, block_size: int) -> PreparedCorpus:
-    """Open DIR for training: validate meta.json and the bins' sizes, memory-map the bins."""
+    """Open DIR for training: validate meta.json, the bins' sizes and every id (below the
+    tokenizer's vocabulary size), memory-map the bins."""
     path = Path(path)
     meta = read_meta(path)
     try:
@@ -190,9 +224,16 @@ def load_prepared(path: str | Path, block_size: int) -> PreparedCorpus:
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{str(path / META)!r} holds an unreadable tokenizer ({e}); it is corrupt, {REPREPARE}") \
             from None
+    check_header(path, meta, tokenizer)
     maps: list = []
     train = _map(path, TRAIN_BIN, meta["n_train"], meta["dtype"], maps)
     val = _map(path, VAL_BIN, meta["n_val"], meta["dtype"], maps)
+    for name, ids in ((TRAIN_BIN, train), (VAL_BIN, val)):
+        check_ids(path / name, ids, tokenizer.vocab_size)
+    if sum(len(m) for m in maps) > RELEASE_ABOVE:
+        for m in maps:                                             # the check's pages: mapped again on use
+            if hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED)
     need = block_size + 1
     for name, part in (("training", train), ("validation", val)):
         if len(part) < need:

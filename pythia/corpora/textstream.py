@@ -13,6 +13,7 @@ pipe.
 from __future__ import annotations
 
 import codecs
+import os
 import re
 import sys
 import time
@@ -41,21 +42,40 @@ def last_safe_cut(text: str) -> int:
     return 0
 
 
-def read_chunks(path: Path, chunk_bytes: int, *, cut: bool, on_bytes=None) -> Iterator[str]:
+def _stamp(f) -> tuple[int, int]:
+    st = os.fstat(f.fileno())
+    return st.st_size, st.st_mtime_ns
+
+
+def _changed(path: Path, before: tuple[int, int], after: tuple[int, int], when: str) -> DataError:
+    return DataError(f"data file {str(path)!r} changed {when} ({before[0]:,} bytes, then {after[0]:,}); "
+                     f"let whatever writes it finish (or prepare a copy of it) and run prepare again")
+
+
+def read_chunks(path: Path, chunk_bytes: int, *, cut: bool, on_bytes=None,
+                stamps: dict | None = None) -> Iterator[str]:
     """The text of path in pieces of about chunk_bytes; cut=True ends pieces at safe cut points.
 
     on_bytes(raw) sees every raw chunk read (hashing, progress). DataError on bytes that are not
-    UTF-8, naming the file and the offset of the first bad byte.
+    UTF-8, naming the file and the offset of the first bad byte; on a path that is not a regular
+    file (a FIFO, /dev/zero: pythia.system.inputs); and on a file that changed while it was read
+    (its size and modification time when opened, at the end, and, through `stamps` shared by
+    several passes, what an earlier pass saw), so appended text is never half read.
     """
+    from ..system.inputs import open_regular
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset, carry, first = 0, "", True
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"cannot read data file {str(path)!r}: {e.strerror or e}; check its permissions") from None
+    f, _ = open_regular(path, "data file", DataError, hint="give a text file")
     with f:
+        before = _stamp(f)
+        if stamps is not None:
+            if path in stamps and stamps[path] != before:
+                raise _changed(path, stamps[path], before, "between prepare's two reads of it")
+            stamps[path] = before
         while True:
             raw = f.read(chunk_bytes)
+            if offset + len(raw) > before[0] or (not raw and (offset != before[0] or _stamp(f) != before)):
+                raise _changed(path, before, _stamp(f), "while prepare read it")
             pending = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(raw, final=not raw)

@@ -18,7 +18,10 @@ and Pythia reads it back (`chat --gpt2 DIR`, `convert-gpt2 DIR`).
 The folder is written whole or not at all: every file goes into a temporary sibling folder,
 which is renamed to DIR only once complete, so an interrupted export leaves no folder that looks
 finished. An existing DIR that is not empty, or a file at DIR, is refused unless `force`; then
-it is replaced only after the new folder is complete.
+it is replaced only after the new folder is complete, and only when it holds nothing but the
+files an export writes (EXPORT_FILES). DIR is claimed (locked) while it is written; '.', a
+folder holding the working directory, a mount point and a symlink are refused before anything
+is touched (pythia.system.claims).
 """
 from __future__ import annotations
 
@@ -28,9 +31,13 @@ import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..system.claims import check_replaceable_directory, claim_output
 from ..units import fmt_size
 
 LAYER_NORM_EPS = 1e-5   # what pythia.kernels.layernorm_forward uses
+# every name write_hf_folder may write: --force replaces a folder holding these alone
+EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
+                "tokenizer_config.json", "adapter_config.json", "adapter_model.safetensors")
 
 
 def gpt2_config(model_config, tokenizer) -> dict:
@@ -101,6 +108,7 @@ def check_export_target(out: str | Path, force: bool) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {str(out)!r}: directory {str(parent.resolve())!r} is not writable; choose "
                           f"a folder in a directory you can write to")
+    check_replaceable_directory(out, "--out")          # '.', the working directory, a mount point
     if out.is_symlink():
         raise ConfigError(f"--out {str(out)!r} is a symbolic link; export writes a real folder, so give the "
                           f"folder it points to ({os.path.realpath(out)!r}) or a new name")
@@ -111,6 +119,7 @@ def check_export_target(out: str | Path, force: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {str(out)!r} is a folder that is not empty; choose a new folder, or add "
                           f"--force to replace it")
+    check_replaceable_directory(out, "--out", replace=force, owned=EXPORT_FILES)   # '.', a mount, foreign files
     return out
 
 
@@ -123,17 +132,19 @@ def export(checkpoint: str | Path, out: str | Path, *, force: bool = False, adap
     if out.is_dir() and (out.resolve() == src or out.resolve() in src.parents):
         raise ConfigError(f"--out {str(out)!r} holds the checkpoint being exported, {str(checkpoint)!r}, and "
                           f"replacing the folder would delete it; choose another folder")
-    from .source import open_model
-    ckpt = load_checkpoint(checkpoint, optimizer=False, open_base=open_model)  # a LoRA checkpoint opens its base
-    adapted = getattr(ckpt.model, "adapter_meta", None) is not None
-    if adapter_only:
-        if not adapted:
-            raise ConfigError(f"--adapter-only writes a LoRA adapter, but {str(checkpoint)!r} is a full model "
-                              f"(trained without --lora); drop --adapter-only to export the whole model")
-        from .lora_export import write_adapter
-        return write_folder(out, lambda tmp: write_adapter(tmp, ckpt.model), force=force)
-    model = ckpt.model.merged() if adapted else ckpt.model   # W + (alpha/r) B A: a plain model of the family
-    return save_hf(out, model, ckpt.tokenizer, force=force, chat=ckpt.chat)
+    # claimed (locked) while it is written: a second export onto out is refused naming this process
+    with claim_output(out, flag="--out", replace=force, directory=True, owned=EXPORT_FILES):
+        from .source import open_model
+        ckpt = load_checkpoint(checkpoint, optimizer=False, open_base=open_model)  # a LoRA checkpoint opens its base
+        adapted = getattr(ckpt.model, "adapter_meta", None) is not None
+        if adapter_only:
+            if not adapted:
+                raise ConfigError(f"--adapter-only writes a LoRA adapter, but {str(checkpoint)!r} is a full model "
+                                  f"(trained without --lora); drop --adapter-only to export the whole model")
+            from .lora_export import write_adapter
+            return write_folder(out, lambda tmp: write_adapter(tmp, ckpt.model), force=force)
+        model = ckpt.model.merged() if adapted else ckpt.model   # W + (alpha/r) B A: a plain model of the family
+        return save_hf(out, model, ckpt.tokenizer, force=force, chat=ckpt.chat)
 
 
 def save_hf(out: str | Path, model, tokenizer, *, force: bool = False, chat: dict | None = None) -> Path:

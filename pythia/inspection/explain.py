@@ -73,7 +73,8 @@ def shade(v: float, shades: str = SHADES) -> str:
 def show_token(text: str, unicode: bool = True) -> str:
     """A token's text made visible: spaces, newlines and tabs as signs, other controls as '?'."""
     signs = {" ": "␣", "\n": "↵", "\t": "⇥"} if unicode else {" ": "_", "\n": "/", "\t": ">"}
-    out = "".join(signs.get(c, "?" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
+    from ..text.tokenview import is_control
+    out = "".join(signs.get(c, "?" if is_control(c) else c) for c in text)
     return out or "?"
 
 

@@ -1,7 +1,8 @@
 """Loss curves as an SVG file, written by hand: no plotting library at run time.
 
 `loss_svg(train, val)` draws the training loss of every step and the validation loss of every
-evaluation against the step, with axes, ticks, a grid, a legend and, optionally, a logarithmic
+evaluation against the step (a curve of more than MAX_POINTS points is first thinned by
+`downsample`, which keeps each stretch's first, lowest, highest and last point), with axes, ticks, a grid, a legend and, optionally, a logarithmic
 loss axis. `read_log(path)` reads the same points from a `--log-file` (JSON lines), and
 `write_plot` writes the picture without ever replacing a file the user did not ask to replace.
 
@@ -10,6 +11,7 @@ on a log axis, log10 replaces v, lo and hi.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -23,6 +25,7 @@ Points = Sequence[tuple[float, float]]  # (step, loss) pairs
 WIDTH, HEIGHT = 760, 440
 LEFT, RIGHT, TOP, BOTTOM = 70, 20, 40, 50          # margins around the plotting area, pixels
 TRAIN_COLOUR, VAL_COLOUR = "#4878d0", "#ee854a"
+MAX_POINTS = 4000                                   # per curve: ~5 per pixel column of the plot
 
 
 def nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
@@ -109,6 +112,7 @@ def loss_svg(train: Points, val: Points = (), *, log_y: bool = False, title: str
     for name, series, colour in (("train", train, TRAIN_COLOUR), ("val", val, VAL_COLOUR)):
         if not series:
             continue
+        series = downsample(series)             # a long run: what 690 pixel columns can show
         coords = " ".join(f"{sx(x):.2f},{sy(y):.2f}" for x, y in series)
         width = 1.2 if name == "train" else 2
         out.append(f'<polyline class="{name}" points="{coords}" fill="none" stroke="{colour}" '
@@ -127,27 +131,55 @@ def loss_svg(train: Points, val: Points = (), *, log_y: bool = False, title: str
     return "\n".join(out) + "\n"
 
 
-def read_log(path: str | Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+def read_log(path: str | Path, notice=None) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(train, val) points of a --log-file. A step logged twice (a run resumed from an earlier
-    checkpoint appends to the same file) keeps its latest value."""
+    checkpoint appends to the same file) keeps its latest value. A leading UTF-8 byte-order mark
+    is accepted; a last line without its newline that is not a record (a run still writing it)
+    is skipped, and notice(text) is told so."""
+    from ..system.inputs import open_regular
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"log file {str(path)!r} does not exist; give the file train wrote with --log-file")
+    hint = "give the file train wrote with --log-file"
+    raw, _ = open_regular(path, "log file", DataError, hint=hint)   # a folder, FIFO or device: refused
     train: dict[int, float] = {}
     val: dict[int, float] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                step = int(rec["step"])
-                train[step] = float(rec["train_loss"])
-                if rec.get("val_loss") is not None:
-                    val[step] = float(rec["val_loss"])
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"line {n} of {str(path)!r} is not a training log record (JSON with step and "
-                                f"train_loss); give the file train wrote with --log-file") from None
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace") as fh:
+        line, n = fh.readline(), 1
+        while line:
+            following = fh.readline()
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                    step = int(rec["step"])
+                    train[step] = float(rec["train_loss"])
+                    if rec.get("val_loss") is not None:
+                        val[step] = float(rec["val_loss"])
+                except (ValueError, KeyError, TypeError):
+                    if not following and not line.endswith("\n"):   # torn: the writer is mid-line
+                        if notice is not None:
+                            notice(f"skipped line {n} of {str(path)!r}: it is incomplete (the run may still be "
+                                   f"writing it)")
+                        break
+                    raise DataError(f"line {n} of {str(path)!r} is not a training log record (JSON with step and "
+                                    f"train_loss); {hint}") from None
+            line, n = following, n + 1
     if not train:
         raise DataError(f"log file {str(path)!r} holds no steps; train with --log-file first")
     return sorted(train.items()), sorted(val.items())
+
+
+def downsample(points: Points, limit: int = MAX_POINTS) -> list[tuple[float, float]]:
+    """At most about limit of points (sorted by step), keeping the curve's shape: the points are
+    cut into limit // 4 runs of consecutive steps and each run keeps its first, lowest, highest
+    and last point, in step order, so every spike and dip the picture could show survives."""
+    points = list(points)
+    if len(points) <= limit:
+        return points
+    runs = max(1, limit // 4)
+    edges = [round(i * len(points) / runs) for i in range(runs + 1)]
+    out: list[tuple[float, float]] = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        run = points[a:b]
+        lo = min(range(len(run)), key=lambda i: run[i][1])
+        hi = max(range(len(run)), key=lambda i: run[i][1])
+        out.extend(run[i] for i in sorted({0, lo, hi, len(run) - 1}))
+    return out

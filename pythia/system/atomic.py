@@ -99,8 +99,12 @@ def remove_stale_temps(dest: Path) -> None:
             continue
         pid = name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(dest.parent / name)
+            stale = dest.parent / name
+            if stale.is_dir() and not stale.is_symlink():          # a folder output's (new_directory)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(stale)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -128,8 +132,9 @@ def fsync_directory(directory: Path) -> None:
 
 
 def new_directory(out: Path) -> Path:
-    """A new empty temporary folder beside out, for install_directory(tmp, out); OSError if refused."""
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    """A new empty temporary folder `.NAME.<pid>.<random>.tmp` beside out, for install_directory(tmp,
+    out) (the pid lets a later claim of out remove it if this process is killed); OSError if refused."""
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
 
 
 def install_directory(tmp: Path, out: Path) -> None:
@@ -138,27 +143,34 @@ def install_directory(tmp: Path, out: Path) -> None:
     Its files are fsynced and it gets the usual permissions (mkdtemp makes 0700). A new out, or
     an empty folder there, is replaced by the rename itself; anything else at out (the caller has
     checked that it may go) is first moved aside, put back if the rename fails, and removed only
-    once the new folder is in place."""
+    once the new folder is in place. The stop signals wait until it is done (held_signals): the
+    old folder is never left aside under its temporary name, and on any failure no `.old` remains."""
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     os.chmod(tmp, 0o777 & ~umask())
-    if not os.path.lexists(out):
-        os.rename(tmp, out)
-    elif out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        os.replace(tmp, out)                                  # rename(2) onto an empty directory
-    else:
-        aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old")) / "old"
-        os.rename(out, aside)
-        try:
+    with held_signals():
+        if not os.path.lexists(out):
             os.rename(tmp, out)
-        except BaseException:
-            os.rename(aside, out)
-            os.rmdir(aside.parent)
-            raise
-        if aside.is_dir() and not aside.is_symlink():
-            shutil.rmtree(aside.parent, ignore_errors=True)
+        elif out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+            os.replace(tmp, out)                                  # rename(2) onto an empty directory
         else:
-            aside.unlink()
-            os.rmdir(aside.parent)
-    fsync_directory(out.parent)
+            holder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".old"))
+            aside = holder / "old"
+            try:
+                os.rename(out, aside)
+            except BaseException:
+                os.rmdir(holder)                                  # refused (busy, a mount): nothing moved
+                raise
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(aside, out)
+                os.rmdir(holder)
+                raise
+            if aside.is_dir() and not aside.is_symlink():
+                shutil.rmtree(holder, ignore_errors=True)
+            else:
+                aside.unlink()
+                os.rmdir(holder)
+        fsync_directory(out.parent)

@@ -12,6 +12,12 @@ claim_output(path, flag=..., replace=..., inputs=...)
     ConfigError) when another live process holds it. directory=True claims a directory of
     outputs (export DIR, prepare DIR) the same way: new, empty or replace=True; made now, and
     removed on release if still empty; its files are written with atomic_write(claim.path / NAME).
+    A directory output is never a symlink, '.', a folder holding the working directory or a
+    mount point (it is replaced by renaming a finished folder into its place, which these cannot
+    take), and with owned=NAMES, replace=True replaces only a folder holding nothing but NAMES
+    (the files that command writes): a file it did not write is never deleted.
+check_replaceable_directory(path, flag, owned=..., replace=...)
+    Those directory rules alone, for a writer that checks before it claims.
 check_appendable(path, flag=..., inputs=...)
     The same checks for a file that is only ever appended to (a log): directories and inputs are
     refused; /dev/stdout or a FIFO is fine, as nothing is ever replaced.
@@ -222,19 +228,73 @@ def _take_lock(dest: Path, flag: str, shown) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as e:                # a full disk: no lock file may stay behind
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+                os.close(fd)
+                raise ConfigError(f"{flag} {_shown(shown)}: cannot write the lock {_shown(lock)} "
+                                  f"({e.strerror}); free space on that disk or choose another {flag}") from None
             return fd
         os.close(fd)                            # the holder released and removed it meanwhile: retry
     raise OutputBusy(f"{flag} {_shown(shown)} is being claimed and released repeatedly by other runs; "
                      f"choose another {flag}")
 
 
-def _check_dir(path: str | os.PathLike, flag: str, *, replace: bool) -> Path:
+def check_replaceable_directory(path: str | os.PathLike, flag: str, *, replace: bool = False,
+                                owned: Iterable[str] | None = None) -> None:
+    """ConfigError unless a finished folder can be renamed into path's place (module docstring):
+    no symlink, no '.', no folder holding the working directory, no mount point, and with
+    owned (the names the writer writes), no file in an existing folder that replace would delete
+    but the writer did not write."""
+    text = os.fspath(path)
+    bare = text.rstrip(os.sep) or text
+    if os.path.islink(bare):
+        raise ConfigError(f"{flag} {_shown(text)} is a symbolic link; Pythia writes a real folder and does not "
+                          f"replace a link, so give the folder it points to ({_shown(os.path.realpath(bare))}) "
+                          f"or a new name")
+    dest = real_path(bare)
+    place = None
+    if os.path.basename(bare) in (".", "..") or dest == Path(dest.anchor):
+        place = "the current folder, its parent or the root"
+    elif _holds_cwd(dest):
+        place = "the current working directory or a folder holding it"
+    elif dest.is_dir() and os.path.ismount(dest):
+        place = "a mount point"
+    if place is not None:
+        raise ConfigError(f"{flag} {_shown(text)} is {place}, which Pythia cannot replace (it renames a "
+                          f"finished folder into place); give a new folder name such as "
+                          f"{_shown(os.path.join(bare, 'out'))}")
+    if owned is None or not replace or not dest.is_dir():
+        return
+    keep = set(owned)
+    try:
+        foreign = sorted(n for n in os.listdir(dest) if n not in keep)
+    except OSError as e:
+        raise ConfigError(f"{flag} {_shown(text)} cannot be listed: {e.strerror}; choose another {flag}") from None
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ConfigError(f"{flag} {_shown(text)} holds {foreign[0]!r}{more}, which this command did not write "
+                          f"(it writes {', '.join(sorted(keep))}); even --force replaces only a folder of its own "
+                          f"files, so move that away or choose another {flag}")
+
+
+def _holds_cwd(dest: Path) -> bool:
+    try:
+        cwd = Path(os.getcwd()).resolve()
+    except OSError:
+        return False
+    return cwd == dest or dest in cwd.parents
+
+
+def _check_dir(path: str | os.PathLike, flag: str, *, replace: bool, owned: Iterable[str] | None = None) -> Path:
     """The real directory path names, after the checks for a directory output; ConfigError naming flag."""
     text = os.fspath(path)
     if not text:
         raise ConfigError(f"{flag} is empty; give a directory name")
+    check_replaceable_directory(text, flag, replace=replace, owned=owned)
     dest = real_path(text)
     what = f"{flag} {_shown(text)}" + ("" if dest == Path(os.path.abspath(text)) else f" (a symlink to {_shown(dest)})")
     try:
@@ -257,13 +317,17 @@ def _check_dir(path: str | os.PathLike, flag: str, *, replace: bool) -> Path:
 
 def claim_output(path: str | os.PathLike, *, flag: str = "--out", replace: bool = False,
                  inputs: Mapping[str, Iterable[str | os.PathLike]] | None = None,
-                 directory: bool = False) -> Claim:
+                 directory: bool = False, owned: Iterable[str] | None = None) -> Claim:
     """Claim path for this process (see the module docstring); use as a context manager.
 
     directory=True claims a directory of outputs instead (export DIR, prepare DIR): it must be
     new, empty, or replace=True; it is created now (so its files can be written with
     atomic_write(claim.path / NAME, ...)) and removed again on release if it is still empty."""
-    check = _check_dir if directory else _check_file
+    if directory:
+        def check(path, flag, *, replace):
+            return _check_dir(path, flag, replace=replace, owned=owned)
+    else:
+        check = _check_file
     check(path, flag, replace=replace)                  # cheap refusals first
     check_distinct({flag: path}, inputs)
     dest = real_path(path)
@@ -271,13 +335,12 @@ def claim_output(path: str | os.PathLike, *, flag: str = "--out", replace: bool 
     claim = Claim(Path(path), dest, flag, fd)
     try:
         check(path, flag, replace=replace)              # again: another run may just have finished it
+        remove_stale_temps(dest)                        # of a killed process: its file or folder
         if directory:
             if not dest.exists():
                 dest.mkdir()
                 claim.created = True
             _probe_directory(dest, flag, path)
-        else:
-            remove_stale_temps(dest)
     except BaseException:
         claim.release()
         raise

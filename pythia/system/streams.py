@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 
 from ..errors import ConfigError
@@ -80,7 +81,7 @@ def require(command: str | None, closed: set[str]) -> None:
 def full_disk_file(e: OSError) -> str | None:
     """For a 'no space left' error that carries no file name (a write or flush raises it so),
     the path of a file this process has open for writing on a full file system: usually
-    stdout redirected to a file. None when there is no such file or the system cannot tell."""
+    stdout redirected to a file (or to a device that reports no space, /dev/full). None when there is no such file or the system cannot tell."""
     if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return None
     try:
@@ -91,7 +92,10 @@ def full_disk_file(e: OSError) -> str | None:
         try:
             with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
                 flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
-            if flags & os.O_ACCMODE == os.O_RDONLY or os.fstatvfs(fd).f_bavail > 0:
+            if flags & os.O_ACCMODE == os.O_RDONLY:
+                continue
+            device = stat.S_ISCHR(os.fstat(fd).st_mode)       # /dev/full: a device that is always full
+            if not (device and fd in (1, 2)) and (device or os.fstatvfs(fd).f_bavail > 0):
                 continue
             where = os.readlink(f"/proc/self/fd/{fd}")
         except (OSError, StopIteration, ValueError):

@@ -7,6 +7,8 @@ multi-byte character shows its bytes as \\x escapes), then the count.
 """
 from __future__ import annotations
 
+import unicodedata
+
 from typing import TextIO
 
 _BACKGROUNDS = ("\033[48;5;24m", "\033[48;5;58m", "\033[48;5;89m", "\033[48;5;22m")  # blue, olive, plum, green
@@ -26,6 +28,17 @@ def shown(piece: bytes) -> str:
         return repr(piece.decode("utf-8"))
     except UnicodeDecodeError:
         return repr(piece)[1:]                       # b'\xe2\x82' -> '\xe2\x82'
+
+
+def is_control(c: str) -> bool:
+    """A character a terminal acts on instead of showing: C0/C1 controls (ESC starts a screen
+    command; U+009B is a one-character CSI) and the bidirectional overrides and isolates."""
+    return unicodedata.category(c) == "Cc" or "\u202a" <= c <= "\u202e" or "\u2066" <= c <= "\u2069"
+
+
+def escape_controls(text: str) -> str:
+    """text with each control character written as its Python escape (ESC -> \\x1b), the rest as it is."""
+    return "".join(repr(c)[1:-1] if is_control(c) else c for c in text)
 
 
 def boundaries(pieces: list[bytes]) -> list[str]:
