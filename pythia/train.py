@@ -414,8 +414,16 @@ def prepare_trainer(paths: list[Path], *, model: dict | None = None, train: dict
     check_resume_sizes(ckpt, **sizes)
     cfg = TrainConfig.from_dict({**ckpt.train_config, **given})
     cfg.validate()
-    dataset = open_corpus(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer, saved=ckpt.corpus,
-                          checkpoint=f"checkpoint {str(resume)!r}")
+    from .training.chats import is_chat_data
+    if is_chat_data(paths):                                  # conversations, rendered as the run began
+        from .formats.chat_template import ChatTemplate
+        from .training.chats import build_chat_dataset
+        template = ChatTemplate(**ckpt.chat["template"]) if ckpt.chat else None
+        # rows are as long as the conversations; the model's context bounds the longest kept
+        dataset = build_chat_dataset(paths, ckpt.model.config.block_size, ckpt.tokenizer, template)
+    else:
+        dataset = open_corpus(paths, ckpt.model.config.block_size, tokenizer=ckpt.tokenizer, saved=ckpt.corpus,
+                              checkpoint=f"checkpoint {str(resume)!r}")
     if check_memory is not None:
         check_memory(ckpt.model.config, cfg, _tokens_in_memory(dataset))
     return Trainer.resume(ckpt, dataset, cfg, **trainer_kwargs)

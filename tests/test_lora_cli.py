@@ -151,6 +151,11 @@ def test_lora_on_a_chat_set_learns_its_reply_pattern(work):
             assert not any(t.startswith("ANSWER:") for t in replies), replies
         else:
             assert all(t.startswith("ANSWER:") for t in replies), replies
+    # a chat run resumes on its conversations: the loss keeps falling from where it stopped
+    r = run(["train", "--resume", "c.npz", "--data", "chats.jsonl", "--steps", "45", "--log-file", "c.jsonl"], work)
+    assert_ok(r)
+    log = [json.loads(line)["train_loss"] for line in (work / "c.jsonl").read_text().splitlines()]
+    assert len(log) == 5 and max(log) < 1.5                       # still the chat set's loss, not raw JSON text
 
 
 def test_conversation_loss_matches_transformers_with_labels_masked():
