@@ -22,7 +22,7 @@ EPILOG = ("chat commands: /help /temp X /topk K /topp P /seed N /len N /system T
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_source(p, chat_format=True)
+    add_model_source(p, chat_format=True, quantize=True)
     add_sampling_flags(p, length=200)
 
 

@@ -19,7 +19,7 @@ EPILOG = ("examples:\n  python -m pythia generate --model pythia-chat.npz --prom
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_source(p)
+    add_model_source(p, quantize=True)
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
     add_sampling_flags(p, length=200)

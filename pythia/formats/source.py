@@ -6,6 +6,8 @@ folder, or a Hugging Face Llama-family folder (model_type llama or qwen2), told 
     m.template                         # ChatTemplate of a chat model, else None (m.template_error says why)
     m.stop_ids                         # ids a reply or completion ends at (end of turn, eos)
     m.prompt_ids("The sea")            # the prompt as the model's own tokenizer frames it (BOS and all)
+    open_model("gpt2", quantize="int8")  # every matrix in Q8_0 int8 (pythia.quant.model); an int8
+                                       # checkpoint is int8 whatever quantize says
 
 A Llama-family folder is read tensor by tensor into the model's flat buffer, so loading a BF16
 file never holds more than the fp32 model plus one tensor.
@@ -47,11 +49,35 @@ class LoadedModel:
         return {"template": fields, "stop_ids": [int(i) for i in self.stop_ids]}
 
 
-def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder: bool = False) -> LoadedModel:
+def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder: bool = False,
+               quantize: str | None = None) -> LoadedModel:
     """The model at src (a checkpoint file or a Hugging Face folder); chat_format (chatml, llama2,
     zephyr, plain) overrides the chat template the source records. folder=True: src must be a
-    folder (--gpt2 DIR)."""
-    path = Path(src)
+    folder (--gpt2 DIR). quantize="int8": the model's matrices in Q8_0 (ConfigError for another
+    kind or a model whose sizes Q8_0 cannot hold)."""
+    from ..quant.model import KINDS
+    if quantize is not None and quantize not in KINDS:
+        raise ConfigError(f"--quantize {quantize} is not a kind Pythia knows; use --quantize {' or '.join(KINDS)}")
+    m = _open(Path(src), chat_format, folder)
+    if quantize is not None:
+        _quantize(m)
+    from ..quant.model import is_quantized
+    if is_quantized(m.model):
+        m.description += ", int8 weights"
+    return m
+
+
+def _quantize(m: LoadedModel) -> None:
+    from ..quant.model import quantize_model
+    try:
+        m.model = quantize_model(m.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if m.checkpoint is not None:
+        m.checkpoint.model = m.model
+
+
+def _open(path: Path, chat_format: str | None, folder: bool) -> LoadedModel:
     if folder and not path.is_dir():
         from .gpt2 import load_gpt2                         # says what src is instead of a folder
         load_gpt2(path)
@@ -72,7 +98,7 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
         raise ConfigError(f"{str(path)!r} not found; give a Pythia checkpoint (.npz) or a Hugging Face model "
                           f"folder you downloaded (Pythia never downloads)")
     from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path, optimizer=False)
+    ckpt = load_checkpoint(path, optimizer=False, quantized=True)
     if ckpt.step:
         what = f"trained {ckpt.step} steps"
     else:

@@ -132,6 +132,7 @@ class Pythia:
         self._grads_memory: np.ndarray | None = None
         self._grads: dict[str, np.ndarray] | None = None
         self._acts: dict | None = None                           # activations of the last loss()
+        self.quantized: dict | None = None                       # name -> pythia.quant.QuantLinear once int8
         if init:
             rng = np.random.default_rng(seed)
             resid_std = 0.02 / math.sqrt(2 * config.n_layer)    # GPT-2: residual projections scaled down
@@ -246,6 +247,7 @@ class Pythia:
 
     def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
         """Per-token losses (b * T,) of rows idx (b, T) (checked) and the activations their backward needs."""
+        _refuse_training(self)
         acts: dict = {}
         logits = self._forward(idx, keep=acts)                   # (n, V)
         losses, probs = nn.crossentropy_forward(logits, targets.reshape(-1))  # (n,), (n, V)
@@ -258,7 +260,7 @@ class Pythia:
         cfg, P = self.config, self.params
         B, T = idx.shape
         H, C = cfg.n_head, cfg.d_model
-        x = nn.embedding_forward(P["wte"], idx)                  # (B, T, C) token embeddings
+        x = self._embed(idx)                                     # (B, T, C) token embeddings
         x += P["wpe"][:T]                                        # + (T, C) position embeddings
         x = x.reshape(B * T, C)                                  # (N, C) residual stream
         blocks = []
@@ -266,22 +268,22 @@ class Pythia:
             p = f"h.{i}."
             a = {"x": x}
             h, a["ln1_mean"], a["ln1_rstd"] = nn.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])
-            qkv = nn.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (N, 3C)
+            qkv = self._mm(p + "attn.c_attn", h)                                                # (N, 3C)
             att = np.empty((B * T, C), qkv.dtype)                                               # (N, C) heads side by side
             a["probs"] = nn.attention_forward(_heads(att, B, T, H), *_qkv_heads(qkv, B, T, H))
             if attn is not None:
                 attn.append(nn.full_attention(a["probs"], T))                                   # (B, H, T, T)
-            x = x + nn.linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (N, C)
+            x = x + self._mm(p + "attn.c_proj", att)                                            # (N, C)
             a.update(ln1=h, qkv=qkv, att=att, x_mid=x)
             h2, a["ln2_mean"], a["ln2_rstd"] = nn.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            fc = nn.linear_forward(h2, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"])           # (N, 4C)
+            fc = self._mm(p + "mlp.c_fc", h2)                                                   # (N, 4C)
             g = nn.gelu_forward(fc)                                                              # (N, 4C)
-            x = x + nn.linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])     # (N, C)
+            x = x + self._mm(p + "mlp.c_proj", g)                                               # (N, C)
             a.update(ln2=h2, fc=fc, gelu=g)
             if keep is not None:                                 # inference drops each layer's activations
                 blocks.append(a)
         hf, mean_f, rstd_f = nn.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])          # (N, C)
-        logits = hf @ P["wte"].T                                 # (N, C) @ (C, V) -> (N, V), tied head
+        logits = self._mm("wte", hf)                             # (N, C) @ (C, V) -> (N, V), tied head
         if keep is not None:
             keep.update(idx=idx, layers=blocks, x_f=x, lnf=hf, lnf_mean=mean_f, lnf_rstd=rstd_f)
         return logits
@@ -340,21 +342,51 @@ class Pythia:
         if pos + Tn > cfg.block_size:
             raise ValueError(f"the KV cache holds {pos} positions; {Tn} more would exceed block_size={cfg.block_size}")
         H, C = cfg.n_head, cfg.d_model
-        x = P["wte"][tokens] + P["wpe"][pos:pos + Tn]            # (Tn, C)
+        x = self._embed(np.asarray(tokens)) + P["wpe"][pos:pos + Tn]  # (Tn, C)
         for i in range(cfg.n_layer):
             p = f"h.{i}."
             h, _, _ = nn.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])          # (Tn, C)
-            qkv = nn.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (Tn, 3C)
+            qkv = self._mm(p + "attn.c_attn", h)                                                # (Tn, 3C)
             q, k, v = qkv.reshape(Tn, 3, H, C // H).transpose(1, 2, 0, 3)                        # each (H, Tn, hs)
             y = nn.attention_step(q, k, v, cache.k[i], cache.v[i], pos)                          # (H, Tn, hs)
             att = y.transpose(1, 0, 2).reshape(Tn, C)                                            # (Tn, C)
-            x = x + nn.linear_forward(att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])
+            x = x + self._mm(p + "attn.c_proj", att)
             h, _, _ = nn.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            g = nn.gelu_forward(nn.linear_forward(h, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"]))  # (Tn, 4C)
-            x = x + nn.linear_forward(g, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])
+            g = nn.gelu_forward(self._mm(p + "mlp.c_fc", h))                                    # (Tn, 4C)
+            x = x + self._mm(p + "mlp.c_proj", g)
         cache.length = pos + Tn
         hf, _, _ = nn.layernorm_forward(x[-1:], P["ln_f.weight"], P["ln_f.bias"])              # (1, C) last position only
-        return (hf @ P["wte"].T)[0]                              # (1, C) @ (C, V) -> (V,)
+        return self._mm("wte", hf)[0]                            # (1, C) @ (C, V) -> (V,)
+
+    # ------------------------------------------------------------------ the matrices inference multiplies by
+
+    EMBEDDING = "wte"                   # the token table among inference_matrices(); also the tied head
+
+    def inference_matrices(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Every matrix forward and forward_cached multiply by, as (W (O, C), bias (O,) or None)
+        views by the name _mm() takes: the Conv1D weights transposed to (out, in), and the token
+        table wte (V, C), both embedding and head. pythia.quant.model quantizes exactly these."""
+        P = self.params
+        out = {"wte": (P["wte"], None)}
+        for i in range(self.config.n_layer):
+            for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                n = f"h.{i}.{name}"
+                out[n] = (P[n + ".weight"].T, P[n + ".bias"])    # (C_in, C_out) -> (O, C) view
+        return out
+
+    def _mm(self, name: str, x: np.ndarray) -> np.ndarray:
+        """x W^T + b for the matrix `name` of inference_matrices(): int8 once quantized, else float32."""
+        if self.quantized is not None:
+            return self.quantized[name].apply(x)                 # Q8_0: pythia.quant.q8_matmul
+        if name == "wte":
+            return x @ self.params["wte"].T                      # (N, C) @ (C, V) -> (N, V), tied head
+        return nn.linear_forward(x, self.params[name + ".weight"], self.params[name + ".bias"])
+
+    def _embed(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the token table for idx (...): (..., C) float32 (dequantized when int8)."""
+        if self.quantized is not None:
+            return self.quantized["wte"].take(idx)
+        return nn.embedding_forward(self.params["wte"], idx)
 
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -364,6 +396,12 @@ class Pythia:
         from ..sampling import generate
         return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, rng=rng, use_cache=use_cache, observe=observe)
+
+
+def _refuse_training(model) -> None:
+    if model.quantized is not None:
+        raise ValueError("this model holds int8 (Q8_0) weights, which are for inference only; "
+                         "train the float32 model and quantize it afterwards")
 
 
 def _qkv_heads(qkv: np.ndarray, B: int, T: int, H: int):

@@ -252,6 +252,7 @@ class Llama:
         self._grads_memory: np.ndarray | None = None             # made on first use: inference never needs it
         self._tables = kernels.rope_tables(np.arange(0), config.head_dim, config.rope_theta)  # (cos, sin) (0, hs)
         self._acts: dict | None = None
+        self.quantized: dict | None = None                       # name -> pythia.quant.QuantLinear once int8
         if init:
             rng = np.random.default_rng(seed)
             for block, a in self._pblocks.items():
@@ -355,6 +356,9 @@ class Llama:
 
     def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
         """Per-token losses (B T,) of rows idx (B, T) (checked) and the activations their backward needs."""
+        if self.quantized is not None:
+            raise ValueError("this model holds int8 (Q8_0) weights, which are for inference only; "
+                             "train the float32 model and quantize it afterwards")
         acts: dict = {}
         logits = self._forward(idx, keep=acts)                   # (N, V)
         losses, acts["probs"] = layers.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
@@ -368,13 +372,13 @@ class Llama:
         N, H, Hkv, hs = B * T, cfg.n_head, cfg.n_kv_head, cfg.head_dim
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = (t[:T] for t in self._rope(T))                # (T, hs) each
-        x = layers.embedding_forward(P["model.embed_tokens.weight"], idx).reshape(N, -1)  # (N, C)
+        x = self._embed(idx).reshape(N, -1)                      # (N, C)
         acts = []
         for i in range(cfg.n_layer):
             p = f"model.layers.{i}."
             a = {"x": x}
             h, a["rstd1"] = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (N, C)
-            qkv = layers.linear_forward(h, PB[p + "qkv"].T, PB.get(p + "qkv_bias"))  # (N, Dq + 2 Dkv)
+            qkv = self._mm(p + "qkv", h)                         # (N, Dq + 2 Dkv)
             q = kernels.rope_forward(qkv[:, :Dq].reshape(B, T, H, hs).transpose(0, 2, 1, 3), cos, sin)  # (B, H, T, hs)
             k = kernels.rope_forward(qkv[:, Dq:Dq + Dkv].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3), cos, sin)
             v = qkv[:, Dq + Dkv:].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3)  # (B, Hkv, T, hs) view
@@ -382,17 +386,17 @@ class Llama:
             probs = layers.attention_forward(y.reshape(B, T, H, hs).transpose(0, 2, 1, 3), q, k, v)
             if attn is not None:
                 attn.append(layers.full_attention(probs, T))     # (B, H, T, T)
-            x = x + layers.linear_forward(y, P[p + "self_attn.o_proj.weight"].T)  # (N, C)
+            x = x + self._mm(p + "self_attn.o_proj.weight", y)  # (N, C)
             h2, a["rstd2"] = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-            gate = layers.linear_forward(h2, P[p + "mlp.gate_proj.weight"].T)  # (N, F)
-            up = layers.linear_forward(h2, P[p + "mlp.up_proj.weight"].T)      # (N, F)
+            gu = self._mm(p + "gate_up", h2)                     # (N, 2F): gate, then up
+            gate, up = gu[:, :cfg.d_ff], gu[:, cfg.d_ff:]        # (N, F) views each
             m = kernels.swiglu_forward(gate, up)                 # (N, F)
             a.update(h=h, qkv=qkv, q=q, k=k, probs=probs, y=y, x_mid=x, h2=h2, gate=gate, up=up, m=m)
-            x = x + layers.linear_forward(m, P[p + "mlp.down_proj.weight"].T)  # (N, C)
+            x = x + self._mm(p + "mlp.down_proj.weight", m)     # (N, C)
             if keep is not None:
                 acts.append(a)
         hf, rstd_f = kernels.rmsnorm_forward(x, P["model.norm.weight"], cfg.norm_eps)  # (N, C)
-        logits = hf @ self._head().T                             # (N, C) @ (C, V) -> (N, V)
+        logits = self._mm(self._head_name(), hf)                 # (N, C) @ (C, V) -> (N, V)
         if keep is not None:
             keep.update(idx=idx, layers=acts, x_f=x, hf=hf, rstd_f=rstd_f)
         return logits
@@ -476,24 +480,53 @@ class Llama:
         H, Hkv, hs, F = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = (t[pos:pos + Tn] for t in self._rope(pos + Tn))  # (Tn, hs)
-        x = P["model.embed_tokens.weight"][np.asarray(tokens)]   # (Tn, C)
+        x = self._embed(np.asarray(tokens))                      # (Tn, C)
         for i in range(cfg.n_layer):
             p = f"model.layers.{i}."
             h, _ = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (Tn, C)
-            qkv = h @ PB[p + "qkv"].T                            # (Tn, C) @ (C, Dq + 2 Dkv)
-            if cfg.qkv_bias:
-                qkv += PB[p + "qkv_bias"]
+            qkv = self._mm(p + "qkv", h)                         # (Tn, C) @ (C, Dq + 2 Dkv)
             # q and k heads side by side: (Tn, H + Hkv, hs) -> (H + Hkv, Tn, hs), rotated at once
             qk = kernels.rope_forward(qkv[:, :Dq + Dkv].reshape(Tn, H + Hkv, hs).transpose(1, 0, 2), cos, sin)
             v = qkv[:, Dq + Dkv:].reshape(Tn, Hkv, hs).transpose(1, 0, 2)  # (Hkv, Tn, hs)
             y = layers.attention_step(qk[:H], qk[H:], v, cache.k[i], cache.v[i], pos)  # (H, Tn, hs)
-            x = x + y.transpose(1, 0, 2).reshape(Tn, Dq) @ P[p + "self_attn.o_proj.weight"].T  # (Tn, C)
+            x = x + self._mm(p + "self_attn.o_proj.weight", y.transpose(1, 0, 2).reshape(Tn, Dq))  # (Tn, C)
             h, _ = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-            gu = h @ PB[p + "gate_up"].T                         # (Tn, 2F): gate, then up
-            x = x + kernels.swiglu_forward(gu[:, :F], gu[:, F:]) @ P[p + "mlp.down_proj.weight"].T
+            gu = self._mm(p + "gate_up", h)                      # (Tn, 2F): gate, then up
+            x = x + self._mm(p + "mlp.down_proj.weight", kernels.swiglu_forward(gu[:, :F], gu[:, F:]))
         cache.length = pos + Tn
         hf, _ = kernels.rmsnorm_forward(x[-1:], P["model.norm.weight"], cfg.norm_eps)  # (1, C) last position only
-        return (hf @ self._head().T)[0]                          # (1, C) @ (C, V) -> (V,)
+        return self._mm(self._head_name(), hf)[0]                # (1, C) @ (C, V) -> (V,)
+
+    # ------------------------------------------------------------------ the matrices inference multiplies by
+
+    EMBEDDING = "model.embed_tokens.weight"   # the token table among inference_matrices()
+
+    def inference_matrices(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Every matrix forward and forward_cached multiply by, as (W (O, C), bias (O,) or None)
+        views by the name _mm() takes: per layer the fused q/k/v block, o_proj, the fused
+        gate/up block and down_proj; the embedding (also the head when tied) and lm_head when
+        not. pythia.quant.model quantizes exactly these."""
+        PB = self._pblocks
+        out = {}
+        for block, members in self._blocks:
+            if len(members[0][1]) == 2:                          # the matrices, in memory order
+                out[block] = (PB[block], PB.get(block + "_bias"))  # (O, C), q/k/v's biases when present
+        return out
+
+    def _head_name(self) -> str:
+        return "model.embed_tokens.weight" if self.config.tie_embeddings else "lm_head.weight"
+
+    def _mm(self, name: str, x: np.ndarray) -> np.ndarray:
+        """x W^T + b for the matrix `name` of inference_matrices(): int8 once quantized, else float32."""
+        if self.quantized is not None:
+            return self.quantized[name].apply(x)                 # Q8_0: pythia.quant.q8_matmul
+        return layers.linear_forward(x, self._pblocks[name].T, self._pblocks.get(name + "_bias"))  # (N, O)
+
+    def _embed(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the token table for idx (...): (..., C) float32 (dequantized when int8)."""
+        if self.quantized is not None:
+            return self.quantized[self.EMBEDDING].take(idx)
+        return layers.embedding_forward(self.params[self.EMBEDDING], idx)
 
     def generate(self, prompt: list[int], max_new_tokens: int, **kw):
         """Yield max_new_tokens sampled token ids one at a time; see pythia.sampling.generate."""
