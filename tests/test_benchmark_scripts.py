@@ -149,3 +149,14 @@ def test_bench_train_step_refuses_zero_runs():
     p = subprocess.run([sys.executable, str(BENCH / "bench_train_step.py"), "S", "--runs", "0"],
                        capture_output=True, text=True, timeout=120, cwd=BENCH)
     assert p.returncode == 2 and p.stderr.startswith("error: --runs") and "Traceback" not in p.stderr
+
+
+def test_bench_decode_int8_prints_float32_and_int8_rows_with_the_bandwidth_fraction():
+    out = run_script("bench_decode_int8.py", "--shapes", "tiny", "--rounds", "1", "--tokens", "3", "--prompt", "4",
+                     "--copy-mb", "4")
+    assert "copy bandwidth" in out
+    rows = table_rows(out)
+    assert [r[1].strip() for r in rows] == ["float32", "int8 Q8_0"]
+    fp32_mb, int8_mb = (float(r[2].replace(",", "")) for r in rows)
+    assert int8_mb == pytest.approx(fp32_mb * (1 + 4 / 32) / 4, rel=0.02)   # 34 bytes per 32 weights
+    assert rows[0][5].strip() == "1.00x" and rows[1][7].strip().endswith("%")
