@@ -11,6 +11,10 @@ gives medians over rounds. A decode step reads every matrix once (the tied head 
 token table; the embedding only one row), so "MB/token" is the bytes of those matrices, and
 tokens/s times MB/token is the bandwidth a step uses. The limit is the copy bandwidth measured
 here: np.copyto of a --copy-mb array, counting the bytes read and written.
+
+OMP_WAIT_POLICY is set to PASSIVE (unless already set): the int8 kernel's OpenMP threads would
+otherwise spin after each product on the cores OpenBLAS then needs for the float32 model's
+products, slowing whichever case runs next. One warm-up round is run and dropped.
 """
 from __future__ import annotations
 
@@ -79,6 +83,7 @@ def main() -> None:
         ap.error("--threads, --prompt, --tokens, --rounds and --copy-mb must be at least 1")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                 # before NumPy starts its BLAS threads
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")     # before OpenMP starts its threads
     import numpy as np
 
     from pythia import quant
@@ -88,7 +93,8 @@ def main() -> None:
     bw = copy_bandwidth(args.copy_mb)
     isa = quant.compiled.ISA if quant.BACKEND == "cython" else "-"
     print(f"int8 backend {quant.BACKEND} ({isa}), {args.threads} threads, prompt {args.prompt}, "
-          f"{args.tokens} decode tokens, {args.rounds} rounds (medians); copy bandwidth {bw / 1e9:.1f} GB/s")
+          f"{args.tokens} decode tokens, {args.rounds} rounds (medians), OMP_WAIT_POLICY "
+          f"{os.environ['OMP_WAIT_POLICY']}; copy bandwidth {bw / 1e9:.1f} GB/s")
     print()
     print("| shape | weights | MB/token | prefill tok/s | decode tok/s | int8 / fp32 | GB/s used | of copy bw |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -99,9 +105,11 @@ def main() -> None:
         models = {"float32": f32, "int8 Q8_0": quantize_model(f32)}
         prompt = np.random.default_rng(1).integers(0, sizes["vocab_size"], args.prompt)
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
-        for _ in range(args.rounds):                        # interleaved: float32, int8, float32, ...
+        for r in range(args.rounds + 1):                    # interleaved: float32, int8, float32, ...
             for k, m in models.items():
-                runs[k].append(run_once(m, prompt, args.tokens))
+                timed = run_once(m, prompt, args.tokens)
+                if r:                                       # round 0 warms caches and thread pools
+                    runs[k].append(timed)
         base = None
         for k, m in models.items():
             prefill = statistics.median(p for p, _ in runs[k])
