@@ -12,6 +12,10 @@ token table; the embedding only one row), so "MB/token" is the bytes of those ma
 tokens/s times MB/token is the bandwidth a step uses. The limit is the copy bandwidth measured
 here: np.copyto of a --copy-mb array, counting the bytes read and written.
 
+--rss also saves the first shape as a float32 and an int8 checkpoint (random weights, the tiny
+GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memory of
+`python -m pythia generate` (8 tokens) on each, and on the float32 one with --quantize int8.
+
 OMP_WAIT_POLICY is set to PASSIVE (unless already set): the int8 kernel's OpenMP threads would
 otherwise spin after each product on the cores OpenBLAS then needs for the float32 model's
 products, slowing whichever case runs next. One warm-up round is run and dropped.
@@ -25,14 +29,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))                               # run as a script from a checkout
 
 SHAPES = {
     "gpt2-small": ("gpt2", dict(vocab_size=50257, block_size=1024, d_model=768, n_layer=12, n_head=12)),
     "smollm2-135m": ("llama", dict(vocab_size=49152, d_model=576, n_layer=30, n_head=9, n_kv_head=3, head_dim=64,
                                    d_ff=1536, norm_eps=1e-5, rope_theta=100000.0, block_size=2048,
                                    tie_embeddings=True)),
-    "tiny": ("llama", dict(vocab_size=512, d_model=64, n_layer=2, n_head=4, n_kv_head=2, head_dim=16, d_ff=128,
+    "tiny": ("llama", dict(vocab_size=1024, d_model=64, n_layer=2, n_head=4, n_kv_head=2, head_dim=16, d_ff=128,
                            block_size=256)),
 }
 
@@ -70,6 +75,42 @@ def run_once(model, prompt, tokens: int) -> tuple[float, float]:
     return prefill, tokens / (time.perf_counter() - t)
 
 
+def peak_rss(cmd: list[str]) -> int:
+    """Peak resident bytes of a child process running cmd (Linux reports ru_maxrss in KiB)."""
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr.read().decode()[-500:]}")
+    return usage.ru_maxrss * 1024
+
+
+def rss_table(model, quantize_model) -> None:
+    """Peak RSS of generate on a float32 checkpoint, an int8 one, and the float32 one --quantize int8."""
+    import tempfile
+
+    from pythia.formats.checkpoint import save_checkpoint
+    from pythia.formats.source import open_model
+    tokenizer = open_model(REPO / "tests" / "fixtures" / ("gpt2" if model.FAMILY == "gpt2" else "hf_models/smollm2")).tokenizer
+    with tempfile.TemporaryDirectory() as d:
+        f32, q8 = Path(d) / "f32.npz", Path(d) / "q8.npz"
+        save_checkpoint(f32, model, tokenizer)
+        save_checkpoint(q8, quantize_model(model), tokenizer)
+        gen = [sys.executable, "-m", "pythia", "generate", "--prompt", "Hello", "--max-new-tokens", "8",
+               "--temperature", "0", "--model"]
+        rows = [("float32 checkpoint", peak_rss(gen + [str(f32)])),
+                ("int8 checkpoint", peak_rss(gen + [str(q8)])),
+                ("float32 checkpoint --quantize int8", peak_rss(gen + [str(f32), "--quantize", "int8"]))]
+        sizes = (f32.stat().st_size, q8.stat().st_size, f32.stat().st_size)
+    print()
+    print("| generate on | file MB | peak RSS MB | of float32's |")
+    print("|---|---:|---:|---:|")
+    for (name, rss), size in zip(rows, sizes):
+        print(f"| {name} | {size / 1e6:,.0f} | {rss / 1e6:,.0f} | {rss / rows[0][1]:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gpt2-small", "smollm2-135m"])
@@ -78,6 +119,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--copy-mb", type=int, default=256)
+    ap.add_argument("--rss", action="store_true", help="also measure generate's peak memory on checkpoints")
     args = ap.parse_args()
     if min(args.threads, args.prompt, args.tokens, args.rounds, args.copy_mb) < 1:
         ap.error("--threads, --prompt, --tokens, --rounds and --copy-mb must be at least 1")
@@ -119,6 +161,11 @@ def main() -> None:
             used = tps * mb
             print(f"| {shape} | {k} | {mb / 1e6:,.2f} | {args.prompt / prefill:,.0f} | {tps:,.1f} | "
                   f"{tps / base:.2f}x | {used / 1e9:.1f} | {used / bw:.0%} |")
+        if args.rss and shape == args.shapes[0]:
+            first = f32
+        del f32, models
+    if args.rss:
+        rss_table(first, quantize_model)
 
 
 if __name__ == "__main__":

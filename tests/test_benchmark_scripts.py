@@ -153,9 +153,12 @@ def test_bench_train_step_refuses_zero_runs():
 
 def test_bench_decode_int8_prints_float32_and_int8_rows_with_the_bandwidth_fraction():
     out = run_script("bench_decode_int8.py", "--shapes", "tiny", "--rounds", "1", "--tokens", "3", "--prompt", "4",
-                     "--copy-mb", "4")
+                     "--copy-mb", "4", "--rss")
     assert "copy bandwidth" in out
     rows = table_rows(out)
+    rss = rows[2:]
+    assert [r[0].strip() for r in rss] == ["float32 checkpoint", "int8 checkpoint", "float32 checkpoint --quantize int8"]
+    rows = rows[:2]
     assert [r[1].strip() for r in rows] == ["float32", "int8 Q8_0"]
     fp32_mb, int8_mb = (float(r[2].replace(",", "")) for r in rows)
     assert int8_mb == pytest.approx(fp32_mb * (1 + 4 / 32) / 4, rel=0.02)   # 34 bytes per 32 weights
