@@ -156,7 +156,7 @@ def test_bench_decode_int8_prints_float32_and_int8_rows_with_the_bandwidth_fract
                      "--copy-mb", "4", "--rss")
     assert "copy bandwidth" in out
     rows = table_rows(out)
-    rss = rows[2:]
+    rss = rows[3:]                                                       # after the second header
     assert [r[0].strip() for r in rss] == ["float32 checkpoint", "int8 checkpoint", "float32 checkpoint --quantize int8"]
     rows = rows[:2]
     assert [r[1].strip() for r in rows] == ["float32", "int8 Q8_0"]
