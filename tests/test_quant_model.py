@@ -181,3 +181,17 @@ def test_cli_generate_explain_and_convert_with_quantize(tmp_path):
                                           tmp_path), "inference only")
     assert_one_line_error(helpers.run_cli(["generate", "--model", str(FIXTURES / "hf_models" / "tinyllama"),
                                            "--prompt", "x", "--quantize", "int8"], tmp_path), "multiple of 32")
+
+
+def test_kernels_numpy_flag_runs_the_int8_twin_and_tokenize_reads_an_int8_checkpoint(tmp_path):
+    from pythia.commands.kernel_choice import select_kernels
+    before = quant.BACKEND
+    try:
+        select_kernels("numpy")
+        assert quant.BACKEND == "numpy"
+    finally:
+        quant.use(before)
+    m = open_model(SOURCES["gpt2"], quantize="int8")
+    save_checkpoint(tmp_path / "q8.npz", m.model, m.tokenizer)
+    r = helpers.run_cli(["tokenize", "--checkpoint", "q8.npz", "--text", "Hello"], tmp_path)
+    helpers.assert_ok(r)

@@ -27,7 +27,7 @@ def load_tokenizer(checkpoint: str | None, data: str | None):
     """The tokenizer of a checkpoint or of a prepared corpus folder."""
     if checkpoint:
         from ..formats.checkpoint import load_checkpoint
-        return load_checkpoint(checkpoint).tokenizer
+        return load_checkpoint(checkpoint, optimizer=False, quantized=True).tokenizer
     if data:
         from ..corpora.prepared import REPREPARE, read_meta, tokenizer_from_json
         meta = read_meta(Path(data))
