@@ -75,16 +75,21 @@ def run_once(model, prompt, tokens: int) -> tuple[float, float]:
     return prefill, tokens / (time.perf_counter() - t)
 
 
+# A forked child starts with its parent's resident size as its peak (ru_maxrss survives exec), so
+# cmd runs under a small Python that forks it and reports its children's peak, in KiB.
+_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
 def peak_rss(cmd: list[str]) -> int:
-    """Peak resident bytes of a child process running cmd (Linux reports ru_maxrss in KiB)."""
+    """Peak resident bytes of a process running cmd."""
     import subprocess
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr.read().decode()[-500:]}")
-    return usage.ru_maxrss * 1024
+    p = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
+    code, kib = (int(v) for v in p.stdout.split())
+    if p.returncode or code:
+        raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr[-500:]}")
+    return kib * 1024
 
 
 def rss_table(model, quantize_model) -> None:
