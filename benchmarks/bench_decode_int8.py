@@ -16,6 +16,10 @@ here: np.copyto of a --copy-mb array, counting the bytes read and written.
 GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memory of
 `python -m pythia generate` (8 tokens) on each, and on the float32 one with --quantize int8.
 
+With --threads above 1, float32 also runs on one BLAS thread (pythia.system.threads.blas_set):
+on a machine whose cores are busy with other work, OpenBLAS's spinning threads can make two
+threads several times slower than one. "int8 / fp32" is against the faster float32 row.
+
 OMP_WAIT_POLICY is set to PASSIVE (unless already set): the int8 kernel's OpenMP threads would
 otherwise spin after each product on the cores OpenBLAS then needs for the float32 model's
 products, slowing whichever case runs next. One warm-up round is run and dropped.
@@ -62,9 +66,12 @@ def matrix_bytes(model) -> int:
     return sum(w.nbytes for w, _ in model.inference_matrices().values())
 
 
-def run_once(model, prompt, tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode tokens per second) of one greedy generation."""
+def run_once(model, prompt, tokens: int, blas: int) -> tuple[float, float]:
+    """(prefill seconds, decode tokens per second) of one greedy generation on `blas` BLAS threads."""
     import numpy as np
+
+    from pythia.system import threads
+    threads.blas_set(blas)
     cache = model.new_kv_cache()
     t = time.perf_counter()
     logits = model.forward_cached(prompt, cache)
@@ -149,26 +156,28 @@ def main() -> None:
         name, sizes = SHAPES[shape]
         Config, Model, _ = family(name)
         f32 = Model(Config(**sizes), seed=0)
-        models = {"float32": f32, "int8 Q8_0": quantize_model(f32)}
+        q8 = quantize_model(f32)
+        models = {"float32": (f32, args.threads), "int8 Q8_0": (q8, args.threads)}
+        if args.threads > 1:
+            models = {"float32": (f32, args.threads), "float32, 1 BLAS thread": (f32, 1), "int8 Q8_0": (q8, args.threads)}
         prompt = np.random.default_rng(1).integers(0, sizes["vocab_size"], args.prompt)
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
         for r in range(args.rounds + 1):                    # interleaved: float32, int8, float32, ...
-            for k, m in models.items():
-                timed = run_once(m, prompt, args.tokens)
+            for k, (m, blas) in models.items():
+                timed = run_once(m, prompt, args.tokens, blas)
                 if r:                                       # round 0 warms caches and thread pools
                     runs[k].append(timed)
-        base = None
-        for k, m in models.items():
+        base = max(statistics.median(d for _, d in runs[k]) for k in models if k.startswith("float32"))
+        for k, (m, _) in models.items():
             prefill = statistics.median(p for p, _ in runs[k])
             tps = statistics.median(d for _, d in runs[k])
-            base = base or tps
             mb = matrix_bytes(m)
             used = tps * mb
             print(f"| {shape} | {k} | {mb / 1e6:,.2f} | {args.prompt / prefill:,.0f} | {tps:,.1f} | "
                   f"{tps / base:.2f}x | {used / 1e9:.1f} | {used / bw:.0%} |")
         if args.rss and shape == args.shapes[0]:
             first = f32
-        del f32, models
+        del f32, q8, models
     if args.rss:
         rss_table(first, quantize_model)
 
