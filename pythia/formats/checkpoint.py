@@ -70,15 +70,17 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     if not parent.is_dir():
         raise CheckpointError(f"cannot write checkpoint {str(path)!r}: directory {str(parent)!r} does not "
                               f"exist; create it first or choose another --out")
-    from ..quant.model import SCHEME, is_quantized, kept_params, quantized_arrays
-    quantized = is_quantized(model)
-    if quantized and optimizer is not None:
-        raise CheckpointError("an int8 model has no optimizer state to save; save it without one")
+    quantized = getattr(model, "quantized", None) is not None  # int8 matrices (pythia.quant.model)
     arrays: dict[str, np.ndarray] = {}
-    for name in (kept_params(model) if quantized else model.params):
-        arrays[f"param/{name}"] = np.asarray(model.params[name], order="C")
     if quantized:
+        from ..quant.model import kept_params, quantized_arrays
+        if optimizer is not None:
+            raise CheckpointError("an int8 model has no optimizer state to save; save it without one")
+        arrays.update({f"param/{k}": np.asarray(model.params[k], order="C") for k in kept_params(model)})
         arrays.update({f"q8/{k}": a for k, a in quantized_arrays(model).items()})
+    else:
+        for name, p in model.params.items():
+            arrays[f"param/{name}"] = np.asarray(p, order="C")
     if optimizer is not None:
         for key, a in optimizer.state_arrays().items():
             arrays[f"opt/{key}"] = np.asarray(a, order="C")
@@ -100,6 +102,7 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     if chat is not None:
         meta["chat"] = chat                      # the chat template and stop ids of a converted chat model
     if quantized:
+        from ..quant.model import SCHEME
         meta["quantized"] = SCHEME               # int8 matrices under q8/, for inference only
     arrays["meta"] = _meta_bytes(meta)
 

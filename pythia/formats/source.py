@@ -55,14 +55,14 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
     zephyr, plain) overrides the chat template the source records. folder=True: src must be a
     folder (--gpt2 DIR). quantize="int8": the model's matrices in Q8_0 (ConfigError for another
     kind or a model whose sizes Q8_0 cannot hold)."""
-    from ..quant.model import KINDS
-    if quantize is not None and quantize not in KINDS:
-        raise ConfigError(f"--quantize {quantize} is not a kind Pythia knows; use --quantize {' or '.join(KINDS)}")
+    if quantize is not None:
+        from ..quant.model import KINDS
+        if quantize not in KINDS:
+            raise ConfigError(f"--quantize {quantize} is not a kind Pythia knows; use --quantize {' or '.join(KINDS)}")
     m = _open(Path(src), chat_format, folder)
     if quantize is not None:
         _quantize(m)
-    from ..quant.model import is_quantized
-    if is_quantized(m.model):
+    if getattr(m.model, "quantized", None) is not None:   # asked for, or an int8 checkpoint
         m.description += ", int8 weights"
     return m
 
