@@ -14,7 +14,8 @@ here: np.copyto of a --copy-mb array, counting the bytes read and written.
 
 --rss also saves the first shape as a float32 and an int8 checkpoint (random weights, the tiny
 GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memory of
-`python -m pythia generate` (8 tokens) on each, and on the float32 one with --quantize int8.
+`python -m pythia generate` (8 tokens) on each, and on the float32 one with --quantize int8;
+--rss-folder DIR does the same for a Hugging Face folder, with and without --quantize int8.
 
 With --threads above 1, float32 also runs on one BLAS thread (pythia.system.threads.blas_set):
 on a machine whose cores are busy with other work, OpenBLAS's spinning threads can make two
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--copy-mb", type=int, default=256)
     ap.add_argument("--rss", action="store_true", help="also measure generate's peak memory on checkpoints")
+    ap.add_argument("--rss-folder", metavar="DIR", help="also measure generate's peak memory on this HF folder")
     args = ap.parse_args()
     if min(args.threads, args.prompt, args.tokens, args.rounds, args.copy_mb) < 1:
         ap.error("--threads, --prompt, --tokens, --rounds and --copy-mb must be at least 1")
@@ -180,6 +182,15 @@ def main() -> None:
         del f32, q8, models
     if args.rss:
         rss_table(first, quantize_model)
+    if args.rss_folder:
+        gen = [sys.executable, "-m", "pythia", "generate", "--prompt", "Hello", "--max-new-tokens", "8",
+               "--temperature", "0", "--model", args.rss_folder]
+        f32, q8 = peak_rss(gen), peak_rss(gen + ["--quantize", "int8"])
+        print()
+        print(f"| generate on {args.rss_folder} | peak RSS MB | of float32's |")
+        print("|---|---:|---:|")
+        print(f"| float32 | {f32 / 1e6:,.0f} | 1.00x |")
+        print(f"| --quantize int8 | {q8 / 1e6:,.0f} | {q8 / f32:.2f}x |")
 
 
 if __name__ == "__main__":

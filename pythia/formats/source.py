@@ -59,7 +59,7 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
         from ..quant.model import KINDS
         if quantize not in KINDS:
             raise ConfigError(f"--quantize {quantize} is not a kind Pythia knows; use --quantize {' or '.join(KINDS)}")
-    m = _open(Path(src), chat_format, folder)
+    m = _open(Path(src), chat_format, folder, quantize)
     if quantize is not None:
         _quantize(m)
     if getattr(m.model, "quantized", None) is not None:   # asked for, or an int8 checkpoint
@@ -77,14 +77,14 @@ def _quantize(m: LoadedModel) -> None:
         m.checkpoint.model = m.model
 
 
-def _open(path: Path, chat_format: str | None, folder: bool) -> LoadedModel:
+def _open(path: Path, chat_format: str | None, folder: bool, quantize: str | None) -> LoadedModel:
     if folder and not path.is_dir():
         from .gpt2 import load_gpt2                         # says what src is instead of a folder
         load_gpt2(path)
     if path.is_dir():
         from .hf_folder import is_hf_llama_folder
         if is_hf_llama_folder(path):
-            return _llama_folder(path, chat_format)
+            return _llama_folder(path, chat_format, quantize)
         if os.path.lexists(path / "config.json"):
             if (path / "config.json").is_file() and _model_type(path) != "gpt2":  # never open a FIFO
                 from .hf_config import read_hf_config       # names the model types Pythia reads
@@ -130,16 +130,38 @@ def _with_template(m: LoadedModel, chat: dict | None, chat_format: str | None) -
     return m
 
 
-def _llama_folder(path: Path, chat_format: str | None) -> LoadedModel:
+def _quantized_from_tensors(Model, config, weights):
+    """An int8 model read one tensor at a time; F32 tensors are read without mapping the file, so
+    neither the file's pages nor a float32 model stay resident (only one matrix at a time)."""
+    import numpy as np
+
+    from ..quant.model import quantize_tensors
+
+    def tensor(name: str) -> np.ndarray:
+        if weights.dtype(name) != "F32":
+            return weights.get(name)                        # F16 / BF16 widened to a new float32 array
+        out = np.empty(weights.shape(name), np.float32)
+        weights.read_into(name, out)
+        return out
+    try:
+        return quantize_tensors(Model, config, tensor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _llama_folder(path: Path, chat_format: str | None, quantize: str | None = None) -> LoadedModel:
     from ..models.llama import Llama, LlamaConfig
     from .hf_folder import check_weights, read_hf_folder
     folder = read_hf_folder(path)
     try:
         check_weights(folder.weights, folder.config.model)
         config = LlamaConfig.from_dict(dict(folder.config.model))
-        model = Llama(config, init=False)                   # zeros; each tensor is copied in next
-        for name, p in model.params.items():                # (out, in) as stored: no transposes
-            p[...] = folder.weights.get(name, copy=False)   # one tensor as float32 at a time
+        if quantize is not None:                            # int8 one matrix at a time: the float32
+            model = _quantized_from_tensors(Llama, config, folder.weights)  # model is never whole
+        else:
+            model = Llama(config, init=False)               # zeros; each tensor is copied in next
+            for name, p in model.params.items():            # (out, in) as stored: no transposes
+                p[...] = folder.weights.get(name, copy=False)  # one tensor as float32 at a time
     finally:
         folder.weights.close()
     n = model.num_params()

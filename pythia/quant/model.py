@@ -14,6 +14,7 @@ use are never written and their pages never become resident; only the kept float
 are copied in.
 
     q = quantize_model(model)                      # a new model; `model` is left as it was
+    q = quantize_tensors(Model, config, tensor)    # the same, one matrix at a time from tensor(name)
     arrays = quantized_arrays(q)                   # {"name.q", "name.scales"[, "name.bias"]}
     q2 = model_from_quantized(Model, config, float_params, arrays)   # no requantizing
 """
@@ -55,9 +56,50 @@ def quantize_model(model):
     new = type(model)(model.config, init=False)
     for name in kept_params(model):
         new.params[name][...] = model.params[name]
-    new.quantized = {name: QuantLinear.from_out_in(w, b)
-                     for name, (w, b) in model.inference_matrices().items()}
+    new.quantized = {name: _quantize_in_rows(w, b) for name, (w, b) in model.inference_matrices().items()}
     return new
+
+
+def quantize_tensors(Model, config, tensor):
+    """quantize_model(Model(config) loaded with every parameter), built one matrix at a time:
+    tensor(name) -> the parameter `name` as float32 (e.g. read from a safetensors file). Each
+    matrix is assembled in a temporary float32 array laid out as its span of the parameter
+    buffer (its members' views rebased onto it), quantized and dropped, so the float32 model is
+    never whole in memory: the peak is the int8 model plus the largest matrix in float32.
+    Same arrays as quantize_model, bit for bit."""
+    from numpy.lib.array_utils import byte_bounds
+    from numpy.lib.stride_tricks import as_strided
+    model = Model(config, init=False)                  # float matrices stay untouched zeros
+    check_quantizable(model)
+    kept = kept_params(model)
+    for name in kept:
+        model.params[name][...] = tensor(name)
+    quantized = {}
+    for mat, (w, b) in model.inference_matrices().items():
+        lo, hi = byte_bounds(w)
+        span = np.empty((hi - lo) // 4, np.float32)    # the matrix's bytes of params_memory
+
+        def rebased(view):                             # `view`, a view of params_memory, on span
+            start = (view.__array_interface__["data"][0] - lo) // 4
+            return as_strided(span[start:], shape=view.shape, strides=view.strides)
+        for name, p in model.params.items():
+            if name not in kept and np.may_share_memory(p, w):
+                rebased(p)[...] = tensor(name)
+        quantized[mat] = _quantize_in_rows(rebased(w), b)
+        del span
+    model.quantized = quantized
+    return model
+
+
+def _quantize_in_rows(w: np.ndarray, bias, rows: int = 4096) -> QuantLinear:
+    """QuantLinear.from_out_in(w, bias), quantizing `rows` rows at a time (rows are independent),
+    so the temporaries stay small beside a large embedding."""
+    from .reference import quantize_q8_0
+    q = np.empty(w.shape, np.int8)                     # (O, C)
+    d = np.empty((w.shape[0], w.shape[1] // 32), np.float32)
+    for r in range(0, w.shape[0], rows):
+        q[r:r + rows], d[r:r + rows] = quantize_q8_0(w[r:r + rows])
+    return QuantLinear(q, d, bias)
 
 
 def quantized_arrays(model) -> dict[str, np.ndarray]:
