@@ -13,7 +13,7 @@ turn in that format) or writes a speaker tag, or the length limit is reached. A 
 Qwen2.5, TinyLlama) gets its own chat template instead, and a reply ends at the template's
 end-of-turn token (pythia.conversation holds both formats).
 
-Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset, /probs,
+Controls: exit / quit, /clear, /help, /temp X, /topk K, /topp P, /seed N, /len N, /reset, /probs, /stats,
 /system TEXT (chat models).
 Ctrl-C interrupts a reply and returns to the prompt; Ctrl-D (end of input) leaves.
 """
@@ -43,6 +43,7 @@ Type a message and press Enter. Commands:
   /seed N        reseed the sampler, so the same conversation gives the same replies
   /len N         longest reply, in tokens
   /probs         after each reply, show how sure the model was of each token (toggle)
+  /stats         the last reply's speed: prompt and generated tokens per second, and the load time
   /system TEXT   the system prompt of a chat model (empty: its default); the conversation is kept
   /reset         forget the conversation so far
   /clear         clear the screen
@@ -136,8 +137,12 @@ class ChatSession:
 
     def __init__(self, model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,
                  settings: ChatSettings | None = None, stdin: TextIO | None = None,
-                 user: str = USER, bot: str = BOT, template: Any = None, stop_ids: list[int] = ()) -> None:
+                 user: str = USER, bot: str = BOT, template: Any = None, stop_ids: list[int] = (),
+                 load_seconds: float | None = None) -> None:
+        from .timing import DecodeTimer
         self.model, self.tokenizer = model, tokenizer
+        self.load_seconds = load_seconds
+        self.timer = DecodeTimer(load_seconds)  # the last reply's speed (/stats)
         # the conversation's format: the model's chat template, or the corpus's dialogue lines
         self.format = Dialogue(tokenizer, user, bot) if template is None else Templated(tokenizer, template, stop_ids)
         self.ui = ui or ConsoleUI()
@@ -288,6 +293,11 @@ class ChatSession:
                 else:
                     ui.notice("(probabilities on: the output is not a colour terminal, so each reply is followed "
                               "by a compact table of its tokens' probabilities instead of shading)")
+            elif name == "/stats":
+                if not self.timer.prompt_tokens:
+                    ui.notice("(no reply yet; /stats shows the last reply's speed)")
+                for row in self.timer.lines():
+                    ui.notice(row)
             else:
                 ui.notice(f"(unknown command {name}; /help lists the commands)")
         except ValueError as e:
@@ -329,6 +339,9 @@ class ChatSession:
         stopped: list[int] = []                   # the end-of-turn id the model chose, if it did
         gen = self.model.generate(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
                                   top_p=s.top_p, rng=self.rng, **watch)
+        from .timing import DecodeTimer
+        self.timer = DecodeTimer(self.load_seconds)
+        gen = self.timer.wrap(gen, prompt_tokens=len(ids))
         self.last_ids = []                        # the reply's token ids (without the end-of-turn id)
         ids_out = _until(gen, set(self.format.stop_ids), stopped, self.last_ids)
         interrupted = False
@@ -391,6 +404,7 @@ def _number(arg: str, kind: Callable[[str], Any], message: str):
 
 def run_chat(model: Any, tokenizer: Any, *, ui: ConsoleUI | None = None,
              settings: ChatSettings | None = None, stdin: TextIO | None = None,
-             template: Any = None, stop_ids: list[int] = ()) -> None:
+             template: Any = None, stop_ids: list[int] = (), load_seconds: float | None = None) -> None:
     """Run the REPL until exit, quit or end of input (with template: a chat model's own format)."""
-    ChatSession(model, tokenizer, ui=ui, settings=settings, stdin=stdin, template=template, stop_ids=stop_ids).run()
+    ChatSession(model, tokenizer, ui=ui, settings=settings, stdin=stdin, template=template, stop_ids=stop_ids,
+                load_seconds=load_seconds).run()

@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .commands import (chat, convert, convert_gpt2, explain, export, generate, plot, prepare, serve, tokenize,
-                       train, train_chat)
+from .commands import (chat, convert, convert_gpt2, eval, explain, export, generate, plot, prepare, serve,
+                       tokenize, train, train_chat)
 from .commands.kernel_choice import check_kernel_env
 from .errors import PythiaError
 from .system.atomic import written_files
@@ -57,6 +57,10 @@ class Parser(argparse.ArgumentParser):
         ns, extra = self.parse_known_args(args, namespace)
         if extra:
             command = getattr(ns, "command", None)
+            if any(e.split("=")[0] == "--quantize" for e in extra):
+                raise UsageError(f"--quantize is for running a model (chat, generate, explain, eval, convert), not "
+                                 f"{command}; train in float32, then `convert SRC --out FILE --quantize int8`",
+                                 f"{self.prog} {command}" if command else self.prog)
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}",
                              f"{self.prog} {command}" if command else self.prog)
         return ns
@@ -105,7 +109,8 @@ examples:
 Exit status: 0 done, 1 error, 2 bad command line, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
 
 
-COMMANDS = (train_chat, train, chat, generate, serve, convert, convert_gpt2, export, prepare, tokenize, explain, plot)
+COMMANDS = (train_chat, train, chat, generate, serve, eval, convert, convert_gpt2, export, prepare, tokenize, explain,
+            plot)
 
 
 def build_parser() -> Parser:

@@ -7,7 +7,7 @@ no earlier window scored), each with the window's tokens before it as context; s
 window that reaches the end. A window's first token has no prediction, so it is never scored.
 
     perplexity(logits_fn, ids, context, stride) -> {"tokens", "nll", "ppl", "windows"}
-    compare(logits_fn_a, logits_fn_b, ids, context, stride) -> {"tokens", "kl", "top1"}
+    compare(logits_fn_a, logits_fn_b, ids, context, stride) -> {"tokens", "kl", "top1", "nll", "ppl"}
 
 logits_fn(idx (1, T) int64) -> logits (1, T, V) float32. nll is the mean negative log-likelihood
 in nats over the scored tokens (each token weighted once: the exact mean, the default). The
@@ -118,10 +118,12 @@ def compare(logits_fn_a: LogitsFn, logits_fn_b: LogitsFn, ids, context: int, str
             progress=None, *, max_context: int | None = None) -> dict:
     """Agreement of model b with reference a on the scored positions of the same windows:
     {"tokens", "kl": mean KL(P_a || P_b) = sum_v P_a(v) (log P_a(v) - log P_b(v)) in nats,
-    "top1": fraction of positions where both give the same most likely token}."""
+    "top1": fraction of positions where both give the same most likely token, "nll", "ppl":
+    model b's perplexity as perplexity() gives it (the exact token mean), from the same pass}."""
     ids = _check(ids, context, stride, max_context)
-    kl_sum, same, tokens, total = 0.0, 0, 0, _total(ids, context, stride)
+    kl_sum, nll_sum, same, tokens, total = 0.0, 0.0, 0, 0, _total(ids, context, stride)
     for window, first, _ in _scored(ids, context, stride):
+        target = window[first:]                                        # (S,) the scored tokens
         za = _scored_logits(logits_fn_a, window, first)                # (S, V)
         zb = _scored_logits(logits_fn_b, window, first)                # (S, V)
         if za.shape != zb.shape:
@@ -130,8 +132,10 @@ def compare(logits_fn_a: LogitsFn, logits_fn_b: LogitsFn, ids, context: int, str
         for i in range(0, za.shape[0], CHUNK):
             la, lb = _log_softmax(za[i:i + CHUNK]), _log_softmax(zb[i:i + CHUNK])   # (s, V) each
             kl_sum += float((np.exp(la) * (la - lb)).sum())            # sum over s positions and V
+            nll_sum -= float(lb[np.arange(lb.shape[0]), target[i:i + CHUNK]].sum())  # -log P_b(target)
             same += int((la.argmax(-1) == lb.argmax(-1)).sum())
         tokens += za.shape[0]
         if progress is not None:
             progress(tokens, total)
-    return {"tokens": tokens, "kl": kl_sum / tokens, "top1": same / tokens}
+    return {"tokens": tokens, "kl": kl_sum / tokens, "top1": same / tokens, "nll": nll_sum / tokens,
+            "ppl": math.exp(nll_sum / tokens)}

@@ -179,3 +179,17 @@ def test_bench_train_step_refuses_zero_runs():
     p = subprocess.run([sys.executable, str(BENCH / "bench_train_step.py"), "S", "--runs", "0"],
                        capture_output=True, text=True, timeout=120, cwd=BENCH)
     assert p.returncode == 2 and p.stderr.startswith("error: --runs") and "Traceback" not in p.stderr
+
+
+def test_bench_decode_int8_prints_float32_and_int8_rows_with_the_bandwidth_fraction():
+    out = run_script("bench_decode_int8.py", "--shapes", "tiny", "--rounds", "1", "--tokens", "3", "--prompt", "4",
+                     "--copy-mb", "4", "--rss")
+    assert "copy bandwidth" in out
+    rows = table_rows(out)
+    rss = rows[4:]                                                       # after the second header
+    assert [r[0].strip() for r in rss] == ["float32 checkpoint", "int8 checkpoint", "float32 checkpoint --quantize int8"]
+    rows = rows[:3]
+    assert [r[1].strip() for r in rows] == ["float32", "float32, 1 BLAS thread", "int8 Q8_0"]
+    fp32_mb, _, int8_mb = (float(r[2].replace(",", "")) for r in rows)
+    assert int8_mb == pytest.approx(fp32_mb * (1 + 4 / 32) / 4, rel=0.02)   # 34 bytes per 32 weights
+    assert "1.00x" in (rows[0][5], rows[1][5]) and rows[2][7].endswith("%")

@@ -19,7 +19,7 @@ EPILOG = ("examples:\n  python -m pythia explain --checkpoint pythia-chat.npz --
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_source(p)
+    add_model_source(p, quantize=True)
     p.add_argument("--text", required=True, metavar="TEXT", help="the text to explain")
     p.add_argument("--layer", default="0", metavar="L",
                    help="attention layer to show, from 0, or 'all' for a small map per layer averaged "

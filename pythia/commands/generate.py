@@ -15,13 +15,17 @@ DESCRIPTION = ("Continue --prompt and write the prompt and its continuation to s
                "notices go to stderr), for scripts.")
 EPILOG = ("examples:\n  python -m pythia generate --model pythia-chat.npz --prompt 'User: Hi' --seed 7\n"
           "  python -m pythia generate --model ./gpt2 --prompt 'The sea' --temperature 0\n"
-          "  python -m pythia generate --model ./smollm2 --prompt 'The capital of France is' --temperature 0")
+          "  python -m pythia generate --model ./smollm2 --prompt 'The capital of France is' --temperature 0\n"
+          "  python -m pythia generate --model ./gpt2 --prompt 'Hello' --quantize int8 --timing")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_source(p)
+    add_model_source(p, quantize=True)
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     p.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
+    p.add_argument("--timing", action="store_true",
+                   help="after the text, print to stderr the load time and the prompt and decode speeds "
+                        "(tokens per second), as llama.cpp's perf lines")
     add_sampling_flags(p, length=200)
 
 
@@ -35,13 +39,18 @@ def until_stop(ids, stop_ids):
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     import numpy as np
 
     from ..chat import stream_text
+    from ..timing import DecodeTimer
     from ..ui import ConsoleUI
     err = ConsoleUI(sys.stderr)
     select_kernels(args.kernels)
+    t0 = time.perf_counter()
     m = load_model(args)
+    timer = DecodeTimer(load_seconds=time.perf_counter() - t0)
     model, tokenizer = m.model, m.tokenizer
     backend, fallback = kernel_status(args.kernels)
     err.notice(f"pythia: {m.description}{err.dot}kernels {backend}")
@@ -63,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_echo:
         out.write(prompt)
         out.flush()
-    gen = model.generate(ids[-model.config.block_size:], s.max_new_tokens, temperature=s.temperature,
-                         top_k=s.top_k, top_p=s.top_p, rng=rng)
+    ids = ids[-model.config.block_size:]
+    gen = model.generate(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, rng=rng)
+    gen = timer.wrap(gen, prompt_tokens=len(ids))
     gen = until_stop(gen, m.stop_ids)              # a Hugging Face model's eos ends the completion
     try:
         for piece in stream_text(tokenizer, gen):
@@ -76,4 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     out.write("\n")
     out.flush()
+    if args.timing:
+        for line in timer.lines():
+            err.notice(f"timing: {line}")
     return 0

@@ -27,10 +27,11 @@ def check_kernel_env() -> None:
 
 def select_kernels(choice: str | None) -> None:
     """Apply --kernels; asking for compiled kernels that are not built is an error, not a fallback."""
-    from .. import kernels
+    from .. import kernels, quant
     if choice:
         try:
             kernels.use(choice)
+            quant.use(choice)                    # the int8 kernels follow the same choice
         except RuntimeError as e:
             raise ConfigError(f"--kernels {choice} is not available: {e}; or use --kernels numpy") from None
 

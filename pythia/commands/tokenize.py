@@ -40,7 +40,7 @@ def load_tokenizer(checkpoint: str | None, data: str | None):
     if checkpoint:
         from ..formats.checkpoint import load_checkpoint
         from ..formats.source import open_model
-        return load_checkpoint(checkpoint, open_base=open_model).tokenizer
+        return load_checkpoint(checkpoint, optimizer=False, open_base=open_model, quantized=True).tokenizer
     if data:
         from ..corpora.prepared import REPREPARE, read_meta, tokenizer_from_json
         meta = read_meta(Path(data))

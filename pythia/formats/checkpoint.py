@@ -2,8 +2,12 @@
 
 Layout of the archive (every entry a plain NumPy array, so `allow_pickle=False` loads it):
 
-    param/<name>   model weights, float32, Hugging Face names; for LoRA adapters (meta "lora": rank,
-                   alpha, targets, base {path, sha256}) the adapters alone, PEFT's names
+    param/<name>   model weights, float32, Hugging Face names (of an int8 model: those kept in
+                   float32); for LoRA adapters (meta "lora": rank, alpha, targets, base {path,
+                   sha256}) the adapters alone, PEFT's names
+    q8/<name>.q, q8/<name>.scales, q8/<name>.bias
+                   an int8 model's matrices in Q8_0 (int8 blocks of 32, float32 scales; meta
+                   "quantized": "q8_0"), by pythia.quant.model's names; loaded as they are
     opt/<key>      optimizer state ("m/<name>", "v/<name>", "t"), when saved with an optimizer
     tok/<key>      the tokenizer's arrays (tokenizer.to_arrays())
     meta           uint8 bytes of a JSON object: format name and version, model config,
@@ -68,9 +72,17 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
     if not parent.is_dir():
         raise CheckpointError(f"cannot write checkpoint {str(path)!r}: directory {str(parent)!r} does not "
                               f"exist; create it first or choose another --out")
+    quantized = getattr(model, "quantized", None) is not None  # int8 matrices (pythia.quant.model)
     arrays: dict[str, np.ndarray] = {}
-    for name, p in model.params.items():
-        arrays[f"param/{name}"] = np.asarray(p, order="C")
+    if quantized:
+        from ..quant.model import kept_params, quantized_arrays
+        if optimizer is not None:
+            raise CheckpointError("an int8 model has no optimizer state to save; save it without one")
+        arrays.update({f"param/{k}": np.asarray(model.params[k], order="C") for k in kept_params(model)})
+        arrays.update({f"q8/{k}": a for k, a in quantized_arrays(model).items()})
+    else:
+        for name, p in model.params.items():
+            arrays[f"param/{name}"] = np.asarray(p, order="C")
     if optimizer is not None:
         for key, a in optimizer.state_arrays().items():
             arrays[f"opt/{key}"] = np.asarray(a, order="C")
@@ -93,6 +105,9 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
         meta["lora"] = model.adapter_meta()      # param/ holds the adapters; the base is referenced
     if chat is not None:
         meta["chat"] = chat                      # the chat template and stop ids of a converted chat model
+    if quantized:
+        from ..quant.model import SCHEME
+        meta["quantized"] = SCHEME               # int8 matrices under q8/, for inference only
     arrays["meta"] = _meta_bytes(meta)
 
     from ..system.atomic import atomic_write
@@ -187,14 +202,16 @@ def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_base=None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_base=None,
+                    quantized: bool = False) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; CheckpointError on anything wrong.
 
     optimizer=False leaves the optimizer state (twice the weights' size) unread, for a caller
     that only uses the model (chat, generate, export); optimizer_arrays is then None.
     open_base(path) -> LoadedModel opens the base model of a LoRA checkpoint (the caller passes
     pythia.formats.source.open_model, which itself reads checkpoints); without it such a
-    checkpoint is refused."""
+    checkpoint is refused.
+    quantized=True accepts an int8 checkpoint (for inference); otherwise one is refused."""
     from ..tokenizer import tokenizer_from_arrays
 
     path = Path(path)
@@ -221,6 +238,8 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_bas
                                   f"--model {str(path)!r}")
         from ..lora import open_adapted
         model = open_adapted(meta["lora"], params, what, open_base)
+    elif meta.get("quantized"):
+        model = _quantized_model(Model, config, params, arrays, what, allowed=quantized)
     else:
         _check_param_shapes(params, param_shapes(config), config, what)  # before allocating the model
         model = Model(config, init=False)                      # every weight is loaded next
@@ -254,6 +273,19 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_bas
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
                       path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None,
                       chat=chat)
+
+
+def _quantized_model(Model, config, params: dict, arrays: dict, what: str, *, allowed: bool):
+    """The int8 model of a checkpoint with meta "quantized"; refused unless allowed (training)."""
+    from ..quant.model import model_from_quantized
+    if not allowed:
+        raise CheckpointError(f"{what} holds int8 weights, which are for inference only (chat, generate, explain, "
+                              f"eval); train, --init-from, --resume and export need the float32 model it was made from")
+    q8 = {k[len("q8/"):]: a for k, a in arrays.items() if k.startswith("q8/")}
+    try:
+        return model_from_quantized(Model, config, params, q8)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{what}: {e}; it is corrupt, use another checkpoint") from None
 
 
 def _check_param_shapes(params: dict[str, np.ndarray], expected: dict, config, what: str) -> None:

@@ -189,6 +189,7 @@ SCHEMA: dict[str, Any] = {
     "model_config.qkv_bias": opt(Bool()),
     "model_config.tie_embeddings": opt(Bool()),
     "family": opt(Choice(tuple(FAMILIES))),
+    "quantized": opt(Choice(("q8_0",))),                  # int8 matrices under q8/ (pythia.quant.model)
     "chat": Obj(required=False, nullable=True),           # a converted chat model's template
     "chat.template": Obj(closed=True),
     "chat.template.format": Choice(CHAT_FORMATS),

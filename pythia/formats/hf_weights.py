@@ -55,6 +55,10 @@ class HFWeights:
     def get(self, name: str, *, copy: bool = True) -> np.ndarray:
         return self._file(name).get(name, copy=copy)
 
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """F32 tensor `name` read straight into out, without mapping the file (SafetensorsFile.read_into)."""
+        self._file(name).read_into(name, out)
+
     def close(self) -> None:
         for f in self.files.values():
             f.close()

@@ -6,6 +6,8 @@ folder, or a Hugging Face Llama-family folder (model_type llama or qwen2), told 
     m.template                         # ChatTemplate of a chat model, else None (m.template_error says why)
     m.stop_ids                         # ids a reply or completion ends at (end of turn, eos)
     m.prompt_ids("The sea")            # the prompt as the model's own tokenizer frames it (BOS and all)
+    open_model("gpt2", quantize="int8")  # every matrix in Q8_0 int8 (pythia.quant.model); an int8
+                                       # checkpoint is int8 whatever quantize says
 
 A Llama-family folder is read tensor by tensor into the model's flat buffer, so loading a BF16
 file never holds more than the fp32 model plus one tensor.
@@ -51,18 +53,42 @@ class LoadedModel:
         return out
 
 
-def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder: bool = False) -> LoadedModel:
+def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder: bool = False,
+               quantize: str | None = None) -> LoadedModel:
     """The model at src (a checkpoint file or a Hugging Face folder); chat_format (chatml, llama2,
     zephyr, plain) overrides the chat template the source records. folder=True: src must be a
-    folder (--gpt2 DIR)."""
-    path = Path(src)
+    folder (--gpt2 DIR). quantize="int8": the model's matrices in Q8_0 (ConfigError for another
+    kind or a model whose sizes Q8_0 cannot hold)."""
+    if quantize is not None:
+        from ..quant.model import KINDS
+        if quantize not in KINDS:
+            raise ConfigError(f"--quantize {quantize} is not a kind Pythia knows; use --quantize {' or '.join(KINDS)}")
+    m = _open(Path(src), chat_format, folder, quantize)
+    if quantize is not None:
+        _quantize(m)
+    if getattr(m.model, "quantized", None) is not None:   # asked for, or an int8 checkpoint
+        m.description += ", int8 weights"
+    return m
+
+
+def _quantize(m: LoadedModel) -> None:
+    from ..quant.model import quantize_model
+    try:
+        m.model = quantize_model(m.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if m.checkpoint is not None:
+        m.checkpoint.model = m.model
+
+
+def _open(path: Path, chat_format: str | None, folder: bool, quantize: str | None) -> LoadedModel:
     if folder and not path.is_dir():
         from .gpt2 import load_gpt2                         # says what src is instead of a folder
         load_gpt2(path)
     if path.is_dir():
         from .hf_folder import is_hf_llama_folder
         if is_hf_llama_folder(path):
-            return _llama_folder(path, chat_format)
+            return _llama_folder(path, chat_format, quantize)
         if os.path.lexists(path / "config.json"):
             refuse_unknown_model_type(path)
             from .gpt2 import load_gpt2                     # a GPT-2 folder (it names what else it lacks)
@@ -74,7 +100,7 @@ def open_model(src: str | os.PathLike, *, chat_format: str | None = None, folder
         raise ConfigError(f"{str(path)!r} does not exist; give a Pythia checkpoint (.npz) or a Hugging Face model "
                           f"folder you downloaded (Pythia never downloads)")
     from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model)  # a LoRA checkpoint's base, too
+    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model, quantized=True)  # a LoRA checkpoint's base, too
     if ckpt.step:
         what = f"trained {ckpt.step} steps"
     else:
@@ -114,16 +140,38 @@ def _with_template(m: LoadedModel, chat: dict | None, chat_format: str | None) -
     return m
 
 
-def _llama_folder(path: Path, chat_format: str | None) -> LoadedModel:
+def _quantized_from_tensors(Model, config, weights):
+    """An int8 model read one tensor at a time; F32 tensors are read without mapping the file, so
+    neither the file's pages nor a float32 model stay resident (only one matrix at a time)."""
+    import numpy as np
+
+    from ..quant.model import quantize_tensors
+
+    def tensor(name: str) -> np.ndarray:
+        if weights.dtype(name) != "F32":
+            return weights.get(name)                        # F16 / BF16 widened to a new float32 array
+        out = np.empty(weights.shape(name), np.float32)
+        weights.read_into(name, out)
+        return out
+    try:
+        return quantize_tensors(Model, config, tensor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _llama_folder(path: Path, chat_format: str | None, quantize: str | None = None) -> LoadedModel:
     from ..models.llama import Llama, LlamaConfig
     from .hf_folder import check_weights, read_hf_folder
     folder = read_hf_folder(path)
     try:
         check_weights(folder.weights, folder.config.model)
         config = LlamaConfig.from_dict(dict(folder.config.model))
-        model = Llama(config, init=False)                   # zeros; each tensor is copied in next
-        for name, p in model.params.items():                # (out, in) as stored: no transposes
-            p[...] = folder.weights.get(name, copy=False)   # one tensor as float32 at a time
+        if quantize is not None:                            # int8 one matrix at a time: the float32
+            model = _quantized_from_tensors(Llama, config, folder.weights)  # model is never whole
+        else:
+            model = Llama(config, init=False)               # zeros; each tensor is copied in next
+            for name, p in model.params.items():            # (out, in) as stored: no transposes
+                p[...] = folder.weights.get(name, copy=False)  # one tensor as float32 at a time
     finally:
         folder.weights.close()
     n = model.num_params()

@@ -29,6 +29,15 @@ A family module defines a config dataclass and a model class:
     model.load_params(params: dict) -> None   copy in place; exact names and shapes (ValueError)
     model.num_params() -> int
 
+For int8 inference (pythia.quant.model), a family also names the matrices its passes multiply by:
+
+    model.inference_matrices() -> {name: (W (O, C) view, bias (O,) or None)}   every linear layer,
+                                              the token table and the head, in (out, in) layout
+    model.EMBEDDING                           the token table's name among them
+    model.quantized                           None, or {name: pythia.quant.QuantLinear}; when set,
+                                              forward and forward_cached use those, never the float
+                                              matrices, and loss()/loss_rows() refuse to train
+
 Training passes may also be split by rows, for the system layer's batch sharding
 (pythia.system.sharding.ShardedModel):
 

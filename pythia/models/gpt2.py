@@ -140,6 +140,7 @@ class Pythia:
         self._grads_memory: np.ndarray | None = None
         self._grads: dict[str, np.ndarray] | None = None
         self._acts: dict | None = None                           # activations of the last loss()
+        self.quantized: dict | None = None                       # name -> pythia.quant.QuantLinear once int8
         if init:
             rng = np.random.default_rng(seed)
             resid_std = 0.02 / math.sqrt(2 * config.n_layer)    # GPT-2: residual projections scaled down
@@ -256,6 +257,7 @@ class Pythia:
 
     def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
         """Per-token losses (b * T,) of rows idx (b, T) (checked) and the activations their backward needs."""
+        _refuse_training(self)
         acts: dict = {}
         logits = self._forward(idx, keep=acts)                   # (n, V)
         losses, probs = nn.crossentropy_forward(logits, targets.reshape(-1))  # (n,), (n, V)
@@ -268,7 +270,7 @@ class Pythia:
         cfg, P = self.config, self.params
         B, T = idx.shape
         H, C = cfg.n_head, cfg.d_model
-        x = nn.embedding_forward(P["wte"], idx)                  # (B, T, C) token embeddings
+        x = self._embed(idx)                                     # (B, T, C) token embeddings
         x += P["wpe"][:T]                                        # + (T, C) position embeddings
         x = x.reshape(B * T, C)                                  # (N, C) residual stream
         blocks = []
@@ -293,7 +295,7 @@ class Pythia:
             if keep is not None:                                 # inference drops each layer's activations
                 blocks.append(a)
         hf, mean_f, rstd_f = nn.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])          # (N, C)
-        logits = hf @ P["wte"].T                                 # (N, C) @ (C, V) -> (N, V), tied head
+        logits = self._mm("wte", hf)                             # (N, C) @ (C, V) -> (N, V), tied head
         if keep is not None:
             keep.update(idx=idx, layers=blocks, x_f=x, lnf=hf, lnf_mean=mean_f, lnf_rstd=rstd_f)
         return logits
@@ -341,7 +343,10 @@ class Pythia:
     def _linear(self, x: np.ndarray, layer: str) -> np.ndarray:
         """x W + b of the Conv1D `layer` (weight (in, out)), plus its adapter's term when one is attached."""
         w = layer + ".weight"
-        out = nn.linear_forward(x, self.params[w], self.params[layer + ".bias"])  # (N, out)
+        if self.quantized is not None:
+            out = self.quantized[layer].apply(x)                 # Q8_0 int8 weights: pythia.quant.q8_matmul
+        else:
+            out = nn.linear_forward(x, self.params[w], self.params[layer + ".bias"])  # (N, out)
         nn.adapter_forward(self.adapter, x, out, (w,))
         return out
 
@@ -371,7 +376,7 @@ class Pythia:
         cfg, P = self.config, self.params
         spans = nn.cached_spans(tokens, caches, cfg.block_size)     # (lo, hi, pos) rows of each sequence
         H, C = cfg.n_head, cfg.d_model
-        x = np.concatenate([P["wte"][np.asarray(t)] + P["wpe"][pos:pos + hi - lo]
+        x = np.concatenate([self._embed(np.asarray(t)) + P["wpe"][pos:pos + hi - lo]
                             for t, (lo, hi, pos) in zip(tokens, spans)])               # (N, C)
         for i in range(cfg.n_layer):
             p = f"h.{i}."
@@ -390,7 +395,37 @@ class Pythia:
             cache.length = pos + hi - lo
         last = [hi - 1 for _, hi, _ in spans]                                                    # each sequence's last row
         hf, _, _ = nn.layernorm_forward(x[last], P["ln_f.weight"], P["ln_f.bias"])             # (B, C)
-        return hf @ P["wte"].T                                   # (B, C) @ (C, V) -> (B, V)
+        return self._mm("wte", hf)                               # (B, C) @ (C, V) -> (B, V)
+
+    # ------------------------------------------------------------------ the matrices inference multiplies by
+
+    EMBEDDING = "wte"                   # the token table among inference_matrices(); also the tied head
+
+    def inference_matrices(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Every matrix forward and forward_cached multiply by, as (W (O, C), bias (O,) or None)
+        views by the name _mm() takes: the Conv1D weights transposed to (out, in), and the token
+        table wte (V, C), both embedding and head. pythia.quant.model quantizes exactly these."""
+        P = self.params
+        out = {"wte": (P["wte"], None)}
+        for i in range(self.config.n_layer):
+            for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                n = f"h.{i}.{name}"
+                out[n] = (P[n + ".weight"].T, P[n + ".bias"])    # (C_in, C_out) -> (O, C) view
+        return out
+
+    def _mm(self, name: str, x: np.ndarray) -> np.ndarray:
+        """x W^T + b for the matrix `name` of inference_matrices(): int8 once quantized, else float32."""
+        if name != "wte":
+            return self._linear(x, name)
+        if self.quantized is not None:
+            return self.quantized[name].apply(x)                 # Q8_0: pythia.quant.q8_matmul
+        return x @ self.params["wte"].T                          # (N, C) @ (C, V) -> (N, V), tied head
+
+    def _embed(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the token table for idx (...): (..., C) float32 (dequantized when int8)."""
+        if self.quantized is not None:
+            return self.quantized["wte"].take(idx)
+        return nn.embedding_forward(self.params["wte"], idx)
 
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -407,6 +442,12 @@ def _put(G: dict, layer: str, grads) -> None:
     for suffix, g in zip((".weight", ".bias"), grads):
         if layer + suffix in G:
             G[layer + suffix][...] = g
+
+
+def _refuse_training(model) -> None:
+    if model.quantized is not None:
+        raise ValueError("this model holds int8 (Q8_0) weights, which are for inference only; "
+                         "train the float32 model and quantize it afterwards")
 
 
 def _qkv_heads(qkv: np.ndarray, B: int, T: int, H: int):

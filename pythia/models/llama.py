@@ -270,6 +270,7 @@ class Llama:
         self._grads_memory: np.ndarray | None = None             # made on first use: inference never needs it
         self._tables = kernels.rope_tables(np.arange(0), config.head_dim, config.rope_theta)  # (cos, sin) (0, hs)
         self._acts: dict | None = None
+        self.quantized: dict | None = None                       # name -> pythia.quant.QuantLinear once int8
         if init:
             rng = np.random.default_rng(seed)
             for block, a in self._pblocks.items():
@@ -375,6 +376,9 @@ class Llama:
 
     def loss_rows(self, idx: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict]:
         """Per-token losses (B T,) of rows idx (B, T) (checked) and the activations their backward needs."""
+        if self.quantized is not None:
+            raise ValueError("this model holds int8 (Q8_0) weights, which are for inference only; "
+                             "train the float32 model and quantize it afterwards")
         acts: dict = {}
         logits = self._forward(idx, keep=acts)                   # (N, V)
         losses, acts["probs"] = layers.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
@@ -388,13 +392,13 @@ class Llama:
         N, H, Hkv, hs = B * T, cfg.n_head, cfg.n_kv_head, cfg.head_dim
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = (t[:T] for t in self._rope(T))                # (T, hs) each
-        x = layers.embedding_forward(P["model.embed_tokens.weight"], idx).reshape(N, -1)  # (N, C)
+        x = self._embed(idx).reshape(N, -1)                      # (N, C)
         acts = []
         for i in range(cfg.n_layer):
             p = f"model.layers.{i}."
             a = {"x": x}
             h, a["rstd1"] = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (N, C)
-            qkv = layers.linear_forward(h, PB[p + "qkv"].T, PB.get(p + "qkv_bias"))  # (N, Dq + 2 Dkv)
+            qkv = self._mm(p + "qkv", h)                         # (N, Dq + 2 Dkv)
             layers.adapter_forward(self.adapter, h, qkv, self._qkv_names[i])
             q = kernels.rope_forward(qkv[:, :Dq].reshape(B, T, H, hs).transpose(0, 2, 1, 3), cos, sin)  # (B, H, T, hs)
             k = kernels.rope_forward(qkv[:, Dq:Dq + Dkv].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3), cos, sin)
@@ -405,8 +409,9 @@ class Llama:
                 attn.append(layers.full_attention(probs, T))     # (B, H, T, T)
             x = x + self._linear(y, p + "self_attn.o_proj.weight")  # (N, C)
             h2, a["rstd2"] = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-            gate = self._linear(h2, p + "mlp.gate_proj.weight")  # (N, F)
-            up = self._linear(h2, p + "mlp.up_proj.weight")      # (N, F)
+            gu = self._mm(p + "gate_up", h2)                     # (N, 2F): gate, then up
+            layers.adapter_forward(self.adapter, h2, gu, (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
+            gate, up = gu[:, :cfg.d_ff], gu[:, cfg.d_ff:]        # (N, F) views each
             m = kernels.swiglu_forward(gate, up)                 # (N, F)
             a.update(h=h, qkv=qkv, q=q, k=k, probs=probs, y=y, x_mid=x, h2=h2, gate=gate, up=up, m=m)
             layers.drop_frozen_inputs(self.adapter, a, {"h": self._qkv_names[i], "y": (p + "self_attn.o_proj.weight",),
@@ -416,7 +421,7 @@ class Llama:
             if keep is not None:
                 acts.append(a)
         hf, rstd_f = kernels.rmsnorm_forward(x, P["model.norm.weight"], cfg.norm_eps)  # (N, C)
-        logits = hf @ self._head().T                             # (N, C) @ (C, V) -> (N, V)
+        logits = self._mm(self._head_name(), hf)                 # (N, C) @ (C, V) -> (N, V)
         if keep is not None:
             keep.update(idx=idx, layers=acts, x_f=x, hf=hf, rstd_f=rstd_f)
         return logits
@@ -481,7 +486,7 @@ class Llama:
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         """x W^T for the (out, in) weight `name`, plus its adapter's term when one is attached."""
-        out = layers.linear_forward(x, self.params[name].T)      # (N, out)
+        out = self._mm(name, x)                                  # (N, out): int8 when quantized
         layers.adapter_forward(self.adapter, x, out, (name,))
         return out
 
@@ -520,13 +525,11 @@ class Llama:
         H, Hkv, hs, F = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = self._rope(max(pos + hi - lo for lo, hi, pos in spans))  # (>= longest, hs)
-        x = P["model.embed_tokens.weight"][np.concatenate([np.asarray(t).reshape(-1) for t in tokens])]  # (N, C)
+        x = self._embed(np.concatenate([np.asarray(t).reshape(-1) for t in tokens]))  # (N, C)
         for i in range(cfg.n_layer):
             p = f"model.layers.{i}."
             h, _ = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (N, C)
-            qkv = h @ PB[p + "qkv"].T                            # (N, C) @ (C, Dq + 2 Dkv)
-            if cfg.qkv_bias:
-                qkv += PB[p + "qkv_bias"]
+            qkv = self._mm(p + "qkv", h)                         # (N, C) @ (C, Dq + 2 Dkv)
             layers.adapter_forward(self.adapter, h, qkv, self._qkv_names[i])
             y = np.empty((len(x), Dq), np.float32)               # (N, Dq) heads side by side
             for (lo, hi, pos), cache in zip(spans, caches):
@@ -539,14 +542,45 @@ class Llama:
                 y[lo:hi] = att.transpose(1, 0, 2).reshape(Tn, Dq)
             x = x + self._linear(y, p + "self_attn.o_proj.weight")  # (N, Dq) @ (Dq, C)
             h, _ = kernels.rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-            gu = h @ PB[p + "gate_up"].T                         # (N, 2F): gate, then up
+            gu = self._mm(p + "gate_up", h)                      # (N, 2F): gate, then up
             layers.adapter_forward(self.adapter, h, gu, (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
             x = x + self._linear(kernels.swiglu_forward(gu[:, :F], gu[:, F:]), p + "mlp.down_proj.weight")
         for (lo, hi, pos), cache in zip(spans, caches):
             cache.length = pos + hi - lo
         last = [hi - 1 for _, hi, _ in spans]                    # each sequence's last row
         hf, _ = kernels.rmsnorm_forward(x[last], P["model.norm.weight"], cfg.norm_eps)  # (B, C)
-        return hf @ self._head().T                               # (B, C) @ (C, V) -> (B, V)
+        return self._mm(self._head_name(), hf)                   # (B, C) @ (C, V) -> (B, V)
+
+    # ------------------------------------------------------------------ the matrices inference multiplies by
+
+    EMBEDDING = "model.embed_tokens.weight"   # the token table among inference_matrices()
+
+    def inference_matrices(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Every matrix forward and forward_cached multiply by, as (W (O, C), bias (O,) or None)
+        views by the name _mm() takes: per layer the fused q/k/v block, o_proj, the fused
+        gate/up block and down_proj; the embedding (also the head when tied) and lm_head when
+        not. pythia.quant.model quantizes exactly these."""
+        PB = self._pblocks
+        out = {}
+        for block, members in self._blocks:
+            if len(members[0][1]) == 2:                          # the matrices, in memory order
+                out[block] = (PB[block], PB.get(block + "_bias"))  # (O, C), q/k/v's biases when present
+        return out
+
+    def _head_name(self) -> str:
+        return "model.embed_tokens.weight" if self.config.tie_embeddings else "lm_head.weight"
+
+    def _mm(self, name: str, x: np.ndarray) -> np.ndarray:
+        """x W^T + b for the matrix `name` of inference_matrices(): int8 once quantized, else float32."""
+        if self.quantized is not None:
+            return self.quantized[name].apply(x)                 # Q8_0: pythia.quant.q8_matmul
+        return layers.linear_forward(x, self._pblocks[name].T, self._pblocks.get(name + "_bias"))  # (N, O)
+
+    def _embed(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the token table for idx (...): (..., C) float32 (dequantized when int8)."""
+        if self.quantized is not None:
+            return self.quantized[self.EMBEDDING].take(idx)
+        return layers.embedding_forward(self.params[self.EMBEDDING], idx)
 
     def generate(self, prompt: list[int], max_new_tokens: int, **kw):
         """Yield max_new_tokens sampled token ids one at a time; see pythia.sampling.generate."""
