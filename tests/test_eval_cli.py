@@ -110,7 +110,7 @@ def test_int8_of_a_trained_model_keeps_its_perplexity_and_top1(tmp_path):
     (["--stride", "0"], TEXT, "--stride"),
     (["--context", "16", "--stride", "17"], TEXT, "above --context 16"),
     (["--compare-to", str(FIXTURES / "hf_models" / "smollm2")], TEXT, "does not share the model's tokenizer"),
-    (["--compare-to", "missing-model"], TEXT, "not found"),
+    (["--compare-to", "missing-model"], TEXT, "does not exist"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, text, needle):
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")

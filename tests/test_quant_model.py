@@ -177,7 +177,8 @@ def test_cli_generate_explain_and_convert_with_quantize(tmp_path):
     assert r2.stdout == r.stdout
     assert_one_line_error(helpers.run_cli(["generate", "--model", g, "--prompt", "x", "--quantize", "int4"],
                                           tmp_path), "--quantize")
-    assert_one_line_error(helpers.run_cli(["train", "--init-from", str(out), "--data", str(out), "--steps", "1"],
+    (tmp_path / "notes.txt").write_text("some words to fine-tune on\n" * 400)
+    assert_one_line_error(helpers.run_cli(["train", "--init-from", str(out), "--data", "notes.txt", "--steps", "1"],
                                           tmp_path), "inference only")
     assert_one_line_error(helpers.run_cli(["generate", "--model", str(FIXTURES / "hf_models" / "tinyllama"),
                                            "--prompt", "x", "--quantize", "int8"], tmp_path), "multiple of 32")
