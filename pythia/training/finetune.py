@@ -122,6 +122,9 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
         check_sizes(early, sizes, src)
     loaded = load_source(src)
     net, tokenizer = loaded.model, loaded.tokenizer
+    if getattr(net, "quantized", None) is not None:
+        raise ConfigError(f"--init-from {str(src)!r} holds int8 weights, which are for inference only (chat, "
+                          f"generate, explain, eval); fine-tune the float32 model it was made from")
     block = check_sizes(net.config, sizes, src)
     if lora is not None:
         from ..lora import LoRAConfig, attach
