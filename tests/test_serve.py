@@ -395,3 +395,13 @@ def test_a_failing_forward_pass_ends_the_stream_with_an_error_event_and_the_serv
         assert events[-1] == "[DONE]" and "overflow in a test" in events[-2]["error"]["message"]
         assert events[-2]["error"]["type"] == "server_error"
         assert c.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] >= 1
+
+
+def test_an_int8_model_serves_the_same_greedy_text_as_its_own_generate():
+    m = open_model(FIXTURES / "smollm2", quantize="int8")
+    assert m.model.quantized is not None
+    e = expected("smollm2")
+    want = m.tokenizer.decode(list(m.model.generate(m.prompt_ids(e["prompt"]), 12, temperature=0.0)))
+    with client(m) as c:
+        r = c.post("/v1/completions", json={"prompt": e["prompt"], "temperature": 0, "max_tokens": 12}).json()
+    assert r["choices"][0]["text"] == want and r["usage"]["completion_tokens"] == 12

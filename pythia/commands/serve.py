@@ -28,7 +28,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_source(p, chat_format=True)
+    add_model_source(p, chat_format=True, quantize=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port (0: any free port, printed at start)")
     p.add_argument("--api-key", metavar="KEY", default=None,
