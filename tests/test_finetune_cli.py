@@ -135,6 +135,8 @@ BAD = {
     "contradicting checkpoint size": (["train", "--init-from", "char.npz", "--data", "notes.txt", "--n-layer", "3",
                                        "--out", "x.npz"], "--n-layer 3 contradicts"),
     "grad-accum 0": (["train", "--data", "notes.txt", "--grad-accum", "0", "--out", "x.npz"], "--grad-accum"),
+    "grad-accum above the corpus": (["train", "--data", "notes.txt", "--grad-accum", "10000000000000000000000",
+                                     "--out", "x.npz"], "more than the training split's"),
     "short corpus": (["train", "--init-from", str(GPT2), "--data", "short.txt", "--block-size", "64",
                       "--out", "x.npz"], "too short"),
     "init-from and resume": (["train", "--init-from", "char.npz", "--resume", "char.npz", "--data", "notes.txt"],
