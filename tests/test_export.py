@@ -232,6 +232,23 @@ def test_tokenizers_library_reads_the_char_tokenizer_json_as_simple_tokenizer(tm
         assert t.encode(text).ids == ids and t.decode(ids) == text, repr(text)
 
 
+def test_the_exported_char_tokenizer_drops_what_the_vocabulary_lacks_as_pythia_does(tmp_path):
+    # the one rule for unknown characters: dropped. Pythia's filter (which its commands apply,
+    # with a notice) and the exported tokenizer.json in tokenizers and transformers give the same ids
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = SimpleTokenizer("Hi there.")
+    model = Pythia(PythiaConfig(vocab_size=tok.vocab_size, block_size=8, d_model=16, n_layer=1, n_head=2), seed=1)
+    save_checkpoint(tmp_path / "m.npz", model, tok, step=1)
+    export(tmp_path / "m.npz", tmp_path / "hf")
+    t = tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    for text in ["Hi Zoë, there.", "ZZZ", "Hi\x00 😀 there"]:
+        kept, dropped = tok.filter(text)
+        assert dropped and t.encode(text).ids == tok.encode(kept), repr(text)
+    transformers = pytest.importorskip("transformers")
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert auto("Hi Zoë, there.").input_ids == tok.encode("Hi  there.") and auto("ZZZ").input_ids == []
+
+
 @pytest.mark.parametrize("block", [8, 32])
 def test_the_documented_transformers_snippet_runs_on_a_short_context(tmp_path, block):
     # the Python snippet of docs/finetune-and-export.md, run as written on exports whose context
