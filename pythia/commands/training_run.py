@@ -42,18 +42,32 @@ def claim_checkpoint(s: TrainSettings):
     if resume is not None:
         return claim_output(resume, flag="--resume", replace=True), "updated in place", None
     default = Path(DEFAULT_OUT[s.command])
-    why = None                                  # why the default name itself was passed over
+    kept, busy = [], []                         # the names passed over, each for its reason
     for out in _free_names(default):           # never replace a file, nor race a live run for one
         if os.path.lexists(out) or is_claimed(out):
-            why = why or ("already exists, so it is kept" if os.path.lexists(out)
-                          else "is being written by another run")
+            (kept if os.path.lexists(out) else busy).append(out.name)
             continue
         try:
             claim = claim_output(out, flag="--out")
         except OutputBusy:
-            why = why or "is being written by another run"
+            busy.append(out.name)
             continue
-        return claim, (f"{default} {why}" if why else None), None
+        return claim, _passed_over(kept, busy), None
+
+
+def _passed_over(kept: list[str], busy: list[str]) -> str | None:
+    """Why the names before the one chosen were not used: every one of them, by reason."""
+    def names(found: list[str]) -> str:
+        if len(found) > 3:
+            return f"the {len(found)} files {found[0]} ... {found[-1]}"
+        return " and ".join([", ".join(found[:-1]), found[-1]] if len(found) > 1 else found)
+    parts = []
+    if kept:
+        parts.append(f"{names(kept)} already exist{'s' if len(kept) == 1 else ''}, so "
+                     f"{'it is' if len(kept) == 1 else 'they are'} kept")
+    if busy:
+        parts.append(f"{names(busy)} {'is' if len(busy) == 1 else 'are'} being written by another run")
+    return "; ".join(parts) or None
 
 
 def _corpus_info(files: list[Path], n_tokens: int):
