@@ -122,7 +122,7 @@ def build_trainer(s: TrainSettings, session, files: list[Path], *, out: Path, lo
         return prepare_finetune(files, s.init_from, **kwargs)  # sizes and tokenizer come from SRC
     trainer = session.prepare(build, files, model=s.sizes, train=s.train, resume=Path(s.resume) if s.resume else None,
                               out=out, log_file=log_file, on_progress=ui.progress, should_stop=stop.requested,
-                              check_memory=check_memory)
+                              check_memory=check_memory, stop_signal=lambda: stop.signum)
     from ..system.sharding import ShardedModel
     trainer.model = ShardedModel(trainer.model)     # threads and batch shards: the system layer's wrapper
     return trainer
@@ -178,6 +178,7 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
     ui.notice("Training... (Ctrl-C stops early and saves)")
     with stop.polled():
         result = trainer.run()
+    stop.adopt(getattr(trainer.reducer, "stop_signum", None))   # a signal another process received
     held.close()                                # the last save is done: release the checkpoint
     _summary(ui, steps, result, stop)
     if plot is not None and result.losses:
