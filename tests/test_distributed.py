@@ -473,6 +473,26 @@ def test_a_rank_with_other_settings_stops_every_rank_with_one_message(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("case", ["rank 0's --out exists", "a missing data file"])
+def test_an_error_at_start_up_is_one_line_without_the_launchers_abort_banner(tmp_path, case):
+    # rank 0 alone claims --out; the corpus is every rank's: either way all ranks agree to stop,
+    # rank 0 prints its line and the job ends without MPI_Abort ("Abort(1) on node 0 ...")
+    _needs_mpi()
+    out = tmp_path / "m.npz"
+    if case == "rank 0's --out exists":
+        out.write_bytes(b"mine")
+        cmd = [c for c in _train_cmd(out) if c != "--force"]
+        needle = "already exists and would be replaced"
+    else:
+        cmd = _train_cmd(out, "--data", str(tmp_path / "nowhere.txt"))
+        needle = "does not exist"
+    r = _mpi(2, cmd, tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert case != "rank 0's --out exists" or out.read_bytes() == b"mine"
+
+
 def test_a_batch_smaller_than_the_processes_stops_with_one_message(tmp_path):
     _needs_mpi()
     r = _mpi(3, _train_cmd(tmp_path / "b.npz", "--batch-size", "2"), tmp_path)

@@ -145,27 +145,34 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
     from ..training import distributed
 
     session = distributed.session()             # under mpiexec: this process's rank (else one process)
-    plot = None
-    if s.plot:                                  # before either is claimed: the second claim would be our own
-        check_distinct({"--out": s.out or s.resume, "--plot": s.plot})
-    if s.plot and session.rank == 0:
-        plot = held.enter_context(claim_output(s.plot, flag="--plot", replace=s.force)).path
-    if session.rank == 0:                       # rank 0 alone writes, so it alone claims the checkpoint
-        claim, out_note, resume_source = claim_checkpoint(s)
-        held.enter_context(claim)
-        out = claim.path
-    else:
-        claim, out_note, resume_source = None, None, None
-        out = Path(s.out or s.resume or DEFAULT_OUT[s.command])
-    log_file = Path(s.log_file) if s.log_file else None
-    if log_file is not None:
-        check_appendable(s.log_file, flag="--log-file")
-    select_kernels(s.kernels)
-    files = resolve_corpus(list(s.data) if s.data else None)
-    check_distinct({"--out": out, "--log-file": log_file},
-                   {"--data": files, "--resume": [resume_source] if resume_source else []})
-    if not any(p.is_dir() for p in files):      # a prepared folder is memory-mapped, not read into memory
-        _check_corpus_memory(files, s.no_memory_check)
+
+    def outputs_and_corpus():
+        """Claims (rank 0's alone), checks and the corpus's files. Run under session.agree, so an
+        error on one rank (rank 0's --out exists) is every rank's: rank 0 prints its one line and
+        all exit together, with no MPI_Abort (and no launcher's abort banner) needed."""
+        plot = None
+        if s.plot:                                  # before either is claimed: the second claim would be our own
+            check_distinct({"--out": s.out or s.resume, "--plot": s.plot})
+        if s.plot and session.rank == 0:
+            plot = held.enter_context(claim_output(s.plot, flag="--plot", replace=s.force)).path
+        if session.rank == 0:                       # rank 0 alone writes, so it alone claims the checkpoint
+            claim, out_note, resume_source = claim_checkpoint(s)
+            held.enter_context(claim)
+            out = claim.path
+        else:
+            claim, out_note, resume_source = None, None, None
+            out = Path(s.out or s.resume or DEFAULT_OUT[s.command])
+        log_file = Path(s.log_file) if s.log_file else None
+        if log_file is not None:
+            check_appendable(s.log_file, flag="--log-file")
+        select_kernels(s.kernels)
+        files = resolve_corpus(list(s.data) if s.data else None)
+        check_distinct({"--out": out, "--log-file": log_file},
+                       {"--data": files, "--resume": [resume_source] if resume_source else []})
+        if not any(p.is_dir() for p in files):      # a prepared folder is memory-mapped, not read into memory
+            _check_corpus_memory(files, s.no_memory_check)
+        return plot, claim, out_note, resume_source, out, log_file, files
+    plot, claim, out_note, resume_source, out, log_file, files = session.agree(outputs_and_corpus)
     note = _default_corpus_note(s)
     memory: dict = {}
     trainer = build_trainer(s, session, files, out=out, log_file=log_file, ui=ui, stop=stop, memory=memory)
