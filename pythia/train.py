@@ -11,7 +11,11 @@ batch size and T the block size.
 Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
 each drawn from the same training stream. Every micro-batch holds B * T tokens, so the mean loss
 over all K * B * T tokens is the mean of the K micro-batch losses, and its gradient the mean of
-their gradients: g = (1/K) sum_k g_k. Steps, the log and progress count optimizer steps.
+their gradients: g = (1/K) sum_k g_k. Steps, the log and progress count optimizer steps. A step
+reads at most the training split's worth of tokens (K * B * T <= its length; more would only
+repeat windows at K times the cost), and a stop asked for between two micro-batches abandons the
+step: nothing is updated, the batch generator goes back to where the step began, and the state of
+the last completed step is saved, so a long step answers Ctrl-C within one micro-batch.
 
 Determinism: training batches come from one seeded generator whose state is saved in every
 checkpoint, so a run resumed from step k sees exactly the batches the uninterrupted run saw after
@@ -93,6 +97,18 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def check_step_size(cfg: TrainConfig, dataset) -> None:
+    """ConfigError when --grad-accum K makes one step read more than the training split holds:
+    K * B sequences of T tokens above its len(train) // T whole sequences (K = 1 is always allowed)."""
+    T = dataset.block_size
+    sequences = len(dataset.train) // T
+    if cfg.grad_accum > 1 and cfg.grad_accum * cfg.batch_size > sequences:
+        most = max(1, sequences // cfg.batch_size)
+        raise ConfigError(f"--grad-accum {cfg.grad_accum} makes each step read {cfg.grad_accum:,} x {cfg.batch_size} "
+                          f"sequences of {T} tokens, more than the training split's {sequences:,} "
+                          f"({len(dataset.train):,} tokens); use --grad-accum {most} or less")
+
+
 def make_optimizer(model, cfg: TrainConfig):
     """The DeltaOptimizer (AdamW + warmup/cosine) for model's parameters under cfg."""
     from .engine import DeltaOptimizer
@@ -160,6 +176,7 @@ class Trainer:
         if dataset.block_size > model.config.block_size:
             raise ConfigError(f"the data's block size {dataset.block_size} exceeds the model's "
                               f"{model.config.block_size}; use --block-size {model.config.block_size} or less")
+        check_step_size(cfg, dataset)
         self.model, self.optimizer, self.dataset, self.cfg = model, optimizer, dataset, cfg
         self.chat = chat                      # a chat model's template and stop ids, kept in its checkpoints
         self.tokenizer = tokenizer if tokenizer is not None else dataset.tokenizer
@@ -211,7 +228,10 @@ class Trainer:
         with self._open_log(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while step < cfg.steps and not self._stopping():
                 ts = time.perf_counter()
-                loss, grads = self._gradients(step)              # batch -> loss -> backward -> reduce
+                grads = self._gradients(step)                    # batch -> loss -> backward -> reduce
+                if grads is None:                                # a stop between micro-batches
+                    break
+                loss, grads = grads
                 try:
                     info = self.optimizer.step(grads)
                 except PythiaError:                              # a non-finite gradient norm: nothing was updated
@@ -248,16 +268,22 @@ class Trainer:
 
     # -- pieces -------------------------------------------------------------------------------
 
-    def _gradients(self, step: int) -> tuple[float, np.ndarray]:
+    def _gradients(self, step: int) -> tuple[float, np.ndarray] | None:
         """Loss and flat gradient of one optimizer step: the mean over grad_accum micro-batches
-        (g = (1/K) sum_k g_k), then summed over the processes of a data-parallel run.
+        (g = (1/K) sum_k g_k), then summed over the processes of a data-parallel run. None when a
+        stop arrives between micro-batches (agreed by every process: the poll is a collective at
+        the same micro-batch on each); the batch generator is then back where the step began.
 
         With K = 1 the model's own grads_memory is handed on (no copy); with K > 1 a sum buffer
         of its size is kept across steps (backward() overwrites grads_memory)."""
         K, B = self.cfg.grad_accum, self.cfg.batch_size
         total = 0.0
         grads = self.model.grads_memory                          # (P,)
+        begun = self.rng.bit_generator.state if K > 1 else None
         for k in range(K):
+            if k > 0 and self._stopping():
+                self.rng.bit_generator.state = begun             # the resumed run draws this step's batches
+                return None
             x, y = self.dataset.get_batch("train", B, self.rng)  # (B, T), (B, T)
             total += float(self.model.loss(x, y))
             self.model.backward()

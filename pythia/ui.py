@@ -82,7 +82,7 @@ def fmt_count(n: float) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 @dataclass
@@ -159,14 +159,12 @@ class ConsoleUI:
         self.line(label("model") + shape)
         if source:
             self.line(label("from") + source)
-        if corpus is not None:
+        if corpus is not None:                     # the corpus's size is on its line, the vocabulary's on its own
             files = ", ".join(f"{name} ({fmt_size(size)})" for name, size in corpus.files)
             where = " [bundled]" if corpus.bundled else ""
-            self.line(label("corpus") + files + self.style(where, "dim"))
-            extra = f"{corpus.n_tokens:,} tokens{d}" if corpus.n_tokens is not None else ""
-            self.line(label("vocab") + f"{extra}{vocab_size:,} symbols ({tokenizer})")
-        else:
-            self.line(label("vocab") + f"{vocab_size:,} symbols ({tokenizer})")
+            size = f"{d}{corpus.n_tokens:,} tokens" if corpus.n_tokens is not None else ""
+            self.line(label("corpus") + files + self.style(where, "dim") + size)
+        self.line(label("vocab") + f"{_plural(vocab_size, 'token')} ({tokenizer} tokenizer)")
         for name, text in rows:
             self.line(label(name) + text)
 

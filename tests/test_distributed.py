@@ -179,6 +179,15 @@ def test_reducer_stops_every_rank_when_any_rank_asks():
     assert got == [False, False, False]
 
 
+def test_every_rank_learns_which_signal_stopped_the_run():
+    world = _ThreadWorld(3)
+
+    def rank(r):
+        reducer = MPIReducer(world.comm(r), 1 / 3, mpi=world, stop_signal=lambda: signal.SIGHUP if r == 2 else None)
+        return reducer.any_stop(False), reducer.stop_signum
+    assert _run_ranks(3, rank) == [(True, signal.SIGHUP)] * 3
+
+
 def test_local_reducer_changes_nothing():
     grads = np.arange(4, dtype=np.float32)
     LocalReducer().reduce_gradients(grads)
@@ -236,7 +245,8 @@ def _needs_mpi() -> None:
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in distributed.SIZE_ENV + distributed.RANK_ENV}
+    from helpers import subprocess_env                        # the code under test first on the path
+    env = {k: v for k, v in subprocess_env().items() if k not in distributed.SIZE_ENV + distributed.RANK_ENV}
     env.update(PYTHONUNBUFFERED="1", **extra)
     return env
 
@@ -403,10 +413,10 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_loads(tmp_path):
     assert _no_rank_left(out)
 
 
-# SIGTERM to one rank (a scheduler's per-process signal), to mpiexec (which passes it on), and
-# Ctrl-C at mpiexec
-@pytest.mark.parametrize("where, sig", [("rank 1", signal.SIGTERM), ("mpiexec", signal.SIGTERM),
-                                        ("mpiexec", signal.SIGINT)])
+# SIGTERM or SIGHUP to one rank (a scheduler's per-process signal, a closed terminal), to mpiexec
+# (which passes it on), and Ctrl-C at mpiexec: rank 0 names the signal even when another rank got it
+@pytest.mark.parametrize("where, sig", [("rank 1", signal.SIGTERM), ("rank 1", signal.SIGHUP),
+                                        ("mpiexec", signal.SIGTERM), ("mpiexec", signal.SIGINT)])
 def test_a_signal_stops_every_rank_at_one_step_and_rank_0_saves_it(tmp_path, where, sig):
     _needs_mpi()
     proc, out = _start_long_run(tmp_path)
@@ -418,6 +428,8 @@ def test_a_signal_stops_every_rank_at_one_step_and_rank_0_saves_it(tmp_path, whe
     assert _checkpoint_step(out) == logged                     # saved at the step every rank stopped after
     assert "Traceback" not in stderr and "error" not in stderr
     assert f"--resume {out}" in stdout
+    name = "Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
+    assert f"({name})" in stdout and ("(Ctrl-C)" in stdout) == (sig == signal.SIGINT), stdout
 
 
 def test_an_exception_on_one_rank_aborts_the_job_with_its_one_line_error(tmp_path):
@@ -459,6 +471,26 @@ def test_a_rank_with_other_settings_stops_every_rank_with_one_message(tmp_path):
         "error: rank 1 does not run the same training as rank 0: training setting lr is 0.001 there but 0.003 "
         "on rank 0; start every process with the same command line, data files and Pythia version"]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["rank 0's --out exists", "a missing data file"])
+def test_an_error_at_start_up_is_one_line_without_the_launchers_abort_banner(tmp_path, case):
+    # rank 0 alone claims --out; the corpus is every rank's: either way all ranks agree to stop,
+    # rank 0 prints its line and the job ends without MPI_Abort ("Abort(1) on node 0 ...")
+    _needs_mpi()
+    out = tmp_path / "m.npz"
+    if case == "rank 0's --out exists":
+        out.write_bytes(b"mine")
+        cmd = [c for c in _train_cmd(out) if c != "--force"]
+        needle = "already exists and would be replaced"
+    else:
+        cmd = _train_cmd(out, "--data", str(tmp_path / "nowhere.txt"))
+        needle = "does not exist"
+    r = _mpi(2, cmd, tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert case != "rank 0's --out exists" or out.read_bytes() == b"mine"
 
 
 def test_a_batch_smaller_than_the_processes_stops_with_one_message(tmp_path):

@@ -184,7 +184,7 @@ def test_probs_view_on_plain_output_is_a_compact_table_with_the_least_sure_candi
     (dict(layer="top"), "--layer must be a layer number or 'all'"),
     (dict(head=2), "--head 2 is out of range: this model has 2 head(s)"),
     (dict(text=""), "--text is empty"),
-    (dict(text="Hi Zoë"), "2 character(s) the model's vocabulary lacks: 'Zë'"),
+    (dict(text="Zë"), "--text is empty (after dropping characters the vocabulary lacks)"),
 ])
 def test_bad_explain_requests_are_one_config_error(kw, needle):
     model, tok = tiny()
@@ -192,6 +192,14 @@ def test_bad_explain_requests_are_one_config_error(kw, needle):
     with pytest.raises(ConfigError) as e:
         explain_text(model, tok, text, **kw)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_characters_the_vocabulary_lacks_are_dropped_with_a_notice_as_tokenize_does():
+    # the one rule for unknown characters: "Hi Zoë" is explained exactly as "Hi o" is
+    model, tok = tiny()
+    lines, notes = explain_text(model, tok, "Hi Zoë", layer=0)
+    assert notes == ["note: dropped 2 character(s) the vocabulary lacks: 'Zë'"]
+    assert (lines, []) == explain_text(model, tok, "Hi o", layer=0)
 
 
 def test_text_longer_than_the_context_explains_the_last_block_and_says_so():

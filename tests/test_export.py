@@ -6,6 +6,9 @@ not at all, and nothing is replaced without force."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +230,42 @@ def test_tokenizers_library_reads_the_char_tokenizer_json_as_simple_tokenizer(tm
     for text in fixture_texts():
         ids = tok.encode(text)
         assert t.encode(text).ids == ids and t.decode(ids) == text, repr(text)
+
+
+def test_the_exported_char_tokenizer_drops_what_the_vocabulary_lacks_as_pythia_does(tmp_path):
+    # the one rule for unknown characters: dropped. Pythia's filter (which its commands apply,
+    # with a notice) and the exported tokenizer.json in tokenizers and transformers give the same ids
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = SimpleTokenizer("Hi there.")
+    model = Pythia(PythiaConfig(vocab_size=tok.vocab_size, block_size=8, d_model=16, n_layer=1, n_head=2), seed=1)
+    save_checkpoint(tmp_path / "m.npz", model, tok, step=1)
+    export(tmp_path / "m.npz", tmp_path / "hf")
+    t = tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    for text in ["Hi Zoë, there.", "ZZZ", "Hi\x00 😀 there"]:
+        kept, dropped = tok.filter(text)
+        assert dropped and t.encode(text).ids == tok.encode(kept), repr(text)
+    transformers = pytest.importorskip("transformers")
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert auto("Hi Zoë, there.").input_ids == tok.encode("Hi  there.") and auto("ZZZ").input_ids == []
+
+
+@pytest.mark.parametrize("block", [8, 32])
+def test_the_documented_transformers_snippet_runs_on_a_short_context(tmp_path, block):
+    # the Python snippet of docs/finetune-and-export.md, run as written on exports whose context
+    # (8 or 32 positions) is shorter than "The sea" plus 40 new tokens: the prompt keeps its last
+    # context - new tokens and the reply has new = min(40, context // 2), so every id has a position
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "finetune-and-export.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(from transformers.*?)```", doc, re.S).group(1)
+    tok = SimpleTokenizer("The sea is old.")
+    model = Pythia(PythiaConfig(vocab_size=tok.vocab_size, block_size=block, d_model=16, n_layer=1, n_head=2), seed=1)
+    save_checkpoint(tmp_path / "m.npz", model, tok, step=1)
+    export(tmp_path / "m.npz", tmp_path / "hf")
+    r = subprocess.run([sys.executable, "-c", code.replace("./notes-hf", str(tmp_path / "hf"))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = min(40, block // 2)
+    text = r.stdout.rstrip("\n")
+    prompt = "The sea"[-(block - new):]
+    assert text.startswith(prompt) and len(text) == len(prompt) + new, text

@@ -103,6 +103,7 @@ class FixedBatches:
     def __init__(self, x, y, per_call):
         self.x, self.y, self.per_call, self.calls = x, y, per_call, 0
         self.block_size = x.shape[1]
+        self.train = x.reshape(-1)              # (N * T,) the tokens it hands out, for the step-size check
         self.tokenizer = None
 
     def get_batch(self, split, batch_size, rng):
@@ -164,6 +165,24 @@ def eval_json(line):
 def test_grad_accum_below_one_is_refused():
     with pytest.raises(ConfigError, match="--grad-accum"):
         TrainConfig(grad_accum=0).validate()
+
+
+def test_grad_accum_reads_at_most_the_training_split_a_step():
+    # 12 windows of 8 tokens in the training split: K x B = 12 is the largest step, 13 is refused;
+    # K = 1 is never refused for the corpus's size (a batch larger than it is the batch size's matter)
+    from pythia.corpora.data import Dataset
+    from pythia.model import Pythia, PythiaConfig
+    from pythia.tokenizer import SimpleTokenizer
+    tok = SimpleTokenizer("ab")
+    data = Dataset(train=np.zeros(12 * 8 + 7, np.int32), val=np.zeros(20, np.int32), block_size=8, tokenizer=tok,
+                   files=[], n_chars=0)
+    model = Pythia(PythiaConfig(vocab_size=2, block_size=8, d_model=16, n_layer=1, n_head=2), seed=1)
+    for K, B in ((4, 3), (6, 2), (1, 50)):
+        cfg = TrainConfig(steps=1, batch_size=B, grad_accum=K)
+        Trainer(model, Recorder(), data, cfg)
+    for K, B in ((13, 1), (5, 3), (10**21, 1)):
+        with pytest.raises(ConfigError, match=rf"--grad-accum {K} .* training split's 12 .*use --grad-accum {12 // B} or less"):
+            Trainer(model, Recorder(), data, TrainConfig(steps=1, batch_size=B, grad_accum=K))
 
 
 # ---- --init-from ----------------------------------------------------------------------------------

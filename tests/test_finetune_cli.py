@@ -64,6 +64,32 @@ def test_train_chat_fine_tunes_then_chats(work):
     assert_ok(r)
 
 
+def test_finetune_on_a_folder_prepared_with_the_models_tokenizer(work):
+    # one file, the same split (the last 10% validates) and seed: the folder prepared with
+    # GPT-2's BPE must hand fine-tuning the batches of the text file itself, so equal losses
+    r = run(["prepare", "--data", "notes.txt", "--out", "notes-gpt2.tok", "--gpt2", str(GPT2)], work)
+    assert_ok(r)
+    runs = {}
+    for name, data in (("text", "notes.txt"), ("folder", "notes-gpt2.tok")):
+        r = run(["train", "--init-from", str(GPT2), "--data", data, "--out", f"ft-{name}.npz",
+                 "--log-file", f"ft-{name}.jsonl", *FT], work)
+        assert_ok(r)
+        runs[name] = [json.loads(line)["train_loss"] for line in (work / f"ft-{name}.jsonl").read_text().splitlines()]
+    assert len(runs["folder"]) == 2
+    np.testing.assert_allclose(runs["folder"], runs["text"], rtol=1e-6)
+    # a checkpoint's tokenizer: char.npz learnt notes.txt's characters, as a char folder of it holds
+    r = run(["prepare", "--data", "notes.txt", "--out", "notes-char.tok"], work)
+    assert_ok(r)
+    r = run(["train", "--init-from", "char.npz", "--data", "notes-char.tok", "--out", "ft-char.npz",
+             *FT[:4]], work)
+    assert_ok(r)
+
+
+def _prepared(d: Path, name: str, *flags: str) -> None:
+    if not (d / name).exists():
+        assert_ok(run(["prepare", "--out", name, *flags], d))
+
+
 def test_export_help_teaches(work):
     r = run(["export", "--help"], work)
     assert_ok(r)
@@ -109,6 +135,8 @@ BAD = {
     "contradicting checkpoint size": (["train", "--init-from", "char.npz", "--data", "notes.txt", "--n-layer", "3",
                                        "--out", "x.npz"], "--n-layer 3 contradicts"),
     "grad-accum 0": (["train", "--data", "notes.txt", "--grad-accum", "0", "--out", "x.npz"], "--grad-accum"),
+    "grad-accum above the corpus": (["train", "--data", "notes.txt", "--grad-accum", "10000000000000000000000",
+                                     "--out", "x.npz"], "more than the training split's"),
     "short corpus": (["train", "--init-from", str(GPT2), "--data", "short.txt", "--block-size", "64",
                       "--out", "x.npz"], "too short"),
     "init-from and resume": (["train", "--init-from", "char.npz", "--resume", "char.npz", "--data", "notes.txt"],
@@ -118,6 +146,10 @@ BAD = {
     "export an unknown tokenizer": (["export", "oddtok.npz", "--out", "odd-hf"], "sentencepiece"),
     "init from an unknown tokenizer": (["train", "--init-from", "oddtok.npz", "--data", "notes.txt",
                                         "--out", "x.npz"], "sentencepiece"),
+    "init from GPT-2 on a char folder": (["train", "--init-from", str(GPT2), "--data", "notes-char.tok",
+                                         "--out", "x.npz"], f"--gpt2 {GPT2}"),
+    "init from a checkpoint on another char folder": (["train", "--init-from", "char.npz", "--data", "more-char.tok",
+                                                       "--out", "x.npz"], "was prepared with a different one"),
     "export a missing checkpoint": (["export", "nope.npz", "--out", "nope-hf"], "does not exist"),
 }
 
@@ -129,6 +161,8 @@ def test_bad_input_is_one_line_and_changes_nothing(work, case):
     _unknown_tokenizer_ckpt(work)
     (work / "short.txt").write_text("The sea is old. " * 6, encoding="utf-8")
     (work / "full").mkdir(exist_ok=True)
+    _prepared(work, "notes-char.tok", "--data", "notes.txt")
+    _prepared(work, "more-char.tok", "--data", "more.txt")          # upper case: other characters
     (work / "full" / "mine.txt").write_text("mine")
     before = snapshot(work)
     args, needle = BAD[case]

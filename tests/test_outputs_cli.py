@@ -285,6 +285,19 @@ def test_a_second_training_on_the_same_out_is_refused_and_the_first_saves(d):
     assert leftovers(d) == []
 
 
+def test_the_default_name_note_names_every_file_passed_over(d):
+    # pythia.npz, pythia-2.npz, ... are kept; each run's note lists all that it skipped
+    notes = []
+    for _ in range(6):
+        r = run(["train", "--data", "corpus.txt", *TINY, "--steps", "1"], d)
+        assert r.returncode == 0, r.stderr
+        notes.append(next(line for line in r.stdout.splitlines() if "saving to" in line).split("saving to", 1)[1].strip())
+    assert notes[:4] == ["pythia.npz", "pythia-2.npz  (pythia.npz already exists, so it is kept)",
+                         "pythia-3.npz  (pythia.npz and pythia-2.npz already exist, so they are kept)",
+                         "pythia-4.npz  (pythia.npz, pythia-2.npz and pythia-3.npz already exist, so they are kept)"]
+    assert notes[5] == "pythia-6.npz  (the 5 files pythia.npz ... pythia-5.npz already exist, so they are kept)"
+
+
 def test_two_trainings_on_the_default_name_save_two_models(d):
     first = Proc(["train", "--data", "corpus.txt", *TINY, *LONG], d)
     first.wait_for("Training")

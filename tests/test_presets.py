@@ -132,12 +132,19 @@ def test_explain_prints_the_table_and_the_map(trained):
     (["--layer", "1"], "--layer 1 is out of range: this model has 1 layer(s), numbered 0 to 0"),
     (["--head", "2"], "--head 2 is out of range: this model has 2 head(s) per layer"),
     (["--text", ""], "--text is empty"),
-    (["--text", "Hé~"], "2 character(s) the model's vocabulary lacks: '~é'"),
+    (["--text", "é~"], "--text is empty (after dropping characters the vocabulary lacks)"),
 ])
 def test_explain_bad_input_is_one_line(trained, args, needle):
     base = ["explain", "--checkpoint", "model.npz"] + (["--text", "Hello"] if "--text" not in args else [])
     r = run(base + args, trained)
     assert_one_line_error(r, needle)
+
+
+def test_explain_drops_the_characters_the_vocabulary_lacks_with_a_notice(trained):
+    r = run(["explain", "--checkpoint", "model.npz", "--text", "Hé~"], trained)
+    assert_ok(r)
+    assert r.stdout.startswith("1 token(s)")
+    assert r.stderr.strip() == "note: dropped 2 character(s) the vocabulary lacks: '~é'"
 
 
 def test_explain_of_a_long_text_says_it_explains_the_last_block(trained):

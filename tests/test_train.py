@@ -87,6 +87,30 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run_exactly(corpus, 
         np.testing.assert_array_equal(resumed_trainer.model.params[name], p)
 
 
+def test_a_stop_between_micro_batches_abandons_the_step_and_resume_is_exact(corpus, tmp_path):
+    # K = 4 micro-batches a step; the stop arrives after the second micro-batch of step 6, so the
+    # run must draw no third one, save the state of step 5 (generator included) and a resumed run
+    # must then give the uninterrupted run's losses bit for bit
+    K = 4
+    _, straight = run(corpus, grad_accum=K)
+    drawn: list[int] = []
+    ck = tmp_path / "part.npz"
+    t = prepare_trainer(corpus, model=SIZES, train=small(grad_accum=K), out=ck,
+                        should_stop=lambda: len(drawn) >= 5 * K + 2)
+    draw = t.dataset.get_batch
+
+    def counting(split, batch_size, rng):
+        if rng is t.rng:                              # training micro-batches, not evaluation's
+            drawn.append(1)
+        return draw(split, batch_size, rng)
+    t.dataset.get_batch = counting
+    first = t.run()
+    assert first.interrupted and first.steps == 5 and len(drawn) == 5 * K + 2
+    assert load_checkpoint(ck).step == 5
+    _, second = run(corpus, resume=ck, out=ck, grad_accum=K)
+    assert first.losses + second.losses == straight.losses
+
+
 def test_resume_keeps_the_checkpoint_train_config_unless_overridden(corpus, tmp_path):
     ck = tmp_path / "c.npz"
     run(corpus, out=ck, steps=6)

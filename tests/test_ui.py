@@ -102,8 +102,11 @@ def test_banner_names_version_backend_model_and_corpus():
     text = out.getvalue()
     for needle in ("Pythia 9.9.9", "numpy", "fell back to the NumPy kernels", "not built; run X",
                    "3 layers", "4 heads", "d_model 48", "context 32", "89,808 parameters",
-                   "input.txt (2.0 kB)", "model.txt (100 bytes)", "2,148 tokens", "70 symbols (char)", "a.npz"):
+                   "input.txt (2.0 kB)", "model.txt (100 bytes)", "a.npz"):
         assert needle in text, needle
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert lines["corpus"].endswith(" · 2,148 tokens")          # the corpus's size on the corpus's line
+    assert lines["vocab"].split(None, 1)[1] == "70 tokens (char tokenizer)"   # the vocabulary's alone
 
 
 def test_summary_reports_losses_time_checkpoint_and_draws_the_curve():

@@ -42,18 +42,32 @@ def claim_checkpoint(s: TrainSettings):
     if resume is not None:
         return claim_output(resume, flag="--resume", replace=True), "updated in place", None
     default = Path(DEFAULT_OUT[s.command])
-    why = None                                  # why the default name itself was passed over
+    kept, busy = [], []                         # the names passed over, each for its reason
     for out in _free_names(default):           # never replace a file, nor race a live run for one
         if os.path.lexists(out) or is_claimed(out):
-            why = why or ("already exists, so it is kept" if os.path.lexists(out)
-                          else "is being written by another run")
+            (kept if os.path.lexists(out) else busy).append(out.name)
             continue
         try:
             claim = claim_output(out, flag="--out")
         except OutputBusy:
-            why = why or "is being written by another run"
+            busy.append(out.name)
             continue
-        return claim, (f"{default} {why}" if why else None), None
+        return claim, _passed_over(kept, busy), None
+
+
+def _passed_over(kept: list[str], busy: list[str]) -> str | None:
+    """Why the names before the one chosen were not used: every one of them, by reason."""
+    def names(found: list[str]) -> str:
+        if len(found) > 3:
+            return f"the {len(found)} files {found[0]} ... {found[-1]}"
+        return " and ".join([", ".join(found[:-1]), found[-1]] if len(found) > 1 else found)
+    parts = []
+    if kept:
+        parts.append(f"{names(kept)} already exist{'s' if len(kept) == 1 else ''}, so "
+                     f"{'it is' if len(kept) == 1 else 'they are'} kept")
+    if busy:
+        parts.append(f"{names(busy)} {'is' if len(busy) == 1 else 'are'} being written by another run")
+    return "; ".join(parts) or None
 
 
 def _corpus_info(files: list[Path], n_tokens: int):
@@ -108,7 +122,7 @@ def build_trainer(s: TrainSettings, session, files: list[Path], *, out: Path, lo
         return prepare_finetune(files, s.init_from, lora=s.lora, **kwargs)  # sizes and tokenizer come from SRC
     trainer = session.prepare(build, files, model=s.sizes, train=s.train, resume=Path(s.resume) if s.resume else None,
                               out=out, log_file=log_file, on_progress=ui.progress, should_stop=stop.requested,
-                              check_memory=check_memory)
+                              check_memory=check_memory, stop_signal=lambda: stop.signum)
     from ..system.sharding import ShardedModel
     trainer.model = ShardedModel(trainer.model)     # threads and batch shards: the system layer's wrapper
     return trainer
@@ -131,27 +145,34 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
     from ..training import distributed
 
     session = distributed.session()             # under mpiexec: this process's rank (else one process)
-    plot = None
-    if s.plot:                                  # before either is claimed: the second claim would be our own
-        check_distinct({"--out": s.out or s.resume, "--plot": s.plot})
-    if s.plot and session.rank == 0:
-        plot = held.enter_context(claim_output(s.plot, flag="--plot", replace=s.force)).path
-    if session.rank == 0:                       # rank 0 alone writes, so it alone claims the checkpoint
-        claim, out_note, resume_source = claim_checkpoint(s)
-        held.enter_context(claim)
-        out = claim.path
-    else:
-        claim, out_note, resume_source = None, None, None
-        out = Path(s.out or s.resume or DEFAULT_OUT[s.command])
-    log_file = Path(s.log_file) if s.log_file else None
-    if log_file is not None:
-        check_appendable(s.log_file, flag="--log-file")
-    select_kernels(s.kernels)
-    files = resolve_corpus(list(s.data) if s.data else None)
-    check_distinct({"--out": out, "--log-file": log_file},
-                   {"--data": files, "--resume": [resume_source] if resume_source else []})
-    if not any(p.is_dir() for p in files):      # a prepared folder is memory-mapped, not read into memory
-        _check_corpus_memory(files, s.no_memory_check)
+
+    def outputs_and_corpus():
+        """Claims (rank 0's alone), checks and the corpus's files. Run under session.agree, so an
+        error on one rank (rank 0's --out exists) is every rank's: rank 0 prints its one line and
+        all exit together, with no MPI_Abort (and no launcher's abort banner) needed."""
+        plot = None
+        if s.plot:                                  # before either is claimed: the second claim would be our own
+            check_distinct({"--out": s.out or s.resume, "--plot": s.plot})
+        if s.plot and session.rank == 0:
+            plot = held.enter_context(claim_output(s.plot, flag="--plot", replace=s.force)).path
+        if session.rank == 0:                       # rank 0 alone writes, so it alone claims the checkpoint
+            claim, out_note, resume_source = claim_checkpoint(s)
+            held.enter_context(claim)
+            out = claim.path
+        else:
+            claim, out_note, resume_source = None, None, None
+            out = Path(s.out or s.resume or DEFAULT_OUT[s.command])
+        log_file = Path(s.log_file) if s.log_file else None
+        if log_file is not None:
+            check_appendable(s.log_file, flag="--log-file")
+        select_kernels(s.kernels)
+        files = resolve_corpus(list(s.data) if s.data else None)
+        check_distinct({"--out": out, "--log-file": log_file},
+                       {"--data": files, "--resume": [resume_source] if resume_source else []})
+        if not any(p.is_dir() for p in files):      # a prepared folder is memory-mapped, not read into memory
+            _check_corpus_memory(files, s.no_memory_check)
+        return plot, claim, out_note, resume_source, out, log_file, files
+    plot, claim, out_note, resume_source, out, log_file, files = session.agree(outputs_and_corpus)
     note = _default_corpus_note(s)
     memory: dict = {}
     trainer = build_trainer(s, session, files, out=out, log_file=log_file, ui=ui, stop=stop, memory=memory)
@@ -165,6 +186,7 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
     ui.notice("Training... (Ctrl-C stops early and saves)")
     with stop.polled():
         result = trainer.run()
+    stop.adopt(getattr(trainer.reducer, "stop_signum", None))   # a signal another process received
     held.close()                                # the last save is done: release the checkpoint
     _summary(ui, steps, result, stop)
     if plot is not None and result.losses:

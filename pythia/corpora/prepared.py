@@ -247,17 +247,20 @@ def load_prepared(path: str | Path, block_size: int) -> PreparedCorpus:
 # ---- the corpus the trainer gets ---------------------------------------------------------------
 
 def open_corpus(paths: list[Path], block_size: int, tokenizer=None, saved: dict | None = None,
-                checkpoint: str = "the checkpoint") -> Dataset:
-    """Text files (read and encoded, pythia.corpora.data) or one prepared folder (memory-mapped).
+                checkpoint: str = "the checkpoint", joiner: str = "",
+                redo: str = "resume on the corpus it was trained on") -> Dataset:
+    """Text files (read, joined with joiner and encoded, pythia.corpora.data) or one prepared
+    folder (memory-mapped).
 
-    tokenizer: the checkpoint's when resuming; a prepared folder must then use the same one, and
+    tokenizer: the model's when resuming or fine-tuning (checkpoint names that model); a prepared
+    folder must then use the same one (else a CheckpointError naming both and saying redo), and
     when the checkpoint recorded its corpus (saved), the folder must hold the same sources.
     """
     from .data import build_dataset
     paths = [Path(p) for p in paths]
     prepared = [p for p in paths if is_prepared(p)]
     if not prepared:
-        return build_dataset(paths, block_size, tokenizer=tokenizer)
+        return build_dataset(paths, block_size, tokenizer=tokenizer, joiner=joiner)
     if len(paths) > 1:
         others = [str(p) for p in paths if p not in prepared]
         if others:
@@ -272,7 +275,7 @@ def open_corpus(paths: list[Path], block_size: int, tokenizer=None, saved: dict 
         if not same_tokenizer(tokenizer, corpus.tokenizer):
             raise CheckpointError(f"{checkpoint} uses a {tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens "
                                   f"but {str(corpus.path)!r} was prepared with a different one ({corpus.tokenizer.kind}, "
-                                  f"{corpus.tokenizer.vocab_size} tokens); resume on the corpus it was trained on")
+                                  f"{corpus.tokenizer.vocab_size} tokens); {redo}")
     return corpus
 
 

@@ -142,13 +142,16 @@ def explain_text(model: Any, tokenizer: Any, text: str, *, layer: str | int = 0,
                           f"numbered 0 to {cfg.n_head - 1}")
     if not text:
         raise ConfigError("--text is empty; give some text to explain, e.g. --text 'Hello'")
-    unknown = tokenizer.unknown(text) if hasattr(tokenizer, "unknown") else []
-    if unknown:
-        shown = "".join(unknown[:12]) + ("..." if len(unknown) > 12 else "")
-        raise ConfigError(f"--text has {len(unknown)} character(s) the model's vocabulary lacks: {shown!r}; "
-                          f"remove them, or use a model trained on text that has them")
-    ids = tokenizer.encode(text)
     notices = []
+    filt = getattr(tokenizer, "filter", None)           # characters the vocabulary lacks are dropped,
+    if filt is not None:                                # as tokenize, generate and chat drop them
+        text, dropped = filt(text)
+        if dropped:
+            notices.append(f"note: dropped {len(dropped)} character(s) the vocabulary lacks: {''.join(dropped)!r}")
+        if not text:
+            raise ConfigError("--text is empty (after dropping characters the vocabulary lacks); give some text "
+                              "the model's vocabulary has")
+    ids = tokenizer.encode(text)
     if len(ids) > cfg.block_size:
         notices.append(f"note: the text is {len(ids)} tokens and the model's context holds {cfg.block_size}, "
                        f"so the last {cfg.block_size} tokens are explained")

@@ -85,6 +85,12 @@ class SignalGuard:
     def exit_status(self) -> int:
         return 128 + self.signum if self.signum is not None else 0
 
+    def adopt(self, signum: int | None) -> None:
+        """A stop agreed with other processes (a signal one of them received) counts as if
+        signum had come here: name and exit_status follow it. A signal of our own is kept."""
+        if self.signum is None and signum:
+            self.signum = signum
+
     def _handle(self, signum: int, frame) -> None:
         self.count += 1
         if self.signum is None:

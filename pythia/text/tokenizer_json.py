@@ -8,9 +8,9 @@ folder) encodes and decodes exactly as SimpleTokenizer does:
                                         in the vocabulary (char -> id, ids in sorted order)
     decoder: Fuse                       ids -> characters, concatenated with nothing between them
 
-so encode(text) is [stoi[c] for c in text] and decode(ids) is "".join(chars[i] for i in ids). The
-one difference is text outside the vocabulary: with no unknown token, `tokenizers` drops such
-characters where SimpleTokenizer refuses them (Pythia's chat drops them too, with a notice).
+so encode(text) is [stoi[c] for c in text] and decode(ids) is "".join(chars[i] for i in ids).
+Characters outside the vocabulary follow Pythia's one rule, they are dropped: with no unknown
+token `tokenizers` drops them silently, as Pythia's commands do with a notice (SimpleTokenizer.filter).
 
 read_char_tokenizer_json() recognises this layout (and only it) when Pythia reads a folder back.
 """

@@ -31,8 +31,9 @@ Faults. An error every rank meets at the same point (bad data, a mismatch, diver
 reduced loss) ends every rank with one message from rank 0. An error on one rank only (an
 exception, out of memory, a second Ctrl-C) prints that rank's one-line error and calls
 MPI_Abort, which ends the job: mpi4py documents that otherwise the other ranks wait forever.
-SIGTERM or Ctrl-C on any rank sets a flag the ranks OR together at each step boundary, so all
-stop after the same step and rank 0 saves. A rank that dies is seen by the launcher, which ends
+SIGTERM, SIGHUP or Ctrl-C on any rank sets a flag the ranks OR together at each step boundary
+(with the signal's number), so all stop after the same step, rank 0 saves and names the signal,
+and every rank exits with 128 + its number. A rank that dies is seen by the launcher, which ends
 the job; a rank that hangs is caught by a watchdog: a rank that waits in a collective longer
 than PYTHIA_MPI_TIMEOUT seconds (default 60) aborts the job. Checkpoints are written atomically
 by rank 0 alone, so the last one is never half-written.
@@ -148,6 +149,12 @@ class Session:
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
 
+        from ..system.signals import STOP_SIGNALS
+        for s in STOP_SIGNALS:                                 # MPI_Init may have put its own C handler under
+            handler = signal.getsignal(s)                      # a Python one (SIGHUP went unseen): take it back
+            if callable(handler):
+                signal.signal(s, handler)
+
         def on_sigterm(signum, frame):                         # stop at the next step boundary, as Ctrl-C
             self.stop_requested = True
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # the commands' pythia.system.signals guard owns it
@@ -180,8 +187,9 @@ class Session:
         return value
 
     def prepare(self, build: Callable[..., Any], files: list[Path], *, resume: Path | None = None,
-                **kwargs) -> Any:
-        """build(files, resume=..., **kwargs) -> Trainer on every rank, made one data-parallel run."""
+                stop_signal: Callable[[], int | None] = lambda: None, **kwargs) -> Any:
+        """build(files, resume=..., **kwargs) -> Trainer on every rank, made one data-parallel run.
+        stop_signal: the number of the stop signal this rank received, shared with the others."""
         if not self.multi:
             return build(files, resume=resume, **kwargs)
         blob = self.agree(lambda: _read_bytes(resume) if resume is not None and self.rank == 0 else None)
@@ -206,7 +214,8 @@ class Session:
         trainer.dataset = batches
         from mpi4py import MPI
         self.reducer = MPIReducer(self.comm, batches.weight(trainer.cfg.batch_size), mpi=MPI,
-                                  watchdog=self._watchdog, stop_requested=lambda: self.stop_requested)
+                                  watchdog=self._watchdog, stop_requested=lambda: self.stop_requested,
+                                  stop_signal=lambda: stop_signal() or (signal.SIGTERM if self.stop_requested else None))
         trainer.reducer = self.reducer
         return trainer
 

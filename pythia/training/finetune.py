@@ -6,7 +6,9 @@ template and stop ids go on into the fine-tuned checkpoints. The model's sizes a
 optimizer starts fresh (this is not `--resume`, which continues a run with its optimizer state).
 The corpus is encoded with SRC's tokenizer; for a BPE model the files are joined with
 `<|endoftext|>` between them, as GPT-2's training documents were, so no window pretends that
-the end of one file runs on into the next.
+the end of one file runs on into the next. A prepared folder (`prepare --gpt2 SRC`, or one whose
+stored tokenizer is SRC's) is memory-mapped as is; one prepared with another tokenizer is refused:
+its ids would mean other tokens to SRC's embeddings.
 
 A size flag that contradicts SRC (--d-model, --n-layer, --n-head) is an error: the weights fix
 them. --block-size may be smaller than SRC's context (shorter windows cost less memory and time
@@ -108,7 +110,7 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
     lora: {"rank", "alpha", "targets"} to train LoRA adapters on frozen SRC weights (pythia.lora);
     trainer_kwargs go to Trainer (out, log_file, on_progress)."""
     from ..text.bpe import EOT
-    from ..corpora.data import build_dataset
+    from ..corpora.prepared import open_corpus
     from ..train import Trainer, make_optimizer
 
     sizes = dict(model or {})
@@ -137,6 +139,9 @@ def prepare_finetune(paths: list[Path], src: str | Path, *, model: dict | None =
     if is_chat_data(paths):                     # conversations: the loss on the assistant's turns only
         dataset = build_chat_dataset(paths, block, tokenizer, loaded.template)
     else:
-        dataset = build_dataset(paths, block, tokenizer=tokenizer, joiner=joiner)
+        redo = (f"prepare it again with --gpt2 {src}" if tokenizer.kind == "gpt2-bpe" else
+                "prepare it with that tokenizer") + ", or pass its text files to --data to be encoded with the model's tokenizer"
+        dataset = open_corpus(paths, block, tokenizer=tokenizer, joiner=joiner, checkpoint=f"--init-from {str(src)!r}",
+                              redo=redo)
     return Trainer(net, make_optimizer(net, cfg), dataset, cfg, tokenizer=tokenizer, chat=loaded.chat_meta(),
                    **trainer_kwargs)

@@ -84,11 +84,14 @@ class MPIReducer:
     (the trainer's loop guarantees it), and a watchdog aborts the job when one waits too long.
     """
 
-    def __init__(self, comm, weight: float, *, mpi, watchdog=None, stop_requested: Callable[[], bool] = lambda: False):
+    def __init__(self, comm, weight: float, *, mpi, watchdog=None, stop_requested: Callable[[], bool] = lambda: False,
+                 stop_signal: Callable[[], int | None] = lambda: None):
         """comm: an MPI communicator; mpi: the module with IN_PLACE, SUM and MAX (mpi4py.MPI, or
-        a stand-in in tests); watchdog: a context `waiting()` around each collective."""
+        a stand-in in tests); watchdog: a context `waiting()` around each collective; stop_signal:
+        the number of the stop signal this rank received, if any."""
         self._MPI, self.comm, self.weight = mpi, comm, float(weight)
-        self.watchdog, self._stop_requested = watchdog or _NoWatchdog(), stop_requested
+        self.watchdog, self._stop_requested, self._stop_signal = watchdog or _NoWatchdog(), stop_requested, stop_signal
+        self.stop_signum: int | None = None    # the signal the ranks agreed to stop on (the largest number)
 
     def mean_loss(self, local: float) -> float:
         """The mean loss over the whole batch: sum_r (b_r / B) loss_r, in float64."""
@@ -105,10 +108,14 @@ class MPIReducer:
             self.comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
 
     def any_stop(self, local: bool) -> bool:
-        """True on every rank when any rank has been asked to stop (local: Ctrl-C; or SIGTERM)."""
-        buf = np.array([1 if (local or self._stop_requested()) else 0], np.int32)
+        """True on every rank when any rank has been asked to stop (local: Ctrl-C; or SIGTERM).
+        The signal's number travels with the flag, so every rank can name it (stop_signum)."""
+        signum = int(self._stop_signal() or 0)
+        buf = np.array([1 if (local or signum or self._stop_requested()) else 0, signum], np.int32)   # (2,)
         with self.watchdog.waiting():
             self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)
+        if buf[1]:
+            self.stop_signum = int(buf[1])
         return bool(buf[0])
 
 
