@@ -145,6 +145,10 @@ class _ProcessState:
         self.handlers = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, signal.SIGALRM)}
         self.rlimit_as = resource.getrlimit(resource.RLIMIT_AS)
         self.blas = _blas_threads()
+        from pythia import kernels
+        self.kernel_threads = kernels.set_thread_limit(1)        # read by setting, then put back
+        kernels.set_thread_limit(self.kernel_threads)
+        self.affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self.modules = {name: _snapshot(m) for name, m in list(sys.modules.items())
                         if name == "pythia" or name.startswith("pythia.")}
 
@@ -162,6 +166,10 @@ class _ProcessState:
         if self.blas is not None and _blas_threads() != self.blas:
             from pythia.system import threads
             threads.blas_set(self.blas)
+        from pythia import kernels
+        kernels.set_thread_limit(self.kernel_threads)          # MPI core pinning sets both in-process
+        if self.affinity is not None and os.sched_getaffinity(0) != self.affinity:
+            os.sched_setaffinity(0, self.affinity)
 
 
 def _snapshot(module) -> dict:

@@ -185,13 +185,15 @@ def test_cli_generate_explain_and_convert_with_quantize(tmp_path):
 
 
 def test_kernels_numpy_flag_runs_the_int8_twin_and_tokenize_reads_an_int8_checkpoint(tmp_path):
+    from pythia import kernels
     from pythia.commands.kernel_choice import select_kernels
-    before = quant.BACKEND
+    before, kernels_before = quant.BACKEND, kernels.BACKEND
     try:
         select_kernels("numpy")
-        assert quant.BACKEND == "numpy"
+        assert quant.BACKEND == "numpy" and kernels.BACKEND == "numpy"
     finally:
         quant.use(before)
+        kernels.use(kernels_before)          # --kernels switches both; later tests need them back
     m = open_model(SOURCES["gpt2"], quantize="int8")
     save_checkpoint(tmp_path / "q8.npz", m.model, m.tokenizer)
     r = helpers.run_cli(["tokenize", "--checkpoint", "q8.npz", "--text", "Hello"], tmp_path)
