@@ -32,9 +32,11 @@ CONFIGS = {  # name: (batch, block, d_model, n_layer, n_head, steps), as bench_t
 SUMMARY = re.compile(r"Trained (\d+) steps in \S+ · ([\d,]+) tok/s · train loss ([\d.]+) · val loss ([\d.]+)")
 
 
-def run(tree: Path, name: str, data: Path, work: Path) -> tuple[float, float]:
-    """(tokens/s, final val loss) of one train run of config name in checkout tree."""
-    B, T, C, L, H, steps = CONFIGS[name]
+def run(tree: Path, name: str, data: Path, work: Path, steps: int | None = None) -> tuple[float, float]:
+    """(tokens/s, final val loss) of one train run of config name in checkout tree (steps: the
+    config's unless given)."""
+    B, T, C, L, H, default_steps = CONFIGS[name]
+    steps = steps or default_steps
     cmd = [sys.executable, "-m", "pythia", "train", "--data", str(data), "--batch-size", str(B), "--block-size",
            str(T), "--d-model", str(C), "--n-layer", str(L), "--n-head", str(H), "--steps", str(steps),
            "--eval-interval", str(steps), "--seed", "1", "--out", str(work / "ab.npz"), "--force"]
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--b", type=Path, default=REPO, help="the checkout under test (default: this one)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="steps of every run (default: per config)")
     ap.add_argument("--data", type=Path, default=None, help="Tiny Shakespeare (default: $PYTHIA_SHAKESPEARE)")
     args = ap.parse_args()
     args.data = shakespeare(args.data)
@@ -61,7 +64,7 @@ def main() -> None:
             for name in args.configs:
                 order = "ab" if k % 2 == 0 else "ba"                 # alternate who goes first
                 for side in order:
-                    results[name, side].append(run(getattr(args, side), name, args.data, Path(tmp)))
+                    results[name, side].append(run(getattr(args, side), name, args.data, Path(tmp), args.steps))
     print(f"A = {args.a}, B = {args.b}; tok/s median (min-max) of {args.rounds} interleaved rounds")
     print("config |      A tok/s          |      B tok/s          | B/A              | val loss A / B")
     for name in args.configs:

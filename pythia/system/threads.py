@@ -32,7 +32,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 USER_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
-SMALL_MNK = 500_000         # below: one BLAS thread
+SMALL_MNK = 4_000_000       # below: one BLAS thread, serial kernels (config S: 2.4e6)
 SHARD_MIN_MNK = 8_000_000   # from here on: a training pass splits the batch across cores
 
 _SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
