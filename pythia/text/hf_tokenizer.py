@@ -229,6 +229,12 @@ class HFTokenizer:
             ids = [j for name, tid in self._template for j in (ids if tid is None else [tid])]
         return ids
 
+    def clear_cache(self) -> None:
+        """Forget the words merged so far (either backend); ids do not change, only speed."""
+        self._cache.clear()
+        if self._fast is not None:
+            self._fast.clear_cache()
+
     def _word(self, word: str) -> list[int]:
         """Ids of one pre-tokenized word: its characters as symbols, merged by rank. A long word
         (a whole text, when there is no pre-tokenizer) is cut where no merge can reach across."""
