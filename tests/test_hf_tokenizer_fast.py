@@ -171,3 +171,14 @@ def test_pythia_kernels_numpy_selects_the_reference_by_default(env, want):
     out = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "smollm2")], capture_output=True, text=True,
                          env=environ, cwd=root, check=True)
     assert out.stdout.strip() == want
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_ids_equal_tokenizers_live_on_varied_text(name):
+    tokenizers = pytest.importorskip("tokenizers")
+    lib = tokenizers.Tokenizer.from_file(str(FIXTURES / name / "tokenizer.json"))
+    fast = load_hf_tokenizer(FIXTURES / name, backend="cython")
+    text = varied_text([t["content"] for t in fixture(name)["added_tokens"]], seed=4, n=1500)
+    assert fast.encode(text) == lib.encode(text, add_special_tokens=False).ids
+    for line in text.splitlines()[:200]:
+        assert fast.encode(line, add_special_tokens=True) == lib.encode(line).ids, line
