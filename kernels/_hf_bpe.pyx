@@ -19,6 +19,7 @@ The two orders give the same ids (a merge never recreates the pair it consumed).
 Each word's ids are cached as a Python list (words of at most cache_word code points, cleared at
 cache_limit words), as the reference caches them; the cache changes speed, never ids.
 """
+import numpy as np
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libcpp.vector cimport vector
 from libcpp.unordered_map cimport unordered_map
@@ -66,11 +67,12 @@ cdef inline int utf8_bytes(uint32_t c, unsigned char* out) noexcept nogil:
 cdef class WordMerger:
     """Pre-tokenized words -> ids, the same ids as HFTokenizer's Python merge step.
 
-    chars: code point -> id of its one-character token; byte_fallback: spell a character missing
-    from chars as its UTF-8 bytes when every byte b has a token, byte_ids[b] (-1: none); merges: (M, 3) int32 rows (left, right, merged), rank = row; unk_id:
-    the unknown token's id or -1; whole: the vocabulary (str -> id) when ignore_merges, else None;
-    boundary: a compiled regex cutting a word longer than cache_word where no merge reaches
-    across, or None.
+    chars: code point -> id of its one-character token. byte_fallback: spell a character missing
+    from chars as its UTF-8 bytes when every byte b has a token, byte_ids[b] (-1: none).
+    merges: (M, 3) int32 rows (left, right, merged), rank = row. unk_id: the unknown token's id
+    or -1. whole: the vocabulary (str -> id) when ignore_merges, else None. boundary: a compiled
+    regex cutting a word longer than cache_word where no merge reaches across, or None. Every
+    id is non-negative (the heap marks an absorbed slot with -1).
     """
     cdef unordered_map[uint64_t, int64_t] ranks   # pair_key -> rank << 32 | merged id
     cdef unordered_map[uint32_t, int32_t] chars   # code point -> id
@@ -91,6 +93,10 @@ cdef class WordMerger:
             raise ValueError(f"byte_ids must have 256 entries, not {byte_ids.shape[0]}")
         if merges.shape[1] != 3:
             raise ValueError(f"merges must be (M, 3) rows (left, right, merged), not {merges.shape[1]} columns")
+        if (merges.shape[0] and np.asarray(merges).min() < 0) or any(not 0 <= i < 2**31 for i in chars.values()):
+            raise ValueError("merges and chars must hold token ids in [0, 2**31)")
+        if unk_id < -1 or np.asarray(byte_ids).min() < -1:
+            raise ValueError("unk_id and byte_ids must be token ids or -1 (none)")
         for cp, i in chars.items():
             self.chars[<uint32_t>cp] = <int32_t>i
         for r in range(256):

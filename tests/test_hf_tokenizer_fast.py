@@ -138,6 +138,9 @@ def test_tables_the_compiled_step_cannot_follow_keep_the_reference():
     first = next(iter(obj["model"]["vocab"]))
     obj["model"]["vocab"]["\u2603"] = obj["model"]["vocab"][first]    # two tokens, one id
     assert HFTokenizer(obj, backend="cython").backend == "python"
+    obj = fixture("smollm2")
+    obj["model"]["vocab"]["\u2603"] = 2**31                           # past int32
+    assert HFTokenizer(obj, backend="cython").backend == "python"
 
 
 def test_a_lone_surrogate_is_refused_alike():
@@ -159,6 +162,12 @@ def test_backend_names_and_tables_are_checked():
     with pytest.raises(ValueError, match=r"merges must be \(M, 3\)"):
         hf_bpe_fast._hf_bpe.WordMerger({}, True, np.zeros(256, np.int32), np.zeros((1, 2), np.int32), -1, False,
                                        None, None)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 2\*\*31\)"):
+        hf_bpe_fast._hf_bpe.WordMerger({97: 0}, True, np.zeros(256, np.int32), np.array([[0, 0, -5]], np.int32),
+                                       -1, False, None, None)
+    with pytest.raises(ValueError, match="token ids or -1"):
+        hf_bpe_fast._hf_bpe.WordMerger({}, True, np.full(256, -2, np.int32), np.zeros((0, 3), np.int32), -1,
+                                       False, None, None)
 
 
 @pytest.mark.parametrize("env, want", [("numpy", "python"), ("", "cython")])

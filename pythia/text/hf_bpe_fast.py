@@ -39,9 +39,9 @@ def merger_for(vocab: dict[str, int], ranks: dict[tuple[str, str], int], *, byte
                cache_limit: int, cache_word: int):
     """A WordMerger with the same ids as the Python merge step over these tables, or None when
     the tables are outside what it computes exactly (then the caller keeps the reference):
-    two tokens sharing an id, or a merge of two tokens whose join is not a token."""
-    if len(set(vocab.values())) != len(vocab):
-        return None
+    two tokens sharing an id, an id past int32, or a merge of two tokens whose join is not a token."""
+    if len(set(vocab.values())) != len(vocab) or max(vocab.values(), default=0) >= 2**31:
+        return None                             # ids must name one token each and fit int32
     # Every symbol is a token: characters, byte tokens and unk are looked up in vocab, and a merge
     # of two tokens makes a token (checked below), so a merge whose halves are not both tokens can
     # never apply: leaving it out changes no id.
