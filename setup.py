@@ -93,7 +93,9 @@ def extensions():
                       include_dirs=inc),
             # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
             Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
-                      language="c++")]
+                      language="c++"),
+            # the tokenizer.json BPE merge step (pythia.text.hf_bpe_fast); baseline flags, C++ as _bpe
+            Extension("pythia._hf_bpe", ["kernels/_hf_bpe.pyx"], language="c++")]
     return cythonize(exts, compiler_directives={"language_level": 3})
 
 

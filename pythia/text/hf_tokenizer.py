@@ -14,6 +14,9 @@ encode(text), as `tokenizers` does it:
    With ignore_merges, a word that is itself in the vocabulary is that one token.
 5. With add_special_tokens=True, the post-processor's single-sequence template adds e.g. <s>.
 
+Step 4 has a compiled twin (pythia.text.hf_bpe_fast, backend "cython") that gives the same ids;
+backend "python" (or PYTHIA_KERNELS=numpy) runs the methods below, which are its specification.
+
 decode(ids): ids -> token strings (special ones dropped with skip_special_tokens) -> the file's
 decoder chain (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace).
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GPT2Error
+from .hf_bpe_fast import merger_for, resolve
 from .hf_decoders import BYTE_DECODER, BYTE_TOKEN, DECODERS
 from .hf_pretokenize import make_normalizer, make_pre_tokenizer
 
@@ -38,11 +42,15 @@ MAX_TOKENIZER_JSON = 256 << 20
 
 
 class HFTokenizer:
-    """encode(str) -> list[int], decode(list[int]) -> str over a parsed tokenizer.json object."""
+    """encode(str) -> list[int], decode(list[int]) -> str over a parsed tokenizer.json object.
+
+    backend: "cython" (the compiled merge step), "python" (the reference) or None for
+    pythia.text.hf_bpe_fast.BACKEND; self.backend says which one runs (the reference when the
+    file's tables fall outside what the compiled step computes exactly)."""
 
     kind = "hf-bpe"
 
-    def __init__(self, obj: dict, where: str = "tokenizer.json") -> None:
+    def __init__(self, obj: dict, where: str = "tokenizer.json", *, backend: str | None = None) -> None:
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
             raise GPT2Error(f"{where} has no \"model\" object; it is not a tokenizers file")
         self.where = where
@@ -102,6 +110,15 @@ class HFTokenizer:
         across = re.compile("[^\u2581]\u2581")
         self._boundary = None if any(across.search(a + b) for a, b in self.ranks) else \
             re.compile("(?<=[^\u2581])(?=\u2581)")
+        self.backend = resolve(backend)
+        self._fast = None
+        if self.backend == "cython":
+            self._fast = merger_for(self.vocab, self.ranks, byte_fallback=self.byte_fallback,
+                                    unk_token=self.unk_token, fuse_unk=self.fuse_unk,
+                                    ignore_merges=self.ignore_merges, boundary=self._boundary,
+                                    cache_limit=_CACHE_LIMIT, cache_word=_CACHE_WORD)
+            if self._fast is None:
+                self.backend = "python"
 
     # ---- loading -----------------------------------------------------------------------------
     @staticmethod
@@ -188,7 +205,7 @@ class HFTokenizer:
         ids: list[int] = []
         none = (None, [])
         raw_added, norm_added = (self._raw_added, self._norm_added) if allow_special else (none, none)
-        cache = self._cache
+        cache, fast = self._cache, self._fast
         for i, piece in enumerate(self._split_added(text, *raw_added)):
             if isinstance(piece, int):
                 ids.append(piece)
@@ -201,12 +218,22 @@ class HFTokenizer:
                 if isinstance(sub, int):
                     ids.append(sub)
                 elif sub:
-                    for word, _ in self.pre_tokenize([(sub, at_start and k == 0)]):
+                    words = self.pre_tokenize([(sub, at_start and k == 0)])
+                    if fast is not None:
+                        fast.extend(words, ids)         # the loop below, compiled
+                        continue
+                    for word, _ in words:
                         got = cache.get(word)
                         ids.extend(got if got is not None else self._word(word))
         if add_special_tokens and self._template is not None:
             ids = [j for name, tid in self._template for j in (ids if tid is None else [tid])]
         return ids
+
+    def clear_cache(self) -> None:
+        """Forget the words merged so far (either backend); ids do not change, only speed."""
+        self._cache.clear()
+        if self._fast is not None:
+            self._fast.clear_cache()
 
     def _word(self, word: str) -> list[int]:
         """Ids of one pre-tokenized word: its characters as symbols, merged by rank. A long word
@@ -349,9 +376,9 @@ class HFTokenizer:
         return text, ""
 
 
-def load_hf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
+def load_hf_tokenizer(path: str | os.PathLike, *, backend: str | None = None) -> HFTokenizer:
     """The tokenizer of a tokenizer.json file (or of a folder holding one); GPT2Error, one line,
-    when it is missing, not JSON, or uses a stage Pythia does not read."""
+    when it is missing, not JSON, or uses a stage Pythia does not read. backend: as HFTokenizer's."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -364,6 +391,6 @@ def load_hf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GPT2Error(f"{path} is not readable JSON ({e}); download the model's tokenizer.json again") from None
     try:
-        return HFTokenizer(obj, str(path))
+        return HFTokenizer(obj, str(path), backend=backend)
     except (KeyError, TypeError, AttributeError) as e:
         raise GPT2Error(f"{path} is malformed ({type(e).__name__}: {e}); download it again") from None
