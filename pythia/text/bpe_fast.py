@@ -19,12 +19,12 @@ import unicodedata
 
 import numpy as np
 
+from ..kernels._loader import _import
 from .bpe import _WHITESPACE, EOT, pretokenize as reference_pretokenize
 
-try:
-    from .. import _bpe
-except ImportError:  # a source checkout without `pip install -e .`: the reference does the work
-    _bpe = None
+# this package's build, or an installed copy's when a source checkout shadows it (as the kernels
+# are found); None without either: the reference does the work
+_bpe = _import("_bpe")
 
 BACKEND = "cython" if _bpe is not None and os.environ.get("PYTHIA_KERNELS", "").lower() != "numpy" else "python"
 _SPECIAL_SPLIT = re.compile(f"({re.escape(EOT)})")

@@ -14,10 +14,11 @@ import os
 
 import numpy as np
 
-try:
-    from .. import _hf_bpe
-except ImportError:  # a source checkout without built extensions: the reference does the work
-    _hf_bpe = None
+from ..kernels._loader import _import
+
+# this package's build, or an installed copy's when a source checkout shadows it (as the kernels
+# are found); None without either: the reference does the work
+_hf_bpe = _import("_hf_bpe")
 
 BACKEND = "cython" if _hf_bpe is not None and os.environ.get("PYTHIA_KERNELS", "").lower() != "numpy" else "python"
 
