@@ -343,7 +343,7 @@ class ChatSession:
         self.timer = DecodeTimer(self.load_seconds)
         gen = self.timer.wrap(gen, prompt_tokens=len(ids))
         self.last_ids = []                        # the reply's token ids (without the end-of-turn id)
-        ids_out = _until(gen, set(self.format.stop_ids), stopped, self.last_ids)
+        ids_out = until_stop(gen, self.format.stop_ids, stopped, self.last_ids)
         interrupted = False
         done = False
         try:
@@ -383,9 +383,13 @@ class ChatSession:
         return raw.strip()
 
 
-def _until(ids: Iterator[int], stop_ids: set[int], stopped: list[int], seen: list[int]) -> Iterator[int]:
-    """ids up to the first of stop_ids, which is appended to stopped rather than yielded; each id
-    yielded is appended to seen."""
+def until_stop(ids: Iterator[int], stop_ids, stopped: list[int] | None = None,
+               seen: list[int] | None = None) -> Iterator[int]:
+    """ids up to the first of stop_ids, which is appended to stopped (when given) rather than
+    yielded; each id yielded is appended to seen (when given)."""
+    stop_ids = set(stop_ids)
+    stopped = [] if stopped is None else stopped
+    seen = [] if seen is None else seen
     for i in ids:
         if i in stop_ids:
             stopped.append(i)

@@ -29,21 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p, length=200)
 
 
-def until_stop(ids, stop_ids):
-    """The ids up to (not including) the first one in stop_ids."""
-    stops = set(stop_ids)
-    for i in ids:
-        if i in stops:
-            return
-        yield i
-
-
 def run(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
 
-    from ..chat import stream_text
+    from ..chat import stream_text, until_stop
     from ..timing import DecodeTimer
     from ..ui import ConsoleUI
     err = ConsoleUI(sys.stderr)

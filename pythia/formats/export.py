@@ -25,7 +25,6 @@ is touched (pythia.system.claims).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..system.claims import check_replaceable_directory, claim_output
 from ..units import fmt_size
+from .hf_export import write_json
 
 LAYER_NORM_EPS = 1e-5   # what pythia.kernels.layernorm_forward uses
 # every name write_hf_folder may write: --force replaces a folder holding these alone
@@ -92,10 +92,6 @@ def write_gpt2_folder(folder: Path, model, tokenizer, chat: dict | None = None) 
     else:
         raise ConfigError(f"cannot export a tokenizer of kind {tokenizer.kind!r}; export handles 'char', "
                           f"'gpt2-bpe' and 'byte-bpe' models")
-
-
-def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def check_export_target(out: str | Path, force: bool) -> Path:
