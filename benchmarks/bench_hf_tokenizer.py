@@ -1,11 +1,13 @@
-"""tokenizer.json encoding speed: HFTokenizer's compiled merge step against its Python reference.
+"""tokenizer.json encoding speed: HFTokenizer's compiled steps against their Python reference.
 
     python benchmarks/bench_hf_tokenizer.py [--data FILE] [--mb 1] [--repeats 5]
 
 The text is the first --mb MB of --data (default: the Tiny Shakespeare file $PYTHIA_SHAKESPEARE
-names; corpus_path.py). It is encoded with the smollm2 (byte-level, SmolLM2's pipeline) and
-tinyllama (byte fallback + "▁", TinyLlama's) tokenizers of the test fixtures: small vocabularies
-trained offline, so words stay long in symbols and the merge step has work to do. Each backend
+names; corpus_path.py). It is encoded with the smollm2 (byte-level, SmolLM2's pipeline), qwen2
+(Qwen2's regex) and tinyllama (byte fallback + "▁", TinyLlama's) tokenizers of the test fixtures:
+small vocabularies trained offline, so words stay long in symbols and the merge step has work to
+do. "cython" is the compiled merge step, and for smollm2 and qwen2 also the compiled
+pre-tokenizer (pythia.text.hf_split_fast); tinyllama has no pre-tokenizer. Each backend
 encodes the text cold (word cache cleared first: every distinct word is merged once) and warm
 (the same text again: every word from the cache); the backends take turns within each repeat.
 The table gives the median MB/s and the range; both backends' ids are checked equal first.
@@ -29,7 +31,7 @@ from pythia.text import hf_bpe_fast  # noqa: E402
 from pythia.text.hf_tokenizer import load_hf_tokenizer  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "hf_tokenizers"
-NAMES = ["smollm2", "tinyllama"]
+NAMES = ["smollm2", "qwen2", "tinyllama"]
 BACKENDS = ["python", "cython"]
 
 

@@ -42,48 +42,13 @@ cdef extern from "Python.h":
     Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t index) nogil
     object PyUnicode_Substring(object, Py_ssize_t start, Py_ssize_t end)
 
-cdef enum:                                   # the classes of pythia.bpe_fast.class_table
-    OTHER = 0
-    LETTER = 1
-    NUMBER = 2
-    SPACE = 3
+include "_pretokenize.pxi"
+
 cdef int64_t NO_RANK = 1 << 62
 
 
 cdef inline uint64_t pair_key(int32_t a, int32_t b) noexcept nogil:
     return (<uint64_t><uint32_t>a << 32) | <uint32_t>b
-
-
-cdef Py_ssize_t word_end(int kind, void* data, Py_ssize_t i, Py_ssize_t n,
-                         const uint8_t* table) noexcept nogil:
-    """The end of the GPT-2 word that starts at code point i (see the module docstring)."""
-    cdef Py_UCS4 c = PyUnicode_READ(kind, data, i), d, e
-    cdef Py_ssize_t j
-    cdef int k
-    if c == 39 and i + 1 < n:                                  # "'" : a contraction?
-        d = PyUnicode_READ(kind, data, i + 1)
-        if d == 115 or d == 116 or d == 109 or d == 100:       # 's 't 'm 'd
-            return i + 2
-        if i + 2 < n:
-            e = PyUnicode_READ(kind, data, i + 2)
-            if (d == 114 and e == 101) or (d == 118 and e == 101) or (d == 108 and e == 108):  # 're 've 'll
-                return i + 3
-    k = table[c]
-    j = i + 1
-    if c == 32 and i + 1 < n and table[PyUnicode_READ(kind, data, i + 1)] != SPACE:
-        k = table[PyUnicode_READ(kind, data, i + 1)]           # ' ?X+': the space leads the run
-        j = i + 2
-    if k != SPACE:
-        while j < n and table[PyUnicode_READ(kind, data, j)] == k:
-            j += 1
-        return j
-    while j < n and table[PyUnicode_READ(kind, data, j)] == SPACE:
-        j += 1
-    if j == n:
-        return n
-    if j - i >= 2:
-        return j - 1
-    return j
 
 
 def pretokenize(str text, const uint8_t[::1] table):
@@ -93,7 +58,7 @@ def pretokenize(str text, const uint8_t[::1] table):
     cdef void* data = PyUnicode_DATA(text)
     out = []
     while i < n:
-        j = word_end(kind, data, i, n, &table[0])
+        j = gpt2_word_end(kind, data, i, n, &table[0])
         out.append(PyUnicode_Substring(text, i, j))
         i = j
     return out
@@ -106,7 +71,7 @@ def count_words(str text, dict counts, const uint8_t[::1] table):
     cdef void* data = PyUnicode_DATA(text)
     cdef PyObject* hit
     while i < n:
-        j = word_end(kind, data, i, n, &table[0])
+        j = gpt2_word_end(kind, data, i, n, &table[0])
         w = PyUnicode_Substring(text, i, j)
         hit = PyDict_GetItem(counts, w)
         PyDict_SetItem(counts, w, 1 if hit == NULL else <object>hit + 1)
@@ -187,7 +152,7 @@ cdef class Encoder:
         cdef const int32_t* ids
         out.reserve(n // 3 + 16)
         while i < n:
-            j = word_end(kind, data, i, n, &self.table[0])
+            j = gpt2_word_end(kind, data, i, n, &self.table[0])
             w = PyUnicode_Substring(text, i, j)
             hit = PyDict_GetItem(self.cache, w)
             if hit == NULL:

@@ -20,7 +20,7 @@ Each word's ids are cached as a Python list (words of at most cache_word code po
 cache_limit words), as the reference caches them; the cache changes speed, never ids.
 """
 import numpy as np
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libcpp.vector cimport vector
 from libcpp.unordered_map cimport unordered_map
 from libcpp.queue cimport priority_queue
@@ -33,8 +33,14 @@ cdef extern from "Python.h":
     int PyUnicode_KIND(object)
     void* PyUnicode_DATA(object)
     Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t index) nogil
+    object PyUnicode_Substring(object, Py_ssize_t start, Py_ssize_t end)
+    object PyUnicode_FromKindAndData(int kind, const void* buffer, Py_ssize_t size)
+
+include "_pretokenize.pxi"
 
 cdef enum:
+    SPLIT_GPT2 = 1                   # extend_text's patterns (pythia.text.hf_split_fast)
+    SPLIT_QWEN2 = 2
     SHORT = 32                       # words of more symbols merge with the heap (as the reference)
 cdef int64_t NO_RANK = 1 << 62
 
@@ -82,6 +88,7 @@ cdef class WordMerger:
     cdef object whole
     cdef object boundary
     cdef dict cache
+    cdef dict raw_cache              # extend_text's: text before ByteLevel's map -> ids
     cdef Py_ssize_t cache_limit, cache_word
 
     def __init__(self, dict chars, bint byte_fallback, const int32_t[::1] byte_ids,
@@ -111,6 +118,7 @@ cdef class WordMerger:
         self.whole = whole
         self.boundary = boundary
         self.cache = {}
+        self.raw_cache = {}
         self.cache_limit = cache_limit
         self.cache_word = cache_word
 
@@ -228,28 +236,35 @@ cdef class WordMerger:
                 u += 1
         s.resize(u)
 
+    cdef list compute(self, str word):
+        """Ids of one word without the cache: spelled, then merged."""
+        cdef vector[int32_t] s
+        cdef Py_ssize_t t
+        if self.whole is not None and word in self.whole:       # ignore_merges: a token as it stands
+            return [self.whole[word]]
+        self.spell_into(word, s)
+        with nogil:
+            if s.size() <= SHORT:
+                self.merge_short(s)
+            else:
+                self.merge_heap(s)
+        return [s[t] for t in range(<Py_ssize_t>s.size())]
+
+    cdef void keep(self, dict cache, str word, list ids):
+        """Cache ids under word, as the reference does: short words only, cleared when full."""
+        if len(word) <= self.cache_word:                        # a whole text is not worth keeping
+            if len(cache) >= self.cache_limit:
+                cache.clear()
+            cache[word] = ids
+
     cdef list spell(self, str word):
         """Ids of one word (HFTokenizer._spell), through the cache."""
         cdef PyObject* hit = PyDict_GetItem(self.cache, word)
-        cdef vector[int32_t] s
         cdef list ids
-        cdef Py_ssize_t t
         if hit != NULL:
             return <list>hit
-        if self.whole is not None and word in self.whole:       # ignore_merges: a token as it stands
-            ids = [self.whole[word]]
-        else:
-            self.spell_into(word, s)
-            with nogil:
-                if s.size() <= SHORT:
-                    self.merge_short(s)
-                else:
-                    self.merge_heap(s)
-            ids = [s[t] for t in range(<Py_ssize_t>s.size())]
-        if len(word) <= self.cache_word:                        # a whole text is not worth keeping
-            if len(self.cache) >= self.cache_limit:
-                self.cache.clear()
-            self.cache[word] = ids
+        ids = self.compute(word)
+        self.keep(self.cache, word, ids)
         return ids
 
     def word(self, str word):
@@ -270,5 +285,67 @@ cdef class WordMerger:
             else:
                 out.extend(self.spell(w))
 
+    cdef list spell_bytes(self, str raw, const int32_t* byte_chars):
+        """Ids of one word before ByteLevel's map: its UTF-8 bytes (surrogates as "surrogatepass"
+        writes them) become the characters byte_chars names, then the word is merged (as extend)."""
+        cdef PyObject* hit = PyDict_GetItem(self.raw_cache, raw)
+        cdef int kind = PyUnicode_KIND(raw)
+        cdef void* data = PyUnicode_DATA(raw)
+        cdef Py_ssize_t i, n = len(raw)
+        cdef vector[Py_UCS4] mapped
+        cdef unsigned char b[4]
+        cdef int k, m
+        cdef list ids
+        if hit != NULL:
+            return <list>hit
+        for i in range(n):
+            m = utf8_bytes(<uint32_t>PyUnicode_READ(kind, data, i), b)
+            for k in range(m):
+                mapped.push_back(<Py_UCS4>byte_chars[b[k]])
+        word = PyUnicode_FromKindAndData(4, mapped.data(), <Py_ssize_t>mapped.size())  # 4: UCS-4 kind
+        if len(word) > self.cache_word and self.boundary is not None:
+            ids = [j for sub in self.boundary.split(word) if sub for j in self.spell(sub)]
+        else:
+            ids = self.compute(word)
+        self.keep(self.raw_cache, raw, ids)
+        return ids
+
+    def extend_text(self, str text, int pattern, bint digits, const uint8_t[::1] table,
+                    const int32_t[::1] byte_chars, list out):
+        """Append to out the ids of one normalized piece of text, split by a compiled pre-tokenizer
+        and mapped by ByteLevel (pythia.text.hf_split_fast names the tokenizer.json setups): pattern
+        SPLIT_GPT2 is GPT-2's regex (digits: each \\p{N} made a piece of its own first, as
+        Digits(individual_digits) before it), SPLIT_QWEN2 Qwen2's. table: a class per code point
+        (pythia.text.bpe_fast.class_table); byte_chars: ByteLevel's character for each byte."""
+        cdef Py_ssize_t i = 0, j, n = len(text), next_digit = -1
+        cdef int kind = PyUnicode_KIND(text)
+        cdef void* data = PyUnicode_DATA(text)
+        cdef const unsigned char* tab
+        if pattern != SPLIT_GPT2 and pattern != SPLIT_QWEN2:
+            raise ValueError(f"pattern must be {SPLIT_GPT2} (GPT-2's) or {SPLIT_QWEN2} (Qwen2's), not {pattern}")
+        if digits and pattern != SPLIT_GPT2:
+            raise ValueError("digits applies to GPT-2's pattern only")
+        if table.shape[0] != 0x110000:
+            raise ValueError(f"table must have a class for each of the 0x110000 code points, not {table.shape[0]}")
+        if byte_chars.shape[0] != 256:
+            raise ValueError(f"byte_chars must have 256 entries, not {byte_chars.shape[0]}")
+        if np.asarray(table).max() > SPACE or not 0 <= np.asarray(byte_chars).min() <= np.asarray(byte_chars).max() < 0x110000:
+            raise ValueError("table holds classes 0-3 and byte_chars code points below 0x110000")
+        tab = &table[0]
+        while i < n:
+            if digits:
+                if next_digit < i:                              # the next \\p{N} at or after i (or n)
+                    next_digit = i
+                    while next_digit < n and tab[PyUnicode_READ(kind, data, next_digit)] != NUMBER:
+                        next_digit += 1
+                j = i + 1 if next_digit == i else gpt2_word_end(kind, data, i, next_digit, tab)
+            elif pattern == SPLIT_GPT2:
+                j = gpt2_word_end(kind, data, i, n, tab)
+            else:
+                j = qwen2_word_end(kind, data, i, n, tab)
+            out.extend(self.spell_bytes(PyUnicode_Substring(text, i, j), &byte_chars[0]))
+            i = j
+
     def clear_cache(self):
         self.cache.clear()
+        self.raw_cache.clear()

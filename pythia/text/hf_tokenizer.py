@@ -14,8 +14,9 @@ encode(text), as `tokenizers` does it:
    With ignore_merges, a word that is itself in the vocabulary is that one token.
 5. With add_special_tokens=True, the post-processor's single-sequence template adds e.g. <s>.
 
-Step 4 has a compiled twin (pythia.text.hf_bpe_fast, backend "cython") that gives the same ids;
-backend "python" (or PYTHIA_KERNELS=numpy) runs the methods below, which are its specification.
+Step 4 has a compiled twin (pythia.text.hf_bpe_fast, backend "cython") that gives the same ids,
+and so does step 3 for the pre-tokenizers of GPT-2, SmolLM2 and Qwen2 (pythia.text.hf_split_fast);
+backend "python" (or PYTHIA_KERNELS=numpy) runs the methods below, which are their specification.
 
 decode(ids): ids -> token strings (special ones dropped with skip_special_tokens) -> the file's
 decoder chain (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace).
@@ -31,9 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GPT2Error
+from .bpe_fast import class_table
 from .hf_bpe_fast import merger_for, resolve
 from .hf_decoders import BYTE_DECODER, BYTE_TOKEN, DECODERS
 from .hf_pretokenize import make_normalizer, make_pre_tokenizer
+from .hf_split_fast import byte_chars, split_plan
 
 _CACHE_LIMIT = 100_000     # words kept in the merge cache before it is cleared
 _CACHE_WORD = 256          # longest word (characters) the cache keeps
@@ -119,6 +122,8 @@ class HFTokenizer:
                                     cache_limit=_CACHE_LIMIT, cache_word=_CACHE_WORD)
             if self._fast is None:
                 self.backend = "python"
+        # the pre-tokenizer as a compiled scanner, when it is one of the set-ups they reproduce
+        self._split = split_plan(obj.get("pre_tokenizer")) if self._fast is not None else None
 
     # ---- loading -----------------------------------------------------------------------------
     @staticmethod
@@ -205,7 +210,7 @@ class HFTokenizer:
         ids: list[int] = []
         none = (None, [])
         raw_added, norm_added = (self._raw_added, self._norm_added) if allow_special else (none, none)
-        cache, fast = self._cache, self._fast
+        cache, fast, split = self._cache, self._fast, self._split
         for i, piece in enumerate(self._split_added(text, *raw_added)):
             if isinstance(piece, int):
                 ids.append(piece)
@@ -217,6 +222,8 @@ class HFTokenizer:
             for k, sub in enumerate(self._split_added(norm, *norm_added)):
                 if isinstance(sub, int):
                     ids.append(sub)
+                elif sub and split is not None:     # steps 3 and 4 compiled
+                    fast.extend_text(sub, split[0], split[1], class_table(), byte_chars(), ids)
                 elif sub:
                     words = self.pre_tokenize([(sub, at_start and k == 0)])
                     if fast is not None:
