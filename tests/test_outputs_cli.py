@@ -555,6 +555,16 @@ def assert_folder(writer: str, folder: Path) -> None:
     assert set(DIR_WRITERS[writer][1]) <= set(names), names
 
 
+@pytest.mark.parametrize("writer", [*WRITERS, *DIR_WRITERS])
+def test_every_writer_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(dd, full_disk, writer):
+    # conftest's full_disk: a tmpfs filled to its last byte, so the first byte written fails (ENOSPC)
+    args, stdin = (WRITERS[writer][:2] if writer in WRITERS else (DIR_WRITERS[writer][0], ""))
+    before = snapshot(full_disk)
+    r = run(args(str(full_disk / "out")), dd, stdin=stdin)
+    assert_clean_error(r, "space")                      # "No space left on device", "free some space"
+    assert snapshot(full_disk) == before                # no output, temporary, lock or stray folder
+
+
 @pytest.mark.parametrize("writer", DIR_WRITERS)
 def test_a_folder_claimed_by_a_live_process_is_refused_naming_it(dd, writer):
     from pythia.system.claims import claim_output
