@@ -674,6 +674,83 @@ def test_a_closed_stdout_does_not_stop_prepare(d):
     assert leftovers(d) == []
 
 
+# ---- a stop signal while a writer works, or while it writes -------------------------------------
+
+# name -> (command line, where the signal comes: a function the writer calls in the middle of its
+#          work, and the signal is sent to this process as it returns)
+AT_WORK = {
+    "plot": (["plot", "run.jsonl", "--out", "out.svg"], "pythia.inspection.plot", "read_log"),
+    "export": (["export", "m.npz", "--out", "out"], "pythia.formats.safetensors", "save_safetensors"),  # 1st of 4 files
+    "convert-gpt2": (["convert-gpt2", "gpt2", "--out", "out.npz"], "pythia.formats.gpt2", "load_gpt2"),
+}
+
+
+class Unguarded(Exception):
+    """A writer let a stop signal reach the test's own handler (its default would end pytest)."""
+
+
+@pytest.fixture
+def unguarded():
+    """Handlers that raise Unguarded for SIGTERM and SIGHUP while the test runs: a writer that does
+    not route them fails its test (status 1, a traceback) instead of killing the test process."""
+    def handler(signum, frame):
+        raise Unguarded(signum)
+    saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def _signal_after(monkeypatch, module: str, name: str, signum: int) -> None:
+    import importlib
+    mod = importlib.import_module(module)
+    real = getattr(mod, name)
+
+    def signalled(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signum)                    # handled at the next bytecode, in this thread
+        return result
+    monkeypatch.setattr(mod, name, signalled)
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize("writer", AT_WORK)
+def test_a_signal_while_a_writer_works_stops_it_says_which_and_leaves_nothing(dd, monkeypatch, unguarded, writer, sig):
+    signum, status, name = SIGNALS[sig]
+    args, module, function = AT_WORK[writer]
+    before = snapshot(dd)
+    _signal_after(monkeypatch, module, function, signum)
+    r = run(args, dd)
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"error: stopped by {name} before anything was saved; existing files "
+                                             f"are unchanged"], r.stderr
+    assert snapshot(dd) == before                       # no output, no lock, no temporary file or folder
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize("writer", ["plot", "convert-gpt2"])
+def test_a_signal_while_a_writer_writes_lets_the_file_finish_then_stops(d, monkeypatch, unguarded, writer, sig):
+    # the signal arrives with the first bytes of the file: the write is held until it is whole
+    signum, status, name = SIGNALS[sig]
+    from pythia.system import atomic
+    real = atomic.atomic_write
+
+    def signalled(path, writer_fn):
+        def write(f):
+            os.kill(os.getpid(), signum)
+            writer_fn(f)
+        return real(path, write)
+    monkeypatch.setattr(atomic, "atomic_write", signalled)
+    out = "out.svg" if writer == "plot" else "out.npz"
+    r = run(WRITERS[writer][0](out), d, stdin=WRITERS[writer][1])
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"error: stopped by {name}; the last file saved, {out!r}, is complete"]
+    assert_written(writer, d / out)
+    assert leftovers(d) == []
+
+
 # ---- a closed stdout never fails a writer whose product is a file ----------------------------------
 
 PIPED = {"export": (["export", "m.npz", "--out", "hf"], "hf/config.json"),
