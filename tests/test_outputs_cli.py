@@ -516,11 +516,12 @@ def test_a_closed_pipe_does_not_stop_training_or_lose_the_checkpoint(d, runner, 
 
 # ---- folder writers: prepare and export ---------------------------------------------------------
 
-# name -> (command line writing the folder `out`, the files such a folder holds)
+# name -> (command line writing the folder `out`, the files such a folder holds, the input it reads)
 DIR_WRITERS = {
-    "prepare": (lambda out: ["prepare", "--data", "corpus.txt", "--out", out], ["meta.json", "train.bin", "val.bin"]),
+    "prepare": (lambda out: ["prepare", "--data", "corpus.txt", "--out", out], ["meta.json", "train.bin", "val.bin"],
+                "corpus.txt"),
     "export": (lambda out: ["export", "m.npz", "--out", out], ["config.json", "model.safetensors", "tokenizer.json",
-                                                               "tokenizer_config.json"]),
+                                                               "tokenizer_config.json"], "m.npz"),
 }
 BIG = ["prepare", "--data", "big.txt", "--out", "big.tok", "--tokenizer", "bpe", "--vocab-size", "300"]
 
@@ -545,9 +546,10 @@ def big_corpus(d: Path) -> None:
 
 
 def snapshot(folder: Path) -> dict:
-    """Every entry under folder: a file's bytes, where a symlink points, a folder by kind."""
-    return {str(p.relative_to(folder)): ("-> " + os.readlink(p) if p.is_symlink() else
-                                         "dir" if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+    """Every entry under folder: a file's bytes, where a symlink points, a folder or a FIFO by kind."""
+    return {str(p.relative_to(folder)): ("-> " + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir() else
+                                         p.read_bytes() if p.is_file() else "special")   # a FIFO's read would wait
+            for p in sorted(folder.rglob("*"))}
 
 
 def assert_folder(writer: str, folder: Path) -> None:
@@ -615,6 +617,13 @@ def _target(d: Path, kind: str, writer: str, monkeypatch) -> str:
         assert run(DIR_WRITERS[writer][0]("real"), d).returncode == 0
         (d / "link").symlink_to(d / "real")
         return "link"
+    if kind == "a device":
+        return os.devnull
+    if kind == "a FIFO":
+        os.mkfifo(d / "pipe")
+        return "pipe"
+    if kind == "its own input file":
+        return DIR_WRITERS[writer][2]
     if kind == "a folder holding a file it did not write":
         assert run(DIR_WRITERS[writer][0]("mine"), d).returncode == 0
         (d / "mine" / "notes.txt").write_text("mine", encoding="utf-8")
@@ -622,9 +631,11 @@ def _target(d: Path, kind: str, writer: str, monkeypatch) -> str:
     raise ValueError(kind)
 
 
+NOT_A_FOLDER = {"prepare": "exists and is not a prepared corpus", "export": "and export writes a folder"}
 PLACES = {".": "the current folder", "the working directory's parent": "the current folder",
           "a mount point": "a mount point", "a symlink to its own earlier folder": "is a symbolic link",
-          "a folder holding a file it did not write": "'notes.txt', which this command did not write"}
+          "a folder holding a file it did not write": "'notes.txt', which this command did not write",
+          "a device": NOT_A_FOLDER, "a FIFO": NOT_A_FOLDER, "its own input file": NOT_A_FOLDER}
 
 
 @pytest.mark.parametrize("writer", DIR_WRITERS)
@@ -637,7 +648,8 @@ def test_force_refuses_a_folder_it_cannot_or_must_not_replace_and_touches_nothin
     if os.getcwd() != str(dd):                          # the inputs, as seen from the working directory
         args = [os.path.relpath(dd / a, os.getcwd()) if (dd / a).exists() and a != out else a for a in args]
     r = run([*args, "--force"], os.getcwd())
-    assert_clean_error(r, PLACES[kind])
+    needle = PLACES[kind]
+    assert_clean_error(r, needle[writer] if isinstance(needle, dict) else needle)
     assert snapshot(dd) == before and leftovers(dd) == []
 
 
