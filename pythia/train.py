@@ -5,8 +5,10 @@ The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `pa
 same loop for any model family and size. Between backward and the optimizer step a reducer sums
 the gradients of the processes of a data-parallel run (pythia.training.parallel; in one process
 it does nothing), and it averages their losses for evaluation and logging. It stops when the
-injected should_stop() turns true (the command layer owns the signals that set it). B is the
-batch size and T the block size.
+injected should_stop() turns true (the command layer owns the signals that set it). An error in
+what a process may do alone (save, log, report: rank 0's work in a data-parallel run) goes
+through the reducer's hold, which raises it at once in one process and, in several, at the next
+stop poll on every process together. B is the batch size and T the block size.
 
 Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
 each drawn from the same training stream. Every micro-batch holds B * T tokens, so the mean loss
