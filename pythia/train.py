@@ -5,8 +5,10 @@ The Trainer knows only that a model has `loss(x, y) -> float`, `backward()`, `pa
 same loop for any model family and size. Between backward and the optimizer step a reducer sums
 the gradients of the processes of a data-parallel run (pythia.training.parallel; in one process
 it does nothing), and it averages their losses for evaluation and logging. It stops when the
-injected should_stop() turns true (the command layer owns the signals that set it). B is the
-batch size and T the block size.
+injected should_stop() turns true (the command layer owns the signals that set it). An error in
+what a process may do alone (save, log, report: rank 0's work in a data-parallel run) goes
+through the reducer's hold, which raises it at once in one process and, in several, at the next
+stop poll on every process together. B is the batch size and T the block size.
 
 Gradient accumulation (grad_accum = K): one optimizer step sees K micro-batches of B sequences,
 each drawn from the same training stream. Every micro-batch holds B * T tokens, so the mean loss
@@ -190,6 +192,7 @@ class Trainer:
         self.reducer = reducer if reducer is not None else LocalReducer()
         self._stopped = False                   # a stop was agreed (on any process of a data-parallel run)
         self._saved_step: int | None = None     # the step of the state last written to out
+        self._save_point: int | None = None     # the step of the last save() call, written or not (no out)
         self._log_fh = None
         self._acc: np.ndarray | None = None     # (P,) gradient sum over micro-batches (grad_accum > 1)
 
@@ -257,8 +260,9 @@ class Trainer:
         result.steps = step
         # a stop during the final evaluation still counts: that evaluation and its save were skipped
         result.interrupted = step < cfg.steps or stopped
-        if step > self.start_step and self._saved_step != step and self._params_finite():
+        if step > self.start_step and self._save_point != step and self._params_finite():
             self.save(step)                                      # the state reached is always saved
+        self.reducer.settle()                                    # a process's failed save stops every one here
         if result.evals and result.evals[-1][0] == step:
             result.train_loss, result.val_loss = result.evals[-1][1], result.evals[-1][2]
         result.wall_time_s = time.perf_counter() - t0
@@ -340,14 +344,26 @@ class Trainer:
 
     def save(self, step: int) -> None:
         """Checkpoint the state after `step` completed steps to out (when set)."""
+        self._save_point = step                 # the same on every process: only rank 0 has an out
         if self.out is None:
             return
         from .formats.checkpoint import save_checkpoint
-        save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
-                        rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict(),
-                        corpus=getattr(self.dataset, "identity", None),  # a prepared corpus says what it is
-                        chat=self.chat)
-        self._saved_step = step
+        with self._alone():
+            save_checkpoint(self.out, self.model, self.tokenizer, optimizer=self.optimizer, step=step,
+                            rng_state={"train": self.rng.bit_generator.state}, train_config=self.cfg.to_dict(),
+                            corpus=getattr(self.dataset, "identity", None),  # a prepared corpus says what it is
+                            chat=self.chat)
+            self._saved_step = step
+
+    @contextmanager
+    def _alone(self) -> Iterator[None]:
+        """A part this process may do alone (in a data-parallel run rank 0 alone saves, logs and
+        reports). Its error goes to the reducer's hold: raised at once in one process; in several,
+        at the next poll on every process together, since the others cannot know of it sooner."""
+        try:
+            yield
+        except Exception as e:                  # noqa: BLE001 - raised by the reducer, now or at the next poll
+            self.reducer.hold(e)
 
     def _params_finite(self) -> bool:
         return bool(np.isfinite(self.model.params_memory).all())
@@ -359,6 +375,12 @@ class Trainer:
                   "grad_norm": progress.grad_norm}
         if progress.evaluated:
             record.update(eval_train_loss=progress.eval_train_loss, val_loss=progress.val_loss)
+        with self._alone():
+            self._write_log(record)
+            if self.on_progress is not None:
+                self.on_progress(progress)
+
+    def _write_log(self, record: dict) -> None:
         if self._log_fh is not None:
             try:
                 self._log_fh.write(json.dumps(record) + "\n")
@@ -371,8 +393,6 @@ class Trainer:
                     pass
                 raise PythiaError(f"cannot write --log-file {str(self.log_file)!r}: {e.strerror or e}; free "
                                   f"space on its disk or choose another --log-file") from None
-        if self.on_progress is not None:
-            self.on_progress(progress)
 
     @contextmanager
     def _open_log(self) -> Iterator[None]:

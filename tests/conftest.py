@@ -1,6 +1,10 @@
-"""Shared pytest setup: say which kernel backend this run exercises, and give the programs the
-tests start the stop signals' usual dispositions."""
+"""Shared pytest setup: say which kernel backend this run exercises, give the programs the
+tests start the stop signals' usual dispositions, and a full disk to write to."""
+import shutil
 import signal
+import subprocess
+
+import pytest
 
 import pythia.kernels as kernels
 
@@ -19,3 +23,23 @@ def pytest_report_header(config):
     if kernels.FALLBACK_REASON:
         line += f" (fallback: {kernels.FALLBACK_REASON})"
     return line
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 kB tmpfs filled to the last byte (needs root and mount; skipped otherwise)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        with open(d / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError:
+                pass
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)

@@ -96,6 +96,8 @@ def run_cli(args, cwd, stdin: str | bytes = "", env: dict | None = None) -> Resu
     out, err = _stream(), _stream()
     saved = _ProcessState()
     try:
+        from pythia.system import atomic
+        atomic._WRITTEN.clear()                  # a new process has saved nothing yet (put back after)
         cap, hard = _address_space() + MEMORY_CAP, saved.rlimit_as[1]
         resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
         signal.signal(signal.SIGALRM, _deadline)

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from pythia.training import distributed
-from pythia.training.distributed import LocalReducer, MPIReducer, ShardedBatches, check_batch, first_difference, row_range
+from pythia.training.distributed import LocalReducer, MPIReducer, PeerFailed, ShardedBatches, check_batch, first_difference, row_range
 from pythia.errors import ConfigError
 
 STEPS = 30
@@ -186,6 +186,37 @@ def test_every_rank_learns_which_signal_stopped_the_run():
         reducer = MPIReducer(world.comm(r), 1 / 3, mpi=world, stop_signal=lambda: signal.SIGHUP if r == 2 else None)
         return reducer.any_stop(False), reducer.stop_signum
     assert _run_ranks(3, rank) == [(True, signal.SIGHUP)] * 3
+
+
+@pytest.mark.parametrize("poll", ["any_stop", "settle"])
+def test_an_error_one_rank_held_stops_every_rank_at_the_next_poll_naming_it_once(poll):
+    """Rank 0's failed save is held, not raised, until the ranks poll together: then rank 0 raises
+    its own error and the others PeerFailed, and each is told whether the error is its own (the
+    session then prints one line and calls no MPI_Abort)."""
+    world, told = _ThreadWorld(3), {}
+    failure = OSError(27, "File too large")
+
+    def rank(r):
+        reducer = MPIReducer(world.comm(r), 1 / 3, mpi=world, on_failure=lambda here: told.__setitem__(r, here))
+        if r == 0:
+            reducer.hold(failure)
+            reducer.hold(OSError(28, "a later error"))         # the first one is the one reported
+        try:
+            reducer.any_stop(False) if poll == "any_stop" else reducer.settle()
+        except Exception as e:                                 # noqa: BLE001 - what each rank raised
+            return e
+        return None
+    got = _run_ranks(3, rank)
+    assert got[0] is failure
+    assert all(isinstance(e, PeerFailed) for e in got[1:]), got
+    assert told == {0: True, 1: False, 2: False}
+    assert _run_ranks(3, lambda r: MPIReducer(world.comm(r), 1 / 3, mpi=world).any_stop(False)) == [False] * 3
+
+
+def test_one_process_raises_a_held_error_at_once():
+    with pytest.raises(OSError, match="File too large"):
+        LocalReducer().hold(OSError(27, "File too large"))
+    LocalReducer().settle()
 
 
 def test_local_reducer_changes_nothing():
@@ -441,6 +472,26 @@ def test_an_exception_on_one_rank_aborts_the_job_with_its_one_line_error(tmp_pat
     assert r.returncode != 0
     assert "error: rank 1: RuntimeError: injected failure at step 25" in r.stderr.splitlines()
     assert _checkpoint_step(out) == 20                        # the last save before the failure
+    assert _no_rank_left(out)
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux's prlimit")
+def test_a_failed_save_on_rank_0_stops_every_rank_with_one_line_and_no_abort_banner(tmp_path):
+    # a real fault: rank 0's file size limit drops below a checkpoint's size mid-run, so its next
+    # save fails (EFBIG; Python ignores SIGXFSZ) while rank 1 trains on: every rank must stop,
+    # rank 0 alone saying why, with no MPI_Abort and so no launcher's "Abort(1) on node 0" line
+    import resource
+    _needs_mpi()
+    proc, out = _start_long_run(tmp_path)
+    limit = out.stat().st_size // 2
+    resource.prlimit(_rank_pid(out, 0, time.monotonic() + 30), resource.RLIMIT_FSIZE, (limit, limit))
+    status, _, stderr, took = _finish(proc, 60)
+    assert status == 1, (status, stderr)
+    assert stderr.strip().splitlines() == [
+        f"error: cannot write checkpoint {str(out)!r}: File too large; check free disk space and permissions"], stderr
+    assert "Abort(" not in stderr and took < 60
+    assert _checkpoint_step(out) % 10 == 0 and _checkpoint_step(out) > 0   # the last good save, intact
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary or lock file
     assert _no_rank_left(out)
 
 

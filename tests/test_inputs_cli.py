@@ -422,26 +422,6 @@ def test_baseline_isa_is_accepted(home):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 kB tmpfs filled to the last byte (needs root and mount; skipped otherwise)."""
-    d = tmp_path / "small"
-    d.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        with open(d / "filler", "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 1024)
-            except OSError:
-                pass
-        yield d
-    finally:
-        subprocess.run(["umount", str(d)], capture_output=True)
-
-
 def test_a_full_disk_under_the_log_file_names_it(home, full_disk):
     r = run(["train", "--data", "c.txt", *TINY, "--out", "new.npz", "--log-file", str(full_disk / "log.jsonl")], home)
     assert_refused(r, f"--log-file {str(full_disk / 'log.jsonl')!r}", "No space left on device")

@@ -516,11 +516,12 @@ def test_a_closed_pipe_does_not_stop_training_or_lose_the_checkpoint(d, runner, 
 
 # ---- folder writers: prepare and export ---------------------------------------------------------
 
-# name -> (command line writing the folder `out`, the files such a folder holds)
+# name -> (command line writing the folder `out`, the files such a folder holds, the input it reads)
 DIR_WRITERS = {
-    "prepare": (lambda out: ["prepare", "--data", "corpus.txt", "--out", out], ["meta.json", "train.bin", "val.bin"]),
+    "prepare": (lambda out: ["prepare", "--data", "corpus.txt", "--out", out], ["meta.json", "train.bin", "val.bin"],
+                "corpus.txt"),
     "export": (lambda out: ["export", "m.npz", "--out", out], ["config.json", "model.safetensors", "tokenizer.json",
-                                                               "tokenizer_config.json"]),
+                                                               "tokenizer_config.json"], "m.npz"),
 }
 BIG = ["prepare", "--data", "big.txt", "--out", "big.tok", "--tokenizer", "bpe", "--vocab-size", "300"]
 
@@ -545,14 +546,25 @@ def big_corpus(d: Path) -> None:
 
 
 def snapshot(folder: Path) -> dict:
-    """Every entry under folder: a file's bytes, where a symlink points, a folder by kind."""
-    return {str(p.relative_to(folder)): ("-> " + os.readlink(p) if p.is_symlink() else
-                                         "dir" if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+    """Every entry under folder: a file's bytes, where a symlink points, a folder or a FIFO by kind."""
+    return {str(p.relative_to(folder)): ("-> " + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir() else
+                                         p.read_bytes() if p.is_file() else "special")   # a FIFO's read would wait
+            for p in sorted(folder.rglob("*"))}
 
 
 def assert_folder(writer: str, folder: Path) -> None:
     names = sorted(p.name for p in folder.iterdir())
     assert set(DIR_WRITERS[writer][1]) <= set(names), names
+
+
+@pytest.mark.parametrize("writer", [*WRITERS, *DIR_WRITERS])
+def test_every_writer_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(dd, full_disk, writer):
+    # conftest's full_disk: a tmpfs filled to its last byte, so the first byte written fails (ENOSPC)
+    args, stdin = (WRITERS[writer][:2] if writer in WRITERS else (DIR_WRITERS[writer][0], ""))
+    before = snapshot(full_disk)
+    r = run(args(str(full_disk / "out")), dd, stdin=stdin)
+    assert_clean_error(r, "space")                      # "No space left on device", "free some space"
+    assert snapshot(full_disk) == before                # no output, temporary, lock or stray folder
 
 
 @pytest.mark.parametrize("writer", DIR_WRITERS)
@@ -605,6 +617,13 @@ def _target(d: Path, kind: str, writer: str, monkeypatch) -> str:
         assert run(DIR_WRITERS[writer][0]("real"), d).returncode == 0
         (d / "link").symlink_to(d / "real")
         return "link"
+    if kind == "a device":
+        return os.devnull
+    if kind == "a FIFO":
+        os.mkfifo(d / "pipe")
+        return "pipe"
+    if kind == "its own input file":
+        return DIR_WRITERS[writer][2]
     if kind == "a folder holding a file it did not write":
         assert run(DIR_WRITERS[writer][0]("mine"), d).returncode == 0
         (d / "mine" / "notes.txt").write_text("mine", encoding="utf-8")
@@ -612,9 +631,11 @@ def _target(d: Path, kind: str, writer: str, monkeypatch) -> str:
     raise ValueError(kind)
 
 
+NOT_A_FOLDER = {"prepare": "exists and is not a prepared corpus", "export": "and export writes a folder"}
 PLACES = {".": "the current folder", "the working directory's parent": "the current folder",
           "a mount point": "a mount point", "a symlink to its own earlier folder": "is a symbolic link",
-          "a folder holding a file it did not write": "'notes.txt', which this command did not write"}
+          "a folder holding a file it did not write": "'notes.txt', which this command did not write",
+          "a device": NOT_A_FOLDER, "a FIFO": NOT_A_FOLDER, "its own input file": NOT_A_FOLDER}
 
 
 @pytest.mark.parametrize("writer", DIR_WRITERS)
@@ -627,7 +648,8 @@ def test_force_refuses_a_folder_it_cannot_or_must_not_replace_and_touches_nothin
     if os.getcwd() != str(dd):                          # the inputs, as seen from the working directory
         args = [os.path.relpath(dd / a, os.getcwd()) if (dd / a).exists() and a != out else a for a in args]
     r = run([*args, "--force"], os.getcwd())
-    assert_clean_error(r, PLACES[kind])
+    needle = PLACES[kind]
+    assert_clean_error(r, needle[writer] if isinstance(needle, dict) else needle)
     assert snapshot(dd) == before and leftovers(dd) == []
 
 
@@ -661,6 +683,83 @@ def test_a_closed_stdout_does_not_stop_prepare(d):
     err = p.stderr.read()
     assert code == 0 and err == b"", (code, err)
     assert sorted(x.name for x in (d / "big.tok").iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert leftovers(d) == []
+
+
+# ---- a stop signal while a writer works, or while it writes -------------------------------------
+
+# name -> (command line, where the signal comes: a function the writer calls in the middle of its
+#          work, and the signal is sent to this process as it returns)
+AT_WORK = {
+    "plot": (["plot", "run.jsonl", "--out", "out.svg"], "pythia.inspection.plot", "read_log"),
+    "export": (["export", "m.npz", "--out", "out"], "pythia.formats.safetensors", "save_safetensors"),  # 1st of 4 files
+    "convert-gpt2": (["convert-gpt2", "gpt2", "--out", "out.npz"], "pythia.formats.gpt2", "load_gpt2"),
+}
+
+
+class Unguarded(Exception):
+    """A writer let a stop signal reach the test's own handler (its default would end pytest)."""
+
+
+@pytest.fixture
+def unguarded():
+    """Handlers that raise Unguarded for SIGTERM and SIGHUP while the test runs: a writer that does
+    not route them fails its test (status 1, a traceback) instead of killing the test process."""
+    def handler(signum, frame):
+        raise Unguarded(signum)
+    saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def _signal_after(monkeypatch, module: str, name: str, signum: int) -> None:
+    import importlib
+    mod = importlib.import_module(module)
+    real = getattr(mod, name)
+
+    def signalled(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signum)                    # handled at the next bytecode, in this thread
+        return result
+    monkeypatch.setattr(mod, name, signalled)
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize("writer", AT_WORK)
+def test_a_signal_while_a_writer_works_stops_it_says_which_and_leaves_nothing(dd, monkeypatch, unguarded, writer, sig):
+    signum, status, name = SIGNALS[sig]
+    args, module, function = AT_WORK[writer]
+    before = snapshot(dd)
+    _signal_after(monkeypatch, module, function, signum)
+    r = run(args, dd)
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"error: stopped by {name} before anything was saved; existing files "
+                                             f"are unchanged"], r.stderr
+    assert snapshot(dd) == before                       # no output, no lock, no temporary file or folder
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+@pytest.mark.parametrize("writer", ["plot", "convert-gpt2"])
+def test_a_signal_while_a_writer_writes_lets_the_file_finish_then_stops(d, monkeypatch, unguarded, writer, sig):
+    # the signal arrives with the first bytes of the file: the write is held until it is whole
+    signum, status, name = SIGNALS[sig]
+    from pythia.system import atomic
+    real = atomic.atomic_write
+
+    def signalled(path, writer_fn):
+        def write(f):
+            os.kill(os.getpid(), signum)
+            writer_fn(f)
+        return real(path, write)
+    monkeypatch.setattr(atomic, "atomic_write", signalled)
+    out = "out.svg" if writer == "plot" else "out.npz"
+    r = run(WRITERS[writer][0](out), d, stdin=WRITERS[writer][1])
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"error: stopped by {name}; the last file saved, {out!r}, is complete"]
+    assert_written(writer, d / out)
     assert leftovers(d) == []
 
 

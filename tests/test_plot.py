@@ -74,7 +74,77 @@ def test_log_file_of_a_resumed_run_keeps_the_latest_value_of_each_step(tmp_path)
             {"step": 3, "train_loss": 2.9},
             {"step": 3, "train_loss": 2.5}, {"step": 4, "train_loss": 2.0, "val_loss": 2.4}]  # resumed at 2
     log.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-    assert read_log(log) == ([(1, 4.0), (2, 3.0), (3, 2.5), (4, 2.0)], [(2, 3.5), (4, 2.4)])
+    train, val = read_log(log)
+    assert train.tolist() == [[1, 4.0], [2, 3.0], [3, 2.5], [4, 2.0]] and val.tolist() == [[2, 3.5], [4, 2.4]]
+
+
+def _reference_read(text: str) -> tuple[list, list]:
+    """The specification, read whole: every non-blank line is a JSON record; a later record of a
+    step replaces an earlier one; a torn last line (no newline, not JSON) is dropped."""
+    train, val = {}, {}
+    lines = text.removeprefix("\ufeff").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            assert i == len(lines) - 1, "only the last line may be torn"
+            break
+        train[int(rec["step"])] = float(rec["train_loss"])
+        if rec.get("val_loss") is not None:
+            val[int(rec["step"])] = float(rec["val_loss"])
+    return [[s, v] for s, v in sorted(train.items())], [[s, v] for s, v in sorted(val.items())]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_a_log_read_in_chunks_of_any_size_gives_the_whole_file_readers_points(tmp_path, monkeypatch, chunk):
+    from pythia.inspection import plot
+    monkeypatch.setattr(plot, "CHUNK", chunk)
+    rng = np.random.default_rng(5)
+    lines, step = [], 0
+    for _ in range(400):                                       # a run resumed twice from earlier steps
+        step = step + 1 if rng.random() > 0.01 else max(1, step - int(rng.integers(1, 30)))
+        rec = {"step": step, "train_loss": float(rng.random()) * 4, "lr": 3e-4, "note": "é ü 😀"}
+        if step % 10 == 0:
+            rec["val_loss"] = float(rng.random()) * 4
+        lines.append(json.dumps(rec, ensure_ascii=bool(rng.random() < 0.5)))
+        if rng.random() < 0.03:
+            lines.append("  ")                                 # blank lines are skipped
+    text = "\ufeff" + "\r\n".join(lines[:50]) + "\r\n" + "\n".join(lines[50:]) + "\n" + '{"step": 9999, "train_lo'
+    log = tmp_path / "run.jsonl"
+    log.write_bytes(text.encode("utf-8"))
+    train, val = read_log(log)
+    want_train, want_val = _reference_read(text)
+    assert train.tolist() == want_train and val.tolist() == want_val
+
+
+def test_reading_a_long_log_holds_sixteen_bytes_a_point_not_the_file(tmp_path):
+    # 200,000 records (30 MB of text): the points take 6.4 MB as float64 pairs; reading costs a
+    # few chunks more. A reader holding the lines, or a Python object per point, takes 50 MB
+    import tracemalloc
+    n = 200_000
+    line = '{{"step": {}, "train_loss": 2.5, "lr": 0.0003, "tokens_per_s": 41234.5, "elapsed_s": 1.5, ' \
+           '"grad_norm": 0.7, "eval_train_loss": 2.5, "val_loss": 2.6}}\n'
+    log = tmp_path / "long.jsonl"
+    log.write_text("".join(line.format(i) for i in range(1, n + 1)), encoding="utf-8")
+    tracemalloc.start()
+    try:
+        train, val = read_log(log)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(train) == len(val) == n
+    assert peak < 1.1 * 2 * 16 * n + 6 * (1 << 20), peak      # two curves (an array's spare 1/16) + 6 chunks
+
+
+def test_a_line_too_long_to_be_a_record_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    from pythia.inspection import plot
+    monkeypatch.setattr(plot, "MAX_LINE", 1000)
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"step": 1, "train_loss": 2.0}\n' + "x" * 50_000, encoding="utf-8")
+    with pytest.raises(DataError, match="line 2 of .* is not a training log record"):
+        read_log(log)
 
 
 def test_bad_logs_and_targets_are_one_clear_error(tmp_path):

@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     if suffix.lower() in OTHER_PICTURES:         # a viewer would find SVG text where it expects that format
         raise ConfigError(f"--out {args.out!r} ends in {suffix} but plot writes an SVG picture; name it "
                           f"{str(Path(args.out).with_suffix('.svg'))!r}")
-    with claim_output(args.out, flag="--out", replace=args.force, inputs={"LOG.jsonl": [Path(args.log)]}) as claim:
+    from ..system.signals import guard_signals
+    # a stop signal raises (reading a long log takes seconds), so the claim's lock is removed on the way out
+    with guard_signals(), \
+            claim_output(args.out, flag="--out", replace=args.force, inputs={"LOG.jsonl": [Path(args.log)]}) as claim:
         out = claim.path
         train, val = read_log(args.log, notice=lambda text: print(f"note: {text}"))
         svg = loss_svg(train, val, log_y=args.log_y, title=f"Loss: {Path(args.log).name}")

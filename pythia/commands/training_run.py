@@ -189,8 +189,11 @@ def _train_model(s: TrainSettings, ui, stop, held: contextlib.ExitStack):
     stop.adopt(getattr(trainer.reducer, "stop_signum", None))   # a signal another process received
     held.close()                                # the last save is done: release the checkpoint
     _summary(ui, steps, result, stop)
-    if plot is not None and result.losses:
-        _draw_plot(ui, plot, model, result)
+
+    def draw() -> None:                         # rank 0 alone draws: its error stops every rank, unaborted
+        if plot is not None and result.losses:
+            _draw_plot(ui, plot, model, result)
+    session.together(draw)
     return model, tokenizer, result, out
 
 

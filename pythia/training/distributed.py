@@ -28,9 +28,14 @@ state are broadcast. Only rank 0 prints (other ranks' stdout goes to the null de
 writes checkpoints.
 
 Faults. An error every rank meets at the same point (bad data, a mismatch, divergence of the
-reduced loss) ends every rank with one message from rank 0. An error on one rank only (an
-exception, out of memory, a second Ctrl-C) prints that rank's one-line error and calls
-MPI_Abort, which ends the job: mpi4py documents that otherwise the other ranks wait forever.
+reduced loss) ends every rank with one message from rank 0. An error in a part one rank does
+alone (rank 0's save, log line, report or plot: a full disk, a vanished folder) is held until the
+next point where the ranks poll each other (the next step boundary, or the end of the run); then
+every rank stops there, that rank printing its one line and the others nothing, and all exit
+non-zero without MPI_Abort (whose launcher banner would be a second, misleading line). Anything
+else on one rank only (an exception in the step itself, out of memory, a second Ctrl-C) prints
+that rank's one-line error and calls MPI_Abort, the last resort that ends the job when the ranks
+cannot agree: mpi4py documents that otherwise the other ranks wait forever.
 SIGTERM, SIGHUP or Ctrl-C on any rank sets a flag the ranks OR together at each step boundary
 (with the signal's number), so all stop after the same step, rank 0 saves and names the signal,
 and every rank exits with 128 + its number. A rank that dies is seen by the launcher, which ends
@@ -60,7 +65,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import ConfigError, PythiaError
-from .parallel import LocalReducer, MPIReducer, ShardedBatches, check_batch, row_range  # noqa: F401
+from .parallel import LocalReducer, MPIReducer, PeerFailed, ShardedBatches, check_batch, row_range  # noqa: F401
 
 # what a launcher puts in its processes' environment: PMI (MPICH's Hydra; Slurm's srun --mpi=pmi2),
 # Open MPI's mpirun, PMIx (srun --mpi=pmix), which gives a rank but no count
@@ -118,6 +123,7 @@ class Session:
         self.rank, self.size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
         self.hosts, self.local_rank, self.local_size, self.cores = 1, 0, 1, None
         self.agreed_error = False           # the error being raised is every rank's (rank 0 reports it)
+        self.failed: str | None = None      # "here" or "elsewhere": one rank's error every rank knows of
         self.stop_requested = False         # SIGTERM arrived here
         self.reducer: MPIReducer | None = None
         self._watchdog: Watchdog | None = None
@@ -186,6 +192,26 @@ class Session:
             raise PythiaError(message if r == 0 else f"rank {r}: {message}")
         return value
 
+    def together(self, fn: Callable[[], Any]) -> Any:
+        """fn() where some ranks do work alone (rank 0 draws the plot): if it raised on any, the
+        rank that failed raises its own error and the others PeerFailed, with no MPI_Abort."""
+        if not self.multi:
+            return fn()
+        error, value = None, None
+        try:
+            value = fn()
+        except Exception as e:                                # noqa: BLE001 - raised below, on every rank
+            error = e
+        if any(self.comm.allgather(error is not None)):
+            self._note_failure(error is not None)
+            if error is not None:
+                raise error
+            raise PeerFailed("another process of this run failed and reported why; this one stopped with it")
+        return value
+
+    def _note_failure(self, here: bool) -> None:
+        self.failed = "here" if here else "elsewhere"
+
     def prepare(self, build: Callable[..., Any], files: list[Path], *, resume: Path | None = None,
                 stop_signal: Callable[[], int | None] = lambda: None, **kwargs) -> Any:
         """build(files, resume=..., **kwargs) -> Trainer on every rank, made one data-parallel run.
@@ -215,7 +241,8 @@ class Session:
         from mpi4py import MPI
         self.reducer = MPIReducer(self.comm, batches.weight(trainer.cfg.batch_size), mpi=MPI,
                                   watchdog=self._watchdog, stop_requested=lambda: self.stop_requested,
-                                  stop_signal=lambda: stop_signal() or (signal.SIGTERM if self.stop_requested else None))
+                                  stop_signal=lambda: stop_signal() or (signal.SIGTERM if self.stop_requested else None),
+                                  on_failure=self._note_failure)
         trainer.reducer = self.reducer
         return trainer
 
@@ -366,6 +393,10 @@ def error_line(message: str) -> str | None:
     s = _session
     if s is None or not s.multi:
         return message
+    if s.failed == "elsewhere":                                # the rank that failed says it
+        return None
+    if s.failed == "here":                                     # the others stop without a word
+        return message if s.rank == 0 else f"rank {s.rank}: {message}"
     if s.agreed_error:
         return message if s.rank == 0 else None
     if s.rank == 0:
@@ -376,9 +407,10 @@ def error_line(message: str) -> str | None:
 
 def end_after_error(status: int) -> None:
     """In a multi-process run, an error on this rank alone ends the job (MPI_Abort): the other
-    ranks would otherwise wait for it forever. An error every rank shares needs nothing."""
+    ranks would otherwise wait for it forever. An error every rank shares, or knows of and
+    stops with (Session.failed), needs nothing."""
     s = _session
-    if s is None or not s.multi or s.agreed_error:
+    if s is None or not s.multi or s.agreed_error or s.failed:
         return
     _abort(s.comm, status)
 
