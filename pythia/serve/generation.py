@@ -1,7 +1,7 @@
 """One request's sequence in the batched decoder, seen from the event loop.
 
 The decoder's thread hands events to the loop (call_soon_threadsafe into an asyncio.Queue);
-pieces() turns them into (text, token, finish_reason) steps through ReplyText. watch(receive)
+pieces() turns them into (text, tokens, finish_reason) steps through ReplyText. watch(receive)
 runs beside it and cancels the sequence when the client disconnects, so its slot is free at the
 decoder's next step; a sequence that reached a stop string is cancelled the same way.
 """
@@ -44,21 +44,23 @@ class Generation:
                 self.cancel()
                 return
 
-    async def pieces(self) -> AsyncIterator[tuple[str, Token | None, str | None]]:
-        """(new text, the token it came with or None, finish_reason or None) until the reply ends;
-        nothing more once the client is gone."""
+    async def pieces(self) -> AsyncIterator[tuple[str, list[Token], str | None]]:
+        """(new text, the tokens whose text is now decided, finish_reason or None) until the reply
+        ends; nothing more once the client is gone. The tokens are those ReplyText keeps: each
+        with at least one character in the returned text."""
         try:
             while True:
                 kind, value = await self.events.get()
                 if kind == "token":
                     self.completion_tokens += 1
-                    out, hit = self.text.add(value.id)
-                    yield out, value, None
+                    out, hit, tokens = self.text.add(value.id, value)
                     if hit:
-                        yield "", None, "stop"
+                        yield out, tokens, "stop"
                         return
+                    yield out, tokens, None
                 elif kind == "end":
-                    yield self.text.finish(), None, value
+                    out, tokens = self.text.finish()
+                    yield out, tokens, value
                     return
                 elif kind == "error":
                     raise APIError(500, value, type="server_error")
