@@ -255,14 +255,16 @@ def test_logprobs_list_exactly_the_tokens_whose_text_is_returned_when_a_stop_str
             assert offsets == [len("".join(listed[:i])) for i in range(len(listed))]
         assert got == text[:cut] and choices[-1]["finish_reason"] == "stop"
         assert listed == listed_before(m, ids, cut), (stop, listed)
-        if stream:                                                 # an entry never comes before its text
-            shown = 0
+        if stream:                      # an entry comes in the chunk that shows its token's first character
+            shown, sent = 0, 0
             for ch in choices:
-                shown += len(ch["delta"].get("content", "") if route == "chat" else ch["text"])
+                before, shown = shown, shown + len(ch["delta"].get("content", "") if route == "chat" else ch["text"])
                 lp = ch["logprobs"]
-                n = len(lp["content"] if route == "chat" else lp["tokens"]) if lp else 0
-                assert sum(len(t) for t in listed[:n]) <= shown or ch is choices[-1]
-                listed = listed[n:]
+                for t in (lp["content"] if route == "chat" else lp["tokens"]) if lp else []:
+                    start = len("".join(listed[:sent]))
+                    assert before <= start < shown, (stop, listed, sent)
+                    sent += 1
+            assert sent == len(listed)
 
 
 class WordTokenizer:

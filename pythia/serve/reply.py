@@ -6,8 +6,9 @@ held back; the text of each step is exactly what decoding the whole reply gives)
 pythia.chat.StopFilter (text that could still become a stop string is held until it is decided,
 and a stop string is never shown); the leading whitespace of a reply can be dropped (lstrip).
 
-Each token carries an item (its log-probabilities, say) that is released once the text it made
-is decided, so a token's item goes out with, or after, its text and never before. The rule for
+Each token carries an item (its log-probabilities, say) that is released with the first of its
+characters that is shown, never before (nor later, so a streamed token's item goes out in the
+same chunk as the start of its text). The rule for
 which items are kept: a token is listed when at least one character of its text is in the
 returned text. So a token that straddles the end (its text starts before a stop string and runs
 into it, "a\\n" with stop "\\n") is listed, a token wholly inside the stop string (or after it)
@@ -84,11 +85,16 @@ class ReplyText:
         return out, hit, self._release(everything=hit or ended)
 
     def _release(self, everything: bool) -> list:
-        """Items whose text is all decided (every pending one when the reply is over), kept when
-        at least one character of their text is shown."""
+        """Items of the tokens whose first shown character is decided now: a token is kept when at
+        least one character of its text is shown, so it can go out with that character; a token
+        whose text was all decided without showing any (dropped leading whitespace) is dropped,
+        and so is every token still pending when the reply is over."""
         items = []
-        while self._pending and (everything or self._pending[0][1] <= self._decided):
-            start, end, item = self._pending.popleft()
+        while self._pending:
+            start, end, item = self._pending[0]
             if max(start, self._start) < min(end, self._decided):
                 items.append(item)
+            elif not (everything or end <= self._decided):
+                break
+            self._pending.popleft()
         return items
