@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from .batch import BatchDecoder
 from .batch import Request as DecodeRequest
-from .generation import Generation
+from .generation import STREAM_INTERVAL, Generation
 from .openai_schema import APIError, parse_chat, parse_completion, parse_json
 from .prompts import chat_prompt, completion_prompt, fit
 
@@ -47,6 +47,7 @@ class Settings:
     api_key: str | None = None
     max_body: int = MAX_BODY
     quiet: bool = False
+    stream_interval: float = STREAM_INTERVAL    # seconds: a reply's chunks go out at most this often
 
 
 def create_app(loaded, settings: Settings, decoder: BatchDecoder) -> Starlette:
@@ -192,7 +193,7 @@ class _State:
     async def _answer(self, request: Request, req, prompt, max_tokens: int, shape):
         gen = Generation(self.decoder, self.loaded.tokenizer, prompt,
                          DecodeRequest(prompt.ids, max_tokens, req.temperature, req.top_p, None, req.seed,
-                                       prompt.stop_ids, req.top_logprobs))
+                                       prompt.stop_ids, req.top_logprobs), self.settings.stream_interval)
         watcher = asyncio.ensure_future(gen.watch(request.receive))
         if req.stream:
             return _EventStream(self._events(gen, req, shape, request), watcher)
