@@ -88,7 +88,7 @@ def child(name: str, max_batch: int, max_queue: int) -> None:
     model = build(name)[0]
     app = create_app(LoadedModel(model, IdTokenizer(), name), Settings("bench", quiet=True),
                      BatchDecoder(model, max_batch=max_batch, max_queue=max_queue))
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # as `pythia serve`: TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     print(sock.getsockname()[1], flush=True)
