@@ -97,7 +97,8 @@ class Generation:
                     else:                                   # "gone": the client disconnected
                         return
                 yield text, tokens, None
-                if self.interval > 0:                       # let the next tokens gather without waking us
+                if self.interval > 0 and self.completion_tokens < self.seq.request.max_tokens:
+                    # let the next tokens gather without waking us (not when the end is the next event)
                     self.pending = True
                     await asyncio.sleep(self.interval)
                     self.pending = False
