@@ -12,7 +12,8 @@ Interleaved rounds (the first one dropped as a warm-up), medians with the range:
     single       one client: new tokens / wall time, against model.generate in this process on the
                  same prompt (the goal: >= 0.9x; the difference is HTTP, JSON and the event loop),
                  and the CPU time a token costs in each (the server's from /proc/PID/stat), whose
-                 difference is the API's own cost per token
+                 difference is the API's own cost per token; for config M also split into the
+                 cost of a request (1-token requests) and of each further token
     N clients    N = 1, 2, 4, 8 clients at once, each asking for the same number of tokens
                  (config M: 10 requests one after another, each client on its own connection):
                  aggregate tokens/s = all new tokens / wall time, and the time to first token
@@ -179,6 +180,25 @@ def single(server: "Server", prompt: list[int], n: int, repeat: int) -> tuple[fl
     return got / (time.perf_counter() - t0), (server.cpu_s() - c0) / got * 1e6
 
 
+def split_cpu(server: "Server", model, prompt: list[int], n: int, repeat: int) -> tuple[float, float, float, float]:
+    """CPU milliseconds of a request and microseconds of each further token, in the server and in
+    this process (generate): from requests of 1 token and of n tokens, repeat * 4 of each (the
+    server's clock ticks every 10 ms)."""
+    def server_ms(k: int) -> float:
+        c0 = server.cpu_s()
+        for _ in range(4 * repeat):
+            stream(server.url, prompt, k)
+        return (server.cpu_s() - c0) / (4 * repeat) * 1e3
+
+    def local_ms(k: int) -> float:
+        c0 = time.process_time()
+        for _ in range(4 * repeat):
+            list(model.generate(prompt, k, temperature=0))
+        return (time.process_time() - c0) / (4 * repeat) * 1e3
+    s1, sn, l1, ln = server_ms(1), server_ms(n), local_ms(1), local_ms(n)
+    return s1, (sn - s1) / (n - 1) * 1e3, l1, (ln - l1) / (n - 1) * 1e3
+
+
 def med(xs) -> str:
     return f"{np.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
 
@@ -193,10 +213,11 @@ def run_case(name: str, rounds: int, quick: bool) -> None:
     def client(_) -> list[tuple[int, float, float]]:
         return [stream(server.url, prompt, n_new) for _ in range(REPEAT[name])]
     try:
-        local, api, cpu_local, cpu_api, agg, ttft = [], [], [], [], {n: [] for n in CLIENTS}, []
+        local, api, cpu_local, cpu_api, agg, ttft, split = [], [], [], [], {n: [] for n in CLIENTS}, [], []
         for r in range(rounds + 1):                                     # round 0: the warm-up, dropped
             lt, lc = in_process(model, prompt, n_new, REPEAT[name])
             at, ac = single(server, prompt, n_new, REPEAT[name])
+            sp = split_cpu(server, model, prompt, n_new, REPEAT[name]) if REPEAT[name] > 1 else None
             row = {}
             for n in CLIENTS:
                 t0 = time.perf_counter()
@@ -208,6 +229,8 @@ def run_case(name: str, rounds: int, quick: bool) -> None:
             api.append(at)
             cpu_local.append(lc)
             cpu_api.append(ac)
+            if sp:
+                split.append(sp)
             for n in CLIENTS:
                 agg[n].append(row[n][0])
             ttft += row[CLIENTS[-1]][1]
@@ -216,6 +239,10 @@ def run_case(name: str, rounds: int, quick: bool) -> None:
               f"{np.median(api) / np.median(local):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})")
         print(f"{name}: CPU per token: {med(cpu_api)} us in the server, {med(cpu_local)} us in-process "
               f"(the API's own: {np.median(cpu_api) - np.median(cpu_local):.0f} us)")
+        if split:
+            s1, st, l1, lt = (list(x) for x in zip(*split))
+            print(f"{name}: CPU of a request (prompt, first token, HTTP): {med(s1)} ms in the server, {med(l1)} ms "
+                  f"in-process; of each further token: {med(st)} us in the server, {med(lt)} us in-process")
         base = np.median(agg[1])
         for n in CLIENTS:
             print(f"{name}: {n} clients {med(agg[n])} tokens/s aggregate ({np.median(agg[n]) / base:.2f}x one client)")
