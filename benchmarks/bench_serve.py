@@ -254,6 +254,36 @@ def run_case(name: str, rounds: int, quick: bool) -> None:
         server.stop()
 
 
+def batch_steps(name: str) -> None:
+    """What a decode step over B one-token rows costs the model itself (no server): the bound on
+    what batching can give, and the widest matrix's product alone for 1, 2 and 8 rows."""
+    from pythia.system import threads
+    model, prompt, _ = build(name)
+    per = threads.widest_per_token(model)
+    for B in CLIENTS:
+        caches = [model.new_kv_cache() for _ in range(B)]
+        with threads.for_pass(per * B * len(prompt)):
+            model.forward_cached_batch([np.array(prompt)] * B, caches)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            with threads.for_pass(per * B):
+                model.forward_cached_batch([np.array([1])] * B, caches)
+            times.append(time.perf_counter() - t0)
+        print(f"{name}: a step over {B} rows {np.median(times) * 1e3:.1f} ms median "
+              f"({B / np.median(times):.0f} tokens/s)")
+    w = model.params["h.0.mlp.c_fc.weight"]                             # (C, 4C)
+    for B in (1, 2, 8):
+        x = np.random.default_rng(0).standard_normal((B, w.shape[0])).astype(np.float32)
+        times = []
+        for _ in range(31):
+            t0 = time.perf_counter()
+            with threads.for_pass(per * B):
+                x @ w
+            times.append(time.perf_counter() - t0)
+        print(f"{name}: ({B}, {w.shape[0]}) @ {w.shape} {np.median(times[1:]) * 1e3:.3f} ms median")
+
+
 # ---- the soak -----------------------------------------------------------------------------------
 
 def soak_client(url: str, stop_at: float, seed: int, counts: collections.Counter, errors: list) -> None:
@@ -376,10 +406,16 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16, help="soak clients (default 16)")
     p.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default 8)")
     p.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue (default 64)")
+    p.add_argument("--batch-steps", action="store_true",
+                   help="time the model's decode step over 1, 2, 4 and 8 rows in this process (no server)")
     p.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args.max_batch, args.max_queue)
+    if args.batch_steps:
+        for name in args.case or ["M", "gpt2-small"]:
+            batch_steps(name)
+        return
     if args.soak:
         sys.exit(0 if soak(args.soak, args.clients, args.max_batch, args.max_queue) else 1)
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
