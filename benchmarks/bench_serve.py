@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serve.py                  # both cases; --case M, --rounds 5, --quick
     python benchmarks/bench_serve.py --soak 300 --clients 16 --max-batch 4 --max-queue 4
+    python benchmarks/bench_serve.py --batch-steps --case gpt2-small
 
 Each case builds a random-weight model (speed does not depend on the weights) and serves it from a
 child process (this script with --child: create_app, the BatchDecoder and uvicorn, as `pythia
@@ -29,9 +30,11 @@ away mid-reply), or a whole (non-streaming) reply; random length, temperature an
 client waits 50-300 ms). Every response is counted by kind and status; anything other than 200
 or a 503 carrying Retry-After (another status, a broken stream, a reply without [DONE], an
 exception) is an error and fails the soak; a stream the client closed before its end is counted
-as "200 closed mid-reply" (one that ended before the client meant to close it, as 200). The server's resident memory (VmRSS of the child) is
-read after the warm-up, every 30 s and at the end; once the clients stop, /health must report 0
-sequences decoding and 0 waiting (no slot leaked). Needs the serve extra and httpx.
+as "200 closed mid-reply" (one that ended before the client meant to close it, as 200). The
+server's resident memory (VmRSS of the child) is read after the warm-up, every 30 s and at the
+end; once the clients stop, /health must report 0 sequences decoding and 0 waiting (no slot
+leaked). --batch-steps times the model's own decode step over 1, 2, 4 and 8 rows (no server):
+the bound on what batching can give. Needs the serve extra and httpx.
 """
 from __future__ import annotations
 
@@ -316,7 +319,8 @@ def _soak_request(c, url: str, body: dict, kind: str, rng: random.Random) -> tup
         r = c.post(url + "/v1/completions", json=body)
         if r.status_code == 200:
             choice = r.json()["choices"][0]
-            ok = choice["finish_reason"] in ("stop", "length") and r.json()["usage"]["completion_tokens"] <= body["max_tokens"]
+            used = r.json()["usage"]["completion_tokens"]
+            ok = choice["finish_reason"] in ("stop", "length") and used <= body["max_tokens"]
             return 200, None if ok else f"a malformed reply {r.text[:200]}"
         return r.status_code, _refusal(r)
     with c.stream("POST", url + "/v1/completions", json=body) as r:
@@ -387,7 +391,8 @@ def soak(seconds: float, clients: int, max_batch: int, max_queue: int) -> bool:
         print("soak: server RSS MB " + ", ".join(f"{t:.0f}s {m:.1f}" for t, m in rss)
               + f" (end - start {rss[-1][1] - rss[0][1]:+.1f} MB)")
         print(f"soak: after the clients stopped: {health['active']} decoding, {health['waiting']} waiting "
-              f"(checked {free_after:.1f} s after); {health['steps']} decode steps, widest batch {health['widest_batch']}")
+              f"(checked {free_after:.1f} s after); {health['steps']} decode steps, "
+              f"widest batch {health['widest_batch']}")
         for e in errors[:10]:
             print(f"soak: error: {e}")
         ok = not errors and health["active"] == 0 and health["waiting"] == 0

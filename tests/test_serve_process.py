@@ -86,7 +86,9 @@ def test_openai_client_lists_the_model_and_gets_the_greedy_reply_streamed_or_who
         if chunk.choices:
             pieces.append(chunk.choices[0].delta.content or "")
             finish = chunk.choices[0].finish_reason or finish
-    assert "".join(pieces) == text and len([p for p in pieces if p]) > 3 and finish == r.choices[0].finish_reason
+    # the tokens ready every 2 ms go out as one chunk, and this tiny model can decode the whole reply in
+    # that time; tests/test_serve.py checks a chunk per token with the interval off
+    assert "".join(pieces) == text and finish == r.choices[0].finish_reason
 
     short = client.chat.completions.create(model="smollm2", messages=msgs, temperature=0, max_completion_tokens=3)
     assert short.usage.completion_tokens == 3 and short.choices[0].finish_reason == "length"

@@ -9,7 +9,8 @@ chunk (the text and logprobs are the same; only their grouping into chunks diffe
 chunk the loop looks again only `interval` seconds later (the decoder does not wake it in
 between): a model that decodes a token in well under a millisecond then sends a few tokens a
 chunk instead of paying the hand-off for each, at the price of at most `interval` seconds of delay
-a token; a model slower than that sends one token a chunk as before. watch(receive)
+a token; a model slower than that sends one token a chunk as before; interval 0 sends a chunk
+per token whatever the pace. watch(receive)
 runs beside it and cancels the sequence when the client disconnects, so its slot is free at the
 decoder's next step; a sequence that reached a stop string is cancelled the same way.
 """
@@ -86,6 +87,8 @@ class Generation:
                         if hit:
                             yield text, tokens, "stop"
                             return
+                        if self.interval <= 0:                  # no grouping: a chunk per token
+                            break
                     elif kind == "end":
                         out, done = self.text.finish()
                         yield text + out, tokens + done, value
