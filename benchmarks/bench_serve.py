@@ -84,14 +84,15 @@ def build(name: str) -> tuple[Pythia, list[int], int]:
     return model, prompt, n_new
 
 
-def child(name: str, max_batch: int, max_queue: int) -> None:
+def child(name: str, max_batch: int, max_queue: int, interval: float | None) -> None:
     """Serve a case on a free local port until SIGTERM; the port is the first line on stdout."""
     import uvicorn
 
     from pythia.serve.app import Settings, create_app
     from pythia.serve.batch import BatchDecoder
     model = build(name)[0]
-    app = create_app(LoadedModel(model, IdTokenizer(), name), Settings("bench", quiet=True),
+    extra = {} if interval is None else {"stream_interval": interval}
+    app = create_app(LoadedModel(model, IdTokenizer(), name), Settings("bench", quiet=True, **extra),
                      BatchDecoder(model, max_batch=max_batch, max_queue=max_queue))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # as `pythia serve`: TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
@@ -103,9 +104,10 @@ def child(name: str, max_batch: int, max_queue: int) -> None:
 class Server:
     """A child process serving one case."""
 
-    def __init__(self, name: str, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, name: str, max_batch: int = 8, max_queue: int = 64, interval: float | None = None):
+        args = [] if interval is None else ["--stream-interval", str(interval)]
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", name, "--max-batch", str(max_batch),
-                                      "--max-queue", str(max_queue)], stdout=subprocess.PIPE)
+                                      "--max-queue", str(max_queue), *args], stdout=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
         self.health(timeout=120)
 
@@ -206,11 +208,11 @@ def med(xs) -> str:
     return f"{np.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
 
 
-def run_case(name: str, rounds: int, quick: bool) -> None:
+def run_case(name: str, rounds: int, quick: bool, interval: float | None) -> None:
     model, prompt, n_new = build(name)
     if quick:
         n_new = 8
-    server = Server(name, max_batch=max(CLIENTS))
+    server = Server(name, max_batch=max(CLIENTS), interval=interval)
     pool = concurrent.futures.ThreadPoolExecutor(max(CLIENTS))       # its threads keep their connections
 
     def client(_) -> list[tuple[int, float, float]]:
@@ -413,10 +415,12 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue (default 64)")
     p.add_argument("--batch-steps", action="store_true",
                    help="time the model's decode step over 1, 2, 4 and 8 rows in this process (no server)")
+    p.add_argument("--stream-interval", type=float, metavar="SECONDS",
+                   help="the server's chunk interval (default: the server's own, 2 ms; 0: a chunk per token)")
     p.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.child, args.max_batch, args.max_queue)
+        return child(args.child, args.max_batch, args.max_queue, args.stream_interval)
     if args.batch_steps:
         for name in args.case or ["M", "gpt2-small"]:
             batch_steps(name)
@@ -425,7 +429,7 @@ def main() -> None:
         sys.exit(0 if soak(args.soak, args.clients, args.max_batch, args.max_queue) else 1)
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     for name in args.case or ["M", "gpt2-small"]:
-        run_case(name, 1 if args.quick else args.rounds, args.quick)
+        run_case(name, 1 if args.quick else args.rounds, args.quick, args.stream_interval)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
