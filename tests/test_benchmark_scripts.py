@@ -193,3 +193,21 @@ def test_bench_decode_int8_prints_float32_and_int8_rows_with_the_bandwidth_fract
     fp32_mb, _, int8_mb = (float(r[2].replace(",", "")) for r in rows)
     assert int8_mb == pytest.approx(fp32_mb * (1 + 4 / 32) / 4, rel=0.02)   # 34 bytes per 32 weights
     assert "1.00x" in (rows[0][5], rows[1][5]) and rows[2][7].endswith("%")
+
+
+def test_bench_serve_soak_counts_the_intended_503s_and_finds_every_slot_free():
+    """A short soak against a server with one slot and one queue place: the 16 clients must meet
+    503s (each with Retry-After), every other answer must be whole, and no slot may stay taken."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("httpx")
+    out = run_script("bench_serve.py", "--soak", "4", "--clients", "16", "--max-batch", "1", "--max-queue", "1")
+    counts = {}
+    for line in out.splitlines():
+        m = re.match(r"soak: (stream|cut|whole)\s+(.*)$", line)
+        if m:
+            counts[m.group(1)] = dict((s.rsplit(": ", 1)[0], int(s.rsplit(": ", 1)[1])) for s in m.group(2).split(", "))
+    assert set(counts) == {"stream", "cut", "whole"}, out
+    assert sum(c.get("503", 0) for c in counts.values()) > 0 and sum(c.get("200", 0) for c in counts.values()) > 0
+    assert all(set(c) <= {"200", "503", "200 closed mid-reply"} for c in counts.values()), counts
+    assert "0 decoding, 0 waiting" in out and "soak: PASS: 0 error(s)" in out, out

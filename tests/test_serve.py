@@ -166,10 +166,13 @@ def sse(text: str) -> list:
     return [b[6:] if b[6:] == "[DONE]" else json.loads(b[6:]) for b in blocks]
 
 
-def test_stream_is_server_sent_chunks_ending_with_finish_reason_usage_and_done():
+# interval 0: a chunk per token; the default gathers the tokens of a few milliseconds into one
+# chunk (the same text and logprobs, fewer pieces)
+@pytest.mark.parametrize("interval", [0.0, None])
+def test_stream_is_server_sent_chunks_ending_with_finish_reason_usage_and_done(interval):
     m, e = loaded("smollm2"), expected("smollm2")
     msgs = e["chats"][0]["messages"]
-    with client(m) as c:
+    with client(m, **({} if interval is None else {"stream_interval": interval})) as c:
         whole = c.post("/v1/chat/completions", json={"messages": msgs, "temperature": 0, "max_tokens": 12}).json()
         r = c.post("/v1/chat/completions", json={"messages": msgs, "temperature": 0, "max_tokens": 12, "stream": True,
                                                  "stream_options": {"include_usage": True}, "logprobs": True})
@@ -185,7 +188,8 @@ def test_stream_is_server_sent_chunks_ending_with_finish_reason_usage_and_done()
     assert body[-1]["choices"][0]["finish_reason"] == "length"
     assert all(ch["choices"][0]["finish_reason"] is None for ch in body[:-1])
     text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in body)
-    assert text == whole["choices"][0]["message"]["content"] and len(body) > 3
+    assert text == whole["choices"][0]["message"]["content"]
+    assert interval is None or len(body) == 12 + 1                 # a chunk a token, then the finish
     assert sum(len(ch["choices"][0]["logprobs"]["content"]) for ch in body if ch["choices"][0]["logprobs"]) == 12
 
 
@@ -216,6 +220,86 @@ def test_stop_string_ends_the_reply_before_it_and_max_tokens_caps_it():
         assert r["usage"]["completion_tokens"] == m.model.config.block_size - len(e["prompt_ids"])
 
 
+def listed_before(m: LoadedModel, ids: list[int], cut: int) -> list[str]:
+    """The reference for which tokens logprobs lists when the reply is cut at character `cut`: the
+    tokens with at least one character before it, found by decoding each prefix of the whole reply."""
+    starts = [len(m.tokenizer.decode(ids[:i])) for i in range(len(ids))]
+    return [token_str(m, t) for t, s in zip(ids, starts) if s < cut]
+
+
+# (stop string, what it shows): one whose first character is inside a token (that token straddles
+# the end and is listed; the next, inside the stop string, is not), and one on a token boundary
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_logprobs_list_exactly_the_tokens_whose_text_is_returned_when_a_stop_string_ends_it(route, stream):
+    m, e = loaded("smollm2"), expected("smollm2")
+    chat = e["chats"][0]
+    ids, text = (chat["reply"], chat["reply_text"]) if route == "chat" else (e["greedy"], e["greedy_text"])
+    ids, text = ids[:8], m.tokenizer.decode(ids[:8])
+    third = len(m.tokenizer.decode(ids[:3]))                       # the end of the third token
+    for stop in (text[2:6], text[third:third + 3]):
+        cut = text.index(stop)
+        body = {"temperature": 0, "max_tokens": 8, "stop": [stop], "stream": stream,
+                **({"messages": chat["messages"], "logprobs": True, "top_logprobs": 2} if route == "chat"
+                   else {"prompt": e["prompt"], "logprobs": 2})}
+        with client(m) as c:
+            r = c.post(f"/v1/{route}" if route == "completions" else "/v1/chat/completions", json=body)
+        if stream:
+            chunks = [ch for ch in sse(r.text)[:-1] if ch["choices"]]
+            choices = [ch["choices"][0] for ch in chunks]
+        else:
+            choices = [r.json()["choices"][0]]
+        if route == "chat":
+            got = "".join(ch["delta"].get("content", "") if stream else ch["message"]["content"] for ch in choices)
+            listed = [t["token"] for ch in choices if ch["logprobs"] for t in ch["logprobs"]["content"]]
+        else:
+            got = "".join(ch["text"] for ch in choices)
+            listed = [t for ch in choices if ch["logprobs"] for t in ch["logprobs"]["tokens"]]
+            offsets = [o for ch in choices if ch["logprobs"] for o in ch["logprobs"]["text_offset"]]
+            assert offsets == [len("".join(listed[:i])) for i in range(len(listed))]
+        assert got == text[:cut] and choices[-1]["finish_reason"] == "stop"
+        assert listed == listed_before(m, ids, cut), (stop, listed)
+        if stream:                      # an entry comes in the chunk that shows its token's first character
+            shown, sent = 0, 0
+            for ch in choices:
+                before, shown = shown, shown + len(ch["delta"].get("content", "") if route == "chat" else ch["text"])
+                lp = ch["logprobs"]
+                for t in (lp["content"] if route == "chat" else lp["tokens"]) if lp else []:
+                    start = len("".join(listed[:sent]))
+                    assert before <= start < shown, (stop, listed, sent)
+                    sent += 1
+            assert sent == len(listed)
+
+
+class WordTokenizer:
+    """Token i is the string WORDS[i]: spans chosen by hand for ReplyText's rule."""
+    WORDS = [" ", "  ", "H", "i\nUs", "er", "!"]
+
+    def decode(self, ids) -> str:
+        return "".join(self.WORDS[i] for i in ids)
+
+
+@pytest.mark.parametrize("ids, stops, text, listed", [
+    ([1, 2, 3, 4], ("\n",), "Hi", [2, 3]),          # "  " all dropped whitespace; "i\nUs" straddles the stop
+    ([0, 2, 5, 4], ("\n",), "H!er", [2, 5, 4]),     # no stop: everything after the dropped space
+    ([2, 3, 4], ("Us",), "Hi\n", [2, 3]),           # the stop inside a token's tail
+    ([2, 3, 4], ("i",), "H", [2]),                  # a stop starting a token: that token is not listed
+])
+def test_reply_text_keeps_each_token_with_a_character_in_the_returned_text(ids, stops, text, listed):
+    from pythia.serve.reply import ReplyText
+    r = ReplyText(WordTokenizer(), stops, lstrip=True)
+    out, items = "", []
+    for i in ids:
+        piece, hit, released = r.add(i, i)
+        out, items = out + piece, items + released
+        if hit:
+            break
+    else:
+        piece, released = r.finish()
+        out, items = out + piece, items + released
+    assert out == r.text == text and items == listed
+
+
 def test_seed_makes_a_sampled_reply_repeatable():
     m = loaded("tinyllama")
     body = {"prompt": "Hello", "temperature": 1.0, "top_p": 0.9, "max_tokens": 12, "seed": 7}
@@ -233,12 +317,15 @@ def test_a_char_model_chats_in_its_dialogue_lines_and_stops_at_a_new_line():
     ids = m.tokenizer.encode(prompt)
     ref = m.tokenizer.decode(greedy_alone(m.model, ids, 64 - len(ids)))
     with client(m) as c:
-        r = c.post("/v1/chat/completions", json={"messages": msgs, "temperature": 0}).json()
+        r = c.post("/v1/chat/completions", json={"messages": msgs, "temperature": 0, "logprobs": True}).json()
     assert r["usage"]["prompt_tokens"] == len(ids)
     want = ref.split("\n")[0]
     for tag in ("User:", "Pythia:"):
         want = want.split(tag)[0]
     assert r["choices"][0]["message"]["content"] == want.lstrip()
+    # one character a token: the listed tokens are the reply's characters, without the space the
+    # format puts before it (dropped) and without the new line or tag that ended it
+    assert "".join(t["token"] for t in r["choices"][0]["logprobs"]["content"]) == want.lstrip()
 
 
 # ---- errors: the API's shape and status, and the server still answers -----------------------------

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from .batch import BatchDecoder
 from .batch import Request as DecodeRequest
-from .generation import Generation
+from .generation import STREAM_INTERVAL, Generation
 from .openai_schema import APIError, parse_chat, parse_completion, parse_json
 from .prompts import chat_prompt, completion_prompt, fit
 
@@ -47,6 +47,7 @@ class Settings:
     api_key: str | None = None
     max_body: int = MAX_BODY
     quiet: bool = False
+    stream_interval: float = STREAM_INTERVAL    # seconds: a reply's chunks go out at most this often
 
 
 def create_app(loaded, settings: Settings, decoder: BatchDecoder) -> Starlette:
@@ -192,16 +193,15 @@ class _State:
     async def _answer(self, request: Request, req, prompt, max_tokens: int, shape):
         gen = Generation(self.decoder, self.loaded.tokenizer, prompt,
                          DecodeRequest(prompt.ids, max_tokens, req.temperature, req.top_p, None, req.seed,
-                                       prompt.stop_ids, req.top_logprobs))
+                                       prompt.stop_ids, req.top_logprobs), self.settings.stream_interval)
         watcher = asyncio.ensure_future(gen.watch(request.receive))
         if req.stream:
             return _EventStream(self._events(gen, req, shape, request), watcher)
         try:
             text, tokens, finish = "", [], None
-            async for piece, token, end in gen.pieces():
+            async for piece, done, end in gen.pieces():
                 text += piece
-                if token is not None:
-                    tokens.append(token)
+                tokens += done
                 finish = end or finish
         finally:
             watcher.cancel()
@@ -211,9 +211,9 @@ class _State:
 
     async def _events(self, gen: Generation, req, shape, request: Request) -> AsyncIterator[dict]:
         yield shape.opening()
-        async for piece, token, finish in gen.pieces():
+        async for piece, tokens, finish in gen.pieces():
             request.state.tokens = gen.completion_tokens
-            chunk = shape.chunk(piece, token, finish, req.top_logprobs is not None)
+            chunk = shape.chunk(piece, tokens, finish, req.top_logprobs is not None)
             if chunk is not None:
                 yield chunk
         if req.include_usage:
@@ -261,8 +261,8 @@ class _ChatShape:
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None}]}
 
-    def chunk(self, piece: str, token, finish: str | None, logprobs: bool) -> dict | None:
-        lp = {"content": [self._logprob(token)], "refusal": None} if logprobs and token is not None else None
+    def chunk(self, piece: str, tokens: list, finish: str | None, logprobs: bool) -> dict | None:
+        lp = {"content": [self._logprob(t) for t in tokens], "refusal": None} if logprobs and tokens else None
         if not piece and lp is None and finish is None:
             return None
         delta = {"content": piece} if piece or lp is not None else {}
@@ -279,6 +279,7 @@ class _CompletionShape:
     def __init__(self, state: _State):
         self.state = state
         self.id, self.created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.offset = 0                       # characters of the listed tokens streamed so far
 
     def _head(self) -> dict:
         return {"id": self.id, "object": "text_completion", "created": self.created,
@@ -303,10 +304,11 @@ class _CompletionShape:
     def opening(self) -> None:
         return None
 
-    def chunk(self, piece: str, token, finish: str | None, logprobs: bool) -> dict | None:
-        if not piece and finish is None and not (logprobs and token is not None):
+    def chunk(self, piece: str, tokens: list, finish: str | None, logprobs: bool) -> dict | None:
+        if not piece and finish is None and not (logprobs and tokens):
             return None
-        lp = self._logprobs([token]) if logprobs and token is not None else None
+        lp = self._logprobs(tokens, self.offset) if logprobs and tokens else None
+        self.offset += sum(len(t) for t in lp["tokens"]) if lp else 0
         return {**self._head(), "choices": [{"text": piece, "index": 0, "logprobs": lp, "finish_reason": finish}]}
 
     def usage(self, usage: dict) -> dict:
