@@ -34,6 +34,7 @@ GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
         sum(losses) / n_total
         a target IGNORE (-1) is not scored: its loss is 0 and its row gets no gradient (a
         conversation's user turns and padding); counted(targets) is how many rows are scored
+    vocab_chunk(N, V) -> columns per chunk of the two below (about 16 MB of logits)
     head_loss_forward(h (N, C), w (V, C), targets (N,), chunk) -> (losses (N,), saved)
     head_loss_backward(dw (V, C) | None, h, w, targets, saved, n_total, chunk) -> dh (N, C)
         the head logits = h w^T and the cross-entropy together; chunk=None materialises the
@@ -338,7 +339,7 @@ def crossentropy_backward(probs: np.ndarray, targets: np.ndarray, n_total: int) 
 # reference the chunked one is tested against.
 
 
-def head_chunk(N: int, V: int, values: int = 1 << 22) -> int:
+def vocab_chunk(N: int, V: int, values: int = 1 << 22) -> int:
     """Vocabulary columns per chunk so that a chunk of logits (N, chunk) holds about `values` floats
     (16 MB), but at least 1024 columns (narrower products waste the BLAS)."""
     return min(V, max(1024, values // max(N, 1)))

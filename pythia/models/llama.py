@@ -245,7 +245,7 @@ class Llama:
     HF_PREFIX = ""                       # the names are Hugging Face state-dict keys already
     adapter = None                       # a low-rank adapter's hook on the projections (pythia.lora)
     # training's head + loss, computed this many vocabulary columns at a time so the (N, V) logits
-    # and their gradient never exist whole: "auto" (layers.head_chunk), a number, or None for the
+    # and their gradient never exist whole: "auto" (layers.vocab_chunk), a number, or None for the
     # plain computation on whole logits (the reference; layers.head_loss_forward)
     head_chunk: int | str | None = "auto"
 
@@ -394,7 +394,7 @@ class Llama:
 
     def _chunk(self, N: int) -> int | None:
         """Vocabulary columns per chunk of the head + loss for N rows (None: whole logits)."""
-        return layers.head_chunk(N, self.config.vocab_size) if self.head_chunk == "auto" else self.head_chunk
+        return layers.vocab_chunk(N, self.config.vocab_size) if self.head_chunk == "auto" else self.head_chunk
 
     def _trunk(self, idx: np.ndarray, keep: dict | None, attn: list | None = None) -> np.ndarray:
         """The final-normed hidden states hf (N, C), which the head turns into logits; with `keep` a
