@@ -34,6 +34,11 @@ GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
         sum(losses) / n_total
         a target IGNORE (-1) is not scored: its loss is 0 and its row gets no gradient (a
         conversation's user turns and padding); counted(targets) is how many rows are scored
+    vocab_chunk(N, V) -> columns per chunk of the two below (about 16 MB of logits)
+    head_loss_forward(h (N, C), w (V, C), targets (N,), chunk) -> (losses (N,), saved)
+    head_loss_backward(dw (V, C) | None, h, w, targets, saved, n_total, chunk) -> dh (N, C)
+        the head logits = h w^T and the cross-entropy together; chunk=None materialises the
+        (N, V) logits (the reference), an int computes them `chunk` vocabulary columns at a time
     adapter_forward(adapter, x, out, names), adapter_backward(adapter, dx, dout, x, names, grads)
         the hook of a low-rank adapter (pythia.lora) on a linear layer; nothing when adapter is None
     drop_frozen_inputs(adapter, acts, {key: weight names}): frees kept inputs a frozen base never reads
@@ -321,3 +326,74 @@ def crossentropy_backward(probs: np.ndarray, targets: np.ndarray, n_total: int) 
     dlosses = np.full(probs.shape[0], 1.0 / max(n_total, 1), dtype=probs.dtype)  # (N,)
     dlosses[skip] = 0.0                                          # (probs - onehot) * 0 = 0
     return kernels.crossentropy_backward(dlosses, probs, np.where(skip, 0, targets))  # (N, V)
+
+
+# ============================================================================ head + loss, by vocabulary chunks
+#
+# The logits of a batch are its largest activation (N V floats: 201 MB at N = 1024, V = 49152) and
+# their gradient another. Computed `chunk` vocabulary columns at a time, neither exists whole:
+# the forward keeps only lse = logsumexp of each row (N,), and the backward recomputes each chunk
+# of logits, turns it into that chunk of dlogits = dloss (exp(logits - lse) - onehot(target)) and
+# consumes it at once: dW[chunk] = dlogits^T h (rows of dW, written whole) and dh += dlogits W[chunk].
+# The price is one more h W^T product in the backward. chunk=None is the plain computation, the
+# reference the chunked one is tested against.
+
+
+def vocab_chunk(N: int, V: int, values: int = 1 << 22) -> int:
+    """Vocabulary columns per chunk so that a chunk of logits (N, chunk) holds about `values` floats
+    (16 MB), but at least 1024 columns (narrower products waste the BLAS)."""
+    return min(V, max(1024, values // max(N, 1)))
+
+
+def head_loss_forward(h: np.ndarray, w: np.ndarray, targets: np.ndarray, chunk: int | None):
+    """Per-row losses (N,) of logits = h w^T (h (N, C), w (V, C)) and what the backward needs:
+    probs (N, V) when chunk is None, else lse (N,). IGNORE rows have loss 0."""
+    if chunk is None:
+        return crossentropy_forward(h @ w.T, targets)            # (N, C) @ (C, V) -> (N, V) logits
+    N, V = h.shape[0], w.shape[0]
+    rows = np.arange(N)
+    tgt = np.where(targets == IGNORE, 0, targets)                # (N,) any valid id stands in
+    m = np.full(N, -np.inf, np.float32)                          # running max of each row
+    s = np.zeros(N, np.float32)                                  # running sum of exp(logits - m)
+    z_t = np.zeros(N, np.float32)                                # each row's target logit
+    for lo in range(0, V, chunk):
+        hi = min(V, lo + chunk)
+        z = h @ w[lo:hi].T                                       # (N, C) @ (C, c) -> (N, c) logits
+        mine = (tgt >= lo) & (tgt < hi)                          # (N,) rows whose target is here
+        z_t[mine] = z[rows[mine], tgt[mine] - lo]
+        m_new = np.maximum(m, z.max(axis=1))                     # (N,)
+        z -= m_new[:, None]
+        np.exp(z, out=z)
+        s = s * np.exp(m - m_new) + z.sum(axis=1)                # logsumexp, merged chunk by chunk
+        m = m_new
+    lse = m + np.log(s)                                          # (N,)
+    losses = lse - z_t                                           # -log softmax(logits)[target]
+    losses[targets == IGNORE] = 0.0
+    return losses, lse
+
+
+def head_loss_backward(dw: np.ndarray | None, h: np.ndarray, w: np.ndarray, targets: np.ndarray,
+                       saved: np.ndarray, n_total: int, chunk: int | None) -> np.ndarray:
+    """Gradient of sum(losses) / n_total: dW (V, C) into dw unless None (a frozen head), and dh
+    (N, C) returned. saved is head_loss_forward's (probs or lse) for the same chunk."""
+    if chunk is None:
+        dlogits = crossentropy_backward(saved, targets, n_total)  # (N, V)
+        if dw is not None:
+            np.matmul(dlogits.T, h, out=dw)                      # (V, N) @ (N, C) -> (V, C)
+        return dlogits @ w                                       # (N, V) @ (V, C) -> (N, C)
+    N, V = h.shape[0], w.shape[0]
+    dloss = np.where(targets == IGNORE, 0.0, 1.0 / max(n_total, 1)).astype(np.float32)  # (N,)
+    rows = np.arange(N)
+    dh = np.zeros_like(h)                                        # (N, C)
+    for lo in range(0, V, chunk):
+        hi = min(V, lo + chunk)
+        d = h @ w[lo:hi].T                                       # (N, c) logits again
+        d -= saved[:, None]
+        np.exp(d, out=d)                                         # softmax(logits)[:, lo:hi]
+        mine = (targets >= lo) & (targets < hi)                  # (N,) rows whose target is here (not IGNORE)
+        d[rows[mine], targets[mine] - lo] -= 1.0                 # probs - onehot
+        d *= dloss[:, None]                                      # (N, c) dlogits
+        if dw is not None:
+            np.matmul(d.T, h, out=dw[lo:hi])                     # (c, N) @ (N, C) -> (c, C)
+        dh += d @ w[lo:hi]                                       # (N, c) @ (c, C) -> (N, C)
+    return dh

@@ -85,6 +85,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
+def heads_text(config: Any) -> str:
+    """The attention heads of a config: "12 heads", or "9 heads / 3 kv" when fewer key/value heads
+    serve them (grouped-query attention: the KV cache holds the kv heads only)."""
+    h, kv = config.n_head, getattr(config, "n_kv_head", config.n_head)
+    return _plural(h, "head") + (f" / {kv:,} kv" if kv != h else "")
+
+
 @dataclass
 class CorpusInfo:
     """What the banner says about the training text."""
@@ -154,7 +161,7 @@ class ConsoleUI:
         if fallback_reason:
             self.warn(f"fell back to the NumPy kernels, which are slower: {fallback_reason}")
         c = config
-        shape = (f"{_plural(c.n_layer, 'layer')}{d}{_plural(c.n_head, 'head')}{d}d_model {c.d_model}{d}"
+        shape = (f"{_plural(c.n_layer, 'layer')}{d}{heads_text(c)}{d}d_model {c.d_model}{d}"
                  f"context {c.block_size}{d}{n_params:,} parameters")
         self.line(label("model") + shape)
         if source:

@@ -77,6 +77,8 @@ def test_generate_command_on_a_folder_prints_transformers_greedy_text():
     assert r.returncode == 0, r.stderr
     assert r.stdout == e["greedy_text"] + "\n"
     assert "llama weights from" in r.stderr
+    cfg = json.loads((FIXTURES / "smollm2" / "config.json").read_text())
+    assert f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} kv" in r.stderr
 
 
 def test_chat_command_with_piped_input_replies_as_transformers():

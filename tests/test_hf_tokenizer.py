@@ -68,6 +68,32 @@ def test_regex_unicode_classes_follow_unicodedata():
     assert other.findall("ab, 12!?") == [",", "!?"]
 
 
+@pytest.mark.parametrize("name", ["L", "N", "Lu", "Nd", "M", "P"])
+def test_unicode_classes_built_from_runs_equal_the_code_point_by_code_point_ones(name):
+    """A class body built from category runs spells exactly the ranges of the code points whose
+    category matches, found one by one over all of Unicode (the independent reference)."""
+    import sys
+    from pythia.text.bpe import _class_body
+    from pythia.text.hf_pretokenize import unicode_class
+    points = [cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith(name)]
+    assert unicode_class(name) == _class_body(points)
+
+
+def test_the_unicode_tables_stay_small():
+    """Building the category tables keeps under 2 MB alive (all code points as ints: about 45 MB)."""
+    import tracemalloc
+    from pythia.text import hf_pretokenize as hp
+    hp._categories.cache_clear()
+    hp.unicode_class.cache_clear()
+    tracemalloc.start()
+    try:
+        hp.unicode_class("L")
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 2e6, f"{kept / 1e6:.1f} MB kept"
+
+
 def random_texts(n: int, seed: int = 0) -> list[str]:
     """Texts mixing the fixture texts' pieces with random code points of many scripts."""
     rng = random.Random(seed)

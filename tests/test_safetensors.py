@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,14 +147,51 @@ def test_good_file_of_the_malformed_set_reads(tmp_path):
     np.testing.assert_array_equal(load_safetensors(path)["w"], np.ones((2, 3), np.float32))
 
 
-def test_uncopied_f32_is_a_read_only_view_with_the_same_values(tmp_path):
+@pytest.mark.parametrize("code", ["F32", "F16", "BF16"])
+def test_read_into_fills_the_callers_array_chunk_by_chunk_and_by_rows(tmp_path, monkeypatch, code):
+    """read_into writes the tensor's values into an array the caller owns, whatever the chunk size
+    (a chunk of 7 values splits rows and leaves a ragged last chunk), and rows lo.. of it alone."""
+    from pythia.formats import safetensors
+    rng = np.random.default_rng(1)
+    want = (rng.standard_normal((9, 5)).astype("<f4").view("<u4") & 0xFFFF0000).view("<f4")  # bf16-exact
+    want = want.astype("<f2").astype("<f4") if code == "F16" else want                       # f16-exact too
+    data = {"F32": want, "F16": want.astype("<f2"), "BF16": bf16_bits(want)}[code]
     path = tmp_path / "m.safetensors"
-    x = np.arange(12, dtype="<f4").reshape(3, 4)
-    write_safetensors(path, {"x": ("F32", x), "h": ("F16", x.astype("<f2"))})
+    write_safetensors(path, {"pad": ("F32", np.ones(3, "<f4")), "w": (code, data)})
+    monkeypatch.setattr(safetensors, "CHUNK", 7)
     f = SafetensorsFile(path)
-    v = f.get("x", copy=False)
-    np.testing.assert_array_equal(v, x)
-    assert not v.flags.writeable                   # a view of the read-only mapping
-    f.close()
-    np.testing.assert_array_equal(v, x)            # still valid after close
-    np.testing.assert_array_equal(f.get("h", copy=False), x)  # F16 is converted regardless
+    out = np.full((9, 5), np.nan, np.float32)
+    f.read_into("w", out)
+    np.testing.assert_array_equal(out, want)
+    rows = np.full((3, 5), np.nan, np.float32)
+    f.read_into("w", rows, 4)                                  # rows 4, 5, 6
+    np.testing.assert_array_equal(rows, want[4:7])
+    np.testing.assert_array_equal(f.get("w"), want)
+
+
+def test_read_into_refuses_an_array_it_cannot_fill_and_a_truncated_tensor(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"w": ("BF16", np.zeros((4, 2), "<u2"))})
+    f = SafetensorsFile(path)
+    for bad, start in ((np.zeros((4, 2), np.float64), 0), (np.zeros((2, 4), np.float32).T, 0),
+                       (np.zeros((4, 3), np.float32), 0), (np.zeros((3, 2), np.float32), 2),
+                       (np.zeros((1, 2), np.float32), -1)):
+        with pytest.raises(ValueError, match="read_into needs"):
+            f.read_into("w", bad, start)
+    with open(path, "r+b") as fh:                              # cut the last value off
+        fh.truncate(path.stat().st_size - 2)
+    with pytest.raises(GPT2Error, match="'w' ends early .* truncated"):  # f read the header before the cut
+        f.read_into("w", np.zeros((4, 2), np.float32))
+
+
+def test_reading_maps_nothing(tmp_path):
+    """No mapping of the file stays in the process (its pages would count in the resident memory
+    beside the model's own copy)."""
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"w": ("BF16", np.zeros((64, 64), "<u2")), "x": ("F32", np.ones(5, "<f4"))})
+    f = SafetensorsFile(path)
+    held = [f.get("w"), f.get("x")]
+    f.read_into("w", held[0])
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) not in maps.read_text()

@@ -104,9 +104,18 @@ def test_banner_names_version_backend_model_and_corpus():
                    "3 layers", "4 heads", "d_model 48", "context 32", "89,808 parameters",
                    "input.txt (2.0 kB)", "model.txt (100 bytes)", "a.npz"):
         assert needle in text, needle
+    assert "kv" not in text                                     # as many kv heads as heads: nothing to say
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
     assert lines["corpus"].endswith(" · 2,148 tokens")          # the corpus's size on the corpus's line
     assert lines["vocab"].split(None, 1)[1] == "70 tokens (char tokenizer)"   # the vocabulary's alone
+
+
+def test_banner_of_a_grouped_query_model_names_its_key_value_heads():
+    out = Pipe()
+    cfg = SimpleNamespace(n_layer=30, n_head=9, n_kv_head=3, d_model=576, block_size=8192)
+    ConsoleUI(out).banner(version="9.9.9", backend="cython", fallback_reason=None, config=cfg,
+                          n_params=134_515_008, vocab_size=49152, tokenizer="hf-bpe")
+    assert "30 layers · 9 heads / 3 kv · d_model 576" in out.getvalue()
 
 
 def test_summary_reports_losses_time_checkpoint_and_draws_the_curve():

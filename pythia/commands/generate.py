@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..chat import stream_text, until_stop
     from ..timing import DecodeTimer
-    from ..ui import ConsoleUI
+    from ..ui import ConsoleUI, heads_text
     err = ConsoleUI(sys.stderr)
     select_kernels(args.kernels)
     t0 = time.perf_counter()
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     timer = DecodeTimer(load_seconds=time.perf_counter() - t0)
     model, tokenizer = m.model, m.tokenizer
     backend, fallback = kernel_status(args.kernels)
-    err.notice(f"pythia: {m.description}{err.dot}kernels {backend}")
+    err.notice(f"pythia: {m.description}{err.dot}{heads_text(model.config)}{err.dot}kernels {backend}")
     if fallback:
         err.warn(f"fell back to the NumPy kernels, which are slower: {fallback}")
     prompt = args.prompt.encode("utf-8", "replace").decode("utf-8")  # undecodable argv bytes -> '?'

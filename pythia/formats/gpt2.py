@@ -133,9 +133,18 @@ def _plan(f: SafetensorsFile, config: PythiaConfig) -> tuple[dict[str, str], str
 
 
 def _check_head(f: SafetensorsFile, head: str | None, wte: np.ndarray) -> None:
-    """Pythia's head is tied to wte: an lm_head in the file must be that same matrix."""
+    """Pythia's head is tied to wte: an lm_head in the file must be that same matrix (compared a
+    slab of rows at a time, so no second (V, C) array is ever held)."""
     if head is not None:
-        if f.shape(head) != wte.shape or not np.array_equal(f.get(head, copy=False), wte):
+        same = f.shape(head) == wte.shape
+        slab = np.empty((min(1024, len(wte)),) + wte.shape[1:], np.float32)  # (rows, C)
+        for lo in range(0, len(wte), len(slab)) if same else ():
+            part = slab[:min(len(slab), len(wte) - lo)]
+            f.read_into(head, part, lo)
+            same = np.array_equal(part, wte[lo:lo + len(part)])
+            if not same:
+                break
+        if not same:
             raise GPT2Error(f"{f.path}: lm_head.weight differs from wte; Pythia supports only the tied head")
 
 
@@ -182,12 +191,9 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleToke
         plan, head = _plan(f, config)
         model = Pythia(config, init=False)                     # every weight is loaded next
         for name, hf_name in plan.items():
-            if f.dtype(hf_name) == "F32":
-                # read from the file straight into the model's buffer: mapping the file instead
-                # would count its pages in this process's memory beside the model's copy
-                f.read_into(hf_name, model.params[name])
-            else:
-                model.params[name][...] = f.get(hf_name)     # F16/BF16 widened to float32
+            # read from the file straight into the model's buffer: mapping the file instead
+            # would count its pages in this process's memory beside the model's copy
+            f.read_into(hf_name, model.params[name])
         _check_head(f, head, model.params["wte"])
     finally:
         f.close()

@@ -3,8 +3,9 @@
 
 The index is {"metadata": {...}, "weight_map": {tensor name: shard file name}}. Every shard is
 opened (its header read) up front, so a missing or corrupt shard is reported before any tensor is
-converted; tensors are then read one at a time, each straight from its memory-mapped shard into a
-float32 array (F32, F16, BF16 on disk), so peak memory stays near the float32 model's size.
+converted; tensors are then read one at a time with file reads, each straight into the float32
+array that keeps it (F32, F16, BF16 on disk; nothing is mapped), so peak memory stays near the
+float32 model's size.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class HFWeights:
         w.keys()           # tensor names (file order, shard by shard)
         w.shape(name), w.dtype(name)
         w.get(name)        # np.ndarray float32, C-contiguous, owns its data
+        w.read_into(name, out)  # into a float32 array the caller owns (a model's buffer)
         w.close()
     """
 
@@ -52,11 +54,12 @@ class HFWeights:
     def dtype(self, name: str) -> str:
         return self._file(name).dtype(name)
 
-    def get(self, name: str, *, copy: bool = True) -> np.ndarray:
-        return self._file(name).get(name, copy=copy)
+    def get(self, name: str) -> np.ndarray:
+        return self._file(name).get(name)
 
     def read_into(self, name: str, out: np.ndarray) -> None:
-        """F32 tensor `name` read straight into out, without mapping the file (SafetensorsFile.read_into)."""
+        """Tensor `name` read straight into out (float32, its shape), without mapping the file
+        (SafetensorsFile.read_into)."""
         self._file(name).read_into(name, out)
 
     def close(self) -> None:

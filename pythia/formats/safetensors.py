@@ -6,8 +6,10 @@ Layout of a file:
                                "__metadata__": {...} (optional)}
     rest         the data buffer; begin/end are byte offsets into it, little-endian, C order
 
-The reader memory-maps the file, so each tensor is read from disk once, straight into its float32
-copy; read_into() instead reads a tensor into an array the caller owns, mapping nothing. The
+The reader never maps the file: read_into() reads a tensor with plain file reads into a float32
+array the caller owns (a model's own buffer), converting F16/BF16 a chunk at a time, so nothing
+but that array holds the tensor (a mapping would count the file's pages in the process's memory
+beside the model, and a whole-tensor conversion would need a second full-size array). The
 writer (save_safetensors) writes F32 tensors only, in the order given, padding the header with
 spaces to a multiple of 8 bytes so every tensor starts aligned.
 F32, F16 and BF16 tensors convert to float32 (bf16 is the top half of an f32: bits << 16).
@@ -16,7 +18,9 @@ Anything malformed raises pythia.errors.GPT2Error with a one-line message.
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +33,18 @@ MAX_HEADER = 100_000_000  # the format's own limit on the JSON header size
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
 FLOAT_DTYPES = ("F32", "F16", "BF16")
+CHUNK = 1 << 20  # F16/BF16 values converted per read: a 2 MB buffer, whatever the tensor's size
 
 
 class SafetensorsFile:
-    """Header of one .safetensors file plus lazy float32 access to its tensors.
+    """Header of one .safetensors file plus float32 access to its tensors.
 
         f = SafetensorsFile(path)
         f.keys()            # tensor names, in file order
         f.shape(name)       # tuple
         f.dtype(name)       # "F32" | "F16" | "BF16" | ...
         f.get(name)         # np.ndarray float32, C-contiguous, owns its data
+        f.read_into(name, out)  # the same values into a float32 array the caller owns
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -70,7 +76,6 @@ class SafetensorsFile:
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
             self._entries[name] = self._check_entry(name, entry)
-        self._map: np.memmap | None = None
 
     def _check_entry(self, name: str, entry: object) -> tuple[str, tuple[int, ...], int, int]:
         where = f"{self.path}: tensor {name!r}"
@@ -105,55 +110,68 @@ class SafetensorsFile:
     def dtype(self, name: str) -> str:
         return self._entries[name][0]
 
-    def get(self, name: str, *, copy: bool = True) -> np.ndarray:
-        """Tensor `name` as a new float32 array (F32, F16 or BF16 on disk).
+    def get(self, name: str) -> np.ndarray:
+        """Tensor `name` as a new float32 array (F32, F16 or BF16 on disk), read by read_into."""
+        if name not in self._entries:
+            raise GPT2Error(f"{self.path} has no tensor {name!r}")
+        out = np.empty(self._entries[name][1], np.float32)
+        self.read_into(name, out)
+        return out
 
-        copy=False returns F32 tensors as read-only views of the mapped file instead (no second
-        copy in memory while the caller copies them into place); F16/BF16 are converted either way.
-        """
+    def read_into(self, name: str, out: np.ndarray, start: int = 0) -> None:
+        """Read tensor `name` (F32, F16 or BF16) into out (float32, C-contiguous, the tensor's shape)
+        with file reads: F32 bytes land in out directly; F16/BF16 are read CHUNK values at a time
+        into one small buffer and widened into their slice of out, so no full-size temporary exists.
+        With start, out holds only the rows start..start + len(out) of the tensor (a slab of a
+        large matrix, for a caller that reads it piecewise)."""
         if name not in self._entries:
             raise GPT2Error(f"{self.path} has no tensor {name!r}")
         dtype, shape, begin, end = self._entries[name]
         if dtype not in FLOAT_DTYPES:
             raise GPT2Error(f"{self.path}: tensor {name!r} has dtype {dtype}; Pythia reads only "
                             f"{', '.join(FLOAT_DTYPES)} weights")
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")  # the file has >= 8 bytes
-        raw = self._map[self._data_start + begin:self._data_start + end]
-        if dtype == "F32":
-            out = raw.view("<f4").reshape(shape)
-            out = out.astype(np.float32) if copy else out             # copy: native byte order
-        elif dtype == "F16":
-            out = raw.view("<f2").reshape(shape).astype(np.float32)   # exact: every f16 is an f32
-        else:
-            # bf16 holds the high 16 bits of an f32: widen to u32 and shift into place (exact),
-            # in place, so the only allocation is the float32 result itself.
-            out = raw.view("<u2").reshape(shape).astype(np.uint32)
-            out <<= 16
-            out = out.view(np.float32)
-        return out
-
-    def read_into(self, name: str, out: np.ndarray) -> None:
-        """Read F32 tensor `name` into out (float32, C-contiguous, the tensor's shape) straight from
-        the file: no mapping, so nothing but out holds the data (what a large model's loader wants)."""
-        dtype, shape, begin, end = self._entries[name]
-        if dtype != "F32" or out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous:
-            raise ValueError(f"read_into needs an F32 tensor and a C-contiguous float32 array of its shape, got "
-                             f"{dtype} {shape} into {out.dtype} {out.shape}")
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
+                or not out.flags.writeable:
+            raise ValueError(f"read_into needs a writeable C-contiguous float32 array for {name!r}, got "
+                             f"{getattr(out, 'dtype', type(out).__name__)}")
+        whole = start == 0 and out.shape == shape
+        rows = len(shape) >= 1 and out.shape[1:] == shape[1:] and out.ndim == len(shape) \
+            and 0 <= start and start + out.shape[0] <= shape[0]
+        if not (whole or rows):
+            raise ValueError(f"read_into needs out of {name!r}'s shape {shape}, or of rows start.. of it; got "
+                             f"shape {out.shape} from row {start}")
+        flat = out.reshape(-1)                                  # (n,) a view: out is contiguous
+        row = math.prod(shape[1:])                              # values per row of the tensor
         with open(self.path, "rb") as f:
-            f.seek(self._data_start + begin)
-            n = f.readinto(view)
-        if n != end - begin:
-            raise GPT2Error(f"{self.path}: tensor {name!r} ends early (read {n} of {end - begin} bytes); "
+            f.seek(self._data_start + begin + start * row * DTYPE_SIZES[dtype])
+            if dtype == "F32":
+                self._read_exact(f, memoryview(flat.view(np.uint8)), name, 0)
+                if sys.byteorder == "big":                     # the file is little-endian
+                    flat.byteswap(inplace=True)
+                return
+            buf = np.empty(min(CHUNK, flat.size), "<u2")        # (chunk,) the raw 16-bit values
+            for lo in range(0, flat.size, CHUNK):
+                raw = buf[:min(CHUNK, flat.size - lo)]          # (m,)
+                self._read_exact(f, memoryview(raw.view(np.uint8)), name, 2 * lo)
+                dst = flat[lo:lo + raw.size]                    # (m,) float32 slice of out
+                if dtype == "F16":
+                    dst[...] = raw.view("<f2")                  # exact: every f16 is an f32
+                else:
+                    # bf16 holds the high 16 bits of an f32: widen to u32 and shift into place (exact)
+                    np.left_shift(raw, 16, out=dst.view(np.uint32), dtype=np.uint32)
+
+    def _read_exact(self, f, view: memoryview, name: str, done: int) -> None:
+        """Fill view from f; GPT2Error naming the tensor when the file ends first (done: bytes of
+        the tensor read before this call)."""
+        n = f.readinto(view)
+        if n != len(view):
+            total = self._entries[name][3] - self._entries[name][2]
+            raise GPT2Error(f"{self.path}: tensor {name!r} ends early (read {done + (n or 0)} of {total} bytes); "
                             "the file is truncated")
-        if out.dtype.byteorder == ">":                         # the file is little-endian
-            out.byteswap(inplace=True)
 
     def close(self) -> None:
-        """Drop this object's memory map (arrays already returned stay valid: copies are
-        independent, and views keep the mapping alive while they exist)."""
-        self._map = None
+        """Nothing to release: every read opens and closes the file (kept so callers may say when
+        they are done with a file)."""
 
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:

@@ -9,8 +9,9 @@ folder, or a Hugging Face Llama-family folder (model_type llama or qwen2), told 
     open_model("gpt2", quantize="int8")  # every matrix in Q8_0 int8 (pythia.quant.model); an int8
                                        # checkpoint is int8 whatever quantize says
 
-A Llama-family folder is read tensor by tensor into the model's flat buffer, so loading a BF16
-file never holds more than the fp32 model plus one tensor.
+A Llama-family folder is read tensor by tensor with file reads straight into the model's flat
+buffer (a BF16 or F16 file converted through one small buffer), so loading never holds more than
+the fp32 model plus a couple of megabytes.
 """
 from __future__ import annotations
 
@@ -141,20 +142,11 @@ def _with_template(m: LoadedModel, chat: dict | None, chat_format: str | None) -
 
 
 def _quantized_from_tensors(Model, config, weights):
-    """An int8 model read one tensor at a time; F32 tensors are read without mapping the file, so
-    neither the file's pages nor a float32 model stay resident (only one matrix at a time)."""
-    import numpy as np
-
+    """An int8 model read one tensor at a time without mapping the file, so neither the file's
+    pages nor a float32 model stay resident (only one float32 matrix at a time)."""
     from ..quant.model import quantize_tensors
-
-    def tensor(name: str) -> np.ndarray:
-        if weights.dtype(name) != "F32":
-            return weights.get(name)                        # F16 / BF16 widened to a new float32 array
-        out = np.empty(weights.shape(name), np.float32)
-        weights.read_into(name, out)
-        return out
     try:
-        return quantize_tensors(Model, config, tensor)
+        return quantize_tensors(Model, config, weights.get)  # name -> a new float32 array
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -171,7 +163,7 @@ def _llama_folder(path: Path, chat_format: str | None, quantize: str | None = No
         else:
             model = Llama(config, init=False)               # zeros; each tensor is copied in next
             for name, p in model.params.items():            # (out, in) as stored: no transposes
-                p[...] = folder.weights.get(name, copy=False)  # one tensor as float32 at a time
+                folder.weights.read_into(name, p)           # file reads into the model's own buffer
     finally:
         folder.weights.close()
     n = model.num_params()

@@ -244,6 +244,10 @@ class Llama:
     FAMILY = "llama"                     # the name checkpoints record (pythia.models.FAMILIES)
     HF_PREFIX = ""                       # the names are Hugging Face state-dict keys already
     adapter = None                       # a low-rank adapter's hook on the projections (pythia.lora)
+    # training's head + loss, computed this many vocabulary columns at a time so the (N, V) logits
+    # and their gradient never exist whole: "auto" (layers.vocab_chunk), a number, or None for the
+    # plain computation on whole logits (the reference; layers.head_loss_forward)
+    head_chunk: int | str | None = "auto"
 
     def lora_targets(self) -> dict[str, tuple[str, str]]:
         """The projections an adapter may train: name -> (group "attn" | "mlp", orientation); HF's
@@ -349,7 +353,8 @@ class Llama:
         idx = self.check_idx(idx)
         B, T = idx.shape
         attn: list | None = [] if attention else None
-        logits = self._forward(idx, keep=None, attn=attn).reshape(B, T, -1)
+        hf = self._trunk(idx, keep=None, attn=attn)              # (N, C)
+        logits = self._mm(self._head_name(), hf).reshape(B, T, -1)  # (N, C) @ (C, V) -> (B, T, V)
         return (logits, attn) if attention else logits
 
     def loss(self, idx: np.ndarray, targets: np.ndarray) -> float:
@@ -380,13 +385,20 @@ class Llama:
             raise ValueError("this model holds int8 (Q8_0) weights, which are for inference only; "
                              "train the float32 model and quantize it afterwards")
         acts: dict = {}
-        logits = self._forward(idx, keep=acts)                   # (N, V)
-        losses, acts["probs"] = layers.crossentropy_forward(logits, targets.reshape(-1))  # (N,), (N, V)
+        hf = self._trunk(idx, keep=acts)                         # (N, C)
         acts["targets"] = targets.reshape(-1)
+        acts["chunk"] = self._chunk(len(hf))
+        # (N,) losses and the (N,) logsumexps of the logits (or their (N, V) softmax, unchunked)
+        losses, acts["head_saved"] = layers.head_loss_forward(hf, self._head(), acts["targets"], acts["chunk"])
         return losses, acts
 
-    def _forward(self, idx: np.ndarray, keep: dict | None, attn: list | None = None) -> np.ndarray:
-        """Logits (N, V); with `keep` a dict, store what the backward needs in it."""
+    def _chunk(self, N: int) -> int | None:
+        """Vocabulary columns per chunk of the head + loss for N rows (None: whole logits)."""
+        return layers.vocab_chunk(N, self.config.vocab_size) if self.head_chunk == "auto" else self.head_chunk
+
+    def _trunk(self, idx: np.ndarray, keep: dict | None, attn: list | None = None) -> np.ndarray:
+        """The final-normed hidden states hf (N, C), which the head turns into logits; with `keep` a
+        dict, store what the backward needs in it."""
         cfg, P, PB = self.config, self.params, self._pblocks
         B, T = idx.shape
         N, H, Hkv, hs = B * T, cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -400,8 +412,12 @@ class Llama:
             h, a["rstd1"] = kernels.rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.norm_eps)  # (N, C)
             qkv = self._mm(p + "qkv", h)                         # (N, Dq + 2 Dkv)
             layers.adapter_forward(self.adapter, h, qkv, self._qkv_names[i])
-            q = kernels.rope_forward(qkv[:, :Dq].reshape(B, T, H, hs).transpose(0, 2, 1, 3), cos, sin)  # (B, H, T, hs)
-            k = kernels.rope_forward(qkv[:, Dq:Dq + Dkv].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3), cos, sin)
+            # rotate q and k, and write them back over their unrotated columns of qkv: the backward
+            # reads only rotated q, k and v, so one (N, Dq + 2 Dkv) array holds all it needs
+            q = qkv[:, :Dq].reshape(B, T, H, hs).transpose(0, 2, 1, 3)              # (B, H, T, hs) view
+            k = qkv[:, Dq:Dq + Dkv].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3)    # (B, Hkv, T, hs) view
+            q[...] = kernels.rope_forward(q, cos, sin)
+            k[...] = kernels.rope_forward(k, cos, sin)
             v = qkv[:, Dq + Dkv:].reshape(B, T, Hkv, hs).transpose(0, 2, 1, 3)  # (B, Hkv, T, hs) view
             y = np.empty((N, Dq), np.float32)                    # heads side by side
             probs = layers.attention_forward(y.reshape(B, T, H, hs).transpose(0, 2, 1, 3), q, k, v)
@@ -417,14 +433,16 @@ class Llama:
             layers.drop_frozen_inputs(self.adapter, a, {"h": self._qkv_names[i], "y": (p + "self_attn.o_proj.weight",),
                                                         "h2": (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
                                                         "m": (p + "mlp.down_proj.weight",)})
+            # m (N, F) is not kept: the backward recomputes it from gate and up (an elementwise
+            # pass, the same bits) where down_proj's gradient needs it, saving N F floats a layer
+            a["recompute_m"] = a.pop("m") is not None
             x = x + self._linear(m, p + "mlp.down_proj.weight")  # (N, C)
             if keep is not None:
                 acts.append(a)
         hf, rstd_f = kernels.rmsnorm_forward(x, P["model.norm.weight"], cfg.norm_eps)  # (N, C)
-        logits = self._mm(self._head_name(), hf)                 # (N, C) @ (C, V) -> (N, V)
         if keep is not None:
             keep.update(idx=idx, layers=acts, x_f=x, hf=hf, rstd_f=rstd_f)
-        return logits
+        return hf
 
     def backward_rows(self, a: dict, G: dict, n_total: int) -> None:
         """Gradient of sum(losses) / n_total of loss_rows' rows wrt every parameter, into the dict G."""
@@ -435,21 +453,21 @@ class Llama:
         Dq, Dkv = H * hs, Hkv * hs
         cos, sin = (t[:T] for t in self._rope(T))
         own = G is getattr(self, "_grads", None)                 # then the fused q/k/v gradient blocks are G's views
-        dlogits = layers.crossentropy_backward(a["probs"], a["targets"], n_total)  # (N, V)
-        # logits = hf W^T  =>  dW = dlogits^T hf, dhf = dlogits W
-        head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
+        # logits = hf W^T  =>  dW = dlogits^T hf, dhf = dlogits W (a chunk of vocabulary at a time);
         # a name absent from G is frozen (an adapter trains instead): its gradient is not computed
-        if head in G:
-            np.matmul(dlogits.T, a["hf"], out=G[head])           # (V, N) @ (N, C) -> (V, C)
+        head = self._head_name()
+        dhf = layers.head_loss_backward(G.get(head), a["hf"], self._head(), a["targets"], a["head_saved"],
+                                        n_total, a["chunk"])    # (N, C)
         if not cfg.tie_embeddings and "model.embed_tokens.weight" in G:
             G["model.embed_tokens.weight"][...] = 0              # only the embedding's scatter-add follows
-        dhf = dlogits @ self._head()                             # (N, V) @ (V, C) -> (N, C)
         dx, gw = kernels.rmsnorm_backward(dhf, a["x_f"], P["model.norm.weight"], a["rstd_f"])
         _put(G, "model.norm.weight", gw)
         for i in reversed(range(cfg.n_layer)):
             p, l = f"model.layers.{i}.", a["layers"][i]
             # MLP branch: x = x_mid + down(silu(gate(h2)) * up(h2)),  h2 = rmsnorm(x_mid)
-            dm = self._linear_back(G, dx, l["m"], p + "mlp.down_proj.weight")       # (N, F)
+            m = kernels.swiglu_forward(l["gate"], l["up"]) if l["recompute_m"] else None  # (N, F) as the forward's
+            dm = self._linear_back(G, dx, m, p + "mlp.down_proj.weight")            # (N, F)
+            del m
             dgate, dup = kernels.swiglu_backward(dm, l["gate"], l["up"])          # (N, F) each
             dh2 = self._linear_back(G, dgate, l["h2"], p + "mlp.gate_proj.weight")  # (N, C)
             dh2 += self._linear_back(G, dup, l["h2"], p + "mlp.up_proj.weight")

@@ -28,12 +28,18 @@ GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 
 
 @functools.cache
-def _categories() -> dict[str, list[int]]:
-    """General category (two letters) -> sorted code points, over all of Unicode (built once)."""
-    out: dict[str, list[int]] = {}
+def _categories() -> dict[str, list[tuple[int, int]]]:
+    """General category (two letters) -> its runs of consecutive code points [lo, hi], over all of
+    Unicode (built once). Runs, not code points: a few thousand pairs instead of 1.1 million ints
+    (a list of every code point would keep about 45 MB alive for the life of the process)."""
+    out: dict[str, list[tuple[int, int]]] = {}
     category = unicodedata.category
-    for cp in range(sys.maxunicode + 1):
-        out.setdefault(category(chr(cp)), []).append(cp)
+    lo, cat = 0, category(chr(0))
+    for cp in range(1, sys.maxunicode + 2):
+        c = category(chr(cp)) if cp <= sys.maxunicode else None
+        if c != cat:                                          # the run of cat ends at cp - 1
+            out.setdefault(cat, []).append((lo, cp - 1))
+            lo, cat = cp, c
     return out
 
 
@@ -42,12 +48,18 @@ def unicode_class(name: str) -> str:
     """Class body (no brackets) for \\p{name}: a one-letter major class (L, N, P...) or a category."""
     cats = _categories()
     if len(name) == 1:
-        points = sorted(cp for c, cps in cats.items() if c[0] == name for cp in cps)
+        runs = sorted(r for c, rs in cats.items() if c[0] == name for r in rs)
     elif name in cats:
-        points = cats[name]
+        runs = cats[name]
     else:
         raise GPT2Error(f"tokenizer.json: the regex uses \\p{{{name}}}, a Unicode class Pythia does not translate")
-    return _class_body(points)
+    merged: list[list[int]] = []                              # runs of different categories that touch join
+    for lo, hi in runs:
+        if merged and merged[-1][1] + 1 == lo:
+            merged[-1][1] = hi
+        else:
+            merged.append([lo, hi])
+    return "".join(f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in merged)
 
 
 _SPACE = _class_body(sorted(map(ord, _WHITESPACE)))
