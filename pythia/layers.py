@@ -11,6 +11,7 @@ H query heads, Hkv key/value heads (H % Hkv == 0; each kv head serves G = H // H
 GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
 
     linear_forward(x (N, Cin), w (Cin, Cout), b (Cout,) | None) -> (N, Cout)
+    linear_out_in(x (N, Cin), w (Cout, Cin), b (Cout,) | None) -> (N, Cout)   x w^T + b
     linear_backward(dw, db | None, dout (N, Cout), x, w) -> dx (N, Cin)
     embedding_forward(wte (V, C), idx (...)) -> (..., C)
     embedding_backward(dwte, dx (N, C), idx (N,)) -> None            adds into dwte
@@ -57,6 +58,18 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) ->
     if b is not None:
         out += b                                                 # (N, Cout) + (Cout,)
     return out
+
+
+MATVEC_MAX_ROWS = 4  # up to this many rows a product with an (out, in) weight streams it once (kernels.matvec)
+
+
+def linear_out_in(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x w^T + b for a weight stored (out, in), as Hugging Face stores projections. A few rows
+    (decoding) go to kernels.matvec, which reads w once in memory order; BLAS's sgemv on this
+    layout ran at half that speed. More rows are a matrix product, BLAS's."""
+    if len(x) <= MATVEC_MAX_ROWS:
+        return kernels.matvec(x, w, b)                           # (N, Cin) @ (Cin, Cout) -> (N, Cout)
+    return linear_forward(x, w.T, b)
 
 
 def linear_backward(dw: np.ndarray | None, db: np.ndarray | None, dout: np.ndarray, x: np.ndarray,
