@@ -2,9 +2,8 @@
 """Compiled Llama-family kernels behind `pythia.kernels.llama_compiled` (which validates first).
 
 RMSNorm, rotary embedding and the SwiGLU gate, forward and backward, each a `noexcept nogil`
-routine for one row or block, wrapped in a loop over rows; and for decoding, the product of a
-few rows with a weight stored (out, in), Hugging Face's layout, and the attention of one new
-token over a KV cache. The caller passes the thread count
+routine for one row or block, wrapped in a loop over rows; and the product of a few rows with a
+weight stored (out, in), Hugging Face's layout, that decoding multiplies by. The caller passes the thread count
 (`n_threads`, 1 for small work): nothing here times itself, so a result never depends on how
 busy the machine was. Arguments arrive as C-contiguous float32 arrays plus their sizes, checked
 in Python; `_in`/`_out` re-check dtype, contiguity and element count before handing out a
@@ -50,7 +49,7 @@ cdef extern from *:
     # EXP_LO = ln(2^-126) the result is 0. The same as `_exp_neg` in _kernels.pyx.
     const float LL_LOG2E, LL_LN2_HI, LL_LN2_LO, LL_ROUND, LL_EXP_LO, LL_P0, LL_P1, LL_P2, LL_P3, LL_P4, LL_P5
 
-API_VERSION = 3  # must equal pythia.kernels.llama_compiled.API_VERSION
+API_VERSION = 2  # must equal pythia.kernels.llama_compiled.API_VERSION
 cdef enum: BLOCK = 4096           # elements per parallel work item of the element-wise kernels
 
 
@@ -331,57 +330,3 @@ def matvec(cnp.ndarray x not None, cnp.ndarray w not None, object b, cnp.ndarray
         return
     for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
         _matvec_band(px, pw, pb, py, N, C, O, t * O // nt, (t + 1) * O // nt)
-
-
-# ----------------------------------------------------------------------------- attention of one new token
-# For query head h, served by key/value head g = h // (H / Hkv) (grouped-query attention reads
-# g's rows of the cache, never a repeated copy): p = softmax(scale q_h . k[g, t] over t < Tk),
-# y_h = sum_t p_t v[g, t]. One new token sees every cached key, so there is no mask.
-
-cdef inline void _attend_one(const float* q, const float* k, const float* v, float* p, float* y,
-                             Py_ssize_t Tk, Py_ssize_t hs, float scale) noexcept nogil:
-    cdef Py_ssize_t t, j
-    cdef float m, e, w, total = 0.0
-    for t in range(Tk):
-        p[t] = _dot3(q, k + t * hs, NULL, hs) * scale      # scaled score of key t
-    m = p[0]
-    for t in range(1, Tk):
-        if p[t] > m:
-            m = p[t]
-    for t in range(Tk):
-        e = _exp_neg(p[t] - m)                             # <= 1: the largest score gives 1
-        p[t] = e
-        total = total + e
-    w = <float>1.0 / total
-    for t in range(Tk):
-        p[t] = p[t] * w                                    # the probabilities
-    for j in range(hs):
-        y[j] = 0.0
-    for t in range(Tk):
-        e = p[t]
-        for j in range(hs):
-            y[j] = y[j] + e * v[t * hs + j]
-
-
-def attention_decode(cnp.ndarray q not None, cnp.ndarray k not None, cnp.ndarray v not None,
-                     cnp.ndarray p not None, cnp.ndarray y not None, Py_ssize_t H, Py_ssize_t Hkv,
-                     Py_ssize_t Tk, Py_ssize_t Tmax, Py_ssize_t hs, float scale, int n_threads):
-    # q, y (H, hs); k, v (Hkv, Tmax, hs), of which positions < Tk are read; p (H, Tk) scratch
-    cdef const float* pq = _in(q, H * hs)
-    cdef const float* pk = _in(k, Hkv * Tmax * hs)
-    cdef const float* pv = _in(v, Hkv * Tmax * hs)
-    cdef float* pp = _out(p, H * Tk)
-    cdef float* py = _out(y, H * hs)
-    cdef Py_ssize_t h, G
-    if Hkv < 1 or H % Hkv or not 1 <= Tk <= Tmax:
-        raise ValueError("attention_decode needs H a multiple of Hkv and 1 <= Tk <= Tmax")
-    G = H // Hkv
-    if n_threads <= 1:
-        with nogil:
-            for h in range(H):
-                _attend_one(pq + h * hs, pk + (h // G) * Tmax * hs, pv + (h // G) * Tmax * hs, pp + h * Tk,
-                            py + h * hs, Tk, hs, scale)
-        return
-    for h in prange(H, nogil=True, schedule="static", num_threads=n_threads):
-        _attend_one(pq + h * hs, pk + (h // G) * Tmax * hs, pv + (h // G) * Tmax * hs, pp + h * Tk,
-                    py + h * hs, Tk, hs, scale)

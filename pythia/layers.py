@@ -271,8 +271,6 @@ def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndar
     Tk = pos + Tn
     k_cache[:, pos:Tk] = k                                       # (Hkv, Tn, hs)
     v_cache[:, pos:Tk] = v
-    if Tn == 1 and k_cache.dtype == np.float32:                  # decoding: one kernel call, no mask needed
-        return kernels.attention_decode(q.reshape(H, hs), k_cache, v_cache, Tk, scale).reshape(H, 1, hs)
     qg = q.reshape(Hkv, (H // Hkv) * Tn, hs)                     # (Hkv, G Tn, hs)
     scores = qg @ k_cache[:, :Tk].swapaxes(-1, -2)               # (Hkv, G Tn, hs) @ (Hkv, hs, Tk) -> (Hkv, G Tn, Tk)
     p = kernels.attention_softmax_forward(scores.reshape(H, Tn, Tk), scale)  # (H, Tn, Tk)

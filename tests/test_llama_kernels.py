@@ -1,5 +1,4 @@
-"""The Llama-family kernels (RMSNorm, rotary embedding, SwiGLU, x W^T for a few rows, one token's
-attention over a KV cache): NumPy twins against the math
+"""The Llama-family kernels (RMSNorm, rotary embedding, SwiGLU, x W^T for a few rows): NumPy twins against the math
 (finite differences in float64, rotation invariants, HF's formulas written out), the compiled
 kernels against the twins, and bad input refused the same way by both backends.
 
@@ -21,9 +20,6 @@ HEAD_SHAPES = [(1, 2), (3, 8), (2, 5, 16), (2, 4, 7, 64), (1, 9, 64, 64)]
 # matvec (N, C, O): one row and one output, C below, at and past the 16 lanes of a sum, O odd,
 # and weights of at least 32768 elements so that the rows of w are split over threads
 MATVEC_SHAPES = [(1, 1, 1), (1, 7, 3), (2, 16, 5), (1, 33, 9), (3, 576, 960), (4, 1536, 577), (1, 64, 4099)]
-# attention_decode (H, Hkv, Tk, Tmax, hs): one key, GQA groups of 1, 3 and 4, a full cache, and
-# 2 H Tk hs >= 32768 so that the heads are split over threads
-DECODE_SHAPES = [(1, 1, 1, 4, 2), (4, 4, 5, 9, 8), (9, 3, 65, 128, 64), (8, 2, 40, 40, 16), (9, 3, 300, 512, 64)]
 
 
 @pytest.fixture(scope="module")
@@ -176,45 +172,6 @@ def test_compiled_matvec_is_the_same_on_one_and_two_threads(compiled):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-def test_attention_decode_twin_is_the_grouped_query_formula():
-    r = rng("decode-twin")
-    H, Hkv, Tk, hs = 6, 2, 5, 4
-    q, k, v = r.normal(size=(H, hs)), r.normal(size=(Hkv, 7, hs)), r.normal(size=(Hkv, 7, hs))
-    y = ref.attention_decode(f32(q), f32(k), f32(v), Tk, 0.5)
-    for h in range(H):
-        g = h // (H // Hkv)                                      # the key/value head of query head h
-        s = np.array([0.5 * q[h] @ k[g, t] for t in range(Tk)])
-        p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
-        np.testing.assert_allclose(y[h], p @ v[g, :Tk], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("shape", DECODE_SHAPES)
-def test_compiled_attention_decode_matches_twin_and_ignores_positions_past_length(compiled, shape):
-    H, Hkv, Tk, Tmax, hs = shape
-    r = rng("decode", shape)
-    q, k, v = f32(r.normal(size=(H, hs)) * 2), f32(r.normal(size=(Hkv, Tmax, hs))), f32(r.normal(size=(Hkv, Tmax, hs)))
-    k[:, Tk:], v[:, Tk:] = np.nan, np.nan                        # unfilled positions must not be read
-    y = compiled.attention_decode(q, k, v, Tk, hs ** -0.5)
-    close(y, ref.attention_decode(q, k, v, Tk, hs ** -0.5), FWD_RTOL, "y")
-
-
-def test_attention_step_of_one_token_equals_its_multi_token_path():
-    """layers.attention_step sends one new token to attention_decode; the same token as the last
-    of a two-token step goes through the masked softmax and matrix products instead."""
-    from pythia import layers
-    r = rng("step")
-    H, Hkv, hs, Tmax = 6, 2, 8, 16
-    q, k, v = f32(r.normal(size=(H, 2, hs))), f32(r.normal(size=(Hkv, 2, hs))), f32(r.normal(size=(Hkv, 2, hs)))
-    caches = [np.zeros((Hkv, Tmax, hs), np.float32) for _ in range(4)]
-    caches[0][:, :3] = caches[2][:, :3] = f32(r.normal(size=(Hkv, 3, hs)))
-    caches[1][:, :3] = caches[3][:, :3] = f32(r.normal(size=(Hkv, 3, hs)))
-    both = layers.attention_step(q, k, v, caches[0], caches[1], 3)             # (H, 2, hs)
-    layers.attention_step(q[:, :1], k[:, :1], v[:, :1], caches[2], caches[3], 3)
-    one = layers.attention_step(q[:, 1:], k[:, 1:], v[:, 1:], caches[2], caches[3], 4)  # (H, 1, hs)
-    close(one, both[:, 1:], FWD_RTOL, "y")
-    np.testing.assert_array_equal(caches[2], caches[0])
-
-
 # ----------------------------------------------------------------------------- large magnitudes
 
 def test_large_magnitudes_stay_finite(compiled):
@@ -291,17 +248,6 @@ def test_bad_dtype_shape_and_0d_input_are_refused_naming_the_argument(impls):
             k.matvec(x, np.ones((3, 8)))
         with pytest.raises(ValueError, match="bias must have shape \\(3,\\)"):
             k.matvec(x, np.ones((3, 8), np.float32), np.ones(4, np.float32))
-        cache = np.ones((2, 5, 8), np.float32)
-        with pytest.raises(ValueError, match="H a multiple of Hkv"):
-            k.attention_decode(np.ones((3, 8), np.float32), cache, cache, 2, 1.0)
-        with pytest.raises(ValueError, match="v_cache has shape"):
-            k.attention_decode(x, cache, cache[:, :4], 2, 1.0)
-        with pytest.raises(ValueError, match="length must be a whole number from 1 to the cache's 5"):
-            k.attention_decode(x, cache, cache, 6, 1.0)
-        with pytest.raises(ValueError, match="length must be"):
-            k.attention_decode(x, cache, cache, 0, 1.0)
-        with pytest.raises(ValueError, match="scale must be a positive"):
-            k.attention_decode(x, cache, cache, 2, -1.0)
 
 
 def test_non_contiguous_input_gives_the_same_answer(impls):

@@ -61,17 +61,3 @@ def matvec_inputs(x, w, bias):
         if bias.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},) (the rows of w), got {bias.shape}")
     return x, w, bias
-
-
-def attention_decode_inputs(q, k_cache, v_cache, length):
-    """q (H, hs), caches (Hkv, Tmax, hs) with H a multiple of Hkv, and 1 <= length <= Tmax."""
-    q = float32_array("q", q, min_ndim=2)
-    k_cache = float32_array("k_cache", k_cache, min_ndim=3)
-    v_cache = float32_array("v_cache", v_cache, min_ndim=3)
-    same_shape("v_cache", v_cache, "k_cache", k_cache)
-    if q.ndim != 2 or k_cache.ndim != 3 or q.shape[1] != k_cache.shape[2] or q.shape[0] % k_cache.shape[0]:
-        raise ValueError(f"attention_decode needs q (H, hs) and caches (Hkv, Tmax, hs) with H a multiple of "
-                         f"Hkv; got q {q.shape} and caches {k_cache.shape}")
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 1 <= length <= k_cache.shape[1]:
-        raise ValueError(f"length must be a whole number from 1 to the cache's {k_cache.shape[1]} positions, got {length!r}")
-    return q, k_cache, v_cache

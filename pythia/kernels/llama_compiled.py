@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _check, _check_llama, compiled
 
-API_VERSION = 3  # bump together with API_VERSION in kernels/_llama.pyx
+API_VERSION = 2  # bump together with API_VERSION in kernels/_llama.pyx
 PARALLEL_MIN = 32768  # elements from which a loop is split over the threads (as in _kernels.pyx)
 _ext = None
 
@@ -88,15 +88,4 @@ def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
     O = w.shape[0]
     y = np.empty((N, O), np.float32)
     _ext.matvec(x, w, bias, y, N, C, O, _threads(O * C))
-    return y
-
-
-def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, length: int, scale: float) -> np.ndarray:
-    q, k_cache, v_cache = _check_llama.attention_decode_inputs(q, k_cache, v_cache, length)
-    scale = _check.positive_scalar("scale", scale)
-    H, hs = q.shape
-    Hkv, Tmax = k_cache.shape[:2]
-    y = np.empty((H, hs), np.float32)
-    p = np.empty((H, length), np.float32)                     # the probabilities (scratch)
-    _ext.attention_decode(q, k_cache, v_cache, p, y, H, Hkv, length, Tmax, hs, scale, _threads(2 * H * length * hs))
     return y

@@ -8,7 +8,6 @@
     swiglu_backward(dy, gate, up)          -> (dgate, dup)
     rope_tables(positions, head_dim, theta) -> (cos, sin)    # the (T, hs) tables rope_* take
     matvec(x, w, bias=None)                -> x w^T + bias   # x (N, C), w (O, C) as HF stores it
-    attention_decode(q, k_cache, v_cache, length, scale) -> y  # one new token, q (H, hs), caches (Hkv, Tmax, hs)
 
 As in `reference.py`, each public function validates (`_check`) and calls a private twin that
 keeps the input dtype (float64 in the finite-difference tests). RMSNorm follows Zhang &
@@ -142,23 +141,6 @@ def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
     if bias is not None:
         y += bias
     return _f32(y)
-
-
-# ----------------------------------------------------------------------------- attention of one new token
-
-def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, length: int, scale: float) -> np.ndarray:
-    """y (H, hs): each query head's softmax(scale q k^T) v over the first `length` positions of
-    the caches (Hkv, Tmax, hs); head h uses key/value head h // (H / Hkv). One new token sees
-    every cached key, so nothing is masked."""
-    q, k_cache, v_cache = _check_llama.attention_decode_inputs(q, k_cache, v_cache, length)
-    scale = _check.positive_scalar("scale", scale)
-    H, hs = q.shape
-    Hkv = k_cache.shape[0]
-    qg = q.reshape(Hkv, H // Hkv, hs)                          # (Hkv, G, hs) the query heads of each kv head
-    s = qg @ k_cache[:, :length].swapaxes(-1, -2) * np.float32(scale)  # (Hkv, G, hs) @ (Hkv, hs, Tk) -> (Hkv, G, Tk)
-    e = np.exp(s - s.max(axis=-1, keepdims=True))              # (Hkv, G, Tk)
-    p = e / e.sum(axis=-1, keepdims=True)
-    return _f32((p @ v_cache[:, :length]).reshape(H, hs))      # (Hkv, G, Tk) @ (Hkv, Tk, hs) -> (H, hs)
 
 
 def _f32(a) -> np.ndarray:
