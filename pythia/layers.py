@@ -263,7 +263,9 @@ def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndar
     """Attention for Tn new tokens at positions pos.. of one sequence; appends their k, v to the caches.
 
     q (H, Tn, hs); k, v (Hkv, Tn, hs); caches (Hkv, Tmax, hs). Returns y (H, Tn, hs). Query i sits
-    at pos + i and sees keys 0..pos+i: the causal kernel's rule for Tq = Tn, Tk = pos + Tn.
+    at pos + i and sees keys 0..pos+i: the causal kernel's rule for Tq = Tn, Tk = pos + Tn. A
+    prompt fed at pos 0 is attention_forward's case (its query blocks skip a quarter of the
+    products from SPLIT_MIN_T positions on).
     """
     H, Tn, hs = q.shape
     Hkv = k.shape[0]
@@ -271,6 +273,10 @@ def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndar
     Tk = pos + Tn
     k_cache[:, pos:Tk] = k                                       # (Hkv, Tn, hs)
     v_cache[:, pos:Tk] = v
+    if pos == 0 and Tn > 1:                                      # a whole prompt: its own causal attention,
+        y = np.empty((1, H, Tn, hs), q.dtype)                    # which skips the keys a query block never sees
+        attention_forward(y, q[None], k[None], v[None], scale)
+        return y[0]                                              # (H, Tn, hs)
     qg = q.reshape(Hkv, (H // Hkv) * Tn, hs)                     # (Hkv, G Tn, hs)
     scores = qg @ k_cache[:, :Tk].swapaxes(-1, -2)               # (Hkv, G Tn, hs) @ (Hkv, hs, Tk) -> (Hkv, G Tn, Tk)
     p = kernels.attention_softmax_forward(scores.reshape(H, Tn, Tk), scale)  # (H, Tn, Tk)
