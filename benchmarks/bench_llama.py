@@ -188,7 +188,8 @@ def main() -> None:
     model = pythia_model(shape)
     hf = torch_model(model)
     weight_bytes = model.params_memory.nbytes
-    print(f"shape: {json.dumps(shape)}\nweights: {weight_bytes / 1e6:,.0f} MB fp32; threads {THREADS}")
+    print(f"shape: {json.dumps(shape)}\nweights: {weight_bytes / 1e6:,.0f} MB fp32; threads {THREADS}; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     rng = np.random.default_rng(1)
     prompt64 = rng.integers(0, shape["vocab_size"], 64).tolist()
@@ -233,6 +234,7 @@ def main() -> None:
         write_bf16_folder(model, folder)
         rss = child(CHAT_CHILD, str(folder))["rss"]
     print(f"\nopen a BF16 folder + decode 32 tokens: peak RSS {rss / 1e9:.2f} GB = {rss / weight_bytes:.2f}x the fp32 weights")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (1 minute)")
 
 
 if __name__ == "__main__":
