@@ -2,6 +2,7 @@
 
     python benchmarks/bench_llama.py            # needs torch and transformers for their columns
     python benchmarks/bench_llama.py --quick    # a smaller shape, for a smoke run
+    python benchmarks/bench_llama.py --inference-only   # decode and prefill, no training or RSS children
 
 Shape: hidden 576, 30 layers, 9 query heads / 3 key-value heads (head 64), MLP 1536, vocabulary
 49152, tied embedding, context 8192; random weights (speed does not depend on them), the same
@@ -183,6 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 4-layer shape with an 8192 vocabulary")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--inference-only", action="store_true", help="only decode, prefill and the bandwidth limit")
     args = ap.parse_args()
     shape = QUICK if args.quick else SMOLLM2_135M
     model = pythia_model(shape)
@@ -215,6 +217,9 @@ def main() -> None:
     if "torch" in per:
         print(f"  ratio    {statistics.median(per['pythia']) / statistics.median(per['torch']):.2f}x")
 
+    if args.inference_only:
+        print(f"load average at the end {os.getloadavg()[0]:.1f} (1 minute)")
+        return
     impls = ["pythia"] + (["torch"] if hf is not None else [])
     del hf
     steps: dict[str, list[dict]] = {k: [] for k in impls}
