@@ -80,8 +80,8 @@ def _select_default() -> None:
 
 
 # ----------------------------------------------------------------------------- Llama-family kernels
-# RMSNorm, rotary embedding, SwiGLU and x W^T for a few rows follow the backend chosen above; their extension
-# (pythia._llama_kernels) is found as the main one is. When the main backend is compiled but this
+# RMSNorm, rotary embedding, SwiGLU and x W^T for a few rows follow the backend chosen above;
+# their extension (pythia._llama_kernels) is found as the main one is. When the main backend is compiled but this
 # extension is not built or is stale, these names use their NumPy twins and LLAMA_FALLBACK_REASON
 # says why and how to build.
 from . import reference_llama  # noqa: E402
