@@ -2,13 +2,15 @@
 
     python benchmarks/bench_llama.py            # needs torch and transformers for their columns
     python benchmarks/bench_llama.py --quick    # a smaller shape, for a smoke run
+    python benchmarks/bench_llama.py --inference-only   # decode and prefill, no training or RSS children
 
 Shape: hidden 576, 30 layers, 9 query heads / 3 key-value heads (head 64), MLP 1536, vocabulary
 49152, tied embedding, context 8192; random weights (speed does not depend on them), the same
 weights in both. Both run on 2 threads (torch.set_num_threads(2); Pythia's thread rule).
 
-    decode     greedy tokens/s after a 64-token prompt: (time of 65 new tokens - time of 1) / 64,
-               through Pythia's model.generate and transformers' model.generate
+    decode     greedy tokens/s after a 64-token prompt: 64 / (time of 65 new tokens - time of the
+               first), both clocked inside one model.generate call (Pythia's yields each token,
+               transformers' hands each to a streamer), so the prompt's pass is not timed twice
     prefill    prompt tokens/s of a 256-token prompt (the time to the first new token)
     step       one fine-tuning step at batch 4 x 256: loss, backward, AdamW (Pythia: the batch
                split across the cores as `train` does; torch: loss.backward() + torch.optim.AdamW)
@@ -68,15 +70,36 @@ def timed(fn) -> float:
 
 
 def decode_runners(model, hf, prompt: list[int]):
-    """name -> fn(n) generating n tokens greedily after prompt."""
-    runs = {"pythia": lambda n: list(model.generate(prompt, n, temperature=0))}
+    """name -> fn(n) generating n tokens greedily after prompt; returns the seconds to the first
+    new token and to the last."""
+    def run_pythia(n):
+        t0 = time.perf_counter()
+        first = None
+        for _ in model.generate(prompt, n, temperature=0):
+            first = time.perf_counter() - t0 if first is None else first
+        return first, time.perf_counter() - t0
+    runs = {"pythia": run_pythia}
     if hf is not None:
         import torch
         ids = torch.tensor([prompt])
 
+        class Clock:                     # transformers calls put() with the prompt, then each new token
+            def __init__(self):
+                self.t0, self.calls, self.first = time.perf_counter(), 0, None
+
+            def put(self, _):
+                self.calls += 1
+                if self.calls == 2:
+                    self.first = time.perf_counter() - self.t0
+
+            def end(self):
+                pass
+
         def run_hf(n):
+            clock = Clock()
             with torch.no_grad():
-                return hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+                hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, streamer=clock)
+            return clock.first, time.perf_counter() - clock.t0
         runs["torch"] = run_hf
     return runs
 
@@ -183,19 +206,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 4-layer shape with an 8192 vocabulary")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--inference-only", action="store_true", help="only decode, prefill and the bandwidth limit")
     args = ap.parse_args()
     shape = QUICK if args.quick else SMOLLM2_135M
     model = pythia_model(shape)
     hf = torch_model(model)
     weight_bytes = model.params_memory.nbytes
-    print(f"shape: {json.dumps(shape)}\nweights: {weight_bytes / 1e6:,.0f} MB fp32; threads {THREADS}")
+    print(f"shape: {json.dumps(shape)}\nweights: {weight_bytes / 1e6:,.0f} MB fp32; threads {THREADS}; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     rng = np.random.default_rng(1)
     prompt64 = rng.integers(0, shape["vocab_size"], 64).tolist()
     runs = decode_runners(model, hf, prompt64)
     for fn in runs.values():
         fn(2)                                                     # warm up
-    per = interleaved(runs, lambda fn: 64 / (timed(lambda: fn(65)) - timed(lambda: fn(1))), args.rounds)
+    per = interleaved(runs, lambda fn: (lambda first, total: 64 / (total - first))(*fn(65)), args.rounds)
     print("\ndecode tok/s, 64-token prompt (median (min-max) of", args.rounds, "interleaved rounds)")
     for name, v in per.items():
         print(f"  {name:8s} {summary(v)}")
@@ -207,13 +232,16 @@ def main() -> None:
 
     prompt256 = rng.integers(0, shape["vocab_size"], 256).tolist()
     runs = decode_runners(model, hf, prompt256)
-    per = interleaved(runs, lambda fn: 256 / timed(lambda: fn(1)), max(3, args.rounds // 2))
+    per = interleaved(runs, lambda fn: 256 / fn(1)[0], max(3, args.rounds // 2))
     print("\nprefill tok/s, 256-token prompt")
     for name, v in per.items():
         print(f"  {name:8s} {summary(v)}")
     if "torch" in per:
         print(f"  ratio    {statistics.median(per['pythia']) / statistics.median(per['torch']):.2f}x")
 
+    if args.inference_only:
+        print(f"load average at the end {os.getloadavg()[0]:.1f} (1 minute)")
+        return
     impls = ["pythia"] + (["torch"] if hf is not None else [])
     del hf
     steps: dict[str, list[dict]] = {k: [] for k in impls}
@@ -233,6 +261,7 @@ def main() -> None:
         write_bf16_folder(model, folder)
         rss = child(CHAT_CHILD, str(folder))["rss"]
     print(f"\nopen a BF16 folder + decode 32 tokens: peak RSS {rss / 1e9:.2f} GB = {rss / weight_bytes:.2f}x the fp32 weights")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (1 minute)")
 
 
 if __name__ == "__main__":

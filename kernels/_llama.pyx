@@ -2,12 +2,14 @@
 """Compiled Llama-family kernels behind `pythia.kernels.llama_compiled` (which validates first).
 
 RMSNorm, rotary embedding and the SwiGLU gate, forward and backward, each a `noexcept nogil`
-routine for one row or block, wrapped in a loop over rows. The caller passes the thread count
+routine for one row or block, wrapped in a loop over rows; and the product of a few rows with a
+weight stored (out, in), Hugging Face's layout, that decoding multiplies by. The caller passes the thread count
 (`n_threads`, 1 for small work): nothing here times itself, so a result never depends on how
 busy the machine was. Arguments arrive as C-contiguous float32 arrays plus their sizes, checked
 in Python; `_in`/`_out` re-check dtype, contiguity and element count before handing out a
 pointer. Outputs are fresh arrays, so no output overlaps an input.
-N rows, C row length, T positions, hs head size (even; h = hs / 2 its half), n elements.
+N rows, C row length, T positions, hs head size (even; h = hs / 2 its half), n elements, O a
+weight's rows (its outputs).
 """
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -47,7 +49,7 @@ cdef extern from *:
     # EXP_LO = ln(2^-126) the result is 0. The same as `_exp_neg` in _kernels.pyx.
     const float LL_LOG2E, LL_LN2_HI, LL_LN2_LO, LL_ROUND, LL_EXP_LO, LL_P0, LL_P1, LL_P2, LL_P3, LL_P4, LL_P5
 
-API_VERSION = 1  # must equal pythia.kernels.llama_compiled.API_VERSION
+API_VERSION = 2  # must equal pythia.kernels.llama_compiled.API_VERSION
 cdef enum: BLOCK = 4096           # elements per parallel work item of the element-wise kernels
 
 
@@ -291,3 +293,40 @@ def swiglu_backward(cnp.ndarray dy not None, cnp.ndarray g not None, cnp.ndarray
     for b in prange(nb, nogil=True, schedule="static", num_threads=n_threads):
         lo = b * BLOCK
         _swiglu_grad_block(pdy + lo, pg + lo, pu + lo, pdg + lo, pdu + lo, min(<Py_ssize_t>BLOCK, n - lo))
+
+
+# ----------------------------------------------------------------------------- x W^T for a few rows
+# y[n, o] = sum_c x[n, c] w[o, c] (+ b[o]). Decoding multiplies one row by each weight, so the
+# product is bound by reading w: each row of w is read once, in memory order (one sequential
+# stream, which the hardware prefetcher follows), and dotted with every row of x (a few rows,
+# held in L1). BLAS's sgemv on this layout walks four rows side by side, four short streams,
+# and was measured at about half the speed. A thread takes a contiguous band of w's rows, so
+# every y[n, o] is the same sum whatever the thread count.
+
+cdef inline void _matvec_band(const float* x, const float* w, const float* b, float* y, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t O, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t o, n
+    cdef float bias = 0.0
+    for o in range(lo, hi):
+        if b != NULL:
+            bias = b[o]
+        for n in range(N):
+            y[n * O + o] = _dot3(w + o * C, x + n * C, NULL, C) + bias
+
+
+def matvec(cnp.ndarray x not None, cnp.ndarray w not None, object b, cnp.ndarray y not None,
+           Py_ssize_t N, Py_ssize_t C, Py_ssize_t O, int n_threads):
+    cdef const float* px = _in(x, N * C)
+    cdef const float* pw = _in(w, O * C)
+    cdef const float* pb = NULL if b is None else _in(<cnp.ndarray?>b, O)
+    cdef float* py = _out(y, N * O)
+    cdef Py_ssize_t t
+    cdef int nt = n_threads if n_threads > 1 else 1
+    if nt > O:
+        nt = <int>O
+    if nt == 1:
+        with nogil:
+            _matvec_band(px, pw, pb, py, N, C, O, 0, O)
+        return
+    for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
+        _matvec_band(px, pw, pb, py, N, C, O, t * O // nt, (t + 1) * O // nt)

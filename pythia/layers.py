@@ -11,6 +11,7 @@ H query heads, Hkv key/value heads (H % Hkv == 0; each kv head serves G = H // H
 GPT-2 is Hkv == H), hs head size, Tn new tokens of a cached step, Tk keys seen.
 
     linear_forward(x (N, Cin), w (Cin, Cout), b (Cout,) | None) -> (N, Cout)
+    linear_out_in(x (N, Cin), w (Cout, Cin), b (Cout,) | None) -> (N, Cout)   x w^T + b
     linear_backward(dw, db | None, dout (N, Cout), x, w) -> dx (N, Cin)
     embedding_forward(wte (V, C), idx (...)) -> (..., C)
     embedding_backward(dwte, dx (N, C), idx (N,)) -> None            adds into dwte
@@ -62,6 +63,18 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) ->
     if b is not None:
         out += b                                                 # (N, Cout) + (Cout,)
     return out
+
+
+MATVEC_MAX_ROWS = 4  # up to this many rows a product with an (out, in) weight streams it once (kernels.matvec)
+
+
+def linear_out_in(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x w^T + b for a weight stored (out, in), as Hugging Face stores projections. A few rows
+    (decoding) go to kernels.matvec, which reads w once in memory order; BLAS's sgemv on this
+    layout ran at half that speed. More rows are a matrix product, BLAS's."""
+    if len(x) <= MATVEC_MAX_ROWS:
+        return kernels.matvec(x, w, b)                           # (N, Cin) @ (Cin, Cout) -> (N, Cout)
+    return linear_forward(x, w.T, b)
 
 
 def linear_backward(dw: np.ndarray | None, db: np.ndarray | None, dout: np.ndarray, x: np.ndarray,
@@ -255,7 +268,9 @@ def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndar
     """Attention for Tn new tokens at positions pos.. of one sequence; appends their k, v to the caches.
 
     q (H, Tn, hs); k, v (Hkv, Tn, hs); caches (Hkv, Tmax, hs). Returns y (H, Tn, hs). Query i sits
-    at pos + i and sees keys 0..pos+i: the causal kernel's rule for Tq = Tn, Tk = pos + Tn.
+    at pos + i and sees keys 0..pos+i: the causal kernel's rule for Tq = Tn, Tk = pos + Tn. A
+    prompt fed at pos 0 is attention_forward's case (its query blocks skip a quarter of the
+    products from SPLIT_MIN_T positions on).
     """
     H, Tn, hs = q.shape
     Hkv = k.shape[0]
@@ -263,6 +278,10 @@ def attention_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndar
     Tk = pos + Tn
     k_cache[:, pos:Tk] = k                                       # (Hkv, Tn, hs)
     v_cache[:, pos:Tk] = v
+    if pos == 0 and Tn > 1:                                      # a whole prompt: its own causal attention,
+        y = np.empty((1, H, Tn, hs), q.dtype)                    # which skips the keys a query block never sees
+        attention_forward(y, q[None], k[None], v[None], scale)
+        return y[0]                                              # (H, Tn, hs)
     qg = q.reshape(Hkv, (H // Hkv) * Tn, hs)                     # (Hkv, G Tn, hs)
     scores = qg @ k_cache[:, :Tk].swapaxes(-1, -2)               # (Hkv, G Tn, hs) @ (Hkv, hs, Tk) -> (Hkv, G Tn, Tk)
     p = kernels.attention_softmax_forward(scores.reshape(H, Tn, Tk), scale)  # (H, Tn, Tk)

@@ -102,6 +102,21 @@ def test_cached_steps_give_the_full_pass_rows(f64, H, Hkv):
         np.testing.assert_allclose(y, full[:, t:t + 1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("H, Hkv", [(4, 4), (6, 2)])
+def test_a_long_prompt_then_a_chunk_give_the_full_pass_rows(f64, H, Hkv):
+    """A prompt of at least SPLIT_MIN_T positions at pos 0 (attention_forward's query blocks), then
+    a chunk of several tokens at pos > 0 (the masked step against the cache)."""
+    T0 = layers.SPLIT_MIN_T + 3
+    q, k, v = qkv(1, H, Hkv, T0 + 5, 4, seed=6)
+    full = naive_attention(q, k, v)[0]                         # (H, T, hs)
+    kc, vc = np.zeros((Hkv, T0 + 8, 4)), np.zeros((Hkv, T0 + 8, 4))
+    first = layers.attention_step(q[0, :, :T0], k[0, :, :T0], v[0, :, :T0], kc, vc, 0)
+    np.testing.assert_allclose(first, full[:, :T0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(kc[:, :T0], k[0, :, :T0])   # the prompt's keys are cached too
+    rest = layers.attention_step(q[0, :, T0:], k[0, :, T0:], v[0, :, T0:], kc, vc, T0)
+    np.testing.assert_allclose(rest, full[:, T0:], rtol=1e-10, atol=1e-12)
+
+
 def test_mismatched_heads_are_a_value_error():
     q, k, v = qkv(1, 3, 2, 4, 2)
     with pytest.raises(ValueError, match="multiple of Hkv"):

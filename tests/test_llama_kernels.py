@@ -1,4 +1,4 @@
-"""The Llama-family kernels (RMSNorm, rotary embedding, SwiGLU): NumPy twins against the math
+"""The Llama-family kernels (RMSNorm, rotary embedding, SwiGLU, x W^T for a few rows): NumPy twins against the math
 (finite differences in float64, rotation invariants, HF's formulas written out), the compiled
 kernels against the twins, and bad input refused the same way by both backends.
 
@@ -17,6 +17,9 @@ from pythia.kernels import reference_llama as ref
 # sizes of at least 32768 elements so that the compiled loops run on several threads
 ROW_SHAPES = [(1,), (7,), (3, 1), (5, 33), (2, 3, 576), (4, 1536), (64, 576)]
 HEAD_SHAPES = [(1, 2), (3, 8), (2, 5, 16), (2, 4, 7, 64), (1, 9, 64, 64)]
+# matvec (N, C, O): one row and one output, C below, at and past the 16 lanes of a sum, O odd,
+# and weights of at least 32768 elements so that the rows of w are split over threads
+MATVEC_SHAPES = [(1, 1, 1), (1, 7, 3), (2, 16, 5), (1, 33, 9), (3, 576, 960), (4, 1536, 577), (1, 64, 4099)]
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +142,36 @@ def test_compiled_rmsnorm_forward_is_the_same_on_one_and_two_threads(compiled):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+def test_matvec_twin_is_the_float64_product():
+    r = rng("matvec-twin")
+    x, w, b = f32(r.normal(size=(3, 40))), f32(r.normal(size=(11, 40))), f32(r.normal(size=11))
+    xd, wd = x.astype(np.float64), w.astype(np.float64)
+    expected = np.array([[sum(xd[n, c] * wd[o, c] for c in range(40)) + b[o] for o in range(11)] for n in range(3)])
+    np.testing.assert_allclose(ref.matvec(x, w, b), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref.matvec(x, w), expected - b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", MATVEC_SHAPES)
+def test_compiled_matvec_matches_twin(compiled, shape):
+    N, C, O = shape
+    r = rng("matvec", shape)
+    x, w, b = f32(r.normal(size=(N, C))), f32(r.normal(size=(O, C))), f32(r.normal(size=O))
+    # each output sums C products of unit-variance terms: its size is sqrt(C), the scale of the error
+    close(compiled.matvec(x, w), ref.matvec(x, w), FWD_RTOL, "y", scale=np.sqrt(C))
+    close(compiled.matvec(x, w, b), ref.matvec(x, w, b), FWD_RTOL, "y + bias", scale=np.sqrt(C))
+
+
+def test_compiled_matvec_is_the_same_on_one_and_two_threads(compiled):
+    r = rng("matvec-thr")
+    x, w, b = f32(r.normal(size=(2, 576))), f32(r.normal(size=(1001, 576))), f32(r.normal(size=1001))
+    outs = []
+    for n in (1, 2):
+        y = np.empty((2, 1001), np.float32)
+        compiled._ext.matvec(x, w, b, y, 2, 576, 1001, n)
+        outs.append(y)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 # ----------------------------------------------------------------------------- large magnitudes
 
 def test_large_magnitudes_stay_finite(compiled):
@@ -205,6 +238,16 @@ def test_bad_dtype_shape_and_0d_input_are_refused_naming_the_argument(impls):
             k.swiglu_backward(x[:1], x, x)
         with pytest.raises(ValueError, match="gate is empty"):
             k.swiglu_forward(np.ones((0,), np.float32), np.ones((0,), np.float32))
+        with pytest.raises(ValueError, match="matvec needs x \\(N, C\\) and w \\(O, C\\) with the same C"):
+            k.matvec(x, np.ones((3, 7), np.float32))
+        with pytest.raises(ValueError, match="matvec needs"):
+            k.matvec(np.ones((1, 2, 8), np.float32), np.ones((3, 8), np.float32))
+        with pytest.raises(ValueError, match="w must have at least 2"):
+            k.matvec(x, w)
+        with pytest.raises(TypeError, match="w must be float32"):
+            k.matvec(x, np.ones((3, 8)))
+        with pytest.raises(ValueError, match="bias must have shape \\(3,\\)"):
+            k.matvec(x, np.ones((3, 8), np.float32), np.ones(4, np.float32))
 
 
 def test_non_contiguous_input_gives_the_same_answer(impls):
@@ -218,6 +261,7 @@ def test_non_contiguous_input_gives_the_same_answer(impls):
         np.testing.assert_array_equal(k.rmsnorm_forward(x, w)[0], k.rmsnorm_forward(x.copy(), w)[0])
         np.testing.assert_array_equal(k.rope_forward(xt, cos, sin), k.rope_forward(xt.copy(), cos, sin))
         np.testing.assert_array_equal(k.swiglu_forward(x, x), k.swiglu_forward(x.copy(), x.copy()))
+        np.testing.assert_array_equal(k.matvec(x[0], big[1, ::2]), k.matvec(x[0].copy(), big[1, ::2].copy()))
 
 
 def test_the_active_backend_exports_every_llama_kernel():

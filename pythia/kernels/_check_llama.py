@@ -48,3 +48,16 @@ def pair_inputs(a_name: str, a, b_name: str, b) -> tuple[np.ndarray, np.ndarray]
     b = float32_array(b_name, b)
     same_shape(b_name, b, a_name, a)
     return a, b
+
+
+def matvec_inputs(x, w, bias):
+    """x (N, C), a weight w (O, C) (out, in) and an optional bias (O,)."""
+    x = float32_array("x", x, min_ndim=2)
+    w = float32_array("w", w, min_ndim=2)
+    if x.ndim != 2 or w.ndim != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"matvec needs x (N, C) and w (O, C) with the same C, got x {x.shape} and w {w.shape}")
+    if bias is not None:
+        bias = float32_array("bias", bias)
+        if bias.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},) (the rows of w), got {bias.shape}")
+    return x, w, bias

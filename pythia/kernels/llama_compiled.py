@@ -3,16 +3,16 @@
 
 Every function has the name, signature and semantics of its twin in `reference_llama.py` and
 validates through the same `_check_llama` functions. The thread count is chosen here, by the
-size of the work alone (PARALLEL_MIN), and passed to the extension, so a result does not depend
-on timing.
+size of the work alone (PARALLEL_MIN), at most the limit `kernels.set_thread_limit` set, and
+passed to the extension, so a result does not depend on timing.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import _check, _check_llama
+from . import _check, _check_llama, compiled
 
-API_VERSION = 1  # bump together with API_VERSION in kernels/_llama.pyx
+API_VERSION = 2  # bump together with API_VERSION in kernels/_llama.pyx
 PARALLEL_MIN = 32768  # elements from which a loop is split over the threads (as in _kernels.pyx)
 _ext = None
 
@@ -24,7 +24,10 @@ def bind(ext) -> None:
 
 
 def _threads(n_elements: int) -> int:
-    return 1 if n_elements < PARALLEL_MIN else _ext.max_threads()
+    if n_elements < PARALLEL_MIN:
+        return 1
+    limit = compiled._threads                                 # set_thread_limit's, when the main backend is bound
+    return _ext.max_threads() if limit is None else max(1, min(limit, _ext.max_threads()))
 
 
 def rmsnorm_forward(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6):
@@ -77,3 +80,12 @@ def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray):
     dup = np.empty_like(gate)
     _ext.swiglu_backward(dy, gate, up, dgate, dup, gate.size, _threads(2 * gate.size))
     return dgate, dup
+
+
+def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    x, w, bias = _check_llama.matvec_inputs(x, w, bias)
+    N, C = x.shape
+    O = w.shape[0]
+    y = np.empty((N, O), np.float32)
+    _ext.matvec(x, w, bias, y, N, C, O, _threads(O * C))
+    return y

@@ -7,6 +7,7 @@
     swiglu_forward(gate, up)               -> y = silu(gate) * up
     swiglu_backward(dy, gate, up)          -> (dgate, dup)
     rope_tables(positions, head_dim, theta) -> (cos, sin)    # the (T, hs) tables rope_* take
+    matvec(x, w, bias=None)                -> x w^T + bias   # x (N, C), w (O, C) as HF stores it
 
 As in `reference.py`, each public function validates (`_check`) and calls a private twin that
 keeps the input dtype (float64 in the finite-difference tests). RMSNorm follows Zhang &
@@ -128,6 +129,18 @@ def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray):
     _check.same_shape("dy", dy, "gate", gate)
     dgate, dup = _swiglu_backward(dy, gate, up)
     return _f32(dgate), _f32(dup)
+
+
+# ----------------------------------------------------------------------------- x W^T for a few rows
+
+def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """y (N, O) = x (N, C) w^T + bias for a weight w (O, C) stored (out, in), as Hugging Face
+    stores projections: the product decoding does, with N a few rows."""
+    x, w, bias = _check_llama.matvec_inputs(x, w, bias)
+    y = x @ w.T                                                # (N, C) @ (C, O) -> (N, O)
+    if bias is not None:
+        y += bias
+    return _f32(y)
 
 
 def _f32(a) -> np.ndarray:

@@ -592,7 +592,7 @@ class Llama:
         """x W^T + b for the matrix `name` of inference_matrices(): int8 once quantized, else float32."""
         if self.quantized is not None:
             return self.quantized[name].apply(x)                 # Q8_0: pythia.quant.q8_matmul
-        return layers.linear_forward(x, self._pblocks[name].T, self._pblocks.get(name + "_bias"))  # (N, O)
+        return layers.linear_out_in(x, self._pblocks[name], self._pblocks.get(name + "_bias"))  # (N, O)
 
     def _embed(self, idx: np.ndarray) -> np.ndarray:
         """Rows of the token table for idx (...): (..., C) float32 (dequantized when int8)."""
