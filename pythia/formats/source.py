@@ -92,7 +92,7 @@ def _open(path: Path, chat_format: str | None, folder: bool, quantize: str | Non
         if os.path.lexists(path / "config.json"):
             refuse_unknown_model_type(path)
             from .gpt2 import load_gpt2                     # a GPT-2 folder (it names what else it lacks)
-            model, tokenizer = load_gpt2(path)
+            model, tokenizer = load_gpt2(path, quantize=quantize)   # int8 as read: no whole float32 model
             return _with_template(LoadedModel(model, tokenizer, f"GPT-2 weights from {path}"), None, chat_format)
         raise ConfigError(f"{str(path)!r} is a folder without config.json; give a Pythia checkpoint (.npz) or a "
                           f"Hugging Face model folder (config.json, model.safetensors, tokenizer files)")
@@ -100,7 +100,8 @@ def _open(path: Path, chat_format: str | None, folder: bool, quantize: str | Non
         raise ConfigError(f"{str(path)!r} does not exist; give a Pythia checkpoint (.npz) or a Hugging Face model "
                           f"folder you downloaded (Pythia never downloads)")
     from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model, quantized=True)  # a LoRA checkpoint's base, too
+    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model, quantized=True,  # a LoRA checkpoint's base, too
+                           quantize=quantize)                # a float32 one quantized as it is read
     if ckpt.step:
         what = f"trained {ckpt.step} steps"
     else:
@@ -143,18 +144,15 @@ def _with_template(m: LoadedModel, chat: dict | None, chat_format: str | None) -
 def _quantized_from_tensors(Model, config, weights):
     """An int8 model read one tensor at a time; F32 tensors are read without mapping the file, so
     neither the file's pages nor a float32 model stay resident (only one matrix at a time)."""
-    import numpy as np
-
     from ..quant.model import quantize_tensors
 
-    def tensor(name: str) -> np.ndarray:
+    def read(name: str, out) -> None:
         if weights.dtype(name) != "F32":
-            return weights.get(name)                        # F16 / BF16 widened to a new float32 array
-        out = np.empty(weights.shape(name), np.float32)
-        weights.read_into(name, out)
-        return out
+            out[...] = weights.get(name)                    # F16 / BF16 widened to float32
+        else:
+            weights.read_into(name, out)
     try:
-        return quantize_tensors(Model, config, tensor)
+        return quantize_tensors(Model, config, read)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
