@@ -28,9 +28,16 @@ FALLBACK_REASON: str | None = None
 
 def _load_compiled():
     """(compiled module, None) or (None, why the NumPy reference is used)."""
-    from ..kernels._loader import BUILD_HINT, _import, isa_wanted
+    from ..kernels._loader import BUILD_HINT, _import, _quiet_openmp_threads, isa_wanted
     from . import compiled
     wanted = isa_wanted()
+    # The int8 kernel's OpenMP threads get the float kernels' bounded spin (GOMP_SPINCOUNT, set
+    # only if the user set no wait policy, and only before the first OpenMP runtime loads), not
+    # OMP_WAIT_POLICY=PASSIVE: int8 generate on 2 threads, 5 interleaved runs with the machine's
+    # load average at 6-9, decoded at a median 55 tok/s with the bounded spin, 46 with PASSIVE
+    # (every product then waits for a sleeping thread to wake) and 4 with ACTIVE (spinning
+    # threads hold the cores the busy thread needs).
+    _quiet_openmp_threads()
     try:
         ext = _import("_quant")
     except ImportError as err:
