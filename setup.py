@@ -100,11 +100,12 @@ def extensions():
             # the Llama-family kernels (RMSNorm, rotary embedding, SwiGLU); baseline flags only
             Extension("pythia._llama_kernels", ["kernels/_llama.pyx"], define_macros=macros, include_dirs=inc),
             # Q8_0 int8 matrix products (pythia.quant), baseline, AVX2 and AVX-512 VNNI builds of one source
-            Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc),
+            Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc,
+                      depends=["kernels/_pool.h"]),
             Extension("pythia._quant_avx2", ["kernels/_quant_avx2.pyx"], define_macros=macros,
-                      include_dirs=inc),
+                      include_dirs=inc, depends=["kernels/_pool.h"]),
             Extension("pythia._quant_vnni", ["kernels/_quant_vnni.pyx"], define_macros=macros,
-                      include_dirs=inc),
+                      include_dirs=inc, depends=["kernels/_pool.h"]),
             # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
             Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
                       language="c++"),

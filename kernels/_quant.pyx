@@ -22,12 +22,10 @@ summed in int32 (gcc -O3 turns it into pmaddwd). AVX2 build: llama.cpp's trick a
 place of the last two. Eight blocks of one row are reduced together (a vphaddd tree turns
 their eight vectors of partial sums into one vector of eight exact block sums), scaled as one
 vector and added to the row's sum one by one in block order. Output rows are shared among
-`threads` OpenMP threads in tiles of PYTHIA_T rows (a tile stays in L1 while it meets every
-row of x).
+`threads` threads (kernels/_pool.h: the caller and pool workers claim chunks of tiles of
+PYTHIA_T rows; a tile stays in L1 while it meets every row of x).
 """
 cimport numpy as cnp
-from cython.parallel cimport prange
-from libc.math cimport NAN
 from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 
@@ -35,6 +33,7 @@ cnp.import_array()
 
 cdef extern from *:
     """
+    #include <math.h>
     #include <stdint.h>
     #include <string.h>
     #if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX2__)
@@ -167,6 +166,29 @@ cdef extern from *:
             ua[i] = (uint8_t)(a[i] < 0 ? -a[i] : a[i]);
         }
     }
+    #include "_pool.h"
+    /* one product's arguments, for the pool: rows of x n < N, output units o < O */
+    typedef struct {
+        const int16_t* xq; const int8_t* a8; const uint8_t* ua; const float* xd; const unsigned char* bad;
+        const int8_t* q; const float* wd; const float* bias; float* y;
+        Py_ssize_t N, O, C, nb;
+    } pythia_q_job;
+    /* y for tiles [t0, t1) of PYTHIA_T weight rows: each tile against every row of x (it stays
+       in L1 meanwhile); + bias; NaN for a row of x that held NaN or inf */
+    static void pythia_q_tiles(const void* p, Py_ssize_t t0, Py_ssize_t t1) {
+        const pythia_q_job* j = (const pythia_q_job*)p;
+        const Py_ssize_t C = j->C, nb = j->nb, O = j->O;
+        for (Py_ssize_t t = t0; t < t1; t++) {
+            const Py_ssize_t lo = t * PYTHIA_T, hi = lo + PYTHIA_T < O ? lo + PYTHIA_T : O;
+            for (Py_ssize_t n = 0; n < j->N; n++) {
+                for (Py_ssize_t o = lo; o < hi; o++) {
+                    const float acc = pythia_row_dot(j->xq + n * C, j->a8 + n * C, j->ua + n * C, j->xd + n * nb,
+                                                     j->q + o * C, j->wd + o * nb, nb);
+                    j->y[n * O + o] = j->bad[n] ? NAN : (j->bias ? acc + j->bias[o] : acc);
+                }
+            }
+        }
+    }
     /* one row of C floats -> C int8 and C/QK scales; returns 1 if the row holds NaN or inf.
        |x| compared as the integer bits with the sign cleared: same order as the floats for
        finite values, and NaN/inf are the bit patterns >= 0x7f800000 */
@@ -209,6 +231,20 @@ cdef extern from *:
     int32_t pythia_block_sum(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
                              const int8_t* w) noexcept nogil
     void pythia_q_acts(const int16_t* a, int8_t* a8, uint8_t* ua, Py_ssize_t n) noexcept nogil
+    ctypedef struct pythia_q_job:
+        const int16_t* xq
+        const int8_t* a8
+        const uint8_t* ua
+        const float* xd
+        const unsigned char* bad
+        const int8_t* q
+        const float* wd
+        const float* bias
+        float* y
+        Py_ssize_t N, O, C, nb
+    ctypedef void (*pp_fn)(const void* job, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+    void pythia_q_tiles(const void* p, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+    void pythia_pool_run(pp_fn fn, const void* job, Py_ssize_t count, int threads) noexcept nogil
     int pythia_quantize_row(const float* x, int16_t* q, float* d, Py_ssize_t C) noexcept nogil
 
 cdef enum: QK_ = 32
@@ -289,25 +325,14 @@ def q8_matmul(cnp.ndarray xq not None, cnp.ndarray xd not None, cnp.ndarray bad 
     if threads < 1:
         raise ValueError("threads must be >= 1")
     cdef _Acts acts = _Acts(N * C)
-    cdef const int8_t* a8 = acts.a8
-    cdef const uint8_t* ua = acts.ua
-    cdef Py_ssize_t t, n, o, hi
+    cdef pythia_q_job job
+    job.xq, job.a8, job.ua, job.xd, job.bad = pxq, acts.a8, acts.ua, pxd, pbad
+    job.q, job.wd, job.bias, job.y = pq, pwd, pbias, py
+    job.N, job.O, job.C, job.nb = N, O, C, nb
     with nogil:
         pythia_q_acts(pxq, acts.a8, acts.ua, N * C)
-    # tiles of PYTHIA_T weight rows in order; static shares: each thread one contiguous stretch
-    for t in prange((O + PYTHIA_T - 1) // PYTHIA_T, nogil=True, schedule="static", num_threads=threads):
-        hi = min(t * PYTHIA_T + PYTHIA_T, O)
-        for n in range(N):
-            for o in range(t * PYTHIA_T, hi):
-                py[n * O + o] = _finish(pythia_row_dot(pxq + n * C, a8 + n * C, ua + n * C, pxd + n * nb,
-                                                       pq + o * C, pwd + o * nb, nb), pbias, o, pbad[n])
-
-
-cdef inline float _finish(float acc, const float* bias, Py_ssize_t o, unsigned char bad) noexcept nogil:
-    # the row's sum plus its bias; NaN for a row of x that held NaN or inf
-    if bad:
-        return NAN
-    return acc + bias[o] if bias != NULL else acc
+        # tiles of PYTHIA_T weight rows, claimed in contiguous chunks by this thread and the pool's
+        pythia_pool_run(pythia_q_tiles, &job, (O + PYTHIA_T - 1) // PYTHIA_T, threads)
 
 
 def q8_block_sums(cnp.ndarray xq not None, cnp.ndarray q not None, cnp.ndarray s not None,

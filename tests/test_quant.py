@@ -208,6 +208,36 @@ def test_non_contiguous_read_only_and_leading_shapes_give_the_same_answer(cy):
     np.testing.assert_array_equal(cy.q8_matmul(x, q_f, d), expect)
 
 
+def test_concurrent_callers_and_a_forked_child_get_the_twins_answer(cy):
+    """The kernel's thread pool serves one caller at a time (others run alone) and a forked child
+    starts without the parent's workers: every caller gets the twin's exact answer, none hangs."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    q, d = quant.quantize_q8_0(rand(300, 256, seed=21))
+    x = rand(3, 256, seed=22)
+    want = reference.q8_matmul(x, q, d)
+    with ThreadPoolExecutor(4) as ex:                                  # the GIL is released inside
+        outs = list(ex.map(lambda i: cy.q8_matmul(x, q, d, threads=1 + i % 3), range(60)))
+    for y in outs:
+        np.testing.assert_array_equal(y, want)
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:                                                        # the child: exit 0 when right
+        os._exit(0 if all(np.array_equal(cy.q8_matmul(x, q, d, threads=2), want) for _ in range(20)) else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("a forked child's int8 product did not finish in 60 s")
+
+
 @pytest.mark.parametrize("impl", ["cython", "numpy"])
 def test_bad_dtypes_shapes_and_threads_raise_naming_the_argument(impl):
     if impl == "cython" and not BUILDS:

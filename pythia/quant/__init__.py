@@ -31,12 +31,13 @@ def _load_compiled():
     from ..kernels._loader import BUILD_HINT, _import, _quiet_openmp_threads, isa_wanted
     from . import compiled
     wanted = isa_wanted()
-    # The int8 kernel's OpenMP threads get the float kernels' bounded spin (GOMP_SPINCOUNT, set
-    # only if the user set no wait policy, and only before the first OpenMP runtime loads), not
-    # OMP_WAIT_POLICY=PASSIVE: int8 generate on 2 threads, 5 interleaved runs with the machine's
-    # load average at 6-9, decoded at a median 55 tok/s with the bounded spin, 46 with PASSIVE
-    # (every product then waits for a sleeping thread to wake) and 4 with ACTIVE (spinning
-    # threads hold the cores the busy thread needs).
+    # Loading the extension loads libgomp, which reads its wait policy once: set the float
+    # kernels' bounded spin (GOMP_SPINCOUNT, unless the user set a policy) first, whichever
+    # package loads first. The int8 product itself runs on its own pool (kernels/_pool.h), whose
+    # workers spin 50 us after a product, then sleep. OMP_WAIT_POLICY=PASSIVE is not set: int8
+    # generate on 2 threads, 5 interleaved runs at load average 3.3-4.4, decoded at a median 53
+    # tok/s with the bounded spin, 57 with PASSIVE (within the runs' spread) and 37 with ACTIVE
+    # (spinning threads hold the cores the busy thread needs).
     _quiet_openmp_threads()
     try:
         ext = _import("_quant")
