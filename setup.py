@@ -11,6 +11,9 @@ NaN for a negative argument, is the same.
 On x86-64 the same source is built a second time as pythia._kernels_avx2 with -mavx2 -mfma
 (8-wide vectors and fused multiply-add, when the compiler accepts the flags); pythia.kernels
 loads it only on a CPU that reports AVX2 and FMA, so the baseline build still runs everywhere.
+The int8 kernels get a third build, pythia._quant_vnni, with AVX-512 VNNI's flags added
+(vpdpbusd); pythia.quant loads it only on a CPU that reports those extensions. A compiler that
+refuses a variant's flags skips that variant; the builds below it still serve.
 """
 import os
 import shutil
@@ -23,7 +26,10 @@ from setuptools.command.build_py import build_py
 
 PROBE_OPENMP = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 PROBE_AVX2 = "#include <immintrin.h>\nint main(void) { __m256 a = _mm256_set1_ps(1.f); a = _mm256_fmadd_ps(a, a, a); return (int)_mm256_cvtss_f32(a) - 2; }\n"
+PROBE_VNNI = ("#include <immintrin.h>\nint main(void) { __m256i a = _mm256_set1_epi8(1); "
+              "a = _mm256_dpbusd_epi32(a, a, a); return _mm256_extract_epi32(a, 0) - 5; }\n")
 SIMD_FLAGS = ["-mavx2", "-mfma"]
+VNNI_FLAGS = SIMD_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 
 
 def compiles(compiler, code: str, flags: list[str]) -> bool:
@@ -47,10 +53,14 @@ class BuildExt(build_ext):
         unix = self.compiler.compiler_type == "unix"
         omp = unix and compiles(self.compiler, PROBE_OPENMP, ["-fopenmp"])
         simd = unix and compiles(self.compiler, PROBE_AVX2, SIMD_FLAGS)
+        vnni = simd and compiles(self.compiler, PROBE_VNNI, VNNI_FLAGS)
         print(f"pythia: OpenMP {'enabled' if omp else 'not available, building serial kernels'}; "
-              f"AVX2/FMA variant {'built' if simd else 'skipped'}", file=sys.stderr)
+              f"AVX2/FMA variant {'built' if simd else 'skipped'}; "
+              f"AVX-512 VNNI variant {'built' if vnni else 'skipped'}", file=sys.stderr)
         if not simd:
             self.extensions = [e for e in self.extensions if not e.name.endswith("_avx2")]
+        if not vnni:
+            self.extensions = [e for e in self.extensions if not e.name.endswith("_vnni")]
         for ext in self.extensions:
             if unix:
                 ext.extra_compile_args += ["-O3", "-fno-trapping-math", "-fno-math-errno"]
@@ -58,6 +68,8 @@ class BuildExt(build_ext):
                 ext.extra_compile_args += ["-ffp-contract=off"]  # float32 steps as the reference rounds them
             if ext.name.endswith("_avx2"):
                 ext.extra_compile_args += SIMD_FLAGS
+            if ext.name.endswith("_vnni"):
+                ext.extra_compile_args += VNNI_FLAGS
             if omp:
                 ext.extra_compile_args += ["-fopenmp"]
                 ext.extra_link_args += ["-fopenmp"]
@@ -87,10 +99,13 @@ def extensions():
                       include_dirs=inc),
             # the Llama-family kernels (RMSNorm, rotary embedding, SwiGLU); baseline flags only
             Extension("pythia._llama_kernels", ["kernels/_llama.pyx"], define_macros=macros, include_dirs=inc),
-            # Q8_0 int8 matrix products (pythia.quant), baseline and AVX2 builds of one source
-            Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc),
+            # Q8_0 int8 matrix products (pythia.quant), baseline, AVX2 and AVX-512 VNNI builds of one source
+            Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc,
+                      depends=["kernels/_pool.h"]),
             Extension("pythia._quant_avx2", ["kernels/_quant_avx2.pyx"], define_macros=macros,
-                      include_dirs=inc),
+                      include_dirs=inc, depends=["kernels/_pool.h"]),
+            Extension("pythia._quant_vnni", ["kernels/_quant_vnni.pyx"], define_macros=macros,
+                      include_dirs=inc, depends=["kernels/_pool.h"]),
             # byte-level BPE (pre-tokenize, encode, train); C++ for its hash maps and heap
             Extension("pythia._bpe", ["kernels/_bpe.pyx"], define_macros=macros, include_dirs=inc,
                       language="c++"),

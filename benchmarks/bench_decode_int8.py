@@ -21,9 +21,10 @@ With --threads above 1, float32 also runs on one BLAS thread (pythia.system.thre
 on a machine whose cores are busy with other work, OpenBLAS's spinning threads can make two
 threads several times slower than one. "int8 / fp32" is against the faster float32 row.
 
-OMP_WAIT_POLICY is set to PASSIVE (unless already set): the int8 kernel's OpenMP threads would
-otherwise spin after each product on the cores OpenBLAS then needs for the float32 model's
-products, slowing whichever case runs next. One warm-up round is run and dropped.
+OMP_WAIT_POLICY is set to PASSIVE (unless already set): the compiled float kernels' OpenMP
+threads would otherwise spin after each loop on the cores OpenBLAS then needs for the float32
+model's products (the int8 product runs on its own pool, whose workers spin 50 us at most). One
+warm-up round is run and dropped.
 """
 from __future__ import annotations
 

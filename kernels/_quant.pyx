@@ -8,26 +8,37 @@ setup.py builds this file with -ffp-contract=off, so no fused multiply-add chang
 float32 rounding the reference does step by step: results equal the reference bit for bit.
 N rows of x, O output units (rows of the weight), C inputs, nb = C / QK blocks.
 
-Speed: activations are quantized once per call into int16 (values in [-127, 127]). Baseline
-build: the block dot product multiplies them by int8 weights widened to int16 and sums in
-int32, the pattern gcc -O3 turns into pmaddwd (SSE2), four weight rows at a time. AVX2 build:
-eight weight rows at a time, one per float lane, with llama.cpp's vpsignb + vpmaddubsw +
-vpmaddwd on 32 int8 pairs, a vphaddd tree for the eight block sums, and a prefetch of the next
-eight rows (a decode step streams every weight from memory once). The loop over output rows
-runs on `threads` OpenMP threads (static shares of whole tiles of rows).
+Speed: a decode step streams every weight from memory once, so the loop is laid out for the
+memory system: each thread takes one contiguous share of the weight rows and walks it front to
+back (rows are contiguous, so that is one sequential stream), and prefetches PYTHIA_PF bytes
+ahead of where it reads. Measured here, that order and the prefetch doubled the bytes per
+second drawn from DRAM against eight rows read side by side; the arithmetic, ~1 ns a block,
+was not the limit. Activations are quantized once per call, kept as int16 for the baseline
+build and as int8 with their magnitudes as uint8 for the SIMD builds.
+
+Block dot products: baseline build, int16 activations times int8 weights widened to int16,
+summed in int32 (gcc -O3 turns it into pmaddwd). AVX2 build: llama.cpp's trick a w = |a|
+(w sign(a)) with vpsignb, then vpmaddubsw + vpmaddwd; VNNI build (AVX-512 VNNI), vpdpbusd in
+place of the last two. Eight blocks of one row are reduced together (a vphaddd tree turns
+their eight vectors of partial sums into one vector of eight exact block sums), scaled as one
+vector and added to the row's sum one by one in block order. Output rows are shared among
+`threads` threads (kernels/_pool.h: the caller and pool workers claim chunks of tiles of
+PYTHIA_T rows; a tile stays in L1 while it meets every row of x).
 """
 cimport numpy as cnp
-from cython.parallel cimport prange
-from libc.math cimport NAN
-from libc.stdint cimport int8_t, int16_t, int32_t, uint32_t
+from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t, uint32_t
+from libc.stdlib cimport free, malloc
 
 cnp.import_array()
 
 cdef extern from *:
     """
+    #include <math.h>
     #include <stdint.h>
     #include <string.h>
-    #if defined(__AVX2__)
+    #if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX2__)
+    #define PYTHIA_Q_ISA "avx512vnni"
+    #elif defined(__AVX2__)
     #define PYTHIA_Q_ISA "avx2"
     #else
     #define PYTHIA_Q_ISA "baseline"
@@ -46,7 +57,20 @@ cdef extern from *:
         return 0;
     #endif
     }
+    /* the VNNI build's needs: AVX2 and FMA, and AVX-512 F, BW, VL and VNNI (the OS saving the
+       AVX-512 registers is part of what __builtin_cpu_supports reports) */
+    static int pythia_q_cpu_has_avx512vnni(void) {
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return pythia_q_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    #else
+        return 0;
+    #endif
+    }
     #define QK 32
+    #define PYTHIA_T 8           /* weight rows per tile: 8 x C bytes stay in L1 for all N rows of x */
+    #define PYTHIA_PF 2048       /* prefetch distance in bytes: measured best of 512..4096 here */
     static const float Q_TINY = 1.17549435e-38f;   /* FLT_MIN: smaller scales flush to 0 */
     static const float Q_ROUND = 12582912.0f;      /* 1.5 * 2^23: (v + R) - R = rint(v), |v| < 2^22 */
     /* sum_k a[k] w[k] over one block: activations a held as int16 (values in [-127, 127]),
@@ -60,65 +84,111 @@ cdef extern from *:
     }
     #if defined(__AVX2__)
     #include <immintrin.h>
-    /* y[r] = sum_b s_rb (ad_b wd_rb) for R = 8 weight rows w + r C at once, one row per float
-       lane, each lane's sum in block order as in the reference (separate multiply and add: the
-       same float32 steps). Per block: the activation block is loaded once; each row's 32
-       products are summed into 8 int32 partials; a tree of vphaddd turns the 8 rows' partials
-       into one vector of their 8 exact block sums. */
-    #define PYTHIA_R 8
-    static inline void pythia_rows_dot(const int16_t* __restrict a, const float* __restrict ad,
-                                       const int8_t* __restrict w, const float* __restrict wd,
-                                       Py_ssize_t C, Py_ssize_t nb, float* __restrict y) {
-        __m256 acc = _mm256_setzero_ps();
-        const __m256i ones = _mm256_set1_epi16(1);
-        for (Py_ssize_t b = 0; b < nb; b++) {
-            const __m256i a0 = _mm256_loadu_si256((const __m256i*)(a + b * QK));
-            const __m256i a1 = _mm256_loadu_si256((const __m256i*)(a + b * QK + 16));
-            if (!(b & 1)) {                      /* the next tile's rows, a 64-byte line ahead of use */
-                for (int r = 0; r < 8; r++) _mm_prefetch((const char*)(w + (8 + r) * C + b * QK), _MM_HINT_T0);
-            }
-            /* the block as 32 int8 (packs interleaves 64-bit quarters: put them back in order) */
-            const __m256i a8 = _mm256_permute4x64_epi64(_mm256_packs_epi16(a0, a1), 0xD8);
-            const __m256i ua = _mm256_abs_epi8(a8);
-            __m256i p[8];
-            for (int r = 0; r < 8; r++) {
-                /* a w = |a| (w sign(a)): vpmaddubsw multiplies unsigned |a| by signed w sign(a) and
-                   adds pairs into int16 (|sum| <= 2 * 127 * 127, no saturation); vpmaddwd by 1
-                   adds pairs of those into the 8 int32 partials */
-                __m256i sw = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(w + r * C + b * QK)), a8);
-                p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sw), ones);
-            }
-            __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-            __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-            /* h0: rows 0-3's sums of their partials' low 128 bits, then of their high 128 bits;
-               h1 likewise for rows 4-7; adding the halves gives rows 0-7's block sums in order */
-            __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
-                                         _mm256_permute2x128_si256(h0, h1, 0x31));
-            /* ad_b wd_rb for the 8 rows (8 scalar loads: cheaper than vgatherdps on Zen 3) */
-            __m256 scale = _mm256_mul_ps(_mm256_set1_ps(ad[b]), _mm256_setr_ps(
-                wd[b], wd[nb + b], wd[2 * nb + b], wd[3 * nb + b], wd[4 * nb + b], wd[5 * nb + b], wd[6 * nb + b],
-                wd[7 * nb + b]));
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), scale));
+    #define PYTHIA_SIMD 1
+    /* 8 int32 partial sums of one block: a w = |a| (w sign(a)), so the unsigned-by-signed
+       multiplies take |a| (uint8) and w with a's sign (int8; w = -128 never occurs) */
+    static inline __m256i pythia_block8(const int8_t* a8, const uint8_t* ua, const int8_t* w) {
+        const __m256i sw = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)w),
+                                            _mm256_loadu_si256((const __m256i*)a8));
+        const __m256i u = _mm256_loadu_si256((const __m256i*)ua);
+    #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        /* vpdpbusd: 4 adjacent u8 x s8 products summed into each int32 lane */
+        return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, sw);
+    #else
+        /* vpmaddubsw adds product pairs into int16 (|sum| <= 2 * 127 * 127: no saturation),
+           vpmaddwd by 1 adds pairs of those into int32 */
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(u, sw), _mm256_set1_epi16(1));
+    #endif
+    }
+    /* the exact int32 sums of 8 consecutive blocks b..b+7 of one row, as one vector in order */
+    static inline __m256i pythia_sums8(const int8_t* a8, const uint8_t* ua, const int8_t* w) {
+        __m256i p[8];
+        for (int k = 0; k < 8; k++) p[k] = pythia_block8(a8 + k * QK, ua + k * QK, w + k * QK);
+        __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+        /* h0: blocks 0-3's sums of their partials' low 128 bits, then of their high 128 bits;
+           h1 likewise for blocks 4-7; adding the halves gives blocks 0-7's sums in order */
+        return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+    }
+    static inline int32_t pythia_sum1(const int8_t* a8, const uint8_t* ua, const int8_t* w) {
+        const __m256i p = pythia_block8(a8, ua, w);
+        __m128i q = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
+        q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xB1));
+        return _mm_cvtsi128_si32(q);
+    }
+    /* sum_b s_b (ad_b wd_b) over one row, in block order (separate multiply and add: the
+       reference's float32 steps); 8 blocks' products are formed as one vector */
+    static inline float pythia_row_dot(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
+                                       const float* ad, const int8_t* w, const float* wd, Py_ssize_t nb) {
+        float acc = 0.0f;
+        Py_ssize_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            for (int k = 0; k < 8; k += 2) _mm_prefetch((const char*)(w + (b + k) * QK + PYTHIA_PF), _MM_HINT_T0);
+            _mm_prefetch((const char*)(wd + b + PYTHIA_PF / QK), _MM_HINT_T0);
+            const __m256i s = pythia_sums8(a8 + b * QK, ua + b * QK, w + b * QK);
+            const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(s),
+                                           _mm256_mul_ps(_mm256_loadu_ps(ad + b), _mm256_loadu_ps(wd + b)));
+            float f[8];
+            _mm256_storeu_ps(f, t);
+            for (int k = 0; k < 8; k++) acc = acc + f[k];
         }
-        _mm256_storeu_ps(y, acc);
+        for (; b < nb; b++) acc = acc + (float)pythia_sum1(a8 + b * QK, ua + b * QK, w + b * QK) * (ad[b] * wd[b]);
+        return acc;
+    }
+    static inline int32_t pythia_block_sum(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
+                                           const int8_t* w) {
+        return pythia_sum1(a8, ua, w);
     }
     #else
-    /* y[r] = sum_b s_rb (ad_b wd_rb) for R = 4 weight rows w + r C at once, each row's sum in
-       block order as in the reference: the four chains of float adds overlap (one chain waits
-       ~4 cycles an add), and the activation block is loaded once for four rows */
-    #define PYTHIA_R 4
-    static inline void pythia_rows_dot(const int16_t* __restrict a, const float* __restrict ad,
-                                       const int8_t* __restrict w, const float* __restrict wd,
-                                       Py_ssize_t C, Py_ssize_t nb, float* __restrict y) {
-        float acc[PYTHIA_R] = {0.0f, 0.0f, 0.0f, 0.0f};
+    #define PYTHIA_SIMD 0
+    static inline float pythia_row_dot(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
+                                       const float* ad, const int8_t* w, const float* wd, Py_ssize_t nb) {
+        float acc = 0.0f;
         for (Py_ssize_t b = 0; b < nb; b++) {
-            int32_t s[PYTHIA_R];
-            for (int r = 0; r < PYTHIA_R; r++) s[r] = pythia_dot32(a + b * QK, w + r * C + b * QK);
-            for (int r = 0; r < PYTHIA_R; r++) acc[r] = acc[r] + (float)s[r] * (ad[b] * wd[r * nb + b]);
+    #if defined(__GNUC__)
+            if (!(b & 1)) __builtin_prefetch(w + b * QK + PYTHIA_PF);
+    #endif
+            acc = acc + (float)pythia_dot32(a16 + b * QK, w + b * QK) * (ad[b] * wd[b]);
         }
-        for (int r = 0; r < PYTHIA_R; r++) y[r] = acc[r];
+        return acc;
+    }
+    static inline int32_t pythia_block_sum(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
+                                           const int8_t* w) {
+        return pythia_dot32(a16, w);
     }
     #endif
+    /* the SIMD builds' activations: a8 = a as int8, ua = |a| as uint8 (a in [-127, 127]) */
+    static void pythia_q_acts(const int16_t* __restrict a, int8_t* __restrict a8, uint8_t* __restrict ua,
+                              Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            a8[i] = (int8_t)a[i];
+            ua[i] = (uint8_t)(a[i] < 0 ? -a[i] : a[i]);
+        }
+    }
+    #include "_pool.h"
+    /* one product's arguments, for the pool: rows of x n < N, output units o < O */
+    typedef struct {
+        const int16_t* xq; const int8_t* a8; const uint8_t* ua; const float* xd; const unsigned char* bad;
+        const int8_t* q; const float* wd; const float* bias; float* y;
+        Py_ssize_t N, O, C, nb;
+    } pythia_q_job;
+    /* y for tiles [t0, t1) of PYTHIA_T weight rows: each tile against every row of x (it stays
+       in L1 meanwhile); + bias; NaN for a row of x that held NaN or inf */
+    static void pythia_q_tiles(const void* p, Py_ssize_t t0, Py_ssize_t t1) {
+        const pythia_q_job* j = (const pythia_q_job*)p;
+        const Py_ssize_t C = j->C, nb = j->nb, O = j->O;
+        for (Py_ssize_t t = t0; t < t1; t++) {
+            const Py_ssize_t lo = t * PYTHIA_T, hi = lo + PYTHIA_T < O ? lo + PYTHIA_T : O;
+            for (Py_ssize_t n = 0; n < j->N; n++) {
+                for (Py_ssize_t o = lo; o < hi; o++) {
+                    const float acc = pythia_row_dot(j->xq + n * C, j->a8 + n * C, j->ua + n * C, j->xd + n * nb,
+                                                     j->q + o * C, j->wd + o * nb, nb);
+                    j->y[n * O + o] = j->bad[n] ? NAN : (j->bias ? acc + j->bias[o] : acc);
+                }
+            }
+        }
+    }
     /* one row of C floats -> C int8 and C/QK scales; returns 1 if the row holds NaN or inf.
        |x| compared as the integer bits with the sign cleared: same order as the floats for
        finite values, and NaN/inf are the bit patterns >= 0x7f800000 */
@@ -153,11 +223,28 @@ cdef extern from *:
     """
     int pythia_q_max_threads() noexcept nogil
     int pythia_q_cpu_has_avx2() noexcept nogil
+    int pythia_q_cpu_has_avx512vnni() noexcept nogil
     const char* PYTHIA_Q_ISA
-    int32_t pythia_dot32(const int16_t* a, const int8_t* w) noexcept nogil
-    enum: PYTHIA_R
-    void pythia_rows_dot(const int16_t* a, const float* ad, const int8_t* w, const float* wd,
-                         Py_ssize_t C, Py_ssize_t nb, float* y) noexcept nogil
+    enum: PYTHIA_T
+    float pythia_row_dot(const int16_t* a16, const int8_t* a8, const uint8_t* ua, const float* ad,
+                         const int8_t* w, const float* wd, Py_ssize_t nb) noexcept nogil
+    int32_t pythia_block_sum(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
+                             const int8_t* w) noexcept nogil
+    void pythia_q_acts(const int16_t* a, int8_t* a8, uint8_t* ua, Py_ssize_t n) noexcept nogil
+    ctypedef struct pythia_q_job:
+        const int16_t* xq
+        const int8_t* a8
+        const uint8_t* ua
+        const float* xd
+        const unsigned char* bad
+        const int8_t* q
+        const float* wd
+        const float* bias
+        float* y
+        Py_ssize_t N, O, C, nb
+    ctypedef void (*pp_fn)(const void* job, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+    void pythia_q_tiles(const void* p, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+    void pythia_pool_run(pp_fn fn, const void* job, Py_ssize_t count, int threads) noexcept nogil
     int pythia_quantize_row(const float* x, int16_t* q, float* d, Py_ssize_t C) noexcept nogil
 
 cdef enum: QK_ = 32
@@ -169,6 +256,11 @@ ISA = PYTHIA_Q_ISA.decode()
 def cpu_has_avx2() -> bool:
     """True when this CPU (and OS) can run the -mavx2 build of these kernels."""
     return pythia_q_cpu_has_avx2() != 0
+
+
+def cpu_has_avx512vnni() -> bool:
+    """True when this CPU (and OS) can run the AVX-512 VNNI build of these kernels."""
+    return pythia_q_cpu_has_avx512vnni() != 0
 
 
 def max_threads() -> int:
@@ -199,14 +291,20 @@ def quantize_rows(cnp.ndarray x not None, cnp.ndarray q not None, cnp.ndarray d 
             pb[n] = pythia_quantize_row(px + n * C, pq + n * C, pd + n * (C // QK_), C)
 
 
-cdef inline float _row_dot(const int16_t* xq, const float* xd, const int8_t* wq, const float* wd,
-                           Py_ssize_t nb) noexcept nogil:
-    # sum_b s_b (xd_b wd_b), in block order
-    cdef float acc = 0.0
-    cdef Py_ssize_t b
-    for b in range(nb):
-        acc = acc + <float>pythia_dot32(xq + b * QK_, wq + b * QK_) * (xd[b] * wd[b])
-    return acc
+cdef class _Acts:
+    """The SIMD builds' copy of quantized activations: a8 (n int8) and ua (n uint8, |a|)."""
+    cdef int8_t* a8
+    cdef uint8_t* ua
+
+    def __cinit__(self, Py_ssize_t n):
+        self.a8 = <int8_t*>malloc(n if n > 0 else 1)
+        self.ua = <uint8_t*>malloc(n if n > 0 else 1)
+        if self.a8 == NULL or self.ua == NULL:
+            raise MemoryError("no memory for the quantized activations")
+
+    def __dealloc__(self):
+        free(self.a8)
+        free(self.ua)
 
 
 def q8_matmul(cnp.ndarray xq not None, cnp.ndarray xd not None, cnp.ndarray bad not None,
@@ -222,44 +320,34 @@ def q8_matmul(cnp.ndarray xq not None, cnp.ndarray xd not None, cnp.ndarray bad 
     cdef const float* pwd = <const float*>_buf(wd, cnp.NPY_FLOAT32, O * nb, False)
     cdef const float* pbias = NULL
     cdef float* py = <float*>_buf(y, cnp.NPY_FLOAT32, N * O, True)
-    cdef Py_ssize_t o, n
     if bias is not None:
         pbias = <const float*>_buf(bias, cnp.NPY_FLOAT32, O, False)
     if threads < 1:
         raise ValueError("threads must be >= 1")
-    cdef Py_ssize_t tiles = O // PYTHIA_R
-    cdef Py_ssize_t t, r
-    # whole tiles of PYTHIA_R weight rows, then the last O % PYTHIA_R rows one by one
-    for t in prange(tiles + O % PYTHIA_R, nogil=True, schedule="static", num_threads=threads):
-        for n in range(N):
-            if t < tiles:
-                o = t * PYTHIA_R
-                pythia_rows_dot(pxq + n * C, pxd + n * nb, pq + o * C, pwd + o * nb, C, nb, py + n * O + o)
-                for r in range(PYTHIA_R):
-                    py[n * O + o + r] = _finish(py[n * O + o + r], pbias, o + r, pbad[n])
-            else:
-                o = tiles * PYTHIA_R + (t - tiles)
-                py[n * O + o] = _finish(_row_dot(pxq + n * C, pxd + n * nb, pq + o * C, pwd + o * nb, nb),
-                                        pbias, o, pbad[n])
-
-
-cdef inline float _finish(float acc, const float* bias, Py_ssize_t o, unsigned char bad) noexcept nogil:
-    # the row's sum plus its bias; NaN for a row of x that held NaN or inf
-    if bad:
-        return NAN
-    return acc + bias[o] if bias != NULL else acc
+    cdef _Acts acts = _Acts(N * C)
+    cdef pythia_q_job job
+    job.xq, job.a8, job.ua, job.xd, job.bad = pxq, acts.a8, acts.ua, pxd, pbad
+    job.q, job.wd, job.bias, job.y = pq, pwd, pbias, py
+    job.N, job.O, job.C, job.nb = N, O, C, nb
+    with nogil:
+        pythia_q_acts(pxq, acts.a8, acts.ua, N * C)
+        # tiles of PYTHIA_T weight rows, claimed in contiguous chunks by this thread and the pool's
+        pythia_pool_run(pythia_q_tiles, &job, (O + PYTHIA_T - 1) // PYTHIA_T, threads)
 
 
 def q8_block_sums(cnp.ndarray xq not None, cnp.ndarray q not None, cnp.ndarray s not None,
                   Py_ssize_t N, Py_ssize_t O, Py_ssize_t C):
-    """s (N, O, C/QK) int32: the kernel's block dot products, for tests."""
+    """s (N, O, C/QK) int32: the kernel's block dot products (the same code as q8_matmul's), for tests."""
     cdef Py_ssize_t nb = C // QK_
     cdef const int16_t* pxq = <const int16_t*>_buf(xq, cnp.NPY_INT16, N * C, False)
     cdef const int8_t* pq = <const int8_t*>_buf(q, cnp.NPY_INT8, O * C, False)
     cdef int32_t* ps = <int32_t*>_buf(s, cnp.NPY_INT32, N * O * nb, True)
+    cdef _Acts acts = _Acts(N * C)
     cdef Py_ssize_t n, o, b
     with nogil:
+        pythia_q_acts(pxq, acts.a8, acts.ua, N * C)
         for n in range(N):
             for o in range(O):
                 for b in range(nb):
-                    ps[(n * O + o) * nb + b] = pythia_dot32(pxq + n * C + b * QK_, pq + o * C + b * QK_)
+                    ps[(n * O + o) * nb + b] = pythia_block_sum(pxq + n * C + b * QK_, acts.a8 + n * C + b * QK_,
+                                                                acts.ua + n * C + b * QK_, pq + o * C + b * QK_)

@@ -23,13 +23,15 @@ QK = quant.QK
 
 def _builds():
     out = []
-    for name in ("_quant", "_quant_avx2"):
+    for name in ("_quant", "_quant_avx2", "_quant_vnni"):
         try:
             ext = importlib.import_module(f"pythia.{name}")
         except ImportError:
             continue
         if name.endswith("avx2") and not ext.cpu_has_avx2():
             continue
+        if name.endswith("vnni") and not ext.cpu_has_avx512vnni():
+            continue                                 # built, but this CPU cannot run it
         out.append(ext)
     return out
 
@@ -154,7 +156,10 @@ def test_quant_linear_matches_the_float_layer_within_the_quantization_bound():
 
 # ----------------------------------------------------------------------------- compiled kernel == twin
 
-@pytest.mark.parametrize("N,O,C", [(1, 3072, 768), (17, 77, 96), (1, 1, 32), (3, 5, 64)])
+# sizes: GPT-2's c_fc; odd row and block counts; blocks fewer than, equal to and past a multiple
+# of the SIMD builds' 8-block step (nb 1, 2, 3, 8, 9, 18, 24); rows fewer than and past a tile
+@pytest.mark.parametrize("N,O,C", [(1, 3072, 768), (17, 77, 96), (1, 1, 32), (3, 5, 64), (2, 13, 256),
+                                   (1, 9, 288), (5, 19, 576)])
 def test_compiled_kernel_equals_the_twin(cy, N, O, C):
     q, d = quant.quantize_q8_0(rand(O, C, seed=N + O))
     bias, x = rand(O, seed=9), rand(N, C, seed=10, scale=3.0)
@@ -203,6 +208,36 @@ def test_non_contiguous_read_only_and_leading_shapes_give_the_same_answer(cy):
     np.testing.assert_array_equal(cy.q8_matmul(x, q_f, d), expect)
 
 
+def test_concurrent_callers_and_a_forked_child_get_the_twins_answer(cy):
+    """The kernel's thread pool serves one caller at a time (others run alone) and a forked child
+    starts without the parent's workers: every caller gets the twin's exact answer, none hangs."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    q, d = quant.quantize_q8_0(rand(300, 256, seed=21))
+    x = rand(3, 256, seed=22)
+    want = reference.q8_matmul(x, q, d)
+    with ThreadPoolExecutor(4) as ex:                                  # the GIL is released inside
+        outs = list(ex.map(lambda i: cy.q8_matmul(x, q, d, threads=1 + i % 3), range(60)))
+    for y in outs:
+        np.testing.assert_array_equal(y, want)
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:                                                        # the child: exit 0 when right
+        os._exit(0 if all(np.array_equal(cy.q8_matmul(x, q, d, threads=2), want) for _ in range(20)) else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("a forked child's int8 product did not finish in 60 s")
+
+
 @pytest.mark.parametrize("impl", ["cython", "numpy"])
 def test_bad_dtypes_shapes_and_threads_raise_naming_the_argument(impl):
     if impl == "cython" and not BUILDS:
@@ -223,6 +258,16 @@ def test_bad_dtypes_shapes_and_threads_raise_naming_the_argument(impl):
             f(*args)
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
         f(x, q, d, threads=0)
+
+
+def test_import_binds_the_widest_build_the_cpu_reports():
+    import pythia._quant as base
+    if quant.BACKEND != "cython":
+        pytest.skip("compiled int8 kernels are not built")
+    want = ("avx512vnni" if base.cpu_has_avx512vnni() and any(e.ISA == "avx512vnni" for e in BUILDS) else
+            "avx2" if base.cpu_has_avx2() and any(e.ISA == "avx2" for e in BUILDS) else "baseline")
+    assert compiled.ISA == want
+    assert not base.cpu_has_avx512vnni() or base.cpu_has_avx2()          # the VNNI build also needs AVX2
 
 
 def test_environment_variable_forces_the_numpy_twin():

@@ -200,22 +200,94 @@ def test_kernels_numpy_flag_runs_the_int8_twin_and_tokenize_reads_an_int8_checkp
     helpers.assert_ok(r)
 
 
-@pytest.mark.parametrize("name", sorted(SOURCES))
-def test_quantizing_one_matrix_at_a_time_gives_the_same_arrays(name):
-    from pythia.quant.model import quantize_tensors
-    f = open_model(SOURCES[name]).model
-    whole = quantize_model(f)
-    streamed = quantize_tensors(type(f), f.config, lambda n: f.params[n].copy())
-    assert set(streamed.quantized) == set(whole.quantized)
-    for k, layer in whole.quantized.items():
-        s = streamed.quantized[k]
+def assert_same_int8(got, want):
+    assert set(got.quantized) == set(want.quantized)
+    for k, layer in want.quantized.items():
+        s = got.quantized[k]
         np.testing.assert_array_equal(s.q, layer.q)
         np.testing.assert_array_equal(s.scales, layer.scales)
         assert (s.bias is None) == (layer.bias is None)
         if s.bias is not None:
             np.testing.assert_array_equal(s.bias, layer.bias)
-    for k in kept_params(f):
-        np.testing.assert_array_equal(streamed.params[k], f.params[k])
-    if name != "gpt2":                                                  # a Llama folder streams its int8
-        opened = open_model(SOURCES[name], quantize="int8").model
-        np.testing.assert_array_equal(opened.forward(IDS), whole.forward(IDS))
+    for k in kept_params(want):
+        np.testing.assert_array_equal(got.params[k], want.params[k])
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_quantizing_one_matrix_at_a_time_gives_the_same_arrays(name, tmp_path):
+    from pythia.quant.model import quantize_tensors
+    f = open_model(SOURCES[name]).model
+    whole = quantize_model(f)
+    reads = []
+
+    def read(n, out):
+        reads.append(n)
+        out[...] = f.params[n]
+    assert_same_int8(quantize_tensors(type(f), f.config, read), whole)
+    assert sorted(reads) == sorted(f.params)                            # each weight read once
+    opened = open_model(SOURCES[name], quantize="int8").model           # a folder streams its int8
+    assert_same_int8(opened, whole)
+    np.testing.assert_array_equal(opened.forward(IDS), whole.forward(IDS))
+    save_checkpoint(tmp_path / "f32.npz", f, open_model(SOURCES[name]).tokenizer)
+    assert_same_int8(open_model(tmp_path / "f32.npz", quantize="int8").model, whole)   # and a checkpoint
+
+
+# VmHWM: this process's peak resident size (ru_maxrss would start at the forking parent's)
+_PEAK = """
+import sys
+import pythia.formats.checkpoint, pythia.model, pythia.quant.model, pythia.text.bpe   # what a load imports
+from pythia.formats.source import open_model
+def hwm():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+base = hwm()
+m = open_model(sys.argv[1], quantize=sys.argv[2] if len(sys.argv) > 2 else None)
+print(base, hwm())
+"""
+
+
+def test_streamed_quantization_holds_one_float_matrix_at_a_time(tmp_path):
+    """Peak resident memory a load adds (over the process after its imports), in a fresh process:
+    a float32 checkpoint opened with quantize="int8" adds about the int8 model plus its largest
+    float32 matrix (read first, the token table), far below the float32 load's."""
+    import subprocess
+    import sys
+
+    from pythia.model import Pythia, PythiaConfig
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc/self/status (VmHWM) to read a process's peak memory")
+    f = Pythia(PythiaConfig(vocab_size=16384, block_size=64, d_model=512, n_layer=4, n_head=8), seed=0)
+    save_checkpoint(tmp_path / "f32.npz", f, open_model(SOURCES["gpt2"]).tokenizer)
+    f32 = sum(p.nbytes for p in f.params.values())                      # 84 MB
+    largest = max(w.nbytes for w, _ in f.inference_matrices().values())  # 34 MB, the token table
+    added = {}
+    for kind in (None, "int8"):
+        p = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / "f32.npz"), *([kind] if kind else [])],
+                           capture_output=True, text=True, timeout=300, env=helpers.subprocess_env())
+        assert p.returncode == 0, p.stderr
+        base, peak = map(int, p.stdout.split())
+        added[kind] = peak - base
+    assert added[None] >= f32                                           # the float32 model, resident
+    assert added["int8"] <= largest + 0.35 * f32, (added, largest, f32)   # int8 ~0.28 f32 + one matrix
+    assert added["int8"] <= 0.8 * added[None]
+
+
+def test_a_corrupt_weight_met_while_quantizing_gives_one_line(tmp_path):
+    f = open_model(SOURCES["gpt2"]).model
+    tok = open_model(SOURCES["gpt2"]).tokenizer
+    bad = type(f)(f.config, init=False)
+    bad.load_params(f.params)
+    bad.params["h.0.mlp.c_fc.weight"][3, 4] = np.nan
+    save_checkpoint(tmp_path / "nan.npz", bad, tok)
+    with pytest.raises(CheckpointError, match="'h.0.mlp.c_fc.weight' holds NaN"):
+        open_model(tmp_path / "nan.npz", quantize="int8")
+    good = tmp_path / "f32.npz"
+    save_checkpoint(good, f, tok)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.npz"
+    import zipfile
+    with zipfile.ZipFile(good) as z:                                    # a member's data damaged in place
+        info = z.getinfo("param/wte.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    cut.write_bytes(data[:start] + bytes(len(data) - start)[:4096] + data[start + 4096:])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        open_model(cut, quantize="int8")

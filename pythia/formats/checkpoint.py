@@ -121,8 +121,8 @@ def save_checkpoint(path: str | os.PathLike, model, tokenizer, *, optimizer=None
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")    # a zip's first bytes: a member, or an empty archive
 
 
-def _read_archive(path: Path, skip: str | None = None) -> dict[str, np.ndarray]:
-    """Every entry of the .npz (but those whose name starts with skip), read eagerly so that a
+def _read_archive(path: Path, skip: str | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Every entry of the .npz (but those whose name starts with skip, or one of skip's prefixes), read eagerly so that a
     truncated archive fails here.
 
     The file must be a regular file (pythia.system.inputs), start like a zip archive, hold only .npy
@@ -203,7 +203,7 @@ def _read_meta(arrays: dict[str, np.ndarray], what: str) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_base=None,
-                    quantized: bool = False) -> Checkpoint:
+                    quantized: bool = False, quantize: str | None = None) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; CheckpointError on anything wrong.
 
     optimizer=False leaves the optimizer state (twice the weights' size) unread, for a caller
@@ -211,13 +211,21 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_bas
     open_base(path) -> LoadedModel opens the base model of a LoRA checkpoint (the caller passes
     pythia.formats.source.open_model, which itself reads checkpoints); without it such a
     checkpoint is refused.
-    quantized=True accepts an int8 checkpoint (for inference); otherwise one is refused."""
+    quantized=True accepts an int8 checkpoint (for inference); otherwise one is refused.
+    quantize="int8" (with quantized=True) turns a float32 checkpoint's matrices into Q8_0 as each
+    is read, so the float32 model is never whole in memory (pythia.quant.model.quantize_tensors);
+    ConfigError when its sizes cannot be quantized."""
     from ..tokenizer import tokenizer_from_arrays
 
     path = Path(path)
     what = f"checkpoint {str(path)!r}"
-    arrays = _read_archive(path, skip=None if optimizer else "opt/")
+    skip = () if optimizer else ("opt/",)
+    stream = quantize is not None and quantized and not optimizer   # weights read as they are quantized
+    arrays = _read_archive(path, skip=skip + ("param/",) if stream else skip or None)
     meta = _read_meta(arrays, what)
+    if stream and (isinstance(meta.get("lora"), dict) or meta.get("quantized")):
+        stream = False                                          # adapters / int8 already: read as usual
+        arrays = _read_archive(path, skip=skip or None)
 
     Config, Model, param_shapes = family(meta.get("family", "gpt2"))
     try:
@@ -226,6 +234,8 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_bas
         raise CheckpointError(f"{what} has an invalid model config ({e}); it is corrupt, use another checkpoint") from None
 
     params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
+    if stream:
+        model = _quantized_while_reading(path, Model, config, param_shapes(config), what)
     for name, a in params.items():
         if a.dtype != np.float32:
             raise CheckpointError(f"{what}: weight {name!r} is {a.dtype}, expected float32; it is corrupt")
@@ -240,6 +250,8 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_bas
         model = open_adapted(meta["lora"], params, what, open_base)
     elif meta.get("quantized"):
         model = _quantized_model(Model, config, params, arrays, what, allowed=quantized)
+    elif stream:
+        pass                                                   # the int8 model read above
     else:
         _check_param_shapes(params, param_shapes(config), config, what)  # before allocating the model
         model = Model(config, init=False)                      # every weight is loaded next
@@ -273,6 +285,40 @@ def load_checkpoint(path: str | os.PathLike, *, optimizer: bool = True, open_bas
                       rng_state=meta.get("rng_state"), train_config=dict(meta.get("train_config") or {}),
                       path=path, corpus=meta.get("corpus") if isinstance(meta.get("corpus"), dict) else None,
                       chat=chat)
+
+
+def _quantized_while_reading(path: Path, Model, config, expected: dict, what: str):
+    """The int8 model of a float32 checkpoint, each weight read from the archive straight into
+    the buffer its matrix is quantized from; the checks of a full load (names, shapes, float32,
+    finite) are made on each weight as it arrives."""
+    from ..errors import ConfigError
+    from ..quant.model import quantize_tensors
+    from .npz_members import NpzMembers
+    hint = "it is corrupt, use another checkpoint"
+    try:
+        members = NpzMembers(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{what} cannot be read ({e}); {hint}") from None
+    with members:
+        names = {k[len("param/"):] for k in members.names if k.startswith("param/")}
+        for name in expected:
+            if name not in names:
+                raise CheckpointError(f"{what}: weight {name!r} is missing, though field model_config needs it; {hint}")
+
+        def read(name: str, out: np.ndarray) -> None:
+            try:
+                members.read_into("param/" + name, out)
+            except ValueError as e:
+                raise CheckpointError(f"{what}: weight {name!r} {e}; {hint}") from None
+            except Exception as e:  # BadZipFile, zlib.error, EOFError, OSError: a damaged member
+                raise CheckpointError(f"{what} is truncated or corrupt: weight {name!r} cannot be read "
+                                      f"({type(e).__name__}: {e}); {hint}") from None
+            if not np.isfinite(out.sum(dtype=np.float64)):     # NaN/inf anywhere, no (shape) bool temporary
+                raise CheckpointError(f"{what}: weight {name!r} holds NaN or infinite values; use an earlier checkpoint")
+        try:
+            return quantize_tensors(Model, config, read)
+        except ValueError as e:                                 # sizes Q8_0 cannot hold
+            raise ConfigError(str(e)) from None
 
 
 def _quantized_model(Model, config, params: dict, arrays: dict, what: str, *, allowed: bool):

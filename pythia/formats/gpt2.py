@@ -166,8 +166,10 @@ def read_tokenizer(d: Path):
     return GPT2Tokenizer.from_dir(d)
 
 
-def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleTokenizer]:
-    """The Pythia model and GPT-2 tokenizer of a Hugging Face GPT-2 directory (see module docstring)."""
+def load_gpt2(directory: str | Path, *, quantize: str | None = None) -> tuple[Pythia, GPT2Tokenizer | SimpleTokenizer]:
+    """The Pythia model and GPT-2 tokenizer of a Hugging Face GPT-2 directory (see module docstring).
+    quantize="int8": the model with Q8_0 matrices, each quantized as it is read (the float32 model
+    is never whole in memory); ConfigError when its sizes cannot be quantized."""
     d = Path(directory)
     if not d.is_dir():
         from ..system.inputs import file_kind
@@ -189,6 +191,8 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleToke
     f = SafetensorsFile(weights)
     try:
         plan, head = _plan(f, config)
+        if quantize is not None:
+            return _quantized_gpt2(f, plan, head, config), tokenizer
         model = Pythia(config, init=False)                     # every weight is loaded next
         for name, hf_name in plan.items():
             # read from the file straight into the model's buffer: mapping the file instead
@@ -201,6 +205,23 @@ def load_gpt2(directory: str | Path) -> tuple[Pythia, GPT2Tokenizer | SimpleToke
         if not all_finite(p):
             raise GPT2Error(f"{weights}: tensor {name!r} holds NaN or infinite values; the file is corrupt")
     return model, tokenizer
+
+
+def _quantized_gpt2(f: SafetensorsFile, plan: dict[str, str], head: str | None, config: PythiaConfig):
+    """The int8 model of the file's weights, one matrix at a time (pythia.quant.model.quantize_tensors),
+    each tensor checked as it is read."""
+    from ..quant.model import quantize_tensors
+
+    def read(name: str, out: np.ndarray) -> None:
+        f.read_into(plan[name], out)                           # no mapping: only `out` holds the data
+        if not all_finite(out):
+            raise GPT2Error(f"{f.path}: tensor {name!r} holds NaN or infinite values; the file is corrupt")
+        if name == "wte":
+            _check_head(f, head, out)
+    try:
+        return quantize_tensors(Pythia, config, read)
+    except ValueError as e:                                    # sizes Q8_0 cannot hold
+        raise ConfigError(str(e)) from None
 
 
 def convert_gpt2(directory: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:

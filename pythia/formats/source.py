@@ -93,7 +93,7 @@ def _open(path: Path, chat_format: str | None, folder: bool, quantize: str | Non
         if os.path.lexists(path / "config.json"):
             refuse_unknown_model_type(path)
             from .gpt2 import load_gpt2                     # a GPT-2 folder (it names what else it lacks)
-            model, tokenizer = load_gpt2(path)
+            model, tokenizer = load_gpt2(path, quantize=quantize)   # int8 as read: no whole float32 model
             return _with_template(LoadedModel(model, tokenizer, f"GPT-2 weights from {path}"), None, chat_format)
         raise ConfigError(f"{str(path)!r} is a folder without config.json; give a Pythia checkpoint (.npz) or a "
                           f"Hugging Face model folder (config.json, model.safetensors, tokenizer files)")
@@ -101,7 +101,8 @@ def _open(path: Path, chat_format: str | None, folder: bool, quantize: str | Non
         raise ConfigError(f"{str(path)!r} does not exist; give a Pythia checkpoint (.npz) or a Hugging Face model "
                           f"folder you downloaded (Pythia never downloads)")
     from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model, quantized=True)  # a LoRA checkpoint's base, too
+    ckpt = load_checkpoint(path, optimizer=False, open_base=open_model, quantized=True,  # a LoRA checkpoint's base, too
+                           quantize=quantize)                # a float32 one quantized as it is read
     if ckpt.step:
         what = f"trained {ckpt.step} steps"
     else:
@@ -146,7 +147,7 @@ def _quantized_from_tensors(Model, config, weights):
     pages nor a float32 model stay resident (only one float32 matrix at a time)."""
     from ..quant.model import quantize_tensors
     try:
-        return quantize_tensors(Model, config, weights.get)  # name -> a new float32 array
+        return quantize_tensors(Model, config, weights.read_into)  # (name, out): F32/F16/BF16 -> out
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -10,7 +10,7 @@ each; activations quantized per block at run time; int32 dot products, then scal
     quant.BACKEND                               # "cython" or "numpy"
 
 reference.py is the specification (and the NumPy backend); compiled.py runs `pythia._quant`
-(or `pythia._quant_avx2` on a CPU with AVX2). `PYTHIA_KERNELS=numpy` or `use("numpy")` picks
+(or `pythia._quant_avx2` on a CPU with AVX2, `pythia._quant_vnni` on one with AVX-512 VNNI). `PYTHIA_KERNELS=numpy` or `use("numpy")` picks
 the reference, as for pythia.kernels; `PYTHIA_KERNELS_ISA=baseline` the baseline build.
 """
 from __future__ import annotations
@@ -28,9 +28,17 @@ FALLBACK_REASON: str | None = None
 
 def _load_compiled():
     """(compiled module, None) or (None, why the NumPy reference is used)."""
-    from ..kernels._loader import BUILD_HINT, _import, isa_wanted
+    from ..kernels._loader import BUILD_HINT, _import, _quiet_openmp_threads, isa_wanted
     from . import compiled
     wanted = isa_wanted()
+    # Loading the extension loads libgomp, which reads its wait policy once: set the float
+    # kernels' bounded spin (GOMP_SPINCOUNT, unless the user set a policy) first, whichever
+    # package loads first. The int8 product itself runs on its own pool (kernels/_pool.h), whose
+    # workers spin 50 us after a product, then sleep. OMP_WAIT_POLICY=PASSIVE is not set: int8
+    # generate on 2 threads, 5 interleaved runs at load average 3.3-4.4, decoded at a median 53
+    # tok/s with the bounded spin, 57 with PASSIVE (within the runs' spread) and 37 with ACTIVE
+    # (spinning threads hold the cores the busy thread needs).
+    _quiet_openmp_threads()
     try:
         ext = _import("_quant")
     except ImportError as err:
@@ -39,13 +47,17 @@ def _load_compiled():
         return None, f"compiled int8 kernels are not built; {BUILD_HINT}"
     if getattr(ext, "API_VERSION", None) != compiled.API_VERSION:
         return None, f"compiled int8 kernels are stale (API {getattr(ext, 'API_VERSION', '?')}); {BUILD_HINT}"
-    if wanted != "baseline" and ext.cpu_has_avx2():
+    # the widest build this CPU runs and this checkout has: a build not made here (its compiler
+    # refused the flags) or stale is passed over for the next one down
+    builds = [("_quant_vnni", ext.cpu_has_avx512vnni()), ("_quant_avx2", ext.cpu_has_avx2())]
+    for name, runs in builds if wanted != "baseline" else ():
         try:
-            simd = _import("_quant_avx2")
+            simd = _import(name) if runs else None
         except ImportError:
-            simd = None                      # not built here: the baseline build serves
+            simd = None
         if simd is not None and getattr(simd, "API_VERSION", None) == compiled.API_VERSION:
             ext = simd
+            break
     compiled.bind(ext)
     return compiled, None
 

@@ -12,7 +12,7 @@ from ._check import QK
 
 API_VERSION = 1  # bump together with API_VERSION in kernels/_quant.pyx
 _ext = None
-ISA = "none"     # which build is bound: "avx2" or "baseline"
+ISA = "none"     # which build is bound: "avx512vnni", "avx2" or "baseline"
 
 
 def bind(ext) -> None:
