@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decode_int8.py [--shapes gpt2-small smollm2-135m] [--threads 2]
                                            [--prompt 64] [--tokens 32] [--rounds 3]
+        [--transformers-python PY] [--llamacpp-python PY --llamacpp-src DIR] [--gguf-dir DIR]
 
 Random-weight models at GPT-2-small's shape (12 x 768, vocabulary 50257, tied head) and
 SmolLM2-135M's (30 x 576, 9 query / 3 key-value heads, MLP 1536, vocabulary 49152, tied). Each
@@ -10,7 +11,17 @@ prefill of --prompt tokens, then --tokens greedy decode steps through forward_ca
 gives medians over rounds. A decode step reads every matrix once (the tied head reads the whole
 token table; the embedding only one row), so "MB/token" is the bytes of those matrices, and
 tokens/s times MB/token is the bandwidth a step uses. The limit is the copy bandwidth measured
-here: np.copyto of a --copy-mb array, counting the bytes read and written.
+here: np.copyto of a --copy-mb array, counting the bytes read and written, the best of a
+measurement at the start and one each round (other work on a shared machine only lowers it).
+
+With --transformers-python and --llamacpp-python the same random weights also decode in
+transformers (float32) and llama.cpp (F32 and Q8_0 GGUF made by llama.cpp's own converter), each
+in its own interpreter, timed the same way (prefill of the same prompt, then --tokens greedy
+single-token steps) in the same interleaved rounds: bench_llamacpp.py says how, and how to build
+them. With --threads above 1 llama.cpp also runs on one thread, as Pythia's float32 does (below);
+"/ llama.cpp" compares a float32 row with the faster llama.cpp F32 row and an int8 row with the
+faster Q8_0 row. The peers run with the environment the benchmark was started with (not the
+settings below).
 
 --rss also saves the first shape as a float32 and an int8 checkpoint (random weights, the tiny
 GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memory of
@@ -19,7 +30,7 @@ GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memor
 
 With --threads above 1, float32 also runs on one BLAS thread (pythia.system.threads.blas_set):
 on a machine whose cores are busy with other work, OpenBLAS's spinning threads can make two
-threads several times slower than one. "int8 / fp32" is against the faster float32 row.
+threads several times slower than one. "/ Pythia fp32" is against the faster float32 row.
 
 OMP_WAIT_POLICY is set to PASSIVE (unless already set): the int8 kernel's OpenMP threads would
 otherwise spin after each product on the cores OpenBLAS then needs for the float32 model's
@@ -138,11 +149,12 @@ def print_rows(shape: str, runs: dict, nbytes: dict, prompt_len: int, bw: float)
     """One table row per engine: medians, the decode range, and ratios to Pythia fp32 and llama.cpp."""
     decode = {k: statistics.median(d for _, d in v) for k, v in runs.items()}
     base = max(v for k, v in decode.items() if k.startswith("Pythia float32"))
-    llama = {"float32": decode.get("llama.cpp F32"), "int8": decode.get("llama.cpp Q8_0")}
+    llama = {w: max((v for k, v in decode.items() if k.startswith(f"llama.cpp {w}")), default=None)
+             for w in ("F32", "Q8_0")}                      # the faster of 2 threads and 1
     for k, v in runs.items():
         prefill = statistics.median(p for p, _ in v)
         lo, hi = min(d for _, d in v), max(d for _, d in v)
-        ref = llama["int8" if ("int8" in k or "Q8_0" in k) else "float32"]
+        ref = llama["Q8_0" if ("int8" in k or "Q8_0" in k) else "F32"]
         used = decode[k] * nbytes[k]
         print(f"| {shape} | {k} | {nbytes[k] / 1e6:,.2f} | {prompt_len / prefill:,.0f} | {decode[k]:,.1f} | "
               f"{lo:,.1f}-{hi:,.1f} | {decode[k] / base:.2f}x | {f'{decode[k] / ref:.2f}x' if ref else ''} | "
@@ -178,12 +190,9 @@ def main() -> None:
     isa = quant.compiled.ISA if quant.BACKEND == "cython" else "-"
     print(f"int8 backend {quant.BACKEND} ({isa}), {args.threads} threads, prompt {args.prompt}, "
           f"{args.tokens} decode tokens, {args.rounds} rounds (medians), OMP_WAIT_POLICY "
-          f"{os.environ['OMP_WAIT_POLICY']}; copy bandwidth {bw / 1e9:.1f} GB/s; load average "
+          f"{os.environ['OMP_WAIT_POLICY']}; copy bandwidth at the start {bw / 1e9:.1f} GB/s; load average "
           f"{os.getloadavg()[0]:.2f}")
-    print()
-    print("| shape | engine, weights | MB/token | prefill tok/s | decode tok/s | decode range | / Pythia fp32 "
-          "| / llama.cpp | GB/s used | of copy bw |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    tables = []                                             # (shape, runs, bytes): printed with the run's best bandwidth
     work = Path(args.gguf_dir) if args.gguf_dir else Path(tempfile.mkdtemp(prefix="bench-gguf-"))
     try:
         for shape in args.shapes:
@@ -199,6 +208,7 @@ def main() -> None:
                 prompt = np.random.default_rng(1).integers(0, sizes["vocab_size"], args.prompt)
                 runs: dict[str, list[tuple[float, float]]] = {k: [] for k in engines}
                 for r in range(args.rounds + 1):            # interleaved: each engine once a round
+                    bw = max(bw, copy_bandwidth(args.copy_mb))
                     for k, (measure, _) in engines.items():
                         timed = measure(prompt)
                         if r:                               # round 0 warms caches and thread pools
@@ -206,14 +216,21 @@ def main() -> None:
             finally:
                 for peer in peers.values():
                     peer.close()
-            print_rows(shape, runs, {k: b for k, (_, b) in engines.items()}, args.prompt, bw)
+            tables.append((shape, runs, {k: b for k, (_, b) in engines.items()}))
             if args.rss and shape == args.shapes[0]:
                 first = f32
             del f32, q8, engines
     finally:
         if not args.gguf_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    print(f"copy bandwidth, best of the run (the start and each round): {bw / 1e9:.1f} GB/s; load average at "
+          f"the end {os.getloadavg()[0]:.2f}")
+    print()
+    print("| shape | engine, weights | MB/token | prefill tok/s | decode tok/s | decode range | / Pythia fp32 "
+          "| / llama.cpp | GB/s used | of copy bw |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape, runs, nbytes in tables:
+        print_rows(shape, runs, nbytes, args.prompt, bw)
     if args.rss:
         rss_table(first, quantize_model)
     if args.rss_folder:

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 # per Pythia family: the fixture whose tokenizer the folder gets, and llama.cpp's pre-tokenizer name for it
 TOKENIZER = {"gpt2": REPO / "tests" / "fixtures" / "gpt2", "llama": REPO / "tests" / "fixtures" / "hf_models" / "smollm2"}
-PRE = {"gpt2": "gpt2", "llama": "smollm"}
+PRE = {"gpt2": "gpt-2", "llama": "smollm"}
 
 
 def fixture_tokenizer(model):
@@ -108,12 +108,19 @@ def start_peers(model, shape: str, args, work: Path, env: dict) -> dict[str, Pee
     folder = hf_folder(model, work, shape)
     ctx = args.prompt + args.tokens + 8
     common = dict(threads=args.threads, tokens=args.tokens, ctx=ctx, env=env)
-    if args.transformers_python:
-        peers["transformers float32"] = Peer(args.transformers_python, "transformers", folder, **common)
-    if args.llamacpp_python:
-        for outtype, name in (("f32", "llama.cpp F32"), ("q8_0", "llama.cpp Q8_0")):
-            path = gguf(folder, outtype, PRE[model.FAMILY], args.llamacpp_python, args.llamacpp_src)
-            peers[name] = Peer(args.llamacpp_python, "llama.cpp", path, **common)
+    try:
+        if args.transformers_python:
+            peers["transformers float32"] = Peer(args.transformers_python, "transformers", folder, **common)
+        if args.llamacpp_python:
+            for outtype, name in (("f32", "llama.cpp F32"), ("q8_0", "llama.cpp Q8_0")):
+                path = gguf(folder, outtype, PRE[model.FAMILY], args.llamacpp_python, args.llamacpp_src)
+                peers[name] = Peer(args.llamacpp_python, "llama.cpp", path, **common)
+                if args.threads > 1:                        # as Pythia's float32: busy cores can make 1 beat 2
+                    peers[f"{name}, 1 thread"] = Peer(args.llamacpp_python, "llama.cpp", path, **{**common, "threads": 1})
+    except BaseException:                                   # one failed: stop those already started
+        for peer in peers.values():
+            peer.close()
+        raise
     return peers
 
 

@@ -9,7 +9,7 @@ numpy, and the gguf-py the tree carries). Everything after `--` goes to the conv
 The converter names a BPE model's pre-tokenizer (the regex split before merges, written as
 tokenizer.ggml.pre) by hashing the ids its tokenizer gives a test string, and refuses a hash it
 does not know. The benchmark's random-weight folders carry small test tokenizers whose hash no
-released model has, so this wrapper replaces that lookup with PRE (gpt2 for GPT-2's split,
+released model has, so this wrapper replaces that lookup with PRE (gpt-2 for GPT-2's split,
 smollm for SmolLM2's). Only tokenization depends on it: the weights, the graph and so the decode
 speed are the converter's own.
 """
