@@ -223,3 +223,10 @@ def test_bench_decode_int8_refuses_a_peer_it_cannot_run(args, message):
     p = subprocess.run([sys.executable, str(BENCH / "bench_decode_int8.py"), "--shapes", "tiny", *args],
                        capture_output=True, text=True, timeout=120, cwd=BENCH)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_gguf_convert_refuses_a_tree_without_llama_cpps_converter(tmp_path):
+    p = subprocess.run([sys.executable, str(BENCH / "gguf_convert.py"), str(tmp_path), "gpt-2", "--", "x"],
+                       capture_output=True, text=True, timeout=120, cwd=BENCH)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and "convert_hf_to_gguf.py" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
