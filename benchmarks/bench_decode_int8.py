@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decode_int8.py [--shapes gpt2-small smollm2-135m] [--threads 2]
                                            [--prompt 64] [--tokens 32] [--rounds 3]
+        [--transformers-python PY] [--llamacpp-python PY --llamacpp-src DIR] [--gguf-dir DIR]
 
 Random-weight models at GPT-2-small's shape (12 x 768, vocabulary 50257, tied head) and
 SmolLM2-135M's (30 x 576, 9 query / 3 key-value heads, MLP 1536, vocabulary 49152, tied). Each
@@ -10,7 +11,17 @@ prefill of --prompt tokens, then --tokens greedy decode steps through forward_ca
 gives medians over rounds. A decode step reads every matrix once (the tied head reads the whole
 token table; the embedding only one row), so "MB/token" is the bytes of those matrices, and
 tokens/s times MB/token is the bandwidth a step uses. The limit is the copy bandwidth measured
-here: np.copyto of a --copy-mb array, counting the bytes read and written.
+here: np.copyto of a --copy-mb array, counting the bytes read and written, the best of a
+measurement at the start and one each round (other work on a shared machine only lowers it).
+
+With --transformers-python and --llamacpp-python the same random weights also decode in
+transformers (float32) and llama.cpp (F32 and Q8_0 GGUF made by llama.cpp's own converter), each
+in its own interpreter, timed the same way (prefill of the same prompt, then --tokens greedy
+single-token steps) in the same interleaved rounds: bench_llamacpp.py says how, and how to build
+them. With --threads above 1 llama.cpp also runs on one thread, as Pythia's float32 does (below);
+"/ llama.cpp" compares a float32 row with the faster llama.cpp F32 row and an int8 row with the
+faster Q8_0 row. The peers run with the environment the benchmark was started with (not the
+settings below).
 
 --rss also saves the first shape as a float32 and an int8 checkpoint (random weights, the tiny
 GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memory of
@@ -19,7 +30,7 @@ GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memor
 
 With --threads above 1, float32 also runs on one BLAS thread (pythia.system.threads.blas_set):
 on a machine whose cores are busy with other work, OpenBLAS's spinning threads can make two
-threads several times slower than one. "int8 / fp32" is against the faster float32 row.
+threads several times slower than one. "/ Pythia fp32" is against the faster float32 row.
 
 OMP_WAIT_POLICY is set to PASSIVE (unless already set): the compiled float kernels' OpenMP
 threads would otherwise spin after each loop on the cores OpenBLAS then needs for the float32
@@ -30,13 +41,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                               # run as a script from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_llamacpp  # noqa: E402  (the peers' columns)
 
 SHAPES = {
     "gpt2-small": ("gpt2", dict(vocab_size=50257, block_size=1024, d_model=768, n_layer=12, n_head=12)),
@@ -103,11 +118,8 @@ def peak_rss(cmd: list[str]) -> int:
 
 def rss_table(model, quantize_model) -> None:
     """Peak RSS of generate on a float32 checkpoint, an int8 one, and the float32 one --quantize int8."""
-    import tempfile
-
     from pythia.formats.checkpoint import save_checkpoint
-    from pythia.formats.source import open_model
-    tokenizer = open_model(REPO / "tests" / "fixtures" / ("gpt2" if model.FAMILY == "gpt2" else "hf_models/smollm2")).tokenizer
+    tokenizer = bench_llamacpp.fixture_tokenizer(model)
     with tempfile.TemporaryDirectory() as d:
         f32, q8 = Path(d) / "f32.npz", Path(d) / "q8.npz"
         save_checkpoint(f32, model, tokenizer)
@@ -125,6 +137,31 @@ def rss_table(model, quantize_model) -> None:
         print(f"| {name} | {size / 1e6:,.0f} | {rss / 1e6:,.0f} | {rss / rows[0][1]:.2f}x |")
 
 
+def pythia_runs(f32, q8, threads: int, tokens: int) -> dict:
+    """name -> (measure(prompt) -> (prefill s, decode tok/s), bytes a step reads) for Pythia's rows."""
+    rows = {"Pythia float32": (f32, threads)}
+    if threads > 1:
+        rows["Pythia float32, 1 BLAS thread"] = (f32, 1)
+    rows["Pythia int8 Q8_0"] = (q8, threads)
+    return {k: ((lambda p, m=m, b=b: run_once(m, p, tokens, b)), matrix_bytes(m)) for k, (m, b) in rows.items()}
+
+
+def print_rows(shape: str, runs: dict, nbytes: dict, prompt_len: int, bw: float) -> None:
+    """One table row per engine: medians, the decode range, and ratios to Pythia fp32 and llama.cpp."""
+    decode = {k: statistics.median(d for _, d in v) for k, v in runs.items()}
+    base = max(v for k, v in decode.items() if k.startswith("Pythia float32"))
+    llama = {w: max((v for k, v in decode.items() if k.startswith(f"llama.cpp {w}")), default=None)
+             for w in ("F32", "Q8_0")}                      # the faster of 2 threads and 1
+    for k, v in runs.items():
+        prefill = statistics.median(p for p, _ in v)
+        lo, hi = min(d for _, d in v), max(d for _, d in v)
+        ref = llama["Q8_0" if ("int8" in k or "Q8_0" in k) else "F32"]
+        used = decode[k] * nbytes[k]
+        print(f"| {shape} | {k} | {nbytes[k] / 1e6:,.2f} | {prompt_len / prefill:,.0f} | {decode[k]:,.1f} | "
+              f"{lo:,.1f}-{hi:,.1f} | {decode[k] / base:.2f}x | {f'{decode[k] / ref:.2f}x' if ref else ''} | "
+              f"{used / 1e9:.1f} | {used / bw:.0%} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gpt2-small", "smollm2-135m"])
@@ -135,9 +172,12 @@ def main() -> None:
     ap.add_argument("--copy-mb", type=int, default=256)
     ap.add_argument("--rss", action="store_true", help="also measure generate's peak memory on checkpoints")
     ap.add_argument("--rss-folder", metavar="DIR", help="also measure generate's peak memory on this HF folder")
+    bench_llamacpp.add_arguments(ap)
     args = ap.parse_args()
     if min(args.threads, args.prompt, args.tokens, args.rounds, args.copy_mb) < 1:
         ap.error("--threads, --prompt, --tokens, --rounds and --copy-mb must be at least 1")
+    bench_llamacpp.check_arguments(ap, args)
+    peer_env = dict(os.environ)                             # the peers run with their own defaults
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                 # before NumPy starts its BLAS threads
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")     # before OpenMP starts its threads
@@ -151,36 +191,47 @@ def main() -> None:
     isa = quant.compiled.ISA if quant.BACKEND == "cython" else "-"
     print(f"int8 backend {quant.BACKEND} ({isa}), {args.threads} threads, prompt {args.prompt}, "
           f"{args.tokens} decode tokens, {args.rounds} rounds (medians), OMP_WAIT_POLICY "
-          f"{os.environ['OMP_WAIT_POLICY']}; copy bandwidth {bw / 1e9:.1f} GB/s")
+          f"{os.environ['OMP_WAIT_POLICY']}; copy bandwidth at the start {bw / 1e9:.1f} GB/s; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    tables = []                                             # (shape, runs, bytes): printed with the run's best bandwidth
+    work = Path(args.gguf_dir) if args.gguf_dir else Path(tempfile.mkdtemp(prefix="bench-gguf-"))
+    try:
+        for shape in args.shapes:
+            name, sizes = SHAPES[shape]
+            Config, Model, _ = family(name)
+            f32 = Model(Config(**sizes), seed=0)
+            q8 = quantize_model(f32)
+            engines = pythia_runs(f32, q8, args.threads, args.tokens)
+            peers = bench_llamacpp.start_peers(f32, shape, args, work, peer_env)
+            try:
+                engines.update({k: ((lambda p, peer=peer: peer.measure(p.tolist())), peer.nbytes)
+                                for k, peer in peers.items()})
+                prompt = np.random.default_rng(1).integers(0, sizes["vocab_size"], args.prompt)
+                runs: dict[str, list[tuple[float, float]]] = {k: [] for k in engines}
+                for r in range(args.rounds + 1):            # interleaved: each engine once a round
+                    bw = max(bw, copy_bandwidth(args.copy_mb))
+                    for k, (measure, _) in engines.items():
+                        timed = measure(prompt)
+                        if r:                               # round 0 warms caches and thread pools
+                            runs[k].append(timed)
+            finally:
+                for peer in peers.values():
+                    peer.close()
+            tables.append((shape, runs, {k: b for k, (_, b) in engines.items()}))
+            if args.rss and shape == args.shapes[0]:
+                first = f32
+            del f32, q8, engines
+    finally:
+        if not args.gguf_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"copy bandwidth, best of the run (the start and each round): {bw / 1e9:.1f} GB/s; load average at "
+          f"the end {os.getloadavg()[0]:.2f}")
     print()
-    print("| shape | weights | MB/token | prefill tok/s | decode tok/s | int8 / fp32 | GB/s used | of copy bw |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for shape in args.shapes:
-        name, sizes = SHAPES[shape]
-        Config, Model, _ = family(name)
-        f32 = Model(Config(**sizes), seed=0)
-        q8 = quantize_model(f32)
-        models = {"float32": (f32, args.threads), "int8 Q8_0": (q8, args.threads)}
-        if args.threads > 1:
-            models = {"float32": (f32, args.threads), "float32, 1 BLAS thread": (f32, 1), "int8 Q8_0": (q8, args.threads)}
-        prompt = np.random.default_rng(1).integers(0, sizes["vocab_size"], args.prompt)
-        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
-        for r in range(args.rounds + 1):                    # interleaved: float32, int8, float32, ...
-            for k, (m, blas) in models.items():
-                timed = run_once(m, prompt, args.tokens, blas)
-                if r:                                       # round 0 warms caches and thread pools
-                    runs[k].append(timed)
-        base = max(statistics.median(d for _, d in runs[k]) for k in models if k.startswith("float32"))
-        for k, (m, _) in models.items():
-            prefill = statistics.median(p for p, _ in runs[k])
-            tps = statistics.median(d for _, d in runs[k])
-            mb = matrix_bytes(m)
-            used = tps * mb
-            print(f"| {shape} | {k} | {mb / 1e6:,.2f} | {args.prompt / prefill:,.0f} | {tps:,.1f} | "
-                  f"{tps / base:.2f}x | {used / 1e9:.1f} | {used / bw:.0%} |")
-        if args.rss and shape == args.shapes[0]:
-            first = f32
-        del f32, q8, models
+    print("| shape | engine, weights | MB/token | prefill tok/s | decode tok/s | decode range | / Pythia fp32 "
+          "| / llama.cpp | GB/s used | of copy bw |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape, runs, nbytes in tables:
+        print_rows(shape, runs, nbytes, args.prompt, bw)
     if args.rss:
         rss_table(first, quantize_model)
     if args.rss_folder:
@@ -192,7 +243,6 @@ def main() -> None:
         print("|---|---:|---:|")
         print(f"| float32 | {f32 / 1e6:,.0f} | 1.00x |")
         print(f"| --quantize int8 | {q8 / 1e6:,.0f} | {q8 / f32:.2f}x |")
-
 
 if __name__ == "__main__":
     main()

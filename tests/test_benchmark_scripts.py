@@ -181,18 +181,27 @@ def test_bench_train_step_refuses_zero_runs():
     assert p.returncode == 2 and p.stderr.startswith("error: --runs") and "Traceback" not in p.stderr
 
 
+def decode_rows_hold_their_ranges(rows: list[list[str]]) -> None:
+    for r in rows:                                                       # median within min-max
+        lo, hi = r[5].split("-")
+        assert number(lo) <= number(r[4]) <= number(hi), r
+
+
 def test_bench_decode_int8_prints_float32_and_int8_rows_with_the_bandwidth_fraction():
     out = run_script("bench_decode_int8.py", "--shapes", "tiny", "--rounds", "1", "--tokens", "3", "--prompt", "4",
                      "--copy-mb", "4", "--rss")
-    assert "copy bandwidth" in out
+    assert "copy bandwidth" in out and "load average" in out
     rows = table_rows(out)
     rss = rows[4:]                                                       # after the second header
     assert [r[0].strip() for r in rss] == ["float32 checkpoint", "int8 checkpoint", "float32 checkpoint --quantize int8"]
     rows = rows[:3]
-    assert [r[1].strip() for r in rows] == ["float32", "float32, 1 BLAS thread", "int8 Q8_0"]
-    fp32_mb, _, int8_mb = (float(r[2].replace(",", "")) for r in rows)
-    assert int8_mb == pytest.approx(fp32_mb * (1 + 4 / 32) / 4, rel=0.02)   # 34 bytes per 32 weights
-    assert "1.00x" in (rows[0][5], rows[1][5]) and rows[2][7].endswith("%")
+    assert [r[1] for r in rows] == ["Pythia float32", "Pythia float32, 1 BLAS thread", "Pythia int8 Q8_0"]
+    fp32_mb, _, int8_mb = (number(r[2]) for r in rows)
+    assert int8_mb == pytest.approx(fp32_mb * (1 + 4 / 32) / 4, rel=0.02)   # 36 bytes per 32 weights
+    assert "1.00x" in (rows[0][6], rows[1][6]) and rows[2][9].endswith("%")
+    assert all(r[7] == "" for r in rows)                                 # no llama.cpp asked for: no ratio
+    decode_rows_hold_their_ranges(rows)
+
 
 
 def test_bench_serve_soak_counts_the_intended_503s_and_finds_every_slot_free():
@@ -211,3 +220,32 @@ def test_bench_serve_soak_counts_the_intended_503s_and_finds_every_slot_free():
     assert sum(c.get("503", 0) for c in counts.values()) > 0 and sum(c.get("200", 0) for c in counts.values()) > 0
     assert all(set(c) <= {"200", "503", "200 closed mid-reply"} for c in counts.values()), counts
     assert "0 decoding, 0 waiting" in out and "soak: PASS: 0 error(s)" in out, out
+
+
+def test_bench_decode_int8_adds_a_transformers_row_from_the_same_weights():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = run_script("bench_decode_int8.py", "--shapes", "tiny", "--rounds", "1", "--tokens", "3", "--prompt", "4",
+                     "--copy-mb", "4", "--transformers-python", sys.executable)
+    rows = table_rows(out)
+    assert [r[1] for r in rows][-1] == "transformers float32"
+    assert number(rows[-1][2]) == pytest.approx(number(rows[0][2]), rel=0.01)   # the same float32 matrices
+    decode_rows_hold_their_ranges(rows)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--llamacpp-python", sys.executable], "--llamacpp-python needs --llamacpp-src DIR"),
+    (["--transformers-python", "no-such-python"], "--transformers-python no-such-python: not an executable"),
+    (["--gguf-dir", "no-such-dir"], "--gguf-dir no-such-dir: no such folder"),
+])
+def test_bench_decode_int8_refuses_a_peer_it_cannot_run(args, message):
+    p = subprocess.run([sys.executable, str(BENCH / "bench_decode_int8.py"), "--shapes", "tiny", *args],
+                       capture_output=True, text=True, timeout=120, cwd=BENCH)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_gguf_convert_refuses_a_tree_without_llama_cpps_converter(tmp_path):
+    p = subprocess.run([sys.executable, str(BENCH / "gguf_convert.py"), str(tmp_path), "gpt-2", "--", "x"],
+                       capture_output=True, text=True, timeout=120, cwd=BENCH)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and "convert_hf_to_gguf.py" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
