@@ -97,8 +97,10 @@ def extensions():
             # the same source (it includes _kernels.pyx), built with SIMD_FLAGS by BuildExt
             Extension("pythia._kernels_avx2", ["kernels/_kernels_avx2.pyx"], define_macros=macros,
                       include_dirs=inc),
-            # the Llama-family kernels (RMSNorm, rotary embedding, SwiGLU); baseline flags only
-            Extension("pythia._llama_kernels", ["kernels/_llama.pyx"], define_macros=macros, include_dirs=inc),
+            # the Llama-family kernels (RMSNorm, rotary embedding, SwiGLU) and decoding's few-row
+            # products; baseline flags only
+            Extension("pythia._llama_kernels", ["kernels/_llama.pyx"], define_macros=macros, include_dirs=inc,
+                      depends=["kernels/_pool.h"]),
             # Q8_0 int8 matrix products (pythia.quant), baseline, AVX2 and AVX-512 VNNI builds of one source
             Extension("pythia._quant", ["kernels/_quant.pyx"], define_macros=macros, include_dirs=inc,
                       depends=["kernels/_pool.h"]),

@@ -261,7 +261,7 @@ def run_case(name: str, rounds: int, quick: bool, interval: float | None) -> Non
 
 def batch_steps(name: str) -> None:
     """What a decode step over B one-token rows costs the model itself (no server): the bound on
-    what batching can give, and the widest matrix's product alone for 1, 2 and 8 rows."""
+    what batching can give, and the widest block matrix's and the head's products alone."""
     from pythia.system import threads
     model, prompt, _ = build(name)
     per = threads.widest_per_token(model)
@@ -270,23 +270,34 @@ def batch_steps(name: str) -> None:
         with threads.for_pass(per * B * len(prompt)):
             model.forward_cached_batch([np.array(prompt)] * B, caches)
         times = []
-        for _ in range(5):
+        for _ in range(9):
             t0 = time.perf_counter()
             with threads.for_pass(per * B):
                 model.forward_cached_batch([np.array([1])] * B, caches)
             times.append(time.perf_counter() - t0)
         print(f"{name}: a step over {B} rows {np.median(times) * 1e3:.1f} ms median "
               f"({B / np.median(times):.0f} tokens/s)")
-    w = model.params["h.0.mlp.c_fc.weight"]                             # (C, 4C)
-    for B in (1, 2, 8):
-        x = np.random.default_rng(0).standard_normal((B, w.shape[0])).astype(np.float32)
-        times = []
-        for _ in range(31):
-            t0 = time.perf_counter()
-            with threads.for_pass(per * B):
-                x @ w
-            times.append(time.perf_counter() - t0)
-        print(f"{name}: ({B}, {w.shape[0]}) @ {w.shape} {np.median(times[1:]) * 1e3:.3f} ms median")
+    # the widest block matrix and the tied head, through BLAS and through the few-row kernels
+    # decoding uses (pythia.layers: kernels.vecmat for (in, out), kernels.matvec for (out, in)),
+    # interleaved, 1 BLAS thread as a decode step's rule sets
+    from pythia import layers
+    w = model.params["h.0.mlp.c_fc.weight"]                             # (C, 4C), (in, out)
+    wte = model.params["wte"]                                           # (V, C), (out, in)
+    cases = [(f"({{B}}, {w.shape[0]}) @ {w.shape}", lambda x: x @ w, lambda x: layers.linear_forward(x, w)),
+             (f"({{B}}, {wte.shape[1]}) @ wte.T {wte.shape[::-1]}", lambda x: x @ wte.T,
+              lambda x: layers.linear_out_in(x, wte))]
+    for label, blas, ours in cases:
+        for B in (1, 2, 4, 8):
+            x = np.random.default_rng(0).standard_normal((B, w.shape[0])).astype(np.float32)
+            times = {"BLAS": [], "Pythia": []}
+            for _ in range(15):
+                for key, fn in (("BLAS", blas), ("Pythia", ours)):
+                    t0 = time.perf_counter()
+                    with threads.for_pass(per * B):
+                        fn(x)
+                    times[key].append(time.perf_counter() - t0)
+            b, p = (np.median(times[k][1:]) * 1e3 for k in ("BLAS", "Pythia"))
+            print(f"{name}: {label.format(B=B)}: BLAS {b:.3f} ms, Pythia's {p:.3f} ms ({b / p:.2f}x)")
 
 
 # ---- the soak -----------------------------------------------------------------------------------

@@ -295,38 +295,227 @@ def swiglu_backward(cnp.ndarray dy not None, cnp.ndarray g not None, cnp.ndarray
         _swiglu_grad_block(pdy + lo, pg + lo, pu + lo, pdg + lo, pdu + lo, min(<Py_ssize_t>BLOCK, n - lo))
 
 
-# ----------------------------------------------------------------------------- x W^T for a few rows
-# y[n, o] = sum_c x[n, c] w[o, c] (+ b[o]). Decoding multiplies one row by each weight, so the
-# product is bound by reading w: each row of w is read once, in memory order (one sequential
-# stream, which the hardware prefetcher follows), and dotted with every row of x (a few rows,
-# held in L1). BLAS's sgemv on this layout walks four rows side by side, four short streams,
-# and was measured at about half the speed. A thread takes a contiguous band of w's rows, so
-# every y[n, o] is the same sum whatever the thread count.
+# ----------------------------------------------------------------------------- few-row products
+# Decoding multiplies one row (or, decoding a batch of sequences as the server does, a few rows)
+# by each weight, so a step is bound by reading the weights: here each element of a weight is
+# read from memory once and meets every row of x in registers. Two layouts:
+#   matvec  y[n, o] = sum_c x[n, c] w[o, c] (+ b[o])   w (out, in): Hugging Face's projections,
+#                                                        the token table as a tied head
+#   vecmat  y[n, o] = sum_c x[n, c] w[c, o] (+ b[o])   w (in, out): GPT-2's Conv1D
+# The vector code is written once as C macros over the vector width L and the row count NB
+# (1..8, a constant so that the sums live in registers): L = 4 with the baseline flags, and 8
+# for AVX2 and FMA, compiled through gcc's target attribute and chosen at run time by the CPU's
+# flags (`level` 1; 0 is the baseline), so the baseline wheel runs it without a separate build.
+# An AVX-512 variant was measured no faster: the products are bound by memory, not arithmetic.
+# -ffp-contract is gcc's default here: a multiply-add may be fused.
+# Work is split into tasks over the output units, run by the thread pool of kernels/_pool.h (the
+# caller never waits for a thread that has not started a task, so a busy machine costs no more
+# than one thread; workers spin 50 us between back-to-back products). Each y[n, o] is the same
+# sum whatever the thread count.
+#
+# The sums of up to FEW_GROUP = 4 rows of x share the registers; rows 5-8 are a second group
+# that takes the same part of w right after the first, from cache (measured faster than eight
+# rows' sums at once, which leave too few registers).
+#
+# matvec: the tasks are bands of MV_BAND rows of w; each row of w is read once, front to back
+# (one sequential stream, which the hardware prefetcher follows: BLAS's sgemv on this layout
+# walks four rows side by side and was measured at half the speed), its dot product with each
+# row of x summed in vector accumulators, then across the vector.
+#
+# vecmat: from two rows BLAS runs a matrix product that first packs w into a copy, measured at a
+# quarter of the bandwidth. Here the sums acc[n][CW columns] of all N rows stay in vector
+# registers while VM_KB rows of w pass (the band's lines of the next VM_KB rows are prefetched
+# meanwhile), then go back to y:
+#     y[n, j:j+CW] += sum over c in the band of x[n, c] w[c, j:j+CW]
+# Its columns are cut into 2 x threads contiguous ranges (tasks), so every row of w is read in
+# long stretches.
 
-cdef inline void _matvec_band(const float* x, const float* w, const float* b, float* y, Py_ssize_t N,
-                              Py_ssize_t C, Py_ssize_t O, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    cdef Py_ssize_t o, n
-    cdef float bias = 0.0
-    for o in range(lo, hi):
-        if b != NULL:
-            bias = b[o]
-        for n in range(N):
-            y[n * O + o] = _dot3(w + o * C, x + n * C, NULL, C) + bias
+cdef extern from "_pool.h":
+    ctypedef void (*pp_fn)(const void* job, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+    void pythia_pool_run(pp_fn fn, const void* job, Py_ssize_t count, int threads) noexcept nogil
+
+cdef extern from *:
+    """
+    #define FEW_MAX_ROWS 8               /* rows of x a call takes */
+    #define FEW_GROUP 4                  /* rows of x whose sums share registers; more go in a second group */
+    #define MV_BAND 16                   /* rows of w a matvec task: 16 x C floats in one stretch */
+    #define VM_KB 8                      /* rows of w per vecmat band */
+    typedef float pythia_v4 __attribute__((vector_size(16), aligned(4)));
+    typedef float pythia_v8 __attribute__((vector_size(32), aligned(4)));
+    /* one group's part of a product: NB <= FEW_GROUP rows of x (rows x, y of C and O floats),
+       matvec's rows [o0, o1) of w (out, in), or vecmat's band [c0, c0 + kb) of w's rows (in, out)
+       for y's columns [j0, j1) */
+    typedef void (*pythia_mv_fn)(const float* x, const float* w, const float* b, float* y,
+                                 Py_ssize_t C, Py_ssize_t O, Py_ssize_t o0, Py_ssize_t o1);
+    typedef void (*pythia_vm_fn)(const float* x, const float* w, float* y, Py_ssize_t C, Py_ssize_t O,
+                                 Py_ssize_t c0, Py_ssize_t kb, Py_ssize_t j0, Py_ssize_t j1);
+    typedef struct { const float* x; const float* w; const float* b; float* y; Py_ssize_t N, C, O, task;
+                     pythia_mv_fn mv[2]; pythia_vm_fn vm[2]; } pythia_few_job;
+    /* matvec, rows [o0, o1) of w against NB rows of x: each row of w streamed once, its dot
+       product with each row of x in U = 2 vector accumulators, folded in halves (a fixed order) */
+    #define PYTHIA_MV(ATTR, V, L, NB) \
+    ATTR static void pythia_mv_##L##_##NB(const float* x, const float* w, const float* b, float* y, \
+                                          Py_ssize_t C, Py_ssize_t O, Py_ssize_t o0, Py_ssize_t o1) { \
+        const Py_ssize_t cw = C / (2 * L) * (2 * L); \
+        for (Py_ssize_t o = o0; o < o1; o++) { \
+            const float* wo = w + o * C; \
+            V acc[2][NB]; \
+            for (int u = 0; u < 2; u++) for (int n = 0; n < NB; n++) acc[u][n] = (V){0}; \
+            for (Py_ssize_t c = 0; c < cw; c += 2 * L) \
+                for (int u = 0; u < 2; u++) { \
+                    const V wv = *(const V*)(wo + c + u * L); \
+                    for (int n = 0; n < NB; n++) acc[u][n] += *(const V*)(x + n * C + c + u * L) * wv; \
+                } \
+            for (int n = 0; n < NB; n++) { \
+                const V v = acc[0][n] + acc[1][n]; \
+                float t[L]; \
+                memcpy(t, &v, sizeof t); \
+                for (int h = L / 2; h >= 1; h /= 2) for (int k = 0; k < h; k++) t[k] += t[k + h]; \
+                float s = t[0]; \
+                for (Py_ssize_t c = cw; c < C; c++) s += x[n * C + c] * wo[c]; \
+                y[n * O + o] = b ? s + b[o] : s; \
+            } \
+        } \
+    }
+    /* vecmat, one band of kb <= VM_KB rows of w for y's columns [j0, j1) (y holds the sums so far):
+       CW columns' sums of NB rows in registers while the band's rows pass; the lines of the
+       next band are prefetched; the columns past the last whole CW run one at a time */
+    #define PYTHIA_VM(ATTR, V, L, NB, CW) \
+    ATTR static void pythia_vm_##L##_##NB(const float* x, const float* w, float* y, Py_ssize_t C, \
+                                          Py_ssize_t O, Py_ssize_t c0, Py_ssize_t kb, Py_ssize_t j0, \
+                                          Py_ssize_t j1) { \
+        const Py_ssize_t jw = j0 + (j1 - j0) / (CW) * (CW); \
+        V xb[VM_KB][NB]; \
+        for (Py_ssize_t c = 0; c < kb; c++) \
+            for (int n = 0; n < NB; n++) xb[c][n] = x[n * C + c0 + c] + (V){0}; \
+        for (Py_ssize_t j = j0; j < jw; j += (CW)) { \
+            V acc[NB][(CW) / L]; \
+            for (int n = 0; n < NB; n++) \
+                for (int k = 0; k < (CW) / L; k++) acc[n][k] = *(const V*)(y + n * O + j + L * k); \
+            if (c0 + 2 * VM_KB <= C) \
+                for (int r = 0; r < VM_KB; r++) __builtin_prefetch(w + (c0 + VM_KB + r) * O + j); \
+            for (Py_ssize_t c = 0; c < kb; c++) { \
+                V wv[(CW) / L]; \
+                for (int k = 0; k < (CW) / L; k++) wv[k] = *(const V*)(w + (c0 + c) * O + j + L * k); \
+                for (int n = 0; n < NB; n++) \
+                    for (int k = 0; k < (CW) / L; k++) acc[n][k] += xb[c][n] * wv[k]; \
+            } \
+            for (int n = 0; n < NB; n++) \
+                for (int k = 0; k < (CW) / L; k++) *(V*)(y + n * O + j + L * k) = acc[n][k]; \
+        } \
+        for (Py_ssize_t j = jw; j < j1; j++) \
+            for (int n = 0; n < NB; n++) { \
+                float a = y[n * O + j]; \
+                for (Py_ssize_t c = c0; c < c0 + kb; c++) a += x[n * C + c] * w[c * O + j]; \
+                y[n * O + j] = a; \
+            } \
+    }
+    /* every group size; vecmat's CW keeps its sums to 8 vectors, leaving registers for w and x */
+    #define PYTHIA_FEW_ALL(ATTR, V, L) \
+        PYTHIA_MV(ATTR, V, L, 1) PYTHIA_MV(ATTR, V, L, 2) PYTHIA_MV(ATTR, V, L, 3) PYTHIA_MV(ATTR, V, L, 4) \
+        PYTHIA_VM(ATTR, V, L, 1, 4 * L) PYTHIA_VM(ATTR, V, L, 2, 4 * L) PYTHIA_VM(ATTR, V, L, 3, 2 * L) \
+        PYTHIA_VM(ATTR, V, L, 4, 2 * L) \
+        static const pythia_mv_fn pythia_mv_##L[FEW_GROUP + 1] = { NULL, \
+            pythia_mv_##L##_1, pythia_mv_##L##_2, pythia_mv_##L##_3, pythia_mv_##L##_4 }; \
+        static const pythia_vm_fn pythia_vm_##L[FEW_GROUP + 1] = { NULL, \
+            pythia_vm_##L##_1, pythia_vm_##L##_2, pythia_vm_##L##_3, pythia_vm_##L##_4 };
+    PYTHIA_FEW_ALL(, pythia_v4, 4)
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    PYTHIA_FEW_ALL(__attribute__((target("avx2,fma"))), pythia_v8, 8)
+    /* the widest code the CPU runs: 1 AVX2 and FMA, 0 baseline */
+    static int pythia_few_cpu_level(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static const pythia_mv_fn pythia_mv_8[FEW_GROUP + 1] = { NULL };
+    static const pythia_vm_fn pythia_vm_8[FEW_GROUP + 1] = { NULL };
+    static int pythia_few_cpu_level(void) { return 0; }
+    #endif
+    /* the functions of the first group (rows 0..3) and of the second (rows 4..N-1, or none) */
+    static void pythia_few_pick(pythia_few_job* j, int level) {
+        const Py_ssize_t n0 = j->N < FEW_GROUP ? j->N : FEW_GROUP, n1 = j->N - n0;
+        j->mv[0] = (level ? pythia_mv_8 : pythia_mv_4)[n0];
+        j->vm[0] = (level ? pythia_vm_8 : pythia_vm_4)[n0];
+        j->mv[1] = n1 ? (level ? pythia_mv_8 : pythia_mv_4)[n1] : NULL;
+        j->vm[1] = n1 ? (level ? pythia_vm_8 : pythia_vm_4)[n1] : NULL;
+    }
+    /* matvec's tasks: bands of MV_BAND rows of w, each through the first group, then (from cache)
+       through the second */
+    static void pythia_mv_tasks(const void* p, Py_ssize_t t0, Py_ssize_t t1) {
+        const pythia_few_job* j = (const pythia_few_job*)p;
+        for (Py_ssize_t t = t0; t < t1; t++) {
+            const Py_ssize_t o0 = t * MV_BAND, o1 = o0 + MV_BAND < j->O ? o0 + MV_BAND : j->O;
+            j->mv[0](j->x, j->w, j->b, j->y, j->C, j->O, o0, o1);
+            if (j->mv[1])
+                j->mv[1](j->x + FEW_GROUP * j->C, j->w, j->b, j->y + FEW_GROUP * j->O, j->C, j->O, o0, o1);
+        }
+    }
+    /* vecmat's tasks: ranges of `task` columns, walked band by band, each band through the first
+       group, then (from L1) through the second */
+    static void pythia_vm_tasks(const void* p, Py_ssize_t t0, Py_ssize_t t1) {
+        const pythia_few_job* j = (const pythia_few_job*)p;
+        const Py_ssize_t j0 = t0 * j->task, j1 = t1 * j->task < j->O ? t1 * j->task : j->O;
+        for (Py_ssize_t c0 = 0; c0 < j->C && j0 < j1; c0 += VM_KB) {
+            const Py_ssize_t kb = c0 + VM_KB <= j->C ? VM_KB : j->C - c0;
+            j->vm[0](j->x, j->w, j->y, j->C, j->O, c0, kb, j0, j1);
+            if (j->vm[1])
+                j->vm[1](j->x + FEW_GROUP * j->C, j->w, j->y + FEW_GROUP * j->O, j->C, j->O, c0, kb, j0, j1);
+        }
+    }
+    """
+    enum: FEW_MAX_ROWS_C "FEW_MAX_ROWS"
+    enum: MV_BAND
+    ctypedef struct pythia_few_job:
+        const float* x
+        const float* w
+        const float* b
+        float* y
+        Py_ssize_t N, C, O, task
+    int pythia_few_cpu_level() noexcept nogil
+    void pythia_few_pick(pythia_few_job* j, int level) noexcept nogil
+    void pythia_mv_tasks(const void* p, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+    void pythia_vm_tasks(const void* p, Py_ssize_t t0, Py_ssize_t t1) noexcept nogil
+
+FEW_MAX_ROWS = FEW_MAX_ROWS_C            # rows of x matvec and vecmat take (callers split more)
+FEW_LEVEL = pythia_few_cpu_level()       # the widest code this CPU runs: 1 AVX2 and FMA, 0 baseline
+
+
+cdef int _few_job(pythia_few_job* job, str name, cnp.ndarray x, cnp.ndarray w, object b, cnp.ndarray y,
+                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t O, int level) except -1:
+    # validate every argument and fill the job (pointers, sizes, the group functions)
+    if N < 1 or N > FEW_MAX_ROWS_C or C < 1 or O < 1:
+        raise ValueError(f"{name} takes 1 to {FEW_MAX_ROWS_C} rows and non-empty sizes, got N={N}, C={C}, O={O}")
+    if level < 0 or level > FEW_LEVEL:
+        raise ValueError(f"{name}: level {level} is not run by this CPU (0 to {FEW_LEVEL})")
+    job.x = _in(x, N * C)
+    job.w = _in(w, O * C)
+    job.b = NULL if b is None else _in(<cnp.ndarray?>b, O)
+    job.y = _out(y, N * O)
+    job.N, job.C, job.O = N, C, O
+    pythia_few_pick(job, level)
+    return 0
 
 
 def matvec(cnp.ndarray x not None, cnp.ndarray w not None, object b, cnp.ndarray y not None,
-           Py_ssize_t N, Py_ssize_t C, Py_ssize_t O, int n_threads):
-    cdef const float* px = _in(x, N * C)
-    cdef const float* pw = _in(w, O * C)
-    cdef const float* pb = NULL if b is None else _in(<cnp.ndarray?>b, O)
-    cdef float* py = _out(y, N * O)
-    cdef Py_ssize_t t
-    cdef int nt = n_threads if n_threads > 1 else 1
-    if nt > O:
-        nt = <int>O
-    if nt == 1:
-        with nogil:
-            _matvec_band(px, pw, pb, py, N, C, O, 0, O)
-        return
-    for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
-        _matvec_band(px, pw, pb, py, N, C, O, t * O // nt, (t + 1) * O // nt)
+           Py_ssize_t N, Py_ssize_t C, Py_ssize_t O, int n_threads, int level):
+    """y (N, O) = x (N, C) w^T + b, w (O, C), with the code of `level` (at most FEW_LEVEL)."""
+    cdef pythia_few_job job
+    _few_job(&job, "matvec", x, w, b, y, N, C, O, level)
+    with nogil:
+        pythia_pool_run(pythia_mv_tasks, &job, (O + MV_BAND - 1) // MV_BAND, n_threads)
+
+
+def vecmat(cnp.ndarray x not None, cnp.ndarray w not None, object b, cnp.ndarray y not None,
+           Py_ssize_t N, Py_ssize_t C, Py_ssize_t O, int n_threads, int level):
+    """y (N, O) = x (N, C) w + b, w (C, O), with the code of `level` (at most FEW_LEVEL)."""
+    cdef pythia_few_job job
+    cdef Py_ssize_t nt = max(1, n_threads), n, o
+    _few_job(&job, "vecmat", x, w, b, y, N, C, O, level)
+    # 2 tasks a thread, each a contiguous range of columns, a multiple of 32 wide
+    job.task = max(32, ((O + 2 * nt - 1) // (2 * nt) + 31) // 32 * 32)
+    with nogil:
+        for n in range(N):
+            for o in range(O):
+                job.y[n * O + o] = job.b[o] if job.b != NULL else 0.0
+        pythia_pool_run(pythia_vm_tasks, &job, (O + job.task - 1) // job.task, n_threads)

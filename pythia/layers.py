@@ -58,23 +58,35 @@ from . import kernels
 # ============================================================================ linear, embedding
 
 
+VECMAT_MAX_ROWS = 8  # up to this many float32 rows a product with an (in, out) weight streams it once (kernels.vecmat)
+
+
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x w + b for a weight stored (in, out), as GPT-2's Conv1D stores it. A few float32 rows
+    (decoding one or a batch of sequences) go to kernels.vecmat, which reads w once; from two
+    rows BLAS packs w into a copy first and ran at a quarter of the bandwidth."""
+    if x.ndim == 2 and len(x) <= VECMAT_MAX_ROWS and x.dtype == w.dtype == np.float32:
+        return kernels.vecmat(x, w, b)                           # (N, Cin) @ (Cin, Cout) -> (N, Cout)
     out = x @ w                                                  # (N, Cin) @ (Cin, Cout) -> (N, Cout)
     if b is not None:
         out += b                                                 # (N, Cout) + (Cout,)
     return out
 
 
-MATVEC_MAX_ROWS = 4  # up to this many rows a product with an (out, in) weight streams it once (kernels.matvec)
+MATVEC_MAX_ROWS = 8  # up to this many rows a product with an (out, in) weight streams it once (kernels.matvec)
 
 
 def linear_out_in(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x w^T + b for a weight stored (out, in), as Hugging Face stores projections. A few rows
-    (decoding) go to kernels.matvec, which reads w once in memory order; BLAS's sgemv on this
-    layout ran at half that speed. More rows are a matrix product, BLAS's."""
-    if len(x) <= MATVEC_MAX_ROWS:
+    """x w^T + b for a weight stored (out, in), as Hugging Face stores projections (and as the
+    token table is the tied head). A few float32 rows (decoding) go to kernels.matvec, which
+    reads w once in memory order; BLAS's sgemv on this layout ran at half that speed. More rows
+    are a matrix product, BLAS's."""
+    if x.ndim == 2 and len(x) <= MATVEC_MAX_ROWS and x.dtype == w.dtype == np.float32:
         return kernels.matvec(x, w, b)                           # (N, Cin) @ (Cin, Cout) -> (N, Cout)
-    return linear_forward(x, w.T, b)
+    out = x @ w.T                                                # (N, Cin) @ (Cin, Cout) -> (N, Cout)
+    if b is not None:
+        out += b
+    return out
 
 
 def linear_backward(dw: np.ndarray | None, db: np.ndarray | None, dout: np.ndarray, x: np.ndarray,

@@ -171,3 +171,18 @@ def test_linear_without_bias_and_embedding_scatter_add():
     expect = np.ones((6, 4))
     np.add.at(expect, idx, dout)
     np.testing.assert_allclose(dwte, expect, rtol=1e-12)
+
+
+@pytest.mark.parametrize("N", [1, 3, 8, 9, 40])
+def test_few_row_products_route_by_rows_and_equal_the_float64_product(N):
+    # up to 8 float32 rows take kernels.vecmat / kernels.matvec (one read of w), more take BLAS;
+    # either way the product is x w + b to float32's rounding of a 96-term sum
+    r = np.random.default_rng(N)
+    x, w, b = (r.standard_normal(s).astype(np.float32) for s in ((N, 96), (96, 70), (70,)))
+    expected = x.astype(np.float64) @ w + b
+    np.testing.assert_allclose(layers.linear_forward(x, w, b), expected, rtol=1e-5, atol=1e-4)
+    wo = np.ascontiguousarray(w.T)                                # the same weight stored (out, in)
+    np.testing.assert_allclose(layers.linear_out_in(x, wo, b), expected, rtol=1e-5, atol=1e-4)
+    # float64 (the finite-difference tests) stays float64, through BLAS
+    assert layers.linear_forward(x.astype(np.float64), w.astype(np.float64)).dtype == np.float64
+    assert layers.linear_out_in(x.astype(np.float64), wo.astype(np.float64)).dtype == np.float64

@@ -1,4 +1,4 @@
-"""The Llama-family kernels (RMSNorm, rotary embedding, SwiGLU, x W^T for a few rows): NumPy twins against the math
+"""The Llama-family kernels (RMSNorm, rotary embedding, SwiGLU, x W^T and x W for a few rows): NumPy twins against the math
 (finite differences in float64, rotation invariants, HF's formulas written out), the compiled
 kernels against the twins, and bad input refused the same way by both backends.
 
@@ -17,9 +17,12 @@ from pythia.kernels import reference_llama as ref
 # sizes of at least 32768 elements so that the compiled loops run on several threads
 ROW_SHAPES = [(1,), (7,), (3, 1), (5, 33), (2, 3, 576), (4, 1536), (64, 576)]
 HEAD_SHAPES = [(1, 2), (3, 8), (2, 5, 16), (2, 4, 7, 64), (1, 9, 64, 64)]
-# matvec (N, C, O): one row and one output, C below, at and past the 16 lanes of a sum, O odd,
-# and weights of at least 32768 elements so that the rows of w are split over threads
-MATVEC_SHAPES = [(1, 1, 1), (1, 7, 3), (2, 16, 5), (1, 33, 9), (3, 576, 960), (4, 1536, 577), (1, 64, 4099)]
+# matvec and vecmat (N, C, O): one row and one output, C and O below, at and past a vector's
+# lanes and the kernels' tiles, every row count the kernels hold in registers (1-8) and more
+# (split in calls of 8), odd sizes, and weights of at least 32768 elements so that the work is
+# split over threads
+FEW_SHAPES = [(1, 1, 1), (1, 7, 3), (2, 16, 5), (1, 33, 9), (3, 576, 960), (4, 1536, 577), (1, 64, 4099),
+              (5, 67, 131), (6, 128, 300), (7, 9, 1000), (8, 768, 2304), (12, 40, 70), (17, 100, 33)]
 
 
 @pytest.fixture(scope="module")
@@ -151,25 +154,71 @@ def test_matvec_twin_is_the_float64_product():
     np.testing.assert_allclose(ref.matvec(x, w), expected - b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", MATVEC_SHAPES)
-def test_compiled_matvec_matches_twin(compiled, shape):
+def test_vecmat_twin_is_the_float64_product():
+    r = rng("vecmat-twin")
+    x, w, b = f32(r.normal(size=(3, 40))), f32(r.normal(size=(40, 11))), f32(r.normal(size=11))
+    xd, wd = x.astype(np.float64), w.astype(np.float64)
+    expected = np.array([[sum(xd[n, c] * wd[c, o] for c in range(40)) + b[o] for o in range(11)] for n in range(3)])
+    np.testing.assert_allclose(ref.vecmat(x, w, b), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref.vecmat(x, w), expected - b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(params=[0, 1], ids=["baseline", "avx2"])
+def level(request, compiled):
+    """Each vector code of matvec/vecmat this CPU runs (the test skips the others)."""
+    if request.param > compiled._ext.FEW_LEVEL:
+        pytest.skip("this CPU lacks AVX2 and FMA")
+    compiled.LEVEL = request.param
+    yield request.param
+    compiled.LEVEL = None
+
+
+@pytest.mark.parametrize("shape", FEW_SHAPES)
+def test_compiled_matvec_and_vecmat_match_twins(compiled, level, shape):
     N, C, O = shape
-    r = rng("matvec", shape)
+    r = rng("few-rows", shape)
     x, w, b = f32(r.normal(size=(N, C))), f32(r.normal(size=(O, C))), f32(r.normal(size=O))
+    wt = np.ascontiguousarray(w.T)                               # the same weight stored (in, out)
     # each output sums C products of unit-variance terms: its size is sqrt(C), the scale of the error
-    close(compiled.matvec(x, w), ref.matvec(x, w), FWD_RTOL, "y", scale=np.sqrt(C))
-    close(compiled.matvec(x, w, b), ref.matvec(x, w, b), FWD_RTOL, "y + bias", scale=np.sqrt(C))
+    close(compiled.matvec(x, w), ref.matvec(x, w), FWD_RTOL, "x w^T", scale=np.sqrt(C))
+    close(compiled.matvec(x, w, b), ref.matvec(x, w, b), FWD_RTOL, "x w^T + bias", scale=np.sqrt(C))
+    close(compiled.vecmat(x, wt), ref.vecmat(x, wt), FWD_RTOL, "x w", scale=np.sqrt(C))
+    close(compiled.vecmat(x, wt, b), ref.vecmat(x, wt, b), FWD_RTOL, "x w + bias", scale=np.sqrt(C))
 
 
-def test_compiled_matvec_is_the_same_on_one_and_two_threads(compiled):
-    r = rng("matvec-thr")
-    x, w, b = f32(r.normal(size=(2, 576))), f32(r.normal(size=(1001, 576))), f32(r.normal(size=1001))
-    outs = []
-    for n in (1, 2):
-        y = np.empty((2, 1001), np.float32)
-        compiled._ext.matvec(x, w, b, y, 2, 576, 1001, n)
-        outs.append(y)
-    np.testing.assert_array_equal(outs[0], outs[1])
+@pytest.mark.parametrize("N", [1, 3, 8])
+def test_compiled_few_row_products_are_the_same_on_one_and_two_threads(compiled, level, N):
+    r = rng("few-thr", N)
+    x, w, b = f32(r.normal(size=(N, 576))), f32(r.normal(size=(1001, 576))), f32(r.normal(size=1001))
+    wt = np.ascontiguousarray(w.T)
+    for kernel, weight in ((compiled._ext.matvec, w), (compiled._ext.vecmat, wt)):
+        outs = []
+        for n in (1, 2):
+            y = np.empty((N, 1001), np.float32)
+            kernel(x, weight, b, y, N, 576, 1001, n, level)
+            outs.append(y)
+        np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_compiled_few_row_products_validate_before_touching_memory(compiled):
+    ext = compiled._ext
+    x, w, y = np.ones((9, 8), np.float32), np.ones((8, 8), np.float32), np.empty((9, 8), np.float32)
+    for kernel in (ext.matvec, ext.vecmat):
+        with pytest.raises(ValueError, match="takes 1 to 8 rows"):
+            kernel(x, w, None, y, 9, 8, 8, 1, 0)                 # more rows than the registers hold
+        with pytest.raises(ValueError, match="level 2 is not run"):
+            kernel(x[:1], w, None, y[:1], 1, 8, 8, 1, 2)
+        with pytest.raises(ValueError, match="C-contiguous float32 array of 72 elements"):
+            kernel(x[:1], w[:7], None, y[:1], 1, 8, 9, 1, 0)     # w shorter than C x O
+        with pytest.raises(ValueError, match="of 8 elements"):
+            kernel(x[:1], w, np.ones(7, np.float32), y[:1], 1, 8, 8, 1, 0)
+        with pytest.raises(ValueError, match="writeable"):
+            kernel(x[:1], w, None, _read_only(np.empty((1, 8), np.float32)), 1, 8, 8, 1, 0)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 # ----------------------------------------------------------------------------- large magnitudes
@@ -248,6 +297,12 @@ def test_bad_dtype_shape_and_0d_input_are_refused_naming_the_argument(impls):
             k.matvec(x, np.ones((3, 8)))
         with pytest.raises(ValueError, match="bias must have shape \\(3,\\)"):
             k.matvec(x, np.ones((3, 8), np.float32), np.ones(4, np.float32))
+        with pytest.raises(ValueError, match="vecmat needs x \\(N, C\\) and w \\(C, O\\) with the same C"):
+            k.vecmat(x, np.ones((7, 3), np.float32))
+        with pytest.raises(TypeError, match="x must be float32"):
+            k.vecmat(x.astype(np.float64), np.ones((8, 3), np.float32))
+        with pytest.raises(ValueError, match="bias must have shape \\(3,\\) \\(the columns of w\\)"):
+            k.vecmat(x, np.ones((8, 3), np.float32), np.ones(4, np.float32))
 
 
 def test_non_contiguous_input_gives_the_same_answer(impls):
@@ -262,6 +317,7 @@ def test_non_contiguous_input_gives_the_same_answer(impls):
         np.testing.assert_array_equal(k.rope_forward(xt, cos, sin), k.rope_forward(xt.copy(), cos, sin))
         np.testing.assert_array_equal(k.swiglu_forward(x, x), k.swiglu_forward(x.copy(), x.copy()))
         np.testing.assert_array_equal(k.matvec(x[0], big[1, ::2]), k.matvec(x[0].copy(), big[1, ::2].copy()))
+        np.testing.assert_array_equal(k.vecmat(x[0], big[1].T), k.vecmat(x[0].copy(), big[1].T.copy()))
 
 
 def test_the_active_backend_exports_every_llama_kernel():

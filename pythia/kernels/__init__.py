@@ -80,14 +80,14 @@ def _select_default() -> None:
 
 
 # ----------------------------------------------------------------------------- Llama-family kernels
-# RMSNorm, rotary embedding, SwiGLU and x W^T for a few rows follow the backend chosen above;
+# RMSNorm, rotary embedding, SwiGLU and x W^T and x W for a few rows follow the backend chosen above;
 # their extension (pythia._llama_kernels) is found as the main one is. When the main backend is compiled but this
 # extension is not built or is stale, these names use their NumPy twins and LLAMA_FALLBACK_REASON
 # says why and how to build.
 from . import reference_llama  # noqa: E402
 
 LLAMA_NAMES = ("rmsnorm_forward", "rmsnorm_backward", "rope_forward", "rope_backward",
-               "swiglu_forward", "swiglu_backward", "matvec")
+               "swiglu_forward", "swiglu_backward", "matvec", "vecmat")
 LLAMA_FALLBACK_REASON: str | None = None
 rope_tables = reference_llama.rope_tables
 

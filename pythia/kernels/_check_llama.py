@@ -61,3 +61,18 @@ def matvec_inputs(x, w, bias):
         if bias.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},) (the rows of w), got {bias.shape}")
     return x, w, bias
+
+
+def vecmat_inputs(x, w, bias):
+    """x (N, C) with N >= 1, a weight w (C, O) (in, out) and an optional bias (O,)."""
+    x = float32_array("x", x, min_ndim=2)
+    w = float32_array("w", w, min_ndim=2)
+    if x.ndim != 2 or w.ndim != 2 or w.shape[0] != x.shape[1]:
+        raise ValueError(f"vecmat needs x (N, C) and w (C, O) with the same C, got x {x.shape} and w {w.shape}")
+    if x.shape[0] < 1 or 0 in w.shape:
+        raise ValueError(f"vecmat needs at least one row and a non-empty w, got x {x.shape} and w {w.shape}")
+    if bias is not None:
+        bias = float32_array("bias", bias)
+        if bias.shape != (w.shape[1],):
+            raise ValueError(f"bias must have shape ({w.shape[1]},) (the columns of w), got {bias.shape}")
+    return x, w, bias

@@ -14,6 +14,7 @@ from . import _check, _check_llama, compiled
 
 API_VERSION = 2  # bump together with API_VERSION in kernels/_llama.pyx
 PARALLEL_MIN = 32768  # elements from which a loop is split over the threads (as in _kernels.pyx)
+LEVEL: int | None = None  # matvec/vecmat code: None the widest the CPU runs, else 0 baseline, 1 AVX2 + FMA
 _ext = None
 
 
@@ -82,10 +83,34 @@ def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray):
     return dgate, dup
 
 
+def _pool_threads(n_elements: int) -> int:
+    """Threads of the few-row products: all OpenMP allows, whatever set_thread_limit says. They
+    run on their own pool (kernels/_pool.h), whose caller never waits for a thread that has not
+    started its share, and whose workers stay awake between back-to-back products; so the rule
+    that keeps a decoding step's other kernels serial (a sleeping thread costs more to wake than
+    a short loop takes) does not apply to them."""
+    return 1 if n_elements < PARALLEL_MIN else _ext.max_threads()
+
+
+def _level() -> int:
+    return _ext.FEW_LEVEL if LEVEL is None else min(LEVEL, _ext.FEW_LEVEL)
+
+
+def _few_rows(kernel, x: np.ndarray, w: np.ndarray, bias, y: np.ndarray, C: int, O: int) -> np.ndarray:
+    step = _ext.FEW_MAX_ROWS                                   # the kernels take at most `step` rows
+    for lo in range(0, x.shape[0], step):
+        hi = min(lo + step, x.shape[0])
+        kernel(x[lo:hi], w, bias, y[lo:hi], hi - lo, C, O, _pool_threads(O * C), _level())
+    return y
+
+
 def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     x, w, bias = _check_llama.matvec_inputs(x, w, bias)
-    N, C = x.shape
-    O = w.shape[0]
-    y = np.empty((N, O), np.float32)
-    _ext.matvec(x, w, bias, y, N, C, O, _threads(O * C))
-    return y
+    O, C = w.shape
+    return _few_rows(_ext.matvec, x, w, bias, np.empty((x.shape[0], O), np.float32), C, O)
+
+
+def vecmat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    x, w, bias = _check_llama.vecmat_inputs(x, w, bias)
+    C, O = w.shape
+    return _few_rows(_ext.vecmat, x, w, bias, np.empty((x.shape[0], O), np.float32), C, O)

@@ -8,6 +8,7 @@
     swiglu_backward(dy, gate, up)          -> (dgate, dup)
     rope_tables(positions, head_dim, theta) -> (cos, sin)    # the (T, hs) tables rope_* take
     matvec(x, w, bias=None)                -> x w^T + bias   # x (N, C), w (O, C) as HF stores it
+    vecmat(x, w, bias=None)                -> x w + bias     # x (N, C), w (C, O) as GPT-2 stores it
 
 As in `reference.py`, each public function validates (`_check`) and calls a private twin that
 keeps the input dtype (float64 in the finite-difference tests). RMSNorm follows Zhang &
@@ -138,6 +139,18 @@ def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
     stores projections: the product decoding does, with N a few rows."""
     x, w, bias = _check_llama.matvec_inputs(x, w, bias)
     y = x @ w.T                                                # (N, C) @ (C, O) -> (N, O)
+    if bias is not None:
+        y += bias
+    return _f32(y)
+
+
+# ----------------------------------------------------------------------------- x W for a few rows
+
+def vecmat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """y (N, O) = x (N, C) w + bias for a weight w (C, O) stored (in, out), as GPT-2's Conv1D
+    stores it: the product decoding a few sequences at once does."""
+    x, w, bias = _check_llama.vecmat_inputs(x, w, bias)
+    y = x @ w                                                  # (N, C) @ (C, O) -> (N, O)
     if bias is not None:
         y += bias
     return _f32(y)

@@ -419,7 +419,7 @@ class Pythia:
             return self._linear(x, name)
         if self.quantized is not None:
             return self.quantized[name].apply(x)                 # Q8_0: pythia.quant.q8_matmul
-        return x @ self.params["wte"].T                          # (N, C) @ (C, V) -> (N, V), tied head
+        return nn.linear_out_in(x, self.params["wte"])           # (N, C) @ (C, V) -> (N, V), tied head
 
     def _embed(self, idx: np.ndarray) -> np.ndarray:
         """Rows of the token table for idx (...): (..., C) float32 (dequantized when int8)."""
