@@ -40,7 +40,8 @@ def group(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="BLAS and kernel threads (decode's rule picks 1)")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS and element-wise kernel threads (decode's rule picks 1); the few-row "
+                    "products (matvec) use every core on their own pool whatever this says")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--new", type=int, default=1, help="tokens fed in the step (a prompt's prefill when > 1)")
@@ -90,7 +91,8 @@ def main() -> None:
     sizes = defaultdict(int)
     for name, (w, _) in model.inference_matrices().items():
         sizes[group(name)] += w.nbytes
-    print(f"SmolLM2-135M shape, {args.new} token(s) after {args.context}, {args.threads} thread(s), "
+    print(f"SmolLM2-135M shape, {args.new} token(s) after {args.context}, {args.threads} BLAS/kernel thread(s), "
+          f"matvec on {kernels.llama_compiled._pool_threads(1 << 20) if kernels.BACKEND == 'cython' else 1}, "
           f"median of {args.steps} steps; copy bandwidth {bw / 1e9:.1f} GB/s")
     step = statistics.median(per_step.pop("step"))
     for k, v in sorted(per_step.items(), key=lambda kv: -statistics.median(kv[1])):
