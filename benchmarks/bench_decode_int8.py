@@ -7,8 +7,10 @@
 Random-weight models at GPT-2-small's shape (12 x 768, vocabulary 50257, tied head) and
 SmolLM2-135M's (30 x 576, 9 query / 3 key-value heads, MLP 1536, vocabulary 49152, tied). Each
 round runs, for float32 then int8 (pythia.quant.model.quantize_model of the same weights): a
-prefill of --prompt tokens, then --tokens greedy decode steps through forward_cached; the table
-gives medians over rounds. A decode step reads every matrix once (the tied head reads the whole
+prefill of --prompt tokens, then --tokens greedy decode steps through forward_cached, each pass
+under the thread rule `pythia generate` runs it with (pythia.system.threads.for_pass: a decode
+step's BLAS and element-wise kernels on one thread, its few-row products and the int8 product on
+their pools over every core); the table gives medians over rounds. A decode step reads every matrix once (the tied head reads the whole
 token table; the embedding only one row), so "MB/token" is the bytes of those matrices, and
 tokens/s times MB/token is the bandwidth a step uses. The limit is the copy bandwidth measured
 here: np.copyto of a --copy-mb array, counting the bytes read and written, the best of a
@@ -18,24 +20,18 @@ With --transformers-python and --llamacpp-python the same random weights also de
 transformers (float32) and llama.cpp (F32 and Q8_0 GGUF made by llama.cpp's own converter), each
 in its own interpreter, timed the same way (prefill of the same prompt, then --tokens greedy
 single-token steps) in the same interleaved rounds: bench_llamacpp.py says how, and how to build
-them. With --threads above 1 llama.cpp also runs on one thread, as Pythia's float32 does (below);
-"/ llama.cpp" compares a float32 row with the faster llama.cpp F32 row and an int8 row with the
-faster Q8_0 row. The peers run with the environment the benchmark was started with (not the
-settings below).
+them. With --threads above 1 llama.cpp also runs on one thread, and so does Pythia's int8
+product (the row "1 thread"); "/ llama.cpp" compares a float32 row with the faster llama.cpp F32 row and an int8 row with the
+faster Q8_0 row. The peers run with the environment the benchmark was started with. A --threads
+other than the cores this process may use is set for Pythia as a user sets it
+(OMP_NUM_THREADS, OPENBLAS_NUM_THREADS), which overrides the thread rule.
 
 --rss also saves the first shape as a float32 and an int8 checkpoint (random weights, the tiny
 GPT-2 fixture's tokenizer for a GPT-2 shape) and reports the peak resident memory of
 `python -m pythia generate` (8 tokens) on each, and on the float32 one with --quantize int8;
 --rss-folder DIR does the same for a Hugging Face folder, with and without --quantize int8.
 
-With --threads above 1, float32 also runs on one BLAS thread (pythia.system.threads.blas_set):
-on a machine whose cores are busy with other work, OpenBLAS's spinning threads can make two
-threads several times slower than one. "/ Pythia fp32" is against the faster float32 row.
-
-OMP_WAIT_POLICY is set to PASSIVE (unless already set): the compiled float kernels' OpenMP
-threads would otherwise spin after each loop on the cores OpenBLAS then needs for the float32
-model's products (the int8 product runs on its own pool, whose workers spin 50 us at most). One
-warm-up round is run and dropped.
+One warm-up round is run and dropped.
 """
 from __future__ import annotations
 
@@ -83,20 +79,31 @@ def matrix_bytes(model) -> int:
     return sum(w.nbytes for w, _ in model.inference_matrices().values())
 
 
-def run_once(model, prompt, tokens: int, blas: int) -> tuple[float, float]:
-    """(prefill seconds, decode tokens per second) of one greedy generation on `blas` BLAS threads."""
+def run_once(model, prompt, tokens: int, q8_threads: int | None = None) -> tuple[float, float]:
+    """(prefill seconds, decode tokens per second) of one greedy generation, each pass under the
+    thread rule `pythia generate` runs it with (pythia.system.threads.for_pass); q8_threads, when
+    given, is the int8 product's thread count in place of its default (every core)."""
     import numpy as np
 
+    from pythia import quant
     from pythia.system import threads
-    threads.blas_set(blas)
-    cache = model.new_kv_cache()
-    t = time.perf_counter()
-    logits = model.forward_cached(prompt, cache)
-    prefill = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(tokens):
-        logits = model.forward_cached(np.array([int(np.argmax(logits))]), cache)
-    return prefill, tokens / (time.perf_counter() - t)
+    per = threads.widest_per_token(model)
+    default = quant.default_threads
+    if q8_threads is not None:
+        quant.default_threads = lambda: q8_threads
+    try:
+        cache = model.new_kv_cache()
+        t = time.perf_counter()
+        with threads.for_pass(per * len(prompt)):
+            logits = model.forward_cached(prompt, cache)
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(tokens):
+            with threads.for_pass(per):
+                logits = model.forward_cached(np.array([int(np.argmax(logits))]), cache)
+        return prefill, tokens / (time.perf_counter() - t)
+    finally:
+        quant.default_threads = default
 
 
 # A forked child starts with its parent's resident size as its peak (ru_maxrss survives exec), so
@@ -139,17 +146,16 @@ def rss_table(model, quantize_model) -> None:
 
 def pythia_runs(f32, q8, threads: int, tokens: int) -> dict:
     """name -> (measure(prompt) -> (prefill s, decode tok/s), bytes a step reads) for Pythia's rows."""
-    rows = {"Pythia float32": (f32, threads)}
+    rows = {"Pythia float32": (f32, None), "Pythia int8 Q8_0": (q8, None)}
     if threads > 1:
-        rows["Pythia float32, 1 BLAS thread"] = (f32, 1)
-    rows["Pythia int8 Q8_0"] = (q8, threads)
-    return {k: ((lambda p, m=m, b=b: run_once(m, p, tokens, b)), matrix_bytes(m)) for k, (m, b) in rows.items()}
+        rows["Pythia int8 Q8_0, 1 thread"] = (q8, 1)
+    return {k: ((lambda p, m=m, t=t: run_once(m, p, tokens, t)), matrix_bytes(m)) for k, (m, t) in rows.items()}
 
 
 def print_rows(shape: str, runs: dict, nbytes: dict, prompt_len: int, bw: float) -> None:
     """One table row per engine: medians, the decode range, and ratios to Pythia fp32 and llama.cpp."""
     decode = {k: statistics.median(d for _, d in v) for k, v in runs.items()}
-    base = max(v for k, v in decode.items() if k.startswith("Pythia float32"))
+    base = decode["Pythia float32"]
     llama = {w: max((v for k, v in decode.items() if k.startswith(f"llama.cpp {w}")), default=None)
              for w in ("F32", "Q8_0")}                      # the faster of 2 threads and 1
     for k, v in runs.items():
@@ -178,9 +184,9 @@ def main() -> None:
         ap.error("--threads, --prompt, --tokens, --rounds and --copy-mb must be at least 1")
     bench_llamacpp.check_arguments(ap, args)
     peer_env = dict(os.environ)                             # the peers run with their own defaults
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)                 # before NumPy starts its BLAS threads
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")     # before OpenMP starts its threads
+    if args.threads != len(os.sched_getaffinity(0)):        # fewer threads than cores: a user's choice
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)             # before NumPy starts its BLAS threads
     import numpy as np
 
     from pythia import quant
@@ -190,9 +196,8 @@ def main() -> None:
     bw = copy_bandwidth(args.copy_mb)
     isa = quant.compiled.ISA if quant.BACKEND == "cython" else "-"
     print(f"int8 backend {quant.BACKEND} ({isa}), {args.threads} threads, prompt {args.prompt}, "
-          f"{args.tokens} decode tokens, {args.rounds} rounds (medians), OMP_WAIT_POLICY "
-          f"{os.environ['OMP_WAIT_POLICY']}; copy bandwidth at the start {bw / 1e9:.1f} GB/s; load average "
-          f"{os.getloadavg()[0]:.2f}")
+          f"{args.tokens} decode tokens, {args.rounds} rounds (medians); copy bandwidth at the start "
+          f"{bw / 1e9:.1f} GB/s; load average {os.getloadavg()[0]:.2f}")
     tables = []                                             # (shape, runs, bytes): printed with the run's best bandwidth
     work = Path(args.gguf_dir) if args.gguf_dir else Path(tempfile.mkdtemp(prefix="bench-gguf-"))
     try:
