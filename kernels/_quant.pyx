@@ -2,8 +2,9 @@
 """Q8_0 kernels behind `pythia.quant.compiled` (which validates every argument first).
 
 The specification is pythia/quant/reference.py: rows quantized per block of QK = 32 with
-d = amax / 127, q = rint(x / d); y[n, o] = sum over blocks b, in order, of
-s_b * (xd[n, b] * wd[o, b]) with s_b the exact int32 dot product of the two blocks; + bias.
+d = amax / 127, q = rint(x / d); y[n, o] = the sum over blocks b of s_b * (xd[n, b] * wd[o, b])
+with s_b the exact int32 dot product of the two blocks, summed in 8 lanes (block b into lane
+b mod 8, in order) folded in halves; + bias.
 setup.py builds this file with -ffp-contract=off, so no fused multiply-add changes the
 float32 rounding the reference does step by step: results equal the reference bit for bit.
 N rows of x, O output units (rows of the weight), C inputs, nb = C / QK blocks.
@@ -21,7 +22,7 @@ summed in int32 (gcc -O3 turns it into pmaddwd). AVX2 build: llama.cpp's trick a
 (w sign(a)) with vpsignb, then vpmaddubsw + vpmaddwd; VNNI build (AVX-512 VNNI), vpdpbusd in
 place of the last two. Eight blocks of one row are reduced together (a vphaddd tree turns
 their eight vectors of partial sums into one vector of eight exact block sums), scaled as one
-vector and added to the row's sum one by one in block order. Output rows are shared among
+vector and added to the row's eight running sums as one vector. Output rows are shared among
 `threads` threads (kernels/_pool.h: the caller and pool workers claim chunks of tiles of
 PYTHIA_T rows; a tile stays in L1 while it meets every row of x).
 """
@@ -82,6 +83,11 @@ cdef extern from *:
         for (int k = 0; k < QK; k++) s += a[k] * (int16_t)w[k];
         return s;
     }
+    /* the 8 running sums folded in halves: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) */
+    static inline float pythia_fold8(const float* l) {
+        const float h0 = l[0] + l[4], h1 = l[1] + l[5], h2 = l[2] + l[6], h3 = l[3] + l[7];
+        return (h0 + h2) + (h1 + h3);
+    }
     #if defined(__AVX2__)
     #include <immintrin.h>
     #define PYTHIA_SIMD 1
@@ -117,24 +123,24 @@ cdef extern from *:
         q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xB1));
         return _mm_cvtsi128_si32(q);
     }
-    /* sum_b s_b (ad_b wd_b) over one row, in block order (separate multiply and add: the
-       reference's float32 steps); 8 blocks' products are formed as one vector */
+    /* sum_b s_b (ad_b wd_b) over one row as reference.py orders it: block b's term into lane
+       b mod 8 (eight blocks' terms formed and added as one vector), then the lanes folded */
     static inline float pythia_row_dot(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
                                        const float* ad, const int8_t* w, const float* wd, Py_ssize_t nb) {
-        float acc = 0.0f;
+        __m256 acc = _mm256_setzero_ps();
         Py_ssize_t b = 0;
         for (; b + 8 <= nb; b += 8) {
             for (int k = 0; k < 8; k += 2) _mm_prefetch((const char*)(w + (b + k) * QK + PYTHIA_PF), _MM_HINT_T0);
             _mm_prefetch((const char*)(wd + b + PYTHIA_PF / QK), _MM_HINT_T0);
             const __m256i s = pythia_sums8(a8 + b * QK, ua + b * QK, w + b * QK);
-            const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(s),
-                                           _mm256_mul_ps(_mm256_loadu_ps(ad + b), _mm256_loadu_ps(wd + b)));
-            float f[8];
-            _mm256_storeu_ps(f, t);
-            for (int k = 0; k < 8; k++) acc = acc + f[k];
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s),
+                                                   _mm256_mul_ps(_mm256_loadu_ps(ad + b), _mm256_loadu_ps(wd + b))));
         }
-        for (; b < nb; b++) acc = acc + (float)pythia_sum1(a8 + b * QK, ua + b * QK, w + b * QK) * (ad[b] * wd[b]);
-        return acc;
+        float lane[8];
+        _mm256_storeu_ps(lane, acc);
+        for (; b < nb; b++)
+            lane[b & 7] = lane[b & 7] + (float)pythia_sum1(a8 + b * QK, ua + b * QK, w + b * QK) * (ad[b] * wd[b]);
+        return pythia_fold8(lane);
     }
     static inline int32_t pythia_block_sum(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
                                            const int8_t* w) {
@@ -144,14 +150,14 @@ cdef extern from *:
     #define PYTHIA_SIMD 0
     static inline float pythia_row_dot(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
                                        const float* ad, const int8_t* w, const float* wd, Py_ssize_t nb) {
-        float acc = 0.0f;
+        float lane[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         for (Py_ssize_t b = 0; b < nb; b++) {
     #if defined(__GNUC__)
             if (!(b & 1)) __builtin_prefetch(w + b * QK + PYTHIA_PF);
     #endif
-            acc = acc + (float)pythia_dot32(a16 + b * QK, w + b * QK) * (ad[b] * wd[b]);
+            lane[b & 7] = lane[b & 7] + (float)pythia_dot32(a16 + b * QK, w + b * QK) * (ad[b] * wd[b]);
         }
-        return acc;
+        return pythia_fold8(lane);
     }
     static inline int32_t pythia_block_sum(const int16_t* a16, const int8_t* a8, const uint8_t* ua,
                                            const int8_t* w) {
@@ -249,7 +255,7 @@ cdef extern from *:
 
 cdef enum: QK_ = 32
 
-API_VERSION = 1  # must equal pythia.quant.compiled.API_VERSION
+API_VERSION = 2  # must equal pythia.quant.compiled.API_VERSION
 ISA = PYTHIA_Q_ISA.decode()
 
 
@@ -332,6 +338,61 @@ def q8_matmul(cnp.ndarray xq not None, cnp.ndarray xd not None, cnp.ndarray bad 
     with nogil:
         pythia_q_acts(pxq, acts.a8, acts.ua, N * C)
         # tiles of PYTHIA_T weight rows, claimed in contiguous chunks by this thread and the pool's
+        pythia_pool_run(pythia_q_tiles, &job, (O + PYTHIA_T - 1) // PYTHIA_T, threads)
+
+
+cdef class _Scratch:
+    """q8_linear's quantized activations: xq (n int16), xd (N * nb), bad (N), a8 and ua (n)."""
+    cdef int16_t* xq
+    cdef float* xd
+    cdef unsigned char* bad
+    cdef int8_t* a8
+    cdef uint8_t* ua
+
+    def __cinit__(self, Py_ssize_t N, Py_ssize_t C):
+        cdef Py_ssize_t n = N * C if N * C > 0 else 1
+        self.xq = <int16_t*>malloc(n * sizeof(int16_t))
+        self.xd = <float*>malloc((n // QK_ + 1) * sizeof(float))
+        self.bad = <unsigned char*>malloc(N + 1)
+        self.a8 = <int8_t*>malloc(n)
+        self.ua = <uint8_t*>malloc(n)
+        if not (self.xq and self.xd and self.bad and self.a8 and self.ua):
+            raise MemoryError("no memory for the quantized activations")
+
+    def __dealloc__(self):
+        free(self.xq)
+        free(self.xd)
+        free(self.bad)
+        free(self.a8)
+        free(self.ua)
+
+
+def q8_linear(cnp.ndarray x not None, cnp.ndarray q not None, cnp.ndarray wd not None, object bias,
+              cnp.ndarray y not None, Py_ssize_t N, Py_ssize_t O, Py_ssize_t C, int threads):
+    """y (N, O) = x (N, C) float32 times W^T (q (O, C), wd (O, C/QK)) + bias in one call: x is
+    quantized here (as quantize_rows does), then multiplied (as q8_matmul does); rows of x
+    holding NaN or inf become NaN. What decoding calls once per matrix."""
+    if N < 1 or O < 1 or C < QK_ or C % QK_:
+        raise ValueError(f"q8_linear needs N, O >= 1 and C a positive multiple of {QK_}, got N={N}, O={O}, C={C}")
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    cdef Py_ssize_t nb = C // QK_, n
+    cdef const float* px = <const float*>_buf(x, cnp.NPY_FLOAT32, N * C, False)
+    cdef const int8_t* pq = <const int8_t*>_buf(q, cnp.NPY_INT8, O * C, False)
+    cdef const float* pwd = <const float*>_buf(wd, cnp.NPY_FLOAT32, O * nb, False)
+    cdef const float* pbias = NULL
+    cdef float* py = <float*>_buf(y, cnp.NPY_FLOAT32, N * O, True)
+    if bias is not None:
+        pbias = <const float*>_buf(bias, cnp.NPY_FLOAT32, O, False)
+    cdef _Scratch sc = _Scratch(N, C)
+    cdef pythia_q_job job
+    job.xq, job.a8, job.ua, job.xd, job.bad = sc.xq, sc.a8, sc.ua, sc.xd, sc.bad
+    job.q, job.wd, job.bias, job.y = pq, pwd, pbias, py
+    job.N, job.O, job.C, job.nb = N, O, C, nb
+    with nogil:
+        for n in range(N):
+            sc.bad[n] = pythia_quantize_row(px + n * C, sc.xq + n * C, sc.xd + n * nb, C)
+        pythia_q_acts(sc.xq, sc.a8, sc.ua, N * C)
         pythia_pool_run(pythia_q_tiles, &job, (O + PYTHIA_T - 1) // PYTHIA_T, threads)
 
 

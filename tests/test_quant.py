@@ -173,6 +173,34 @@ def test_compiled_kernel_equals_the_twin(cy, N, O, C):
     np.testing.assert_array_equal(y_c, y_r)                             # and bit for bit here
     np.testing.assert_array_equal(cy.q8_matmul(x, q, d, None, threads=1),
                                   reference.q8_matmul(x, q, d, None))
+    # the decode path for validated weights (QuantLinear.apply): the same bits, in one call
+    np.testing.assert_array_equal(cy.q8_apply(x, q, d, bias, 2), y_r)
+
+
+def test_the_one_call_kernel_checks_sizes_and_types_before_reading(cy):
+    q, d = quant.quantize_q8_0(rand(4, 64))
+    x, y = rand(2, 64), np.empty((2, 4), np.float32)
+    ext = cy._ext
+    with pytest.raises(ValueError, match="C a positive multiple of 32"):
+        ext.q8_linear(x, q, d, None, y, 2, 4, 48, 1)
+    with pytest.raises(ValueError, match="N, O >= 1"):
+        ext.q8_linear(x, q, d, None, y, 0, 4, 64, 1)
+    with pytest.raises(ValueError, match="of 256 elements"):                  # q shorter than O x C
+        ext.q8_linear(x, q[:3], d, None, y, 2, 4, 64, 1)
+    with pytest.raises(ValueError, match="of 4 elements"):
+        ext.q8_linear(x, q, d, np.ones(3, np.float32), y, 2, 4, 64, 1)
+    with pytest.raises(ValueError, match="of 128 elements"):                  # x float64
+        ext.q8_linear(x.astype(np.float64), q, d, None, y, 2, 4, 64, 1)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        ext.q8_linear(x, q, d, None, y, 2, 4, 64, 0)
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        ext.q8_linear(x, q, d, None, y, 2, 4, 64, 1)
+    # q8_apply hands anything but a C-contiguous float32 (N, C) to q8_matmul's checks
+    expect = reference.q8_matmul(x, q, d)
+    np.testing.assert_array_equal(cy.q8_apply(np.asfortranarray(x), q, d, None, 1), expect)
+    with pytest.raises(TypeError):
+        cy.q8_apply(x.astype(np.float16).astype(object), q, d, None, 1)
 
 
 def test_compiled_activation_quantization_equals_the_twin(cy):

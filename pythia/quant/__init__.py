@@ -21,7 +21,7 @@ from . import reference
 from ._check import QK
 from .reference import dequantize_q8_0, quantize_q8_0
 
-NAMES = ("q8_matmul", "q8_block_sums")
+NAMES = ("q8_matmul", "q8_block_sums", "q8_apply")
 BACKEND: str = "numpy"
 FALLBACK_REASON: str | None = None
 
@@ -34,7 +34,7 @@ def _load_compiled():
     # Loading the extension loads libgomp, which reads its wait policy once: set the float
     # kernels' bounded spin (GOMP_SPINCOUNT, unless the user set a policy) first, whichever
     # package loads first. The int8 product itself runs on its own pool (kernels/_pool.h), whose
-    # workers spin 50 us after a product, then sleep. OMP_WAIT_POLICY=PASSIVE is not set: int8
+    # workers spin 0.5 ms after a product, then sleep. OMP_WAIT_POLICY=PASSIVE is not set: int8
     # generate on 2 threads, 5 interleaved runs at load average 3.3-4.4, decoded at a median 53
     # tok/s with the bounded spin, 57 with PASSIVE (within the runs' spread) and 37 with ACTIVE
     # (spinning threads hold the cores the busy thread needs).

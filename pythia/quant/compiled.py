@@ -10,7 +10,7 @@ import numpy as np
 from . import _check
 from ._check import QK
 
-API_VERSION = 1  # bump together with API_VERSION in kernels/_quant.pyx
+API_VERSION = 2  # bump together with API_VERSION in kernels/_quant.pyx
 _ext = None
 ISA = "none"     # which build is bound: "avx512vnni", "avx2" or "baseline"
 
@@ -38,10 +38,22 @@ def q8_matmul(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray
     threads = _check.thread_count(threads)
     lead, (O, C) = x.shape[:-1], q.shape
     x = x.reshape(-1, C)                                                # (N, C)
-    xq, xd, bad = _quantize_activations(x)
     y = np.empty((x.shape[0], O), np.float32)                           # (N, O)
-    _ext.q8_matmul(xq, xd, bad, q, scales, bias, y, x.shape[0], O, C, threads)
+    if x.shape[0]:
+        _ext.q8_linear(x, q, scales, bias, y, x.shape[0], O, C, threads)
     return y.reshape(*lead, O)
+
+
+def q8_apply(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, threads: int) -> np.ndarray:
+    """q8_matmul for weights already validated (QuantLinear's): an x that is a C-contiguous
+    float32 (N, C) goes straight to the kernel, which still checks every size and type before
+    it reads; anything else takes q8_matmul's checks. What a decode step calls per matrix."""
+    if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous
+            and x.shape[0] and x.shape[1] == q.shape[1] and type(threads) is int and threads >= 1):
+        y = np.empty((x.shape[0], q.shape[0]), np.float32)              # (N, O)
+        _ext.q8_linear(x, q, scales, bias, y, x.shape[0], q.shape[0], q.shape[1], threads)
+        return y
+    return q8_matmul(x, q, scales, bias, threads=threads)
 
 
 def q8_block_sums(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:

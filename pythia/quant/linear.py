@@ -56,7 +56,7 @@ class QuantLinear:
     def apply(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         """x (..., C) float32 -> x W^T + b (..., O); threads=None: the backend's default."""
         t = _backend.default_threads() if threads is None else threads
-        return _backend.q8_matmul(x, self.q, self.scales, self.bias, threads=t)
+        return _backend.q8_apply(x, self.q, self.scales, self.bias, t)   # q, scales checked in __init__
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows idx (...) of W, dequantized: (..., C) float32 (an embedding lookup)."""

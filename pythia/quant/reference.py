@@ -14,9 +14,13 @@ included) is stored as d = 0, q = 0: 1/d would overflow. Otherwise |w - q d| <= 
 one float32 rounding of w / d).
 
 The product y = x W^T + b is computed as the kernel does: each row of x is quantized the same
-way at run time, then per block b an exact integer dot product s_b = sum_k xq_k q_k, and
+way at run time, then per block b an exact integer dot product s_b = sum_k xq_k q_k, its term
+t_b = s_b (xd_b wd_b), and the terms summed in LANES = 8 running sums, block b into lane b mod 8
+in block order (the kernel adds eight blocks' terms as one vector), then the lanes folded in
+halves:
 
-    y = (...((s_0 (xd_0 wd_0) + s_1 (xd_1 wd_1)) + ...) + s_{nb-1} (xd wd)_{nb-1}) + bias
+    a_k = (...((t_k + t_{k+8}) + t_{k+16}) + ...)          k = 0..7 (a lane without blocks is 0)
+    y   = (((a_0 + a_4) + (a_2 + a_6)) + ((a_1 + a_5) + (a_3 + a_7))) + bias
 
 in float32, in that order. A row of x holding NaN or inf gives a row of NaN.
 N rows of x, O output units, C inputs, nb = C / QK blocks.
@@ -30,6 +34,7 @@ from ._check import QK
 
 TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32: scales below it flush to 0
 ROW_CHUNK = 256                               # rows of x per batched block product (bounds memory)
+LANES = 8                                     # running sums of the block terms
 
 
 def _quantize_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +104,19 @@ def q8_matmul(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray
     for r in range(0, x.shape[0], ROW_CHUNK):
         xq, xd, bad = _quantize_activations(x[r:r + ROW_CHUNK])         # (n, nb, QK), (n, nb), (n,)
         s = _block_sums(xq, qb)                                         # (nb, n, O) exact integers
-        acc = np.zeros((xq.shape[0], O), np.float32)                    # (n, O)
+        lanes = np.zeros((LANES, xq.shape[0], O), np.float32)           # (8, n, O)
         for b in range(nb):                                             # the kernel's order
-            acc += s[b] * (xd[:, b, None] * scales[None, :, b])         # (n, O) += (n, O) * (n, O)
+            lanes[b % LANES] += s[b] * (xd[:, b, None] * scales[None, :, b])   # (n, O) * (n, O)
+        h = lanes[:4] + lanes[4:]                                       # a_k + a_{k+4}
+        h = h[:2] + h[2:]                                               # (a_0 + a_4) + (a_2 + a_6), ...
+        acc = h[0] + h[1]                                               # (n, O)
         if bias is not None:
             acc += bias
         acc[bad] = np.nan
         y[r:r + ROW_CHUNK] = acc
     return y.reshape(*lead, O)
+
+
+def q8_apply(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, threads: int) -> np.ndarray:
+    """q8_matmul with threads positional: the compiled backend's fast path for validated weights."""
+    return q8_matmul(x, q, scales, bias, threads=threads)
