@@ -345,3 +345,18 @@ def test_use_switches_the_llama_kernels_with_the_backend():
             assert "build them" in kernels.LLAMA_FALLBACK_REASON
     finally:
         kernels.use(before)
+
+
+def test_set_pool_threads_caps_the_decode_pools_and_returns_the_previous_setting(compiled):
+    import pythia.kernels as kernels
+    from pythia import quant
+    before = kernels.set_pool_threads(1)
+    try:
+        assert compiled._pool_threads(1 << 20) == 1
+        if quant.BACKEND == "cython":
+            assert quant.default_threads() == 1
+        assert kernels.set_pool_threads(None) == 1
+        assert compiled._pool_threads(1 << 20) == compiled._ext.max_threads()
+        assert compiled._pool_threads(100) == 1                   # small work stays on the caller
+    finally:
+        kernels.set_pool_threads(before)

@@ -63,6 +63,15 @@ def set_thread_limit(n: int) -> int:
     return compiled.set_thread_limit(n)
 
 
+def set_pool_threads(n: int | None) -> int | None:
+    """Threads of the decode products' pools (kernels.matvec and kernels.vecmat, and the int8
+    product's default) from now on; None: every core OpenMP allows. Returns the previous setting.
+    Unlike set_thread_limit, the thread rule of a decode step leaves it alone (the pools cost
+    nothing to a busy machine but their share); a process given part of the cores sets it."""
+    from . import llama_compiled
+    return llama_compiled.set_pool_threads(n)
+
+
 def _select_default() -> None:
     global FALLBACK_REASON
     wanted = os.environ.get("PYTHIA_KERNELS", "").strip().lower() or "cython"

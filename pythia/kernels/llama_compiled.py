@@ -83,13 +83,26 @@ def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray):
     return dgate, dup
 
 
+POOL_THREADS: int | None = None  # the few-row products' threads (set_pool_threads); None: all OpenMP allows
+
+
+def set_pool_threads(n: int | None) -> int | None:
+    """Threads the few-row products use from now on (None: all OpenMP allows); returns the
+    previous setting. A process given a share of the cores (an MPI rank) sets its share."""
+    global POOL_THREADS
+    before, POOL_THREADS = POOL_THREADS, None if n is None else max(1, int(n))
+    return before
+
+
 def _pool_threads(n_elements: int) -> int:
-    """Threads of the few-row products: all OpenMP allows, whatever set_thread_limit says. They
-    run on their own pool (kernels/_pool.h), whose caller never waits for a thread that has not
-    started its share, and whose workers stay awake between back-to-back products; so the rule
-    that keeps a decoding step's other kernels serial (a sleeping thread costs more to wake than
-    a short loop takes) does not apply to them."""
-    return 1 if n_elements < PARALLEL_MIN else _ext.max_threads()
+    """Threads of the few-row products: POOL_THREADS, or all OpenMP allows, whatever
+    set_thread_limit says. They run on their own pool (kernels/_pool.h), whose caller never
+    waits for a thread that has not started its share, and whose workers stay awake between
+    back-to-back products; so the rule that keeps a decoding step's other kernels serial (a
+    sleeping thread costs more to wake than a short loop takes) does not apply to them."""
+    if n_elements < PARALLEL_MIN:
+        return 1
+    return _ext.max_threads() if POOL_THREADS is None else min(POOL_THREADS, _ext.max_threads())
 
 
 def _level() -> int:

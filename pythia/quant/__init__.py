@@ -81,9 +81,14 @@ def use(name: str) -> str:
 
 
 def default_threads() -> int:
-    """OpenMP's thread limit when the compiled backend is active (what `threads=None` means)."""
+    """What `threads=None` means: OpenMP's thread limit when the compiled backend is active, at
+    most the decode pools' setting (pythia.kernels.set_pool_threads)."""
+    from ..kernels import llama_compiled
     from . import compiled
-    return compiled._ext.max_threads() if BACKEND == "cython" else 1
+    if BACKEND != "cython":
+        return 1
+    n = compiled._ext.max_threads()
+    return n if llama_compiled.POOL_THREADS is None else min(n, llama_compiled.POOL_THREADS)
 
 
 def _select_default() -> None:

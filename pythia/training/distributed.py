@@ -355,6 +355,7 @@ def _place_threads(local) -> int | None:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
     threads.blas_set(share)
     kernels.set_thread_limit(share)
+    kernels.set_pool_threads(share)                            # the decode products' pools too
     return share
 
 
