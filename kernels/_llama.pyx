@@ -310,8 +310,8 @@ def swiglu_backward(cnp.ndarray dy not None, cnp.ndarray g not None, cnp.ndarray
 # -ffp-contract is gcc's default here: a multiply-add may be fused.
 # Work is split into tasks over the output units, run by the thread pool of kernels/_pool.h (the
 # caller never waits for a thread that has not started a task, so a busy machine costs no more
-# than one thread; workers spin 50 us between back-to-back products). Each y[n, o] is the same
-# sum whatever the thread count.
+# than one thread; workers spin 0.5 ms after a product, through a decode step's gaps). Each
+# y[n, o] is the same sum whatever the thread count.
 #
 # The sums of up to FEW_GROUP = 4 rows of x share the registers; rows 5-8 are a second group
 # that takes the same part of w right after the first, from cache (measured faster than eight
