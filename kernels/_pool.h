@@ -8,9 +8,9 @@
    caller does its share too. Workers spin PP_SPIN_NS after a loop, then sleep on a condition
    variable. A decode step's products are separated by attention, norms and Python (up to ~0.2
    ms on GPT-2-small), so a worker that spun only 50 us slept through most of those gaps and was
-   woken for nearly every product: GPT-2-small int8 decode on 2 threads went from 100 to 122
-   tok/s with 500 us (median of 6 interleaved runs; 250 us and 2 ms were within the noise of
-   it). Between tokens of a chat waiting for its user, a worker sleeps after 0.5 ms.
+   woken for nearly every product: GPT-2-small int8 decode on 2 threads ran at 100-102 tok/s
+   with 50 us and 122 with 500 us (medians of 6 rounds, one build at a time; 250 us and 2 ms
+   gave 116 and 114). A chat waiting for its user leaves the workers asleep after 0.5 ms.
 
    One caller at a time: a second thread calling while the pool is busy runs its loop alone. A
    forked child starts without workers (they are not copied) and starts its own when it calls. */
