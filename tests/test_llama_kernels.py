@@ -360,3 +360,13 @@ def test_set_pool_threads_caps_the_decode_pools_and_returns_the_previous_setting
         assert compiled._pool_threads(100) == 1                   # small work stays on the caller
     finally:
         kernels.set_pool_threads(before)
+
+
+def test_the_baseline_isa_setting_reaches_the_few_row_products(compiled, monkeypatch):
+    # PYTHIA_KERNELS_ISA=baseline asks every kernel for its baseline code, the run-time choice too
+    monkeypatch.setenv("PYTHIA_KERNELS_ISA", "baseline")
+    compiled.bind(compiled._ext)
+    assert compiled._level() == 0
+    monkeypatch.delenv("PYTHIA_KERNELS_ISA")
+    compiled.bind(compiled._ext)
+    assert compiled._level() == compiled._ext.FEW_LEVEL

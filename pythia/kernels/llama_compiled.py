@@ -18,10 +18,15 @@ LEVEL: int | None = None  # matvec/vecmat code: None the widest the CPU runs, el
 _ext = None
 
 
+_widest = 0  # the few-row products' code when LEVEL is None: the CPU's widest, or 0 (PYTHIA_KERNELS_ISA=baseline)
+
+
 def bind(ext) -> None:
     """Route every kernel to the extension module `ext` (pythia._llama_kernels)."""
-    global _ext
+    global _ext, _widest
+    from ._loader import isa_wanted
     _ext = ext
+    _widest = 0 if isa_wanted() == "baseline" else ext.FEW_LEVEL
 
 
 def _threads(n_elements: int) -> int:
@@ -106,7 +111,7 @@ def _pool_threads(n_elements: int) -> int:
 
 
 def _level() -> int:
-    return _ext.FEW_LEVEL if LEVEL is None else min(LEVEL, _ext.FEW_LEVEL)
+    return _widest if LEVEL is None else min(LEVEL, _ext.FEW_LEVEL)
 
 
 def _few_rows(kernel, x: np.ndarray, w: np.ndarray, bias, y: np.ndarray, C: int, O: int) -> np.ndarray:
