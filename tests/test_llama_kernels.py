@@ -198,6 +198,13 @@ def test_compiled_few_row_products_are_the_same_on_one_and_two_threads(compiled,
             kernel(x, weight, b, y, N, 576, 1001, n, level)
             outs.append(y)
         np.testing.assert_array_equal(outs[0], outs[1])
+    if N == 1:                                                   # vecmat's one-row path: bands of w's rows
+        outs = []
+        for n in (1, 2):
+            y = np.empty((1, 1001), np.float32)
+            compiled._ext.vecmat_row(x, wt, b, y, 576, 1001, n, level)
+            outs.append(y)
+        np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def test_compiled_few_row_products_validate_before_touching_memory(compiled):
@@ -214,6 +221,17 @@ def test_compiled_few_row_products_validate_before_touching_memory(compiled):
             kernel(x[:1], w, np.ones(7, np.float32), y[:1], 1, 8, 8, 1, 0)
         with pytest.raises(ValueError, match="writeable"):
             kernel(x[:1], w, None, _read_only(np.empty((1, 8), np.float32)), 1, 8, 8, 1, 0)
+    row = ext.vecmat_row
+    with pytest.raises(ValueError, match="non-empty sizes"):
+        row(x[:1], w, None, y[:1], 0, 8, 1, 0)
+    with pytest.raises(ValueError, match="level 2 is not run"):
+        row(x[:1], w, None, y[:1], 8, 8, 1, 2)
+    with pytest.raises(ValueError, match="of 72 elements"):
+        row(x[:1], w, None, y[:1], 8, 9, 1, 0)                   # w shorter than C x O
+    with pytest.raises(ValueError, match="of 9 elements"):
+        row(x[:1], w[:1, :8].reshape(8, 1).repeat(9, 1).copy(), None, y[:1], 8, 9, 1, 0)  # y of 8, not 9
+    with pytest.raises(ValueError, match="writeable"):
+        row(x[:1], w, None, _read_only(np.empty((1, 8), np.float32)), 8, 8, 1, 0)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

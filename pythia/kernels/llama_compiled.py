@@ -131,4 +131,8 @@ def matvec(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.n
 def vecmat(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     x, w, bias = _check_llama.vecmat_inputs(x, w, bias)
     C, O = w.shape
+    if x.shape[0] == 1:                                        # one row: w streamed in bands of rows
+        y = np.empty((1, O), np.float32)
+        _ext.vecmat_row(x, w, bias, y, C, O, _pool_threads(O * C), _level())
+        return y
     return _few_rows(_ext.vecmat, x, w, bias, np.empty((x.shape[0], O), np.float32), C, O)
