@@ -297,52 +297,9 @@ def quantize_rows(cnp.ndarray x not None, cnp.ndarray q not None, cnp.ndarray d 
             pb[n] = pythia_quantize_row(px + n * C, pq + n * C, pd + n * (C // QK_), C)
 
 
-cdef class _Acts:
-    """The SIMD builds' copy of quantized activations: a8 (n int8) and ua (n uint8, |a|)."""
-    cdef int8_t* a8
-    cdef uint8_t* ua
-
-    def __cinit__(self, Py_ssize_t n):
-        self.a8 = <int8_t*>malloc(n if n > 0 else 1)
-        self.ua = <uint8_t*>malloc(n if n > 0 else 1)
-        if self.a8 == NULL or self.ua == NULL:
-            raise MemoryError("no memory for the quantized activations")
-
-    def __dealloc__(self):
-        free(self.a8)
-        free(self.ua)
-
-
-def q8_matmul(cnp.ndarray xq not None, cnp.ndarray xd not None, cnp.ndarray bad not None,
-              cnp.ndarray q not None, cnp.ndarray wd not None, object bias, cnp.ndarray y not None,
-              Py_ssize_t N, Py_ssize_t O, Py_ssize_t C, int threads):
-    """y (N, O) = quantized x (xq (N, C) int16, xd (N, C/QK)) times W^T (q (O, C), wd (O, C/QK)) + bias;
-    rows with bad[n] set become NaN. Output rows o are shared among `threads` threads."""
-    cdef Py_ssize_t nb = C // QK_
-    cdef const int16_t* pxq = <const int16_t*>_buf(xq, cnp.NPY_INT16, N * C, False)
-    cdef const float* pxd = <const float*>_buf(xd, cnp.NPY_FLOAT32, N * nb, False)
-    cdef const unsigned char* pbad = <const unsigned char*>_buf(bad, cnp.NPY_UINT8, N, False)
-    cdef const int8_t* pq = <const int8_t*>_buf(q, cnp.NPY_INT8, O * C, False)
-    cdef const float* pwd = <const float*>_buf(wd, cnp.NPY_FLOAT32, O * nb, False)
-    cdef const float* pbias = NULL
-    cdef float* py = <float*>_buf(y, cnp.NPY_FLOAT32, N * O, True)
-    if bias is not None:
-        pbias = <const float*>_buf(bias, cnp.NPY_FLOAT32, O, False)
-    if threads < 1:
-        raise ValueError("threads must be >= 1")
-    cdef _Acts acts = _Acts(N * C)
-    cdef pythia_q_job job
-    job.xq, job.a8, job.ua, job.xd, job.bad = pxq, acts.a8, acts.ua, pxd, pbad
-    job.q, job.wd, job.bias, job.y = pq, pwd, pbias, py
-    job.N, job.O, job.C, job.nb = N, O, C, nb
-    with nogil:
-        pythia_q_acts(pxq, acts.a8, acts.ua, N * C)
-        # tiles of PYTHIA_T weight rows, claimed in contiguous chunks by this thread and the pool's
-        pythia_pool_run(pythia_q_tiles, &job, (O + PYTHIA_T - 1) // PYTHIA_T, threads)
-
-
 cdef class _Scratch:
-    """q8_linear's quantized activations: xq (n int16), xd (N * nb), bad (N), a8 and ua (n)."""
+    """Quantized activations of N rows of C: xq (N C int16), xd (N C / QK), bad (N), and the SIMD
+    builds' copies a8 (int8) and ua (|a| as uint8)."""
     cdef int16_t* xq
     cdef float* xd
     cdef unsigned char* bad
@@ -369,9 +326,9 @@ cdef class _Scratch:
 
 def q8_linear(cnp.ndarray x not None, cnp.ndarray q not None, cnp.ndarray wd not None, object bias,
               cnp.ndarray y not None, Py_ssize_t N, Py_ssize_t O, Py_ssize_t C, int threads):
-    """y (N, O) = x (N, C) float32 times W^T (q (O, C), wd (O, C/QK)) + bias in one call: x is
-    quantized here (as quantize_rows does), then multiplied (as q8_matmul does); rows of x
-    holding NaN or inf become NaN. What decoding calls once per matrix."""
+    """y (N, O) = x (N, C) float32 times W^T (q (O, C), wd (O, C/QK)) + bias: x is quantized here
+    (as quantize_rows does), then multiplied; rows of x holding NaN or inf become NaN. Output
+    rows o are shared among `threads` threads."""
     if N < 1 or O < 1 or C < QK_ or C % QK_:
         raise ValueError(f"q8_linear needs N, O >= 1 and C a positive multiple of {QK_}, got N={N}, O={O}, C={C}")
     if threads < 1:
@@ -398,12 +355,12 @@ def q8_linear(cnp.ndarray x not None, cnp.ndarray q not None, cnp.ndarray wd not
 
 def q8_block_sums(cnp.ndarray xq not None, cnp.ndarray q not None, cnp.ndarray s not None,
                   Py_ssize_t N, Py_ssize_t O, Py_ssize_t C):
-    """s (N, O, C/QK) int32: the kernel's block dot products (the same code as q8_matmul's), for tests."""
+    """s (N, O, C/QK) int32: the kernel's block dot products (the same code as q8_linear's), for tests."""
     cdef Py_ssize_t nb = C // QK_
     cdef const int16_t* pxq = <const int16_t*>_buf(xq, cnp.NPY_INT16, N * C, False)
     cdef const int8_t* pq = <const int8_t*>_buf(q, cnp.NPY_INT8, O * C, False)
     cdef int32_t* ps = <int32_t*>_buf(s, cnp.NPY_INT32, N * O * nb, True)
-    cdef _Acts acts = _Acts(N * C)
+    cdef _Scratch acts = _Scratch(N, C)
     cdef Py_ssize_t n, o, b
     with nogil:
         pythia_q_acts(pxq, acts.a8, acts.ua, N * C)
