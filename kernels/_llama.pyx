@@ -2,8 +2,8 @@
 """Compiled Llama-family kernels behind `pythia.kernels.llama_compiled` (which validates first).
 
 RMSNorm, rotary embedding and the SwiGLU gate, forward and backward, each a `noexcept nogil`
-routine for one row or block, wrapped in a loop over rows; and the product of a few rows with a
-weight stored (out, in), Hugging Face's layout, that decoding multiplies by. The caller passes the thread count
+routine for one row or block, wrapped in a loop over rows; and the products of a few rows with
+a weight, stored (out, in) or (in, out), that decoding multiplies by. The caller passes the thread count
 (`n_threads`, 1 for small work): nothing here times itself, so a result never depends on how
 busy the machine was. Arguments arrive as C-contiguous float32 arrays plus their sizes, checked
 in Python; `_in`/`_out` re-check dtype, contiguity and element count before handing out a
